@@ -1,0 +1,189 @@
+"""Write llama-architecture GGUF models with deterministic random weights.
+
+Test and benchmark models come from here, never from a download. A preset fixes the
+shape; the seed fixes every byte (each tensor draws from its own generator seeded by
+(seed, tensor name), so the output does not depend on write order). Tensors are made,
+quantized and written one at a time, so even the tinyllama shape at Q4_K_M needs only
+one tensor in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from realm_ext import quant
+from realm_ext.model import LlamaConfig, expected_shapes
+from realm_ext.quantizer import recipe_file_type, tensor_type_for, write_gguf
+
+WEIGHT_STD = 0.02  # std of every matrix
+NORM_STD = 0.1  # norms are 1 + N(0, NORM_STD)
+
+
+@dataclass(frozen=True)
+class Preset:
+    config: LlamaConfig
+    description: str
+
+
+def _cfg(
+    n_vocab: int, n_ctx: int, n_embd: int, n_layer: int, n_head: int, n_head_kv: int, n_ff: int
+) -> LlamaConfig:
+    head_dim = n_embd // n_head
+    return LlamaConfig(
+        n_vocab=n_vocab,
+        n_ctx_train=n_ctx,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim=head_dim,
+        n_ff=n_ff,
+        rms_eps=1e-5,
+        rope_freq_base=10000.0,
+        rope_dim=head_dim,
+    )
+
+
+PRESETS: dict[str, Preset] = {
+    # every row a multiple of 256, so the K-quants apply to every matrix
+    "tiny": Preset(_cfg(1024, 512, 256, 2, 4, 2, 768), "2 layers, n_embd 256, for tests"),
+    "small": Preset(_cfg(4096, 1024, 512, 4, 8, 4, 1536), "4 layers, n_embd 512"),
+    # exactly TinyLlama-1.1B's shape
+    "tinyllama": Preset(_cfg(32000, 2048, 2048, 22, 32, 4, 5632), "TinyLlama-1.1B's shape"),
+}
+
+# ---- vocabulary ----------------------------------------------------------------------
+
+SPACE = "\u2581"  # '▁', SentencePiece's marker for a space
+TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_BYTE = 1, 2, 3, 6
+SPECIAL = [("<unk>", TOKEN_UNKNOWN), ("<s>", TOKEN_CONTROL), ("</s>", TOKEN_CONTROL)]
+UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
+
+_WORDS = (
+    "the of and to in is was that for on as with by he it at from his an were are which this be "
+    "or she her they had not but have one all their there been has when who will more no if out "
+    "so said what up its about into than them can only other new some could time these two may "
+    "then do first any my now such like our over man me even most made after also did many "
+    "before must through back years where much your way well down should because each just those "
+    "people how too little state good very make world still own see men work long get here "
+    "between both life being under never day same another know while last might us great old "
+    "year off come since against go came right used take three once upon story tell told king "
+    "queen house small large boy girl cat dog tree water sun moon night light dark happy sad ran "
+    "walk walked looked found friend friends mother father home play played wanted went saw big "
+    "red blue green day morning "
+).split()
+_CHARS = "etaoinshrdlcumwfgypbvkjxqzETAOINSHRDLCUMWFGYPBVKJXQZ0123456789.,!?'\"-:;()"
+
+
+def make_vocab(n_vocab: int, seed: int = 0) -> tuple[list[str], list[float], list[int]]:
+    """A SentencePiece-style BPE vocabulary of exactly n_vocab tokens.
+
+    Layout: <unk>, <s>, </s>, the 256 byte tokens <0x00>..<0xFF>, then '▁', single
+    characters and '▁'-prefixed pieces. Every piece's prefixes come before it with a
+    higher score, so BPE merges by score can reach every piece from characters.
+    """
+    n_fixed = len(SPECIAL) + 256
+    if n_vocab < n_fixed + 1 + len(_CHARS):
+        raise ValueError(f"n_vocab must be at least {n_fixed + 1 + len(_CHARS)}, got {n_vocab}")
+    tokens = [t for t, _ in SPECIAL] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [k for _, k in SPECIAL] + [TOKEN_BYTE] * 256
+    pieces: list[str] = [SPACE, *_CHARS]
+    seen = set(pieces)
+
+    def add_word(word: str) -> None:
+        w = SPACE + word
+        for end in range(2, len(w) + 1):
+            if w[:end] not in seen and len(pieces) < n_vocab - n_fixed:
+                seen.add(w[:end])
+                pieces.append(w[:end])
+
+    for word in _WORDS:
+        add_word(word)
+    rng = np.random.default_rng([seed, 0x70CAB])
+    syllables = [c + v for c in "bcdfghjklmnprstvwz" for v in "aeiou"] + list("aeiou")
+    while len(pieces) < n_vocab - n_fixed:
+        n_syl = int(rng.integers(1, 4))
+        add_word("".join(syllables[int(i)] for i in rng.integers(0, len(syllables), n_syl)))
+    tokens += pieces
+    types += [TOKEN_NORMAL] * len(pieces)
+    scores = [0.0] * n_fixed + [-float(i) for i in range(len(pieces))]
+    return tokens, scores, types
+
+
+# ---- weights -------------------------------------------------------------------------
+
+
+def _tensor_rng(seed: int, name: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def random_weight(seed: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The float32 values of tensor `name`: norms 1 + N(0, 0.1), matrices N(0, 0.02)."""
+    rng = _tensor_rng(seed, name)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    if len(shape) == 1:
+        return (1.0 + NORM_STD * x).astype(np.float32)
+    x *= WEIGHT_STD
+    return x
+
+
+def add_llama_metadata(w: gguf.GGUFWriter, cfg: LlamaConfig, name: str) -> None:
+    w.add_name(name)
+    w.add_context_length(cfg.n_ctx_train)
+    w.add_embedding_length(cfg.n_embd)
+    w.add_block_count(cfg.n_layer)
+    w.add_feed_forward_length(cfg.n_ff)
+    w.add_head_count(cfg.n_head)
+    w.add_head_count_kv(cfg.n_head_kv)
+    w.add_layer_norm_rms_eps(cfg.rms_eps)
+    w.add_rope_freq_base(cfg.rope_freq_base)
+    w.add_rope_dimension_count(cfg.rope_dim)
+    w.add_vocab_size(cfg.n_vocab)
+
+
+def add_spm_tokenizer(w: gguf.GGUFWriter, tokens: list[str], scores: list[float], types: list[int]) -> None:
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(BOS_ID)
+    w.add_eos_token_id(EOS_ID)
+    w.add_unk_token_id(UNK_ID)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.add_add_space_prefix(True)
+
+
+def make_model(
+    out: str | os.PathLike[str],
+    preset: str | LlamaConfig = "tiny",
+    type: str = "F32",  # noqa: A002 - mirrors the CLI's --type
+    seed: int = 0,
+    tied: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Write a llama GGUF with random weights; `type` is a single type or a recipe."""
+    cfg = PRESETS[preset].config if isinstance(preset, str) else preset
+    name = preset if isinstance(preset, str) else "custom"
+    tokens, scores, types = make_vocab(cfg.n_vocab, seed)
+    shapes = expected_shapes(cfg, tied)
+    plan = {n: tensor_type_for(n, s, type, cfg.n_layer, tied, log) for n, s in shapes.items()}
+
+    def add_metadata(w: gguf.GGUFWriter) -> None:
+        add_llama_metadata(w, cfg, f"realm-ext {name} seed {seed}")
+        add_spm_tokenizer(w, tokens, scores, types)
+        w.add_file_type(int(recipe_file_type(type)))
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+    def make(tname: str) -> np.ndarray:
+        return quant.quantize(random_weight(seed, tname, shapes[tname]), plan[tname])
+
+    return write_gguf(out, add_metadata, {n: (shapes[n], plan[n]) for n in shapes}, make, progress)

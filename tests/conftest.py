@@ -1,0 +1,37 @@
+"""Shared fixtures: fresh random generators and tiny models built on demand."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from realm_ext.model_maker import make_model
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> np.random.Generator:
+    """A generator with a fresh seed per test; the seed is reported on failure."""
+    seed = secrets.randbits(64)
+    request.node.user_properties.append(("rng_seed", seed))
+    print(f"rng seed {seed}")
+    return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """model_path(type="F32", preset="tiny", seed=0, tied=False) -> a GGUF, made once per session."""
+    cache: dict[tuple, Path] = {}
+    root = tmp_path_factory.mktemp("models")
+
+    def get(type: str = "F32", preset: str = "tiny", seed: int = 0, tied: bool = False) -> Path:  # noqa: A002
+        key = (type, preset, seed, tied)
+        if key not in cache:
+            name = f"{preset}-{type}-s{seed}{'-tied' if tied else ''}.gguf"
+            cache[key] = make_model(root / name, preset, type, seed=seed, tied=tied)
+        return cache[key]
+
+    return get

@@ -1,0 +1,110 @@
+"""realm_ext.model_maker: presets, determinism, vocabulary, weight statistics, streaming."""
+
+from __future__ import annotations
+
+import hashlib
+import tracemalloc
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from realm_ext.model import load_gguf
+from realm_ext.model_maker import PRESETS, SPACE, make_model, make_vocab
+from realm_ext.quantizer import RECIPES
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_presets_shapes() -> None:
+    tiny, small, tl = (PRESETS[k].config for k in ("tiny", "small", "tinyllama"))
+    assert (tiny.n_layer, tiny.n_embd, tiny.n_ff, tiny.n_head, tiny.n_head_kv) == (2, 256, 768, 4, 2)
+    assert (small.n_layer, small.n_embd, small.n_ff, small.n_head, small.n_head_kv) == (4, 512, 1536, 8, 4)
+    # TinyLlama-1.1B exactly
+    assert (tl.n_layer, tl.n_embd, tl.n_ff, tl.n_head, tl.n_head_kv, tl.n_vocab, tl.n_ctx_train) == (
+        22,
+        2048,
+        5632,
+        32,
+        4,
+        32000,
+        2048,
+    )
+    assert tl.head_dim == 64 and tl.rope_dim == 64
+    for cfg in (tiny, small):  # every row a multiple of 256: the K-quants apply everywhere
+        assert cfg.n_embd % 256 == 0 and cfg.n_ff % 256 == 0
+
+
+def test_same_seed_same_bytes(tmp_path: Path) -> None:
+    a = make_model(tmp_path / "a.gguf", "tiny", "Q4_K_M", seed=7)
+    b = make_model(tmp_path / "b.gguf", "tiny", "Q4_K_M", seed=7)
+    c = make_model(tmp_path / "c.gguf", "tiny", "Q4_K_M", seed=8)
+    assert sha(a) == sha(b)
+    assert sha(a) != sha(c)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_every_preset_and_type_loads(tmp_path: Path, preset: str, recipe: str) -> None:
+    p = make_model(tmp_path / "m.gguf", preset, recipe, seed=1)
+    with load_gguf(p) as m:
+        assert m.config.n_layer == PRESETS[preset].config.n_layer
+        t = m.layer(0, "attn_q")
+        assert t.type.name == (recipe if "_M" not in recipe else recipe[:4])
+        # the stored matrix is N(0, 0.02) up to quantization error, the norms ~1
+        w = t.dequantize()
+        assert abs(float(w.std()) - 0.02) < 0.004 and abs(float(w.mean())) < 0.002
+        n = m.layer(1, "ffn_norm").dequantize()
+        assert abs(float(n.mean()) - 1.0) < 0.05 and 0.05 < float(n.std()) < 0.15
+
+
+def test_vocabulary() -> None:
+    tokens, scores, types = make_vocab(2000, seed=3)
+    assert len(tokens) == len(scores) == len(types) == 2000
+    assert len(set(tokens)) == 2000
+    assert tokens[:3] == ["<unk>", "<s>", "</s>"] and types[:3] == [2, 3, 3]
+    assert tokens[3:259] == [f"<0x{b:02X}>" for b in range(256)] and set(types[3:259]) == {6}
+    pieces = tokens[259:]
+    assert set(types[259:]) == {1}
+    assert pieces[0] == SPACE
+    assert all(np.diff(scores[259:]) < 0), "scores must rank the pieces"
+    # every multi-character piece is reachable by merges: its prefix is in the vocab, ranked higher
+    rank = {p: i for i, p in enumerate(pieces)}
+    for p in pieces:
+        if len(p) > 1:
+            assert p[:-1] in rank and rank[p[:-1]] < rank[p], p
+    assert sum(p.startswith(SPACE) for p in pieces) > len(pieces) // 2
+    with pytest.raises(ValueError, match="n_vocab must be at least"):
+        make_vocab(300)
+
+
+def test_tinyllama_writer_streams(tmp_path: Path) -> None:
+    """A deep model at Q4_K_M is written holding about one tensor at a time, not the whole
+    F32 model (tinyllama itself is exercised by the CLI in .ci/run's smoke step)."""
+    cfg = replace(PRESETS["small"].config, n_layer=24, n_vocab=1024)
+    f32_bytes = 4 * (
+        2 * cfg.n_vocab * cfg.n_embd
+        + cfg.n_layer
+        * (2 * cfg.n_embd * cfg.n_embd + 2 * cfg.n_embd * cfg.n_embd // 2 + 3 * cfg.n_embd * cfg.n_ff)
+    )
+    largest = 4 * cfg.n_ff * cfg.n_embd
+    tracemalloc.start()
+    try:
+        make_model(tmp_path / "deep.gguf", cfg, "Q4_K_M", seed=0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(
+        f"peak {peak / 2**20:.1f} MiB, F32 model {f32_bytes / 2**20:.1f} MiB, "
+        f"largest tensor {largest / 2**20:.1f} MiB"
+    )
+    assert peak < 6 * largest < f32_bytes / 4
+
+
+def test_progress_is_shown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_model(tmp_path / "p.gguf", "tiny", "Q8_0", progress=True)
+    err = capsys.readouterr().err
+    assert "p.gguf" in err and "100%" in err
