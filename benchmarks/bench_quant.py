@@ -67,7 +67,9 @@ def main() -> None:
         print(f"{r['type']:<6} {r['decode_melem_s']:15.1f} {r['decode_vs_gguf_numpy']:13.1f}x {enc}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": args.rows, "cols": args.cols, "repeat": args.repeat, "results": results}, f, indent=2)
+            json.dump(
+                {"rows": args.rows, "cols": args.cols, "repeat": args.repeat, "results": results}, f, indent=2
+            )
 
 
 if __name__ == "__main__":

@@ -171,8 +171,16 @@ static float make_qkx2_quants(int n, int nmax, const float *x, const float *weig
     return scale;
 }
 
+/* Q2_K / Q3_K: 256 levels of 0..3 into 64 bytes; byte l of each 32-byte half holds
+ * elements l, l+32, l+64, l+96 of that 128-element half in bit pairs 0..3. */
+static void pack_2bit_levels(const uint8_t *L, uint8_t *qs) {
+    for (int j = 0; j < QK_K; j += 128)
+        for (int l = 0; l < 32; ++l)
+            qs[j / 4 + l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
+}
+
 static void quantize_q2_K(const float *x, block_q2_K *y, int64_t nb) {
-    uint8_t L[QK_K], Laux[16];
+    uint8_t L[QK_K], Laux[16]; /* levels 0..3 */
     float weights[16], mins[QK_K / 16], scales[QK_K / 16];
     const float q4scale = 15.f;
     for (int64_t i = 0; i < nb; i++, x += QK_K) {
@@ -206,10 +214,7 @@ static void quantize_q2_K(const float *x, block_q2_K *y, int64_t nb) {
             for (int ii = 0; ii < 16; ++ii)
                 L[16 * j + ii] = (uint8_t)clampi(nearest_int((x[16 * j + ii] + dm) / d), 0, 3);
         }
-        for (int j = 0; j < QK_K; j += 128)
-            for (int l = 0; l < 32; ++l)
-                y[i].qs[j / 4 + l] =
-                    (uint8_t)(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
+        pack_2bit_levels(L, y[i].qs);
     }
 }
 
@@ -254,10 +259,7 @@ static void quantize_q3_K(const float *x, block_q3_K *y, int64_t nb) {
             }
             if (++m == QK_K / 8) { m = 0; hm <<= 1; }
         }
-        for (int j = 0; j < QK_K; j += 128)
-            for (int l = 0; l < 32; ++l)
-                y[i].qs[j / 4 + l] =
-                    (uint8_t)(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
+        pack_2bit_levels((const uint8_t *)L, y[i].qs); /* levels now 0..3 */
     }
 }
 

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 LLAMA_CPP_VERSION=0.3.36
 
-"$PY" -m pip install --upgrade --quiet pip "setuptools>=70.1" wheel
+"$PY" -m pip install --upgrade --quiet pip "setuptools>=77" wheel
 "$PY" -m pip install --quiet -e ".[test]"
 
 if [[ "${REALM_SKIP_LLAMA_CPP:-0}" != 1 ]]; then
