@@ -73,3 +73,6 @@ def quantize_rows_k(const float[:, ::1] src, int ggml_type, uint8_t[:, ::1] dst)
             rc |= realm_quantize_row_k(ggml_type, &src[r, 0], &dst[r, 0], n_cols)
     if rc != 0:
         raise ValueError(f"no K-quant encoder for ggml type id {ggml_type}")
+
+
+include "_kv_ring.pxi"

@@ -1,0 +1,25 @@
+/* attention.h: causal grouped-query attention over a KV ring, as ggml's CPU path
+ * computes it (no flash attention):
+ *   Q rounded to f16; score = dot(Q_f16, K_f16) in f32, times 1/sqrt(head_dim);
+ *   softmax over the window (max subtracted, exp, sum in double, times (float)(1/sum));
+ *   probabilities rounded to f16; out = sum_j P_f16[j] * V_f16[j] in f32.
+ * Query head h reads KV head h / (n_head / n_head_kv).
+ */
+#ifndef REALM_ATTENTION_H
+#define REALM_ATTENTION_H
+
+#include <stdint.h>
+
+#include "kv_ring.h"
+
+/* q, out: f32 [n_tokens][n_head][head_dim] (out may not alias q). The tokens sit at
+ * positions pos .. pos+n_tokens-1 and their K/V are already appended to `layer`;
+ * token t attends to the window of position pos+t (causal). scratch: at least
+ * realm_attention_scratch_floats(kv, n_threads) floats. Threads over (token, head).
+ * Returns 0 or an error code (-1 bad argument, -5 layer or position out of range). */
+int realm_attention(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens, int32_t n_head,
+                    const float *q, float *out, float *scratch, int n_threads);
+
+int64_t realm_attention_scratch_floats(const realm_kv_ring *kv, int n_threads);
+
+#endif

@@ -1,0 +1,63 @@
+/* kv_ring.h: the per-conversation KV cache, a ring buffer over positions.
+ *
+ * One ring covers every layer of a model. Storage (not owned by the struct: a numpy
+ * array on the CPU, device memory with the CUDA backend) is
+ *     k, v: f16 [n_layer][capacity][n_head_kv][head_dim]
+ * Position p of a layer lives in slot p % capacity. n_pos[layer] is the next position
+ * to append for that layer (positions 0 .. n_pos-1 have been appended). Attention at
+ * position p sees the window max(0, p - capacity + 1) .. p.
+ *
+ * Error returns use the host ABI's codes (DESIGN.md): -1 invalid argument,
+ * -5 layer or position out of range, -7 out of memory.
+ */
+#ifndef REALM_KV_RING_H
+#define REALM_KV_RING_H
+
+#include <stdint.h>
+
+#include "ggml_blocks.h"
+
+typedef struct realm_kv_ring {
+    int32_t n_layer;
+    int32_t n_head_kv;
+    int32_t head_dim;
+    int64_t capacity; /* slots per layer */
+    realm_f16 *k;     /* borrowed storage, see above */
+    realm_f16 *v;
+    int64_t *n_pos; /* [n_layer], owned by the struct */
+} realm_kv_ring;
+
+#define REALM_KV_RING_MAX_CAPACITY (1LL << 24)
+
+/* A ring over borrowed storage (k and v may be NULL for a ring whose storage lives
+ * elsewhere, e.g. on a GPU: then only the bookkeeping functions apply).
+ * Returns NULL on a bad argument or when out of memory. */
+realm_kv_ring *realm_kv_create(int32_t n_layer, int64_t capacity, int32_t n_head_kv, int32_t head_dim,
+                               realm_f16 *k, realm_f16 *v);
+void realm_kv_free(realm_kv_ring *kv);
+
+/* Number of f16 elements of the k (or v) storage. */
+int64_t realm_kv_storage_elems(const realm_kv_ring *kv);
+
+/* Reserve positions pos .. pos+n_tokens-1 of `layer` (bookkeeping only): pos must equal
+ * n_pos[layer] and 1 <= n_tokens <= capacity. Returns 0 or an error code. */
+int realm_kv_reserve(realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens);
+
+/* Append K and V rows of n_tokens tokens at positions pos .. pos+n_tokens-1, rounding
+ * f32 to f16. k_rows, v_rows: f32 [n_tokens][n_head_kv * head_dim]. Same rules as
+ * realm_kv_reserve, which it calls. */
+int realm_kv_append(realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens, const float *k_rows,
+                    const float *v_rows);
+
+/* First position of the attention window at position pos. */
+int64_t realm_kv_window_start(const realm_kv_ring *kv, int64_t pos);
+
+/* Forget positions >= n_pos in every layer. Fails with -5, changing nothing, when a
+ * layer has wrapped so far that the window of position n_pos is no longer held. */
+int realm_kv_truncate(realm_kv_ring *kv, int64_t n_pos);
+
+/* Pointers to the K / V row (n_head_kv * head_dim f16) of `pos` in `layer`. */
+realm_f16 *realm_kv_k_row(const realm_kv_ring *kv, int32_t layer, int64_t pos);
+realm_f16 *realm_kv_v_row(const realm_kv_ring *kv, int32_t layer, int64_t pos);
+
+#endif

@@ -1,0 +1,1 @@
+# KV ring and attention wrappers (included by _kernels.pyx).
