@@ -8,6 +8,8 @@ uint8 array, its decoded form an (n_rows, n_cols) float32 array.
 """
 from libc.stdint cimport int64_t, uint8_t
 
+import numpy as np
+
 
 cdef extern from "ggml_blocks.h":
     int realm_type_block_elems(int type) nogil
@@ -75,4 +77,5 @@ def quantize_rows_k(const float[:, ::1] src, int ggml_type, uint8_t[:, ::1] dst)
         raise ValueError(f"no K-quant encoder for ggml type id {ggml_type}")
 
 
+include "_matmul.pxi"
 include "_kv_ring.pxi"

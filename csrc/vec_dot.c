@@ -1,0 +1,45 @@
+/* vec_dot.c: run-time choice of the dot-product kernels. */
+#include "vec_dot.h"
+
+#include <stddef.h>
+
+static int detect_isa(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vnni"))
+        return REALM_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        return REALM_ISA_AVX2;
+#endif
+    return REALM_ISA_SCALAR;
+}
+
+static int best_isa = -1;
+static int forced_isa = -1;
+
+int realm_cpu_isa(void) {
+    if (best_isa < 0) best_isa = detect_isa();
+    return best_isa;
+}
+
+int realm_active_isa(void) {
+    const int best = realm_cpu_isa();
+    return forced_isa >= 0 && forced_isa < best ? forced_isa : best;
+}
+
+int realm_set_isa(int isa) {
+    forced_isa = isa < 0 ? -1 : isa;
+    return realm_active_isa();
+}
+
+realm_vec_dot_fn realm_get_vec_dot(int wtype, int isa) {
+    if (wtype < 0 || wtype >= REALM_N_TYPES || !realm_vec_dot_scalar[wtype]) return NULL;
+    if (isa > realm_cpu_isa()) isa = realm_cpu_isa();
+#if defined(__x86_64__) || defined(__i386__)
+    if (isa >= REALM_ISA_AVX512 && realm_vec_dot_table_avx512()[wtype]) return realm_vec_dot_table_avx512()[wtype];
+    if (isa >= REALM_ISA_AVX2 && realm_vec_dot_table_avx2()[wtype]) return realm_vec_dot_table_avx2()[wtype];
+#endif
+    return realm_vec_dot_scalar[wtype];
+}

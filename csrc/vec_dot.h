@@ -1,0 +1,43 @@
+/* vec_dot.h: dot products of one quantized weight row with one activation row that
+ * act_quant.c has rounded to the weight's vec dot type. The weight blocks are decoded
+ * in registers inside the loop: no decoded copy of a row ever exists.
+ *
+ * Each format has a scalar kernel (always built, always tested) and SIMD kernels for
+ * AVX2 and AVX-512 (VNNI where the CPU has it), compiled with per-file target pragmas
+ * and chosen at run time by CPU feature detection.
+ */
+#ifndef REALM_VEC_DOT_H
+#define REALM_VEC_DOT_H
+
+#include <stdint.h>
+
+/* *s = dot(weight row w, activation row a), both of n elements. */
+typedef void (*realm_vec_dot_fn)(int64_t n, float *s, const void *w, const void *a);
+
+enum realm_isa {
+    REALM_ISA_SCALAR = 0,
+    REALM_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C */
+    REALM_ISA_AVX512 = 2, /* AVX-512 F/BW/VL/DQ + VNNI */
+};
+
+/* Number of ggml type ids a dispatch table covers (the highest used is BF16 = 30). */
+#define REALM_N_TYPES 31
+
+/* The best ISA this CPU supports. */
+int realm_cpu_isa(void);
+/* The ISA the kernels use: the best one unless forced lower (tests force scalar). */
+int realm_active_isa(void);
+/* Force an ISA (clamped to what the CPU supports); -1 restores the best. Returns the
+ * ISA now active. Not thread-safe: call it between kernel calls. */
+int realm_set_isa(int isa);
+
+/* The kernel for weight type `wtype` at `isa` (falling back to a lower ISA where a
+ * format has no kernel at that level); NULL for an unsupported type. */
+realm_vec_dot_fn realm_get_vec_dot(int wtype, int isa);
+
+/* Per-ISA tables, indexed by ggml type id; NULL entries fall back. */
+extern const realm_vec_dot_fn realm_vec_dot_scalar[REALM_N_TYPES];
+const realm_vec_dot_fn *realm_vec_dot_table_avx2(void);
+const realm_vec_dot_fn *realm_vec_dot_table_avx512(void);
+
+#endif
