@@ -25,6 +25,10 @@ typedef struct realm_kv_ring {
     realm_f16 *k;     /* borrowed storage, see above */
     realm_f16 *v;
     int64_t *n_pos; /* [n_layer], owned by the struct */
+    /* [n_layer], owned: the oldest position of the layer whose slot still holds it
+     * (positions held_from .. n_pos-1 are intact; older ones were overwritten by a
+     * wrap). Appends keep it >= n_pos - capacity; a truncate does not lower it. */
+    int64_t *held_from;
 } realm_kv_ring;
 
 #define REALM_KV_RING_MAX_CAPACITY (1LL << 24)
@@ -53,7 +57,8 @@ int realm_kv_append(realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tok
 int64_t realm_kv_window_start(const realm_kv_ring *kv, int64_t pos);
 
 /* Forget positions >= n_pos in every layer. Fails with -5, changing nothing, when a
- * layer has wrapped so far that the window of position n_pos is no longer held. */
+ * layer has wrapped so far that the window of position n_pos is no longer held
+ * (some position of max(0, n_pos - capacity + 1) .. n_pos-1 is below held_from). */
 int realm_kv_truncate(realm_kv_ring *kv, int64_t n_pos);
 
 /* Pointers to the K / V row (n_head_kv * head_dim f16) of `pos` in `layer`. */

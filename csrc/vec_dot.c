@@ -43,3 +43,14 @@ realm_vec_dot_fn realm_get_vec_dot(int wtype, int isa) {
 #endif
     return realm_vec_dot_scalar[wtype];
 }
+
+realm_vec_dot_nx_fn realm_get_vec_dot_nx(int wtype, int isa) {
+    if (wtype < 0 || wtype >= REALM_N_TYPES || !realm_vec_dot_scalar[wtype]) return NULL;
+    if (isa > realm_cpu_isa()) isa = realm_cpu_isa();
+#if defined(__x86_64__) || defined(__i386__)
+    /* the level the single-row kernel comes from, so both agree bit for bit */
+    if (isa >= REALM_ISA_AVX512 && realm_vec_dot_table_avx512()[wtype]) return realm_vec_dot_nx_table_avx512()[wtype];
+    if (isa >= REALM_ISA_AVX2 && realm_vec_dot_table_avx2()[wtype]) return realm_vec_dot_nx_table_avx2()[wtype];
+#endif
+    return NULL;
+}

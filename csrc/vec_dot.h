@@ -14,6 +14,13 @@
 /* *s = dot(weight row w, activation row a), both of n elements. */
 typedef void (*realm_vec_dot_fn)(int64_t n, float *s, const void *w, const void *a);
 
+/* One weight row times n_tokens activation rows (prefill): s[t * ls] = dot(w, a + t * la)
+ * for t < n_tokens (ls in floats, la in bytes). Each weight block is decoded once for
+ * several tokens. Its result for a token is bit for bit that of the single-row kernel
+ * of the same ISA. */
+typedef void (*realm_vec_dot_nx_fn)(int64_t n, float *s, int64_t ls, const void *w, const void *a, int64_t la,
+                                    int n_tokens);
+
 enum realm_isa {
     REALM_ISA_SCALAR = 0,
     REALM_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C */
@@ -35,9 +42,15 @@ int realm_set_isa(int isa);
  * format has no kernel at that level); NULL for an unsupported type. */
 realm_vec_dot_fn realm_get_vec_dot(int wtype, int isa);
 
+/* The multi-token kernel of the same ISA that realm_get_vec_dot(wtype, isa) picks;
+ * NULL where that ISA has none (the caller loops over the single-row kernel). */
+realm_vec_dot_nx_fn realm_get_vec_dot_nx(int wtype, int isa);
+
 /* Per-ISA tables, indexed by ggml type id; NULL entries fall back. */
 extern const realm_vec_dot_fn realm_vec_dot_scalar[REALM_N_TYPES];
 const realm_vec_dot_fn *realm_vec_dot_table_avx2(void);
 const realm_vec_dot_fn *realm_vec_dot_table_avx512(void);
+const realm_vec_dot_nx_fn *realm_vec_dot_nx_table_avx2(void);
+const realm_vec_dot_nx_fn *realm_vec_dot_nx_table_avx512(void);
 
 #endif

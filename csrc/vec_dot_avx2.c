@@ -1,8 +1,30 @@
-/* vec_dot_avx2.c: avx2 kernels (in progress). */
+/* vec_dot_avx2.c: the dot kernels for AVX2 + FMA + F16C (see vec_dot_x86.h, where
+ * they are written once for this file and vec_dot_avx512.c). */
+#if defined(__x86_64__) || defined(__i386__)
+#pragma GCC target("avx2,fma,f16c")
+#define REALM_X86_VNNI 0
+#include "vec_dot_x86.h"
+#endif
+
 #include <stddef.h>
 
 #include "vec_dot.h"
 
-static const realm_vec_dot_fn table[REALM_N_TYPES] = {NULL};
+static const realm_vec_dot_fn table[REALM_N_TYPES] = {
+#if defined(__x86_64__) || defined(__i386__)
+    REALM_X86_TABLE_ENTRIES,
+#else
+    NULL
+#endif
+};
+
+static const realm_vec_dot_nx_fn nx_table[REALM_N_TYPES] = {
+#if defined(__x86_64__) || defined(__i386__)
+    REALM_X86_NX_TABLE_ENTRIES,
+#else
+    NULL
+#endif
+};
 
 const realm_vec_dot_fn *realm_vec_dot_table_avx2(void) { return table; }
+const realm_vec_dot_nx_fn *realm_vec_dot_nx_table_avx2(void) { return nx_table; }

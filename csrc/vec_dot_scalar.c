@@ -1,6 +1,7 @@
 /* vec_dot_scalar.c: the portable kernels, one per weight format. They are the
  * definition the SIMD kernels are tested against: integer dot products per block
  * (exact), then float scaling as ggml does. */
+#include <math.h>
 #include <string.h>
 
 #include "fp16.h"
@@ -37,7 +38,9 @@ static void dot_q4_0(int64_t n, float *s, const void *w, const void *a) {
         int sumi = 0;
         for (int j = 0; j < QK4_0 / 2; j++)
             sumi += ((x[i].qs[j] & 0xF) - 8) * y[i].qs[j] + ((x[i].qs[j] >> 4) - 8) * y[i].qs[j + 16];
-        sum += (float)sumi * (realm_f16_to_f32(x[i].d) * realm_f16_to_f32(y[i].d));
+        /* one fused multiply-add per block, in block order: the float arithmetic of
+         * llama.cpp's repacked Q4_0 kernels, which it uses for these weights on x86 */
+        sum = fmaf((float)sumi, realm_f16_to_f32(x[i].d) * realm_f16_to_f32(y[i].d), sum);
     }
     *s = sum;
 }
@@ -162,10 +165,12 @@ static void dot_q3_K(int64_t n, float *s, const void *w, const void *a) {
     *s = sum;
 }
 
+/* Q4_K: whole-block integer sums, then two fused multiply-add chains (scales, mins)
+ * subtracted at the end: the float arithmetic of llama.cpp's repacked Q4_K kernels. */
 static void dot_q4_K(int64_t n, float *s, const void *w, const void *a) {
     const block_q4_K *x = w;
     const block_q8_K *y = a;
-    float sum = 0.0f;
+    float acc = 0.0f, acc_m = 0.0f;
     for (int64_t i = 0; i < n / QK_K; i++) {
         const uint8_t *q4 = x[i].qs;
         const int8_t *q8 = y[i].qs;
@@ -183,11 +188,10 @@ static void dot_q4_K(int64_t n, float *s, const void *w, const void *a) {
             summs += m0 * (y[i].bsums[4 * j] + y[i].bsums[4 * j + 1]) +
                      m1 * (y[i].bsums[4 * j + 2] + y[i].bsums[4 * j + 3]);
         }
-        const float d = y[i].d * realm_f16_to_f32(x[i].d);
-        const float dmin = y[i].d * realm_f16_to_f32(x[i].dmin);
-        sum += d * (float)isum - dmin * (float)summs;
+        acc = fmaf((float)isum, realm_f16_to_f32(x[i].d) * y[i].d, acc);
+        acc_m = fmaf((float)summs, realm_f16_to_f32(x[i].dmin) * y[i].d, acc_m);
     }
-    *s = sum;
+    *s = acc - acc_m;
 }
 
 static void dot_q5_K(int64_t n, float *s, const void *w, const void *a) {

@@ -6,7 +6,7 @@ memoryviews enforce dtype and C-contiguity) and releases the GIL around the C ca
 The rows of a tensor are C-contiguous: a quantized tensor is an (n_rows, row_bytes)
 uint8 array, its decoded form an (n_rows, n_cols) float32 array.
 """
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t
 
 import numpy as np
 
@@ -79,3 +79,4 @@ def quantize_rows_k(const float[:, ::1] src, int ggml_type, uint8_t[:, ::1] dst)
 
 include "_matmul.pxi"
 include "_kv_ring.pxi"
+include "_llama.pxi"

@@ -1,0 +1,148 @@
+/* attention.c: causal grouped-query attention over a KV ring (see attention.h).
+ *
+ * Work item: one (token, query head) pair, i.e. one head_dim output row; OpenMP hands
+ * the pairs to threads and each pair is computed by one thread start to finish, so the
+ * result does not depend on the thread count. Per pair, over the window positions j
+ * in ascending order:
+ *   s[j] = (f32 dot of q16 and K16[j]) * scale        (exact products, f32 sums)
+ *   e[j] = expf(s[j] - max s);  sum = sum of e in double
+ *   p[j] = f16(e[j] * (float)(1.0 / sum))
+ *   out  = sum_j p[j] * V16[j], accumulated in f32 one position at a time
+ * Built with -ffp-contract=off: no fused multiply-adds, as in ggml's scalar semantics.
+ *
+ * Scratch (owned by the caller, no allocation here): per thread a slice of
+ * slice_floats() floats, [capacity] scores (later the f16-rounded probabilities)
+ * followed by [head_dim] q values rounded to f16 (held as f32).
+ */
+#include "attention.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "fp16.h"
+
+/* f16 -> f32 without branches (exact for every finite value and infinity; NaNs stay
+ * NaN), so that the head_dim loops below vectorize; realm_f16_to_f32 branches. The
+ * normal case rebiases the exponent by a multiply by 2^-112; subnormals go through
+ * a float subtraction (the FP16 library's method). */
+static inline float f16_to_f32_vec(realm_f16 h) {
+    const uint32_t two_w = (uint32_t)h << 17; /* exponent and mantissa, sign dropped */
+    const uint32_t sign = ((uint32_t)h & 0x8000u) << 16;
+    const float normal = realm_bits_to_f32((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+    const float subnormal = realm_bits_to_f32((two_w >> 17) | (126u << 23)) - 0.5f;
+    const uint32_t is_sub = 0u - (uint32_t)(two_w < (1u << 27)); /* all ones or zero */
+    const uint32_t bits = (realm_f32_to_bits(subnormal) & is_sub) | (realm_f32_to_bits(normal) & ~is_sub);
+    return realm_bits_to_f32(sign | bits);
+}
+
+/* Running sums kept per lane, the shape a SIMD dot product has (ggml's f16 dot also
+ * sums in lanes); the lanes are added pairwise at the end. */
+#define LANES 16
+
+/* f32 dot of q (f16 values held as f32) and a row of f16. */
+static float dot_f16(const float *restrict q, const realm_f16 *restrict k, int64_t n) {
+    float acc[LANES] = {0};
+    int64_t d = 0;
+    for (; d + LANES <= n; d += LANES)
+        for (int i = 0; i < LANES; i++) acc[i] += q[d + i] * f16_to_f32_vec(k[d + i]);
+    for (int i = 0; d < n; d++, i++) acc[i] += q[d] * f16_to_f32_vec(k[d]);
+    for (int w = LANES / 2; w > 0; w /= 2)
+        for (int i = 0; i < w; i++) acc[i] += acc[i + w];
+    return acc[0];
+}
+
+/* acc[d] += p * v[d] for a row of f16 v */
+static void axpy_f16(float *restrict acc, float p, const realm_f16 *restrict v, int64_t n) {
+    for (int64_t d = 0; d < n; d++) acc[d] += p * f16_to_f32_vec(v[d]);
+}
+
+/* floats of one thread's scratch slice, rounded up to 64 bytes (no false sharing) */
+static int64_t slice_floats(const realm_kv_ring *kv) {
+    return (kv->capacity + kv->head_dim + 15) / 16 * 16;
+}
+
+int64_t realm_attention_scratch_floats(const realm_kv_ring *kv, int n_threads) {
+    if (kv == NULL || n_threads < 1) return -1;
+    return slice_floats(kv) * n_threads; /* < 2^32 * 2^31 */
+}
+
+/* do the byte ranges [a, a + na) and [b, b + nb) overlap? */
+static int overlaps(const void *a, int64_t na, const void *b, int64_t nb) {
+    const uintptr_t pa = (uintptr_t)a, pb = (uintptr_t)b;
+    return pa < pb + (uintptr_t)nb && pb < pa + (uintptr_t)na;
+}
+
+static int64_t next_slot(const realm_kv_ring *kv, int64_t slot) {
+    return slot + 1 == kv->capacity ? 0 : slot + 1;
+}
+
+/* One (token, head) pair: the query row q (head_dim f32) at position p reads KV head
+ * kvh of the window and writes out (head_dim f32). */
+static void attend_one(const realm_kv_ring *kv, int32_t layer, int64_t p, int32_t kvh, const float *q,
+                       float *restrict out, float *restrict scratch) {
+    const int64_t hd = kv->head_dim;
+    const int64_t row = (int64_t)kv->n_head_kv * hd; /* f16 elements per position */
+    const int64_t first = realm_kv_window_start(kv, p), n = p - first + 1;
+    const realm_f16 *k_layer = kv->k + (int64_t)layer * kv->capacity * row + (int64_t)kvh * hd;
+    const realm_f16 *v_layer = kv->v + (int64_t)layer * kv->capacity * row + (int64_t)kvh * hd;
+    float *restrict s = scratch;                  /* [n] scores, then probabilities */
+    float *restrict q16 = scratch + kv->capacity; /* [hd] */
+    const float scale = 1.0f / sqrtf((float)hd);
+
+    for (int64_t d = 0; d < hd; d++) q16[d] = realm_f16_to_f32(realm_f32_to_f16(q[d]));
+
+    const int64_t first_slot = first % kv->capacity; /* the window's slots wrap at capacity */
+    float max = -INFINITY;
+    for (int64_t j = 0, slot = first_slot; j < n; j++, slot = next_slot(kv, slot)) {
+        s[j] = dot_f16(q16, k_layer + slot * row, hd) * scale;
+        if (s[j] > max) max = s[j];
+    }
+    double sum = 0.0;
+    for (int64_t j = 0; j < n; j++) {
+        s[j] = expf(s[j] - max);
+        sum += (double)s[j];
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int64_t j = 0; j < n; j++) s[j] = realm_f16_to_f32(realm_f32_to_f16(s[j] * inv));
+
+    for (int64_t d = 0; d < hd; d++) out[d] = 0.0f;
+    for (int64_t j = 0, slot = first_slot; j < n; j++, slot = next_slot(kv, slot))
+        axpy_f16(out, s[j], v_layer + slot * row, hd);
+}
+
+int realm_attention(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens, int32_t n_head,
+                    const float *q, float *out, float *scratch, int n_threads) {
+    if (kv == NULL || kv->k == NULL || kv->v == NULL || q == NULL || out == NULL || scratch == NULL) return -1;
+    if (n_tokens < 1 || n_threads < 1 || n_head < 1 || n_head % kv->n_head_kv != 0) return -1;
+    const int64_t hd = kv->head_dim;
+    if (n_tokens > INT64_MAX / n_head / hd / (int64_t)sizeof(float)) return -1;
+    const int64_t n_pairs = n_tokens * n_head, bytes = n_pairs * hd * (int64_t)sizeof(float);
+    if (overlaps(q, bytes, out, bytes)) return -1;
+    if (layer < 0 || layer >= kv->n_layer) return -5;
+    /* every position appended, and every window still intact (windows only move up) */
+    if (pos < 0 || pos > kv->n_pos[layer] - n_tokens) return -5;
+    if (realm_kv_window_start(kv, pos) < kv->held_from[layer]) return -5;
+
+    const int32_t group = n_head / kv->n_head_kv; /* query heads per KV head */
+    const int64_t slice = slice_floats(kv);
+    const int threads = n_pairs < n_threads ? (int)n_pairs : n_threads;
+    (void)threads; /* unused without OpenMP */
+
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t i = 0; i < n_pairs; i++) {
+#ifdef _OPENMP
+        float *my_scratch = scratch + omp_get_thread_num() * slice;
+#else
+        float *my_scratch = scratch;
+#endif
+        const int64_t t = i / n_head;
+        const int32_t h = (int32_t)(i % n_head);
+        attend_one(kv, layer, pos + t, h / group, q + i * hd, out + i * hd, my_scratch);
+    }
+    return 0;
+}

@@ -1,0 +1,140 @@
+/* kv_ring.c: bookkeeping and f16 storage of the KV ring (see kv_ring.h).
+ *
+ * Layout of k and v (borrowed, f16): [n_layer][capacity][n_head_kv][head_dim]; a "row"
+ * is the n_head_kv * head_dim values of one position. Position p of a layer is in slot
+ * p % capacity.
+ *
+ * Which positions a layer still holds. Appends only ever go to n_pos, so the intact
+ * positions of a layer are always one contiguous run held_from .. n_pos-1:
+ *   - appending position p overwrites slot p % capacity, i.e. position p - capacity,
+ *     so held_from becomes at least p + 1 - capacity (a layer that never wrapped, and
+ *     any layer right after appends, holds max(0, n_pos - capacity) .. n_pos-1);
+ *   - truncating to n keeps held_from (lowered to n only when the run becomes empty).
+ * The second point is why held_from is stored rather than derived from n_pos: after
+ * capacity 4 holds 0..5 (slots 0..3 = positions 4, 5, 2, 3) and a truncate to 5, the
+ * naive run 5-4 .. 4 = 1..4 would claim position 1, whose slot holds position 5.
+ *
+ * Truncate rule: truncate(n) needs, in every layer that it shortens (n < n_pos), the
+ * window of position n minus n itself, max(0, n - capacity + 1) .. n-1, to be intact
+ * (the next append writes n and attention at n reads that window). If any layer lacks
+ * a position of it, truncate returns -5 and changes nothing. Consequences: truncate(0)
+ * always works; a layer that never wrapped can be truncated anywhere; once a layer
+ * has wrapped, only the newest position can be dropped (n = n_pos - 1), once.
+ */
+#include "kv_ring.h"
+
+#include <stdlib.h>
+
+#include "fp16.h"
+
+static int64_t max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
+static int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* f16 elements of one position's row, and of the whole k (or v) storage */
+static int64_t row_elems(const realm_kv_ring *kv) { return (int64_t)kv->n_head_kv * kv->head_dim; }
+
+realm_kv_ring *realm_kv_create(int32_t n_layer, int64_t capacity, int32_t n_head_kv, int32_t head_dim,
+                               realm_f16 *k, realm_f16 *v) {
+    if (n_layer < 1 || n_head_kv < 1 || head_dim < 1) return NULL;
+    if (capacity < 1 || capacity > REALM_KV_RING_MAX_CAPACITY) return NULL;
+    if ((k == NULL) != (v == NULL)) return NULL; /* both on the host, or neither */
+    /* the storage size in bytes must fit a signed 64-bit (and so a ptrdiff_t and size_t
+     * on the 64-bit hosts we build for) */
+    int64_t limit = INT64_MAX / (int64_t)sizeof(realm_f16);
+    if (PTRDIFF_MAX / (int64_t)sizeof(realm_f16) < limit) limit = PTRDIFF_MAX / (int64_t)sizeof(realm_f16);
+    int64_t elems = (int64_t)n_head_kv * head_dim; /* < 2^62: no overflow */
+    if (elems > limit / capacity) return NULL;
+    elems *= capacity;
+    if (elems > limit / n_layer) return NULL;
+
+    realm_kv_ring *kv = calloc(1, sizeof(*kv));
+    if (kv == NULL) return NULL;
+    kv->n_pos = calloc((size_t)n_layer, sizeof(int64_t));
+    kv->held_from = calloc((size_t)n_layer, sizeof(int64_t));
+    if (kv->n_pos == NULL || kv->held_from == NULL) {
+        realm_kv_free(kv);
+        return NULL;
+    }
+    kv->n_layer = n_layer;
+    kv->n_head_kv = n_head_kv;
+    kv->head_dim = head_dim;
+    kv->capacity = capacity;
+    kv->k = k;
+    kv->v = v;
+    return kv;
+}
+
+void realm_kv_free(realm_kv_ring *kv) {
+    if (kv == NULL) return;
+    free(kv->n_pos);
+    free(kv->held_from);
+    free(kv);
+}
+
+int64_t realm_kv_storage_elems(const realm_kv_ring *kv) {
+    if (kv == NULL) return -1;
+    return (int64_t)kv->n_layer * kv->capacity * row_elems(kv); /* checked in create */
+}
+
+int realm_kv_reserve(realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens) {
+    if (kv == NULL) return -1;
+    if (layer < 0 || layer >= kv->n_layer) return -5;
+    if (n_tokens < 1 || n_tokens > kv->capacity) return -1;
+    if (pos != kv->n_pos[layer]) return -5; /* no gap, no rewrite without truncate */
+    if (pos > INT64_MAX - n_tokens) return -5;
+    kv->n_pos[layer] = pos + n_tokens;
+    kv->held_from[layer] = max_i64(kv->held_from[layer], pos + n_tokens - kv->capacity);
+    return 0;
+}
+
+int realm_kv_append(realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens, const float *k_rows,
+                    const float *v_rows) {
+    if (kv == NULL || kv->k == NULL || kv->v == NULL || k_rows == NULL || v_rows == NULL) return -1;
+    int rc = realm_kv_reserve(kv, layer, pos, n_tokens);
+    if (rc != 0) return rc;
+    const int64_t n = row_elems(kv);
+    for (int64_t t = 0; t < n_tokens; t++) {
+        realm_f16 *k = realm_kv_k_row(kv, layer, pos + t);
+        realm_f16 *v = realm_kv_v_row(kv, layer, pos + t);
+        const float *ks = k_rows + t * n, *vs = v_rows + t * n;
+        for (int64_t i = 0; i < n; i++) k[i] = realm_f32_to_f16(ks[i]);
+        for (int64_t i = 0; i < n; i++) v[i] = realm_f32_to_f16(vs[i]);
+    }
+    return 0;
+}
+
+int64_t realm_kv_window_start(const realm_kv_ring *kv, int64_t pos) {
+    if (kv == NULL || pos < 0) return -1;
+    return max_i64(0, pos - kv->capacity + 1);
+}
+
+int realm_kv_truncate(realm_kv_ring *kv, int64_t n_pos) {
+    if (kv == NULL || n_pos < 0) return -1;
+    /* check every layer first, so that a failure changes nothing */
+    const int64_t need_from = realm_kv_window_start(kv, n_pos);
+    for (int32_t l = 0; l < kv->n_layer; l++) {
+        const int window_empty = n_pos == 0; /* need_from .. n_pos-1 */
+        if (n_pos < kv->n_pos[l] && !window_empty && need_from < kv->held_from[l]) return -5;
+    }
+    for (int32_t l = 0; l < kv->n_layer; l++) {
+        kv->n_pos[l] = min_i64(kv->n_pos[l], n_pos);
+        kv->held_from[l] = min_i64(kv->held_from[l], kv->n_pos[l]);
+    }
+    return 0;
+}
+
+/* The slot's row, or NULL for a bad layer, a negative position or host-less storage.
+ * (Whether the slot still holds `pos` is the caller's business: see held_from.) */
+static realm_f16 *row_of(const realm_kv_ring *kv, realm_f16 *base, int32_t layer, int64_t pos) {
+    if (kv == NULL || base == NULL || layer < 0 || layer >= kv->n_layer || pos < 0) return NULL;
+    const int64_t slot = pos % kv->capacity;
+    return base + ((int64_t)layer * kv->capacity + slot) * row_elems(kv);
+}
+
+realm_f16 *realm_kv_k_row(const realm_kv_ring *kv, int32_t layer, int64_t pos) {
+    return kv == NULL ? NULL : row_of(kv, kv->k, layer, pos);
+}
+
+realm_f16 *realm_kv_v_row(const realm_kv_ring *kv, int32_t layer, int64_t pos) {
+    return kv == NULL ? NULL : row_of(kv, kv->v, layer, pos);
+}

@@ -1,0 +1,160 @@
+/* llama.c: see llama.h. Read realm_llama_layer_forward top to bottom: it is the layer. */
+#include "llama.h"
+
+#include <stddef.h>
+
+#include "act_quant.h"
+#include "attention.h"
+#include "matmul.h"
+#include "ops.h"
+
+static int tensor_ok(const realm_tensor *t, int64_t n_rows, int64_t n_cols) {
+    return t->data && t->n_rows == n_rows && t->n_cols == n_cols &&
+           realm_matmul_scratch_bytes(t->type, n_cols, 1) >= 0;
+}
+
+static int dims_ok(const realm_llama_dims *d) {
+    return d->n_embd > 0 && d->n_head > 0 && d->n_head_kv > 0 && d->n_head % d->n_head_kv == 0 &&
+           d->head_dim > 0 && d->head_dim % 2 == 0 && d->rope_dim > 0 && d->rope_dim % 2 == 0 &&
+           d->rope_dim <= d->head_dim && d->rope_dim <= REALM_ROPE_MAX_DIM && d->n_ff > 0 && d->n_vocab > 0 &&
+           d->rms_eps > 0 && d->rope_base > 0;
+}
+
+int realm_llama_check_layer(const realm_llama_dims *d, const realm_llama_layer *L) {
+    if (!d || !L || !dims_ok(d) || !L->attn_norm || !L->ffn_norm) return -1;
+    const int64_t q_dim = (int64_t)d->n_head * d->head_dim, kv_dim = (int64_t)d->n_head_kv * d->head_dim;
+    const int ok = tensor_ok(&L->wq, q_dim, d->n_embd) && tensor_ok(&L->wk, kv_dim, d->n_embd) &&
+                   tensor_ok(&L->wv, kv_dim, d->n_embd) && tensor_ok(&L->wo, d->n_embd, q_dim) &&
+                   tensor_ok(&L->w_gate, d->n_ff, d->n_embd) && tensor_ok(&L->w_up, d->n_ff, d->n_embd) &&
+                   tensor_ok(&L->w_down, d->n_embd, d->n_ff);
+    return ok ? 0 : -1;
+}
+
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+static int64_t xq_need(const realm_tensor *t, int64_t max_tokens) {
+    return realm_matmul_scratch_bytes(t->type, t->n_cols, max_tokens);
+}
+
+int64_t realm_llama_scratch_init(realm_llama_scratch *s, const realm_llama_dims *d, const realm_llama_layer *layers,
+                                 int32_t n_layer, const realm_tensor *output, int64_t max_tokens, int64_t att_floats,
+                                 void *buf, int64_t buf_bytes) {
+    if (!d || !dims_ok(d) || max_tokens <= 0 || att_floats < 0 || n_layer < 0 || (n_layer && !layers)) return -1;
+    const int64_t q_dim = (int64_t)d->n_head * d->head_dim, kv_dim = (int64_t)d->n_head_kv * d->head_dim;
+    int64_t xq = 0;
+    for (int32_t i = 0; i < n_layer; i++) {
+        const realm_llama_layer *L = &layers[i];
+        if (realm_llama_check_layer(d, L)) return -1;
+        const realm_tensor *ts[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t j = 0; j < sizeof ts / sizeof ts[0]; j++) xq = max64(xq, xq_need(ts[j], max_tokens));
+    }
+    if (output) {
+        if (!tensor_ok(output, d->n_vocab, d->n_embd)) return -1;
+        xq = max64(xq, xq_need(output, max_tokens));
+    }
+    /* the float buffers, in order, then the activation bytes (64-byte aligned pieces) */
+    const int64_t widths[] = {d->n_embd, q_dim, kv_dim, kv_dim, q_dim, d->n_embd, d->n_ff, d->n_ff};
+    int64_t offs[9], off = 0;
+    for (int j = 0; j < 8; j++) {
+        offs[j] = off;
+        off += (widths[j] * max_tokens * 4 + 63) / 64 * 64;
+    }
+    offs[8] = off;
+    off += (att_floats * 4 + 63) / 64 * 64;
+    const int64_t xq_off = off;
+    off += (xq + 63) / 64 * 64;
+    if (!buf) return off;
+    if (!s || buf_bytes < off || ((uintptr_t)buf & 63)) return -1;
+    char *b = buf;
+    float **fs[] = {&s->cur, &s->q, &s->k, &s->v, &s->att, &s->tmp, &s->gate, &s->up};
+    for (int j = 0; j < 8; j++) *fs[j] = (float *)(b + offs[j]);
+    s->att_scratch = (float *)(b + offs[8]);
+    s->att_scratch_floats = att_floats;
+    s->xq = b + xq_off;
+    s->xq_bytes = xq;
+    s->max_tokens = max_tokens;
+    return off;
+}
+
+/* y[t] = W x[t] for the chunk, activations already rounded in s->xq when `rounded`. */
+static int mm(const realm_tensor *w, const float *x, int64_t n, float *y, realm_llama_scratch *s, int nt,
+              int rounded) {
+    if (!rounded && realm_quantize_acts(w->type, x, w->n_cols, n, s->xq, nt)) return -1;
+    return realm_matmul_q(w->data, w->type, w->n_rows, w->n_cols, s->xq, n, y, w->n_rows, nt);
+}
+
+/* whether b's matmul can reuse the activations a's matmul rounded (same x, same rounding) */
+static int same_rounding(const realm_tensor *a, const realm_tensor *b) {
+    return realm_vec_dot_type(a->type) == realm_vec_dot_type(b->type);
+}
+
+/* one chunk of n <= max_tokens tokens */
+static int layer_chunk(const realm_llama_dims *d, const realm_llama_layer *L, int32_t layer, realm_kv_ring *kv,
+                       int64_t pos, int64_t n, const float *x, float *out, realm_llama_scratch *s, int nt) {
+    const int64_t E = d->n_embd, q_dim = (int64_t)d->n_head * d->head_dim;
+    const int64_t kv_dim = (int64_t)d->n_head_kv * d->head_dim;
+    int rc;
+
+    /* attention block: cur = norm(x); q, k, v = W cur; rope; append; attend; tmp = Wo att */
+    for (int64_t t = 0; t < n; t++) realm_rmsnorm(x + t * E, L->attn_norm, s->cur + t * E, E, d->rms_eps);
+    rc = mm(&L->wq, s->cur, n, s->q, s, nt, 0);
+    /* wk and wv reuse the activations wq rounded when their vec dot types agree */
+    if (!rc) rc = mm(&L->wk, s->cur, n, s->k, s, nt, same_rounding(&L->wq, &L->wk));
+    if (!rc) rc = mm(&L->wv, s->cur, n, s->v, s, nt, same_rounding(&L->wk, &L->wv));
+    if (rc) return -1;
+    for (int64_t t = 0; t < n; t++) {
+        realm_rope(s->q + t * q_dim, d->n_head, d->head_dim, d->rope_dim, pos + t, d->rope_base);
+        realm_rope(s->k + t * kv_dim, d->n_head_kv, d->head_dim, d->rope_dim, pos + t, d->rope_base);
+    }
+    rc = realm_kv_append(kv, layer, pos, n, s->k, s->v);
+    if (rc) return rc;
+    rc = realm_attention(kv, layer, pos, n, d->n_head, s->q, s->att, s->att_scratch, nt);
+    if (rc) return rc;
+    if (mm(&L->wo, s->att, n, s->tmp, s, nt, 0)) return -1;
+    realm_add(s->tmp, x, out, n * E); /* out = x + attention (the residual) */
+
+    /* feed-forward block: cur = norm(out); out += down(silu(gate cur) * up cur) */
+    for (int64_t t = 0; t < n; t++) realm_rmsnorm(out + t * E, L->ffn_norm, s->cur + t * E, E, d->rms_eps);
+    rc = mm(&L->w_gate, s->cur, n, s->gate, s, nt, 0);
+    if (!rc) rc = mm(&L->w_up, s->cur, n, s->up, s, nt, same_rounding(&L->w_gate, &L->w_up));
+    if (rc) return -1;
+    realm_swiglu(s->gate, s->up, s->gate, n * d->n_ff);
+    if (mm(&L->w_down, s->gate, n, s->tmp, s, nt, 0)) return -1;
+    realm_add(s->tmp, out, out, n * E);
+    return 0;
+}
+
+int realm_llama_layer_forward(const realm_llama_dims *d, const realm_llama_layer *L, int32_t layer,
+                              realm_kv_ring *kv, int64_t pos, int64_t n_tokens, const float *x, float *out,
+                              realm_llama_scratch *s, int n_threads) {
+    if (!d || !L || !kv || !x || !out || !s || n_tokens <= 0 || pos < 0 || n_threads <= 0) return -1;
+    if (realm_llama_check_layer(d, L)) return -1;
+    if (kv->n_head_kv != d->n_head_kv || kv->head_dim != d->head_dim || !kv->k || !kv->v) return -1;
+    if (layer < 0 || layer >= kv->n_layer) return -5;
+    if (s->att_scratch_floats < realm_attention_scratch_floats(kv, n_threads)) return -7;
+    for (int64_t t0 = 0, n; t0 < n_tokens; t0 += n) {
+        const int64_t p = pos + t0;
+        n = n_tokens - t0 < s->max_tokens ? n_tokens - t0 : s->max_tokens;
+        /* A chunk appends all its K/V before attending: it must not overwrite a slot that
+         * its own first token still attends to. Before the ring wraps that means staying
+         * within capacity; once the window is full, one token at a time. */
+        if (p + n > kv->capacity) n = p < kv->capacity ? kv->capacity - p : 1;
+        const int rc = layer_chunk(d, L, layer, kv, p, n, x + t0 * d->n_embd, out + t0 * d->n_embd, s, n_threads);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+int realm_llama_lm_head(const realm_llama_dims *d, const float *output_norm, const realm_tensor *output,
+                        const float *x, int64_t n_tokens, float *logits, realm_llama_scratch *s, int n_threads) {
+    if (!d || !dims_ok(d) || !output_norm || !output || !x || !logits || !s || n_tokens <= 0 || n_threads <= 0)
+        return -1;
+    if (!tensor_ok(output, d->n_vocab, d->n_embd)) return -1;
+    const int64_t E = d->n_embd;
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += s->max_tokens) {
+        const int64_t n = n_tokens - t0 < s->max_tokens ? n_tokens - t0 : s->max_tokens;
+        for (int64_t t = 0; t < n; t++) realm_rmsnorm(x + (t0 + t) * E, output_norm, s->cur + t * E, E, d->rms_eps);
+        if (mm(output, s->cur, n, logits + t0 * d->n_vocab, s, n_threads, 0)) return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,65 @@
+/* llama.h: the llama forward pass on the CPU, one layer at a time, as ggml computes it.
+ *
+ * Weights are GGUF tensors as they lie in the (memory-mapped) file, never decoded to
+ * a matrix. Hidden states are f32 [n_tokens][n_embd]; tokens are processed in chunks
+ * of at most scratch->max_tokens, each chunk running the whole layer (and appending its
+ * K/V to the ring) before the next, which is exactly causal attention over the batch.
+ */
+#ifndef REALM_LLAMA_H
+#define REALM_LLAMA_H
+
+#include <stdint.h>
+
+#include "kv_ring.h"
+
+typedef struct {
+    const void *data; /* raw blocks, n_rows rows of n_cols elements; borrowed */
+    int32_t type;     /* ggml type id */
+    int64_t n_rows;
+    int64_t n_cols;
+} realm_tensor;
+
+typedef struct {
+    int32_t n_embd, n_head, n_head_kv, head_dim, n_ff, rope_dim, n_vocab;
+    float rms_eps, rope_base;
+} realm_llama_dims;
+
+typedef struct {
+    const float *attn_norm, *ffn_norm; /* f32 [n_embd]; borrowed */
+    realm_tensor wq, wk, wv, wo, w_gate, w_up, w_down;
+} realm_llama_layer;
+
+/* Work buffers for up to max_tokens tokens per chunk; carved by realm_llama_scratch_init
+ * out of one caller-owned buffer, reused by every call (no allocation per token). */
+typedef struct {
+    int64_t max_tokens;
+    float *cur, *q, *k, *v, *att, *tmp, *gate, *up; /* [max_tokens][width] */
+    float *att_scratch;                             /* realm_attention's scratch */
+    int64_t att_scratch_floats;
+    void *xq; /* rounded activations for the matmuls */
+    int64_t xq_bytes;
+} realm_llama_scratch;
+
+/* Check dims and the layer's tensors (shapes, types, norms present). 0 or -1. */
+int realm_llama_check_layer(const realm_llama_dims *d, const realm_llama_layer *L);
+
+/* Bytes needed for max_tokens tokens, attention scratch of att_floats floats and the
+ * given layers and LM head (output may be NULL); with buf != NULL, also carve buf (of
+ * buf_bytes) into *s. Returns the bytes needed, or -1 on a bad argument. */
+int64_t realm_llama_scratch_init(realm_llama_scratch *s, const realm_llama_dims *d, const realm_llama_layer *layers,
+                                 int32_t n_layer, const realm_tensor *output, int64_t max_tokens, int64_t att_floats,
+                                 void *buf, int64_t buf_bytes);
+
+/* One whole layer on x (tokens at positions pos .. pos+n_tokens-1) into out (out may
+ * equal x): RMSNorm, Q/K/V, RoPE, K/V appended to the ring's layer `layer`, attention,
+ * output projection, residual, RMSNorm, gate/up, SwiGLU, down, residual.
+ * Returns 0, -1 bad argument, -5 layer or position out of range, -7 scratch too small. */
+int realm_llama_layer_forward(const realm_llama_dims *d, const realm_llama_layer *L, int32_t layer,
+                              realm_kv_ring *kv, int64_t pos, int64_t n_tokens, const float *x, float *out,
+                              realm_llama_scratch *s, int n_threads);
+
+/* Final RMSNorm and output projection: logits f32 [n_tokens][n_vocab]. 0 or -1. */
+int realm_llama_lm_head(const realm_llama_dims *d, const float *output_norm, const realm_tensor *output,
+                        const float *x, int64_t n_tokens, float *logits, realm_llama_scratch *s, int n_threads);
+
+#endif

@@ -1,0 +1,31 @@
+/* ops.h: the small per-token operations of a llama layer, with ggml's float semantics
+ * (see NUMERICS.md). Rows are f32 and contiguous; in-place use (out == x) is allowed. */
+#ifndef REALM_OPS_H
+#define REALM_OPS_H
+
+#include <stdint.h>
+
+/* out = x / sqrt(mean(x^2) + eps) * w: x*x in f32 summed in double, mean and the scale
+ * in f32, then (x * scale) * w, as ggml's rms_norm followed by mul. */
+void realm_rmsnorm(const float *x, const float *w, float *out, int64_t n, float eps);
+
+#define REALM_ROPE_MAX_DIM 1024
+
+/* RoPE on adjacent pairs (x[2i], x[2i+1]) of each of n_heads heads (head_dim apart),
+ * for i < rope_dim / 2, at absolute position pos: the angles are pos * base^(-2i/rope_dim)
+ * built as ggml's rope cache does (theta *= powf(base, -2/rope_dim) per pair, in f32).
+ * rope_dim <= REALM_ROPE_MAX_DIM. */
+void realm_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, int64_t pos, float base);
+
+/* out = silu(gate) * up, silu(g) = g / (1 + exp(-g)). */
+void realm_swiglu(const float *gate, const float *up, float *out, int64_t n);
+
+/* out = a + b */
+void realm_add(const float *a, const float *b, float *out, int64_t n);
+
+/* Embedding: out[i] = row ids[i] of W (n_rows x n_cols of wtype), decoded to f32.
+ * Returns 0, -1 on a bad type or shape, -5 when an id is outside 0..n_rows-1. */
+int realm_get_rows(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const int32_t *ids, int64_t n_ids,
+                   float *out);
+
+#endif

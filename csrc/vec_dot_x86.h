@@ -1,0 +1,569 @@
+/* vec_dot_x86.h: the 256-bit x86 dot kernels, one per weight format, written once.
+ *
+ * Not a public header: it is a template that vec_dot_avx2.c and vec_dot_avx512.c each
+ * include after their `#pragma GCC target`, so every function here is compiled twice,
+ * once per instruction set. The including file defines REALM_X86_VNNI:
+ *   0  AVX2 + FMA + F16C: integer multiply-adds are vpmaddubsw (u8 x s8 -> s16 pairs)
+ *      followed by vpmaddwd (s16 x s16 -> s32 pairs) and vpaddd;
+ *   1  AVX-512 VL + VNNI: the same on 256-bit registers with vpdpbusd (u8 x s8, four
+ *      products summed into s32, no saturation) and vpdpwssd (madd + add in one).
+ *
+ * Every kernel computes exactly the integer sums of the scalar kernel
+ * (vec_dot_scalar.c); only the order of the float additions differs: partial integer
+ * sums stay in the 8 lanes of a vector, are converted to float per block and scaled
+ * with FMA into a vector accumulator that is summed horizontally at the end.
+ *
+ * Saturation: vpmaddubsw saturates the sum of two u8*s8 products to s16. Every use
+ * below keeps |u| <= 128 and |s| <= 127 (activations are rounded to [-127, 127]), so a
+ * pair is at most 2 * 128 * 127 = 32512 and never saturates.
+ */
+#ifndef REALM_X86_VNNI
+#error "define REALM_X86_VNNI (0 or 1) before including vec_dot_x86.h"
+#endif
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "ggml_blocks.h"
+
+/* ---- helpers ------------------------------------------------------------------- */
+
+static inline float x86_f16(realm_f16 h) { return _cvtsh_ss(h); }
+
+static inline float x86_hsum_ps(__m256 v) {
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+static inline int x86_hsum_epi32(__m256i v) {
+    __m128i r = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    r = _mm_add_epi32(r, _mm_unpackhi_epi64(r, r));
+    r = _mm_add_epi32(r, _mm_shuffle_epi32(r, 1));
+    return _mm_cvtsi128_si32(r);
+}
+
+/* acc + (sums of 4 adjacent products u8 u * s8 s), per s32 lane */
+static inline __m256i x86_dpbusd(__m256i acc, __m256i u, __m256i s) {
+#if REALM_X86_VNNI
+    return _mm256_dpbusd_epi32(acc, u, s);
+#else
+    const __m256i p16 = _mm256_maddubs_epi16(u, s);
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+#endif
+}
+
+/* acc + (sums of 2 adjacent products s16 a * s16 b), per s32 lane */
+static inline __m256i x86_dpwssd(__m256i acc, __m256i a, __m256i b) {
+#if REALM_X86_VNNI
+    return _mm256_dpwssd_epi32(acc, a, b);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+#endif
+}
+
+/* Signed x signed bytes through the unsigned x signed multiply: |x| * (y with x's sign).
+ * |x| of -128 is 128 as an unsigned byte, so every int8 weight is handled. */
+static inline __m256i x86_dot_i8(__m256i acc, __m256i x, __m256i y) {
+    return x86_dpbusd(acc, _mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+}
+
+/* 16 bytes of packed nibbles -> 32 bytes 0..15: low nibbles in bytes 0..15, high
+ * nibbles in bytes 16..31 (the element order of Q4_0/Q4_1/Q5_0/Q5_1 blocks). */
+static inline __m256i x86_nibbles_32(const uint8_t *p) {
+    const __m128i t = _mm_loadu_si128((const __m128i *)p);
+    const __m256i b = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
+    return _mm256_and_si256(b, _mm256_set1_epi8(0xF));
+}
+
+/* 32 bits (little-endian) -> 32 bytes, 0xFF where bit i is set: broadcast the word,
+ * give byte i a copy of byte i/8, OR in every bit but bit i%8, compare with all-ones. */
+static inline __m256i x86_bits_32(const uint8_t *p) {
+    uint32_t w;
+    memcpy(&w, p, 4);
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    const __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)w), shuf);
+    const __m256i other_bits = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
+    return _mm256_cmpeq_epi8(_mm256_or_si256(bytes, other_bits), _mm256_set1_epi64x(-1));
+}
+
+/* The 8 6-bit scales (bytes 0..7) and 8 mins (bytes 8..15) of a Q4_K/Q5_K block, in
+ * one go (realm_k4_scale_min for all j): scales 0..3 / mins 0..3 are the low 6 bits of
+ * bytes 0..3 / 4..7; scales / mins 4..7 are the low / high nibbles of bytes 8..11 with
+ * the top 2 bits of bytes 0..3 / 4..7 above them. */
+static inline __m128i x86_k4_scales_mins(const uint8_t *scales) {
+    uint32_t u[3];
+    memcpy(u, scales, 12);
+    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
+    const uint32_t sc_lo = u[0] & m6;
+    const uint32_t sc_hi = (u[2] & m4) | (((u[0] >> 6) & m2) << 4);
+    const uint32_t mn_lo = u[1] & m6;
+    const uint32_t mn_hi = ((u[2] >> 4) & m4) | (((u[1] >> 6) & m2) << 4);
+    return _mm_set_epi32((int)mn_hi, (int)mn_lo, (int)sc_hi, (int)sc_lo);
+}
+
+/* The 16 6-bit signed scales of a Q3_K block (realm_q3_K_scale for all j), as int8:
+ * low nibbles of bytes 0..7 then their high nibbles, 2 more bits from bytes 8..11. */
+static inline __m128i x86_q3k_scales(const uint8_t *scales) {
+    uint32_t a[3];
+    memcpy(a, scales, 12);
+    const uint32_t m4 = 0x0f0f0f0f, m2 = 0x03030303;
+    const __m128i s = _mm_set_epi32((int)(((a[1] >> 4) & m4) | (((a[2] >> 6) & m2) << 4)),
+                                    (int)(((a[0] >> 4) & m4) | (((a[2] >> 4) & m2) << 4)),
+                                    (int)((a[1] & m4) | (((a[2] >> 2) & m2) << 4)),
+                                    (int)((a[0] & m4) | ((a[2] & m2) << 4)));
+    return _mm_sub_epi8(s, _mm_set1_epi8(32));
+}
+
+/* Two s16 scales for a 32-element chunk of 16-element sub-blocks: a in the low 128-bit
+ * lane (elements 0..15), b in the high lane (elements 16..31). */
+static inline __m256i x86_scale_pair(int a, int b) {
+    return _mm256_set_m128i(_mm_set1_epi16((short)b), _mm_set1_epi16((short)a));
+}
+
+/* ---- multi-token kernels --------------------------------------------------------
+ * A format with a `_rows` body computes, for nt (1..X86_NT) activation rows a + t*la,
+ * s[t*ls] = dot(w, a_t): each weight block is decoded into registers once and serves
+ * all nt rows. The single dot is the nt = 1 instance of the same body, so a token's
+ * result is bit for bit the same alone (decode) and inside a batch (prefill). */
+#define X86_NT 4
+
+#define X86_DEFINE_DOTS(fmt)                                                                              \
+    static void x86_dot_##fmt(int64_t n, float *s, const void *w, const void *a) {                        \
+        x86_##fmt##_rows(n, s, 0, w, a, 0, 1);                                                            \
+    }                                                                                                     \
+    static void x86_dot_nx_##fmt(int64_t n, float *s, int64_t ls, const void *w, const void *a, int64_t la, \
+                                 int n_tokens) {                                                          \
+        int t = 0;                                                                                        \
+        for (; t + X86_NT <= n_tokens; t += X86_NT)                                                       \
+            x86_##fmt##_rows(n, s + t * ls, ls, w, (const char *)a + t * la, la, X86_NT);                 \
+        switch (n_tokens - t) {                                                                           \
+        case 3: x86_##fmt##_rows(n, s + t * ls, ls, w, (const char *)a + t * la, la, 3); break;           \
+        case 2: x86_##fmt##_rows(n, s + t * ls, ls, w, (const char *)a + t * la, la, 2); break;           \
+        case 1: x86_##fmt##_rows(n, s + t * ls, ls, w, (const char *)a + t * la, la, 1); break;           \
+        default: break;                                                                                   \
+        }                                                                                                 \
+    }
+
+/* ---- f32 / f16 / bf16: convert to f32 and FMA, 32 elements per step --------------- */
+
+static void x86_dot_f32(int64_t n, float *s, const void *w, const void *a) {
+    const float *x = w, *y = a;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 4; k++)
+            acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8 * k), _mm256_loadu_ps(y + i + 8 * k), acc[k]);
+    for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), acc[0]);
+    float sum = x86_hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (; i < n; i++) sum += x[i] * y[i];
+    *s = sum;
+}
+
+static inline __m256 x86_load_f16(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+static void x86_dot_f16(int64_t n, float *s, const void *w, const void *a) {
+    const uint16_t *x = w, *y = a;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 4; k++)
+            acc[k] = _mm256_fmadd_ps(x86_load_f16(x + i + 8 * k), x86_load_f16(y + i + 8 * k), acc[k]);
+    for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(x86_load_f16(x + i), x86_load_f16(y + i), acc[0]);
+    float sum = x86_hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (; i < n; i++) sum += x86_f16(x[i]) * x86_f16(y[i]);
+    *s = sum;
+}
+
+/* bf16 is the top half of an f32: zero-extend to 32 bits and shift left by 16 */
+static inline __m256 x86_load_bf16(const uint16_t *p) {
+    const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+static inline float x86_bf16(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static void x86_dot_bf16(int64_t n, float *s, const void *w, const void *a) {
+    const uint16_t *x = w, *y = a;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 4; k++)
+            acc[k] = _mm256_fmadd_ps(x86_load_bf16(x + i + 8 * k), x86_load_bf16(y + i + 8 * k), acc[k]);
+    for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(x86_load_bf16(x + i), x86_load_bf16(y + i), acc[0]);
+    float sum = x86_hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (; i < n; i++) sum += x86_bf16(x[i]) * x86_bf16(y[i]);
+    *s = sum;
+}
+
+/* ---- 32-element block formats: one block = one 32-byte vector -------------------- */
+
+/* Q4_0 x Q8_0: nibbles minus 8 as int8, signed dot. */
+static inline __attribute__((always_inline)) void x86_q4_0_rows(int64_t n, float *s, int64_t ls, const void *w,
+                                                                const void *a, int64_t la, const int nt) {
+    const block_q4_0 *x = w;
+    float acc[X86_NT];
+    for (int t = 0; t < nt; t++) acc[t] = 0.0f;
+    for (int64_t i = 0; i < n / QK4_0; i++) {
+        const __m256i qx = _mm256_sub_epi8(x86_nibbles_32(x[i].qs), _mm256_set1_epi8(8));
+        const __m256i ax = _mm256_sign_epi8(qx, qx);
+        const float dx = x86_f16(x[i].d);
+        for (int t = 0; t < nt; t++) {
+            const block_q8_0 *y = (const block_q8_0 *)((const char *)a + t * la) + i;
+            const __m256i qy = _mm256_loadu_si256((const __m256i *)y->qs);
+            const __m256i sumi = x86_dpbusd(_mm256_setzero_si256(), ax, _mm256_sign_epi8(qy, qx));
+            /* the block's whole integer sum, then one fused multiply-add (see scalar) */
+            acc[t] = fmaf((float)x86_hsum_epi32(sumi), dx * x86_f16(y->d), acc[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++) s[t * ls] = acc[t];
+}
+X86_DEFINE_DOTS(q4_0)
+
+/* Q4_1 x Q8_1: nibbles 0..15 unsigned times q8; the min m meets y's s = d * sum(q). */
+static void x86_dot_q4_1(int64_t n, float *s, const void *w, const void *a) {
+    const block_q4_1 *x = w;
+    const block_q8_1 *y = a;
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0.0f;
+    for (int64_t i = 0; i < n / QK4_1; i++) {
+        const __m256i qx = x86_nibbles_32(x[i].qs);
+        const __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        const __m256i sumi = x86_dpbusd(_mm256_setzero_si256(), qx, qy);
+        const __m256 d = _mm256_set1_ps(x86_f16(x[i].d) * x86_f16(y[i].d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+        summs += x86_f16(x[i].m) * x86_f16(y[i].s);
+    }
+    *s = x86_hsum_ps(acc) + summs;
+}
+
+/* Q5_0 x Q8_0: the 5th bit comes from qh via x86_bits_32; OR-ing 0xF0 into the bytes
+ * whose bit is clear turns q in 0..15 into q - 16 as int8, and a set bit leaves q,
+ * i.e. (q + 16) - 16: the signed value in one step. */
+static void x86_dot_q5_0(int64_t n, float *s, const void *w, const void *a) {
+    const block_q5_0 *x = w;
+    const block_q8_0 *y = a;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK5_0; i++) {
+        const __m256i hi = _mm256_andnot_si256(x86_bits_32(x[i].qh), _mm256_set1_epi8((char)0xF0));
+        const __m256i qx = _mm256_or_si256(x86_nibbles_32(x[i].qs), hi);
+        const __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        const __m256i sumi = x86_dot_i8(_mm256_setzero_si256(), qx, qy);
+        const __m256 d = _mm256_set1_ps(x86_f16(x[i].d) * x86_f16(y[i].d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    *s = x86_hsum_ps(acc);
+}
+
+/* Q5_1 x Q8_1: 5th bit OR-ed in as 0x10, unsigned 0..31 times q8; min as Q4_1. */
+static void x86_dot_q5_1(int64_t n, float *s, const void *w, const void *a) {
+    const block_q5_1 *x = w;
+    const block_q8_1 *y = a;
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0.0f;
+    for (int64_t i = 0; i < n / QK5_1; i++) {
+        const __m256i hi = _mm256_and_si256(x86_bits_32(x[i].qh), _mm256_set1_epi8(0x10));
+        const __m256i qx = _mm256_or_si256(x86_nibbles_32(x[i].qs), hi);
+        const __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        const __m256i sumi = x86_dpbusd(_mm256_setzero_si256(), qx, qy);
+        const __m256 d = _mm256_set1_ps(x86_f16(x[i].d) * x86_f16(y[i].d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+        summs += x86_f16(x[i].m) * x86_f16(y[i].s);
+    }
+    *s = x86_hsum_ps(acc) + summs;
+}
+
+/* Q8_0 x Q8_0: signed dot of two 32-byte vectors (|x| computed once per weight block). */
+static inline __attribute__((always_inline)) void x86_q8_0_rows(int64_t n, float *s, int64_t ls, const void *w,
+                                                                const void *a, int64_t la, const int nt) {
+    const block_q8_0 *x = w;
+    __m256 acc[X86_NT];
+    for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK8_0; i++) {
+        const __m256i qx = _mm256_loadu_si256((const __m256i *)x[i].qs);
+        const __m256i ax = _mm256_sign_epi8(qx, qx);
+        const float dx = x86_f16(x[i].d);
+        for (int t = 0; t < nt; t++) {
+            const block_q8_0 *y = (const block_q8_0 *)((const char *)a + t * la) + i;
+            const __m256i qy = _mm256_loadu_si256((const __m256i *)y->qs);
+            const __m256i sumi = x86_dpbusd(_mm256_setzero_si256(), ax, _mm256_sign_epi8(qy, qx));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * x86_f16(y->d)), _mm256_cvtepi32_ps(sumi), acc[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++) s[t * ls] = x86_hsum_ps(acc[t]);
+}
+X86_DEFINE_DOTS(q8_0)
+
+/* ---- K-quants x Q8_K ----------------------------------------------------------- */
+
+/* Q2_K: 2-bit q (unsigned) times q8 with vpmaddubsw, then times the 4-bit sub-block
+ * scales (s16, a pair per 32-element chunk); the mins meet the Q8_K bsums. qs holds 4
+ * chunks of 32 per 32 bytes (bit pairs 0-1, 2-3, 4-5, 6-7). */
+static void x86_dot_q2_K(int64_t n, float *s, const void *w, const void *a) {
+    const block_q2_K *x = w;
+    const block_q8_K *y = a;
+    const __m256i m3 = _mm256_set1_epi8(3);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const float d = y[i].d * x86_f16(x[i].d);
+        const float dmin = -y[i].d * x86_f16(x[i].dmin);
+        const __m128i sm = _mm_loadu_si128((const __m128i *)x[i].scales);
+        const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sm, 4), _mm_set1_epi8(0xF)));
+        const __m256i summs = _mm256_madd_epi16(mins, _mm256_loadu_si256((const __m256i *)y[i].bsums));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(summs), acc);
+        const uint8_t *sc = x[i].scales;
+        const uint8_t *q2 = x[i].qs;
+        const int8_t *q8 = y[i].qs;
+        __m256i sumi = _mm256_setzero_si256();
+        for (int half = 0; half < 2; half++, q2 += 32, sc += 8) {
+            const __m256i bits = _mm256_loadu_si256((const __m256i *)q2);
+            for (int k = 0; k < 4; k++, q8 += 32) {
+                const __m256i q = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * k), m3);
+                const __m256i p16 = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)q8));
+                sumi = x86_dpwssd(sumi, x86_scale_pair(sc[2 * k] & 0xF, sc[2 * k + 1] & 0xF), p16);
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    *s = x86_hsum_ps(acc);
+}
+
+/* Q3_K: q = low 2 bits - 4 * (high bit clear). Two unsigned products: low bits times
+ * q8, and 4 * (hmask bit clear) times q8, subtracted in s16; then the signed 6-bit
+ * scales (a pair per 32-element chunk). hmask bit b marks chunk b. */
+static void x86_dot_q3_K(int64_t n, float *s, const void *w, const void *a) {
+    const block_q3_K *x = w;
+    const block_q8_K *y = a;
+    const __m256i m3 = _mm256_set1_epi8(3);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        int8_t sc[16];
+        _mm_storeu_si128((__m128i *)sc, x86_q3k_scales(x[i].scales));
+        const __m256i hbits = _mm256_loadu_si256((const __m256i *)x[i].hmask);
+        const uint8_t *q3 = x[i].qs;
+        const int8_t *q8 = y[i].qs;
+        __m256i sumi = _mm256_setzero_si256();
+        int chunk = 0;
+        for (int half = 0; half < 2; half++, q3 += 32) {
+            const __m256i bits = _mm256_loadu_si256((const __m256i *)q3);
+            for (int k = 0; k < 4; k++, q8 += 32, chunk++) {
+                const __m256i ql = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * k), m3);
+                /* 4 where hmask bit `chunk` is clear: 1 << chunk, andnot hmask, down to bit 0, times 4 */
+                const __m256i clear = _mm256_andnot_si256(hbits, _mm256_set1_epi8((char)(1 << chunk)));
+                const __m256i qh = _mm256_slli_epi16(_mm256_srli_epi16(clear, chunk), 2);
+                const __m256i qy = _mm256_loadu_si256((const __m256i *)q8);
+                const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(ql, qy), _mm256_maddubs_epi16(qh, qy));
+                sumi = x86_dpwssd(sumi, x86_scale_pair(sc[2 * chunk], sc[2 * chunk + 1]), p16);
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * x86_f16(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    *s = x86_hsum_ps(acc);
+}
+
+/* Q4_K: 32 bytes of qs = 64 elements: low nibbles are sub-block 2j, high nibbles
+ * sub-block 2j+1 (one scale each, broadcast as s16). The mins meet the Q8_K bsums
+ * (pairs of 16-sums added with vphaddw): one vpmaddwd per block. */
+static inline __attribute__((always_inline)) void x86_q4_K_rows(int64_t n, float *s, int64_t ls, const void *w,
+                                                                const void *a, int64_t la, const int nt) {
+    const block_q4_K *x = w;
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    float acc[X86_NT], acc_m[X86_NT];
+    for (int t = 0; t < nt; t++) acc[t] = 0.0f, acc_m[t] = 0.0f;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const __m256i sc_mn = _mm256_cvtepu8_epi16(x86_k4_scales_mins(x[i].scales));
+        uint16_t sc[16];
+        _mm256_storeu_si256((__m256i *)sc, sc_mn);
+        const uint8_t *q4 = x[i].qs;
+        __m256i sumi[X86_NT];
+#if REALM_X86_VNNI
+        /* Several tokens, 512-bit: one zmm holds a 64-element chunk, low nibbles below
+         * high ones, as the 64 q8 bytes lie; its scale vector holds sc[2j] below
+         * sc[2j+1]. Folding the two halves gives each s32 lane the same integers as the
+         * 256-bit path (used alone, where it is faster), so the results agree bit for bit. */
+        if (nt > 1) {
+            __m512i sum512[X86_NT];
+            for (int t = 0; t < nt; t++) sum512[t] = _mm512_setzero_si512();
+            for (int j = 0; j < QK_K / 64; j++, q4 += 32) {
+                const __m256i bits = _mm256_loadu_si256((const __m256i *)q4);
+                const __m512i q = _mm512_and_si512(
+                    _mm512_inserti64x4(_mm512_castsi256_si512(bits), _mm256_srli_epi16(bits, 4), 1), _mm512_set1_epi8(0xF));
+                const __m512i scv = _mm512_inserti64x4(_mm512_set1_epi16((short)sc[2 * j]),
+                                                       _mm256_set1_epi16((short)sc[2 * j + 1]), 1);
+                for (int t = 0; t < nt; t++) {
+                    const int8_t *q8 = ((const block_q8_K *)((const char *)a + t * la) + i)->qs + 64 * j;
+                    sum512[t] = _mm512_dpwssd_epi32(sum512[t], scv, _mm512_maddubs_epi16(q, _mm512_loadu_si512(q8)));
+                }
+            }
+            for (int t = 0; t < nt; t++)
+                sumi[t] = _mm256_add_epi32(_mm512_castsi512_si256(sum512[t]), _mm512_extracti64x4_epi64(sum512[t], 1));
+        } else
+#endif
+        {
+            for (int t = 0; t < nt; t++) sumi[t] = _mm256_setzero_si256();
+            for (int j = 0; j < QK_K / 64; j++, q4 += 32) {
+                const __m256i bits = _mm256_loadu_si256((const __m256i *)q4);
+                const __m256i lo = _mm256_and_si256(bits, m4);
+                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+                const __m256i sc_lo = _mm256_set1_epi16((short)sc[2 * j]), sc_hi = _mm256_set1_epi16((short)sc[2 * j + 1]);
+                for (int t = 0; t < nt; t++) {
+                    const int8_t *q8 = ((const block_q8_K *)((const char *)a + t * la) + i)->qs + 64 * j;
+                    const __m256i p_lo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)q8));
+                    const __m256i p_hi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 32)));
+                    sumi[t] = x86_dpwssd(x86_dpwssd(sumi[t], sc_lo, p_lo), sc_hi, p_hi);
+                }
+            }
+        }
+        const __m128i mins = _mm256_extracti128_si256(sc_mn, 1);
+        for (int t = 0; t < nt; t++) {
+            const block_q8_K *y = (const block_q8_K *)((const char *)a + t * la) + i;
+            const __m256i bsums = _mm256_loadu_si256((const __m256i *)y->bsums);
+            const __m128i sums32 = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
+            __m128i m = _mm_madd_epi16(mins, sums32);
+            m = _mm_add_epi32(m, _mm_unpackhi_epi64(m, m));
+            m = _mm_add_epi32(m, _mm_shuffle_epi32(m, 1));
+            /* whole-block integer sums, then fused multiply-adds in the scalar kernel's order */
+            acc[t] = fmaf((float)x86_hsum_epi32(sumi[t]), x86_f16(x[i].d) * y->d, acc[t]);
+            acc_m[t] = fmaf((float)_mm_cvtsi128_si32(m), x86_f16(x[i].dmin) * y->d, acc_m[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++) s[t * ls] = acc[t] - acc_m[t];
+}
+X86_DEFINE_DOTS(q4_K)
+
+/* Q5_K: as Q4_K, plus the 5th bit: bit 2j / 2j+1 of qh[l] for the low / high nibbles of
+ * chunk j, moved to bit 4 of each byte (shifts within 16-bit lanes keep bytes apart). */
+static void x86_dot_q5_K(int64_t n, float *s, const void *w, const void *a) {
+    const block_q5_K *x = w;
+    const block_q8_K *y = a;
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    const __m256i m16 = _mm256_set1_epi8(0x10);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 acc_m = _mm_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const float d = y[i].d * x86_f16(x[i].d);
+        const float dmin = -y[i].d * x86_f16(x[i].dmin);
+        const __m256i sc_mn = _mm256_cvtepu8_epi16(x86_k4_scales_mins(x[i].scales));
+        const __m256i bsums = _mm256_loadu_si256((const __m256i *)y[i].bsums);
+        const __m128i sums32 = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
+        const __m128i summs = _mm_madd_epi16(_mm256_extracti128_si256(sc_mn, 1), sums32);
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(summs), acc_m);
+
+        uint16_t sc[16];
+        _mm256_storeu_si256((__m256i *)sc, sc_mn);
+        const __m256i hbits = _mm256_loadu_si256((const __m256i *)x[i].qh);
+        const uint8_t *q5 = x[i].qs;
+        const int8_t *q8 = y[i].qs;
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0; j < QK_K / 64; j++, q5 += 32, q8 += 64) {
+            const __m256i bits = _mm256_loadu_si256((const __m256i *)q5);
+            /* bit 2j to bit 4: shift left by 4 - 2j (or right by 2j - 4) */
+            const int b0 = 2 * j, b1 = 2 * j + 1;
+            const __m256i h0 = b0 <= 4 ? _mm256_slli_epi16(hbits, 4 - b0) : _mm256_srli_epi16(hbits, b0 - 4);
+            const __m256i h1 = b1 <= 4 ? _mm256_slli_epi16(hbits, 4 - b1) : _mm256_srli_epi16(hbits, b1 - 4);
+            const __m256i lo = _mm256_or_si256(_mm256_and_si256(bits, m4), _mm256_and_si256(h0, m16));
+            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), _mm256_and_si256(h1, m16));
+            const __m256i p_lo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)q8));
+            const __m256i p_hi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 32)));
+            sumi = x86_dpwssd(sumi, _mm256_set1_epi16((short)sc[2 * j]), p_lo);
+            sumi = x86_dpwssd(sumi, _mm256_set1_epi16((short)sc[2 * j + 1]), p_hi);
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+    acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
+    *s = x86_hsum_ps(acc) + _mm_cvtss_f32(acc_m);
+}
+
+/* Q6_K: per half (128 elements) 64 bytes of ql and 32 of qh make four 32-element
+ * chunks: low/high nibbles of ql[0..31] and ql[32..63] plus bit pairs 0-1, 2-3, 4-5,
+ * 6-7 of qh. The unsigned q (0..63) times q8 with vpmaddubsw, times the int8 scales (a
+ * pair per chunk); the offset of 32 is taken off once per block through the Q8_K
+ * bsums: sum_j sc_j * sum_l (q_l - 32) q8_l = sum_j sc_j * sum_l q_l q8_l - 32 * sum_j sc_j bsum_j. */
+static inline __attribute__((always_inline)) void x86_q6_K_rows(int64_t n, float *s, int64_t ls, const void *w,
+                                                                const void *a, int64_t la, const int nt) {
+    const block_q6_K *x = w;
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    const __m256i m2 = _mm256_set1_epi8(0x30);
+    __m256 acc[X86_NT];
+    for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[i].scales));
+        __m256i sumi[X86_NT];
+        for (int t = 0; t < nt; t++) {
+            const block_q8_K *y = (const block_q8_K *)((const char *)a + t * la) + i;
+            const __m256i off = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)y->bsums));
+            sumi[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(off, 5));
+        }
+        const uint8_t *ql = x[i].ql;
+        const uint8_t *qh = x[i].qh;
+        const int8_t *sc = x[i].scales;
+        for (int half = 0; half < 2; half++, ql += 64, qh += 32, sc += 8) {
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
+            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+            const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
+            const __m256i q[4] = {
+                _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m2)),
+                _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                _mm256_and_si256(_mm256_srli_epi16(h, 2), m2)),
+            };
+            const __m256i scl[4] = {x86_scale_pair(sc[0], sc[1]), x86_scale_pair(sc[2], sc[3]),
+                                    x86_scale_pair(sc[4], sc[5]), x86_scale_pair(sc[6], sc[7])};
+#if REALM_X86_VNNI
+            /* Several tokens, 512-bit: chunks 0-1 and 2-3 in one zmm each (64 contiguous
+             * q8 bytes); the same s32 lane sums as the 256-bit path, as for Q4_K */
+            if (nt > 1) {
+                const __m512i q01 = _mm512_inserti64x4(_mm512_castsi256_si512(q[0]), q[1], 1);
+                const __m512i q23 = _mm512_inserti64x4(_mm512_castsi256_si512(q[2]), q[3], 1);
+                const __m512i s01 = _mm512_inserti64x4(_mm512_castsi256_si512(scl[0]), scl[1], 1);
+                const __m512i s23 = _mm512_inserti64x4(_mm512_castsi256_si512(scl[2]), scl[3], 1);
+                for (int t = 0; t < nt; t++) {
+                    const int8_t *q8 = ((const block_q8_K *)((const char *)a + t * la) + i)->qs + 128 * half;
+                    __m512i acc2 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), s01,
+                                                       _mm512_maddubs_epi16(q01, _mm512_loadu_si512(q8)));
+                    acc2 = _mm512_dpwssd_epi32(acc2, s23, _mm512_maddubs_epi16(q23, _mm512_loadu_si512(q8 + 64)));
+                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(_mm512_castsi512_si256(acc2),
+                                                                         _mm512_extracti64x4_epi64(acc2, 1)));
+                }
+            } else
+#endif
+            {
+                for (int t = 0; t < nt; t++) {
+                    const int8_t *q8 = ((const block_q8_K *)((const char *)a + t * la) + i)->qs + 128 * half;
+                    for (int k = 0; k < 4; k++) {
+                        const __m256i qy = _mm256_loadu_si256((const __m256i *)(q8 + 32 * k));
+                        sumi[t] = x86_dpwssd(sumi[t], scl[k], _mm256_maddubs_epi16(q[k], qy));
+                    }
+                }
+            }
+        }
+        for (int t = 0; t < nt; t++) {
+            const block_q8_K *y = (const block_q8_K *)((const char *)a + t * la) + i;
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y->d * x86_f16(x[i].d)), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++) s[t * ls] = x86_hsum_ps(acc[t]);
+}
+X86_DEFINE_DOTS(q6_K)
+
+#define REALM_X86_TABLE_ENTRIES                                                                          \
+    [REALM_TYPE_F32] = x86_dot_f32, [REALM_TYPE_F16] = x86_dot_f16, [REALM_TYPE_BF16] = x86_dot_bf16,    \
+    [REALM_TYPE_Q4_0] = x86_dot_q4_0, [REALM_TYPE_Q4_1] = x86_dot_q4_1, [REALM_TYPE_Q5_0] = x86_dot_q5_0, \
+    [REALM_TYPE_Q5_1] = x86_dot_q5_1, [REALM_TYPE_Q8_0] = x86_dot_q8_0, [REALM_TYPE_Q2_K] = x86_dot_q2_K, \
+    [REALM_TYPE_Q3_K] = x86_dot_q3_K, [REALM_TYPE_Q4_K] = x86_dot_q4_K, [REALM_TYPE_Q5_K] = x86_dot_q5_K, \
+    [REALM_TYPE_Q6_K] = x86_dot_q6_K
+
+#define REALM_X86_NX_TABLE_ENTRIES                                                                          \
+    [REALM_TYPE_Q4_0] = x86_dot_nx_q4_0, [REALM_TYPE_Q8_0] = x86_dot_nx_q8_0, [REALM_TYPE_Q4_K] = x86_dot_nx_q4_K, \
+    [REALM_TYPE_Q6_K] = x86_dot_nx_q6_K

@@ -1,0 +1,198 @@
+# The CPU forward pass of a llama model (included by _kernels.pyx, after _kv_ring.pxi).
+from libc.stdlib cimport calloc, free
+
+cdef extern from "ops.h":
+    int realm_get_rows(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const int32_t *ids,
+                       int64_t n_ids, float *out) nogil
+
+cdef extern from "llama.h":
+    ctypedef struct realm_tensor:
+        const void *data
+        int32_t type
+        int64_t n_rows
+        int64_t n_cols
+
+    ctypedef struct realm_llama_dims:
+        int32_t n_embd, n_head, n_head_kv, head_dim, n_ff, rope_dim, n_vocab
+        float rms_eps, rope_base
+
+    ctypedef struct realm_llama_layer:
+        const float *attn_norm
+        const float *ffn_norm
+        realm_tensor wq, wk, wv, wo, w_gate, w_up, w_down
+
+    ctypedef struct realm_llama_scratch:
+        int64_t max_tokens
+        int64_t att_scratch_floats
+
+    int realm_llama_check_layer(const realm_llama_dims *d, const realm_llama_layer *L) nogil
+    int64_t realm_llama_scratch_init(realm_llama_scratch *s, const realm_llama_dims *d,
+                                     const realm_llama_layer *layers, int32_t n_layer,
+                                     const realm_tensor *output, int64_t max_tokens, int64_t att_floats,
+                                     void *buf, int64_t buf_bytes) nogil
+    int realm_llama_layer_forward(const realm_llama_dims *d, const realm_llama_layer *L, int32_t layer,
+                                  realm_kv_ring *kv, int64_t pos, int64_t n_tokens, const float *x, float *out,
+                                  realm_llama_scratch *s, int n_threads) nogil
+    int realm_llama_lm_head(const realm_llama_dims *d, const float *output_norm, const realm_tensor *output,
+                            const float *x, int64_t n_tokens, float *logits, realm_llama_scratch *s,
+                            int n_threads) nogil
+
+cdef extern from "attention.h":
+    int64_t realm_attention_scratch_floats(const realm_kv_ring *kv, int n_threads) nogil
+
+
+class KernelError(RuntimeError):
+    """A kernel returned an error code (the host ABI's codes, DESIGN.md)."""
+
+    def __init__(self, code: int, what: str):
+        super().__init__(f"{what} failed with code {code}")
+        self.code = code
+
+
+cdef realm_tensor _tensor(entry) except *:
+    """entry: (raw uint8 (rows, row_bytes) array, ggml type id, n_rows, n_cols)"""
+    raw, ggml_type, n_rows, n_cols = entry
+    cdef const uint8_t[:, ::1] view = raw
+    cdef realm_tensor t
+    t.data = &view[0, 0]
+    t.type = ggml_type
+    t.n_rows = n_rows
+    t.n_cols = n_cols
+    return t
+
+
+cdef class LlamaRuntime:
+    """The C view of a loaded llama model for the CPU kernels: borrowed pointers into
+    the memory-mapped weights (kept alive by holding the arrays), f32 copies of the
+    norm vectors, and one scratch buffer reused by every call.
+
+    `tensors` maps names to (raw uint8 (rows, row_bytes) array, ggml type id, n_rows,
+    n_cols); `norms` maps norm names to float32 vectors; `dims` is a dict of
+    realm_llama_dims' fields. Built by realm_ext.backends.cpu, not by hand."""
+
+    cdef realm_llama_dims dims
+    cdef realm_llama_layer *layers
+    cdef int32_t n_layer
+    cdef realm_tensor output
+    cdef realm_tensor token_embd
+    cdef const float *output_norm
+    cdef realm_llama_scratch scratch
+    cdef object keep  # the arrays the pointers point into
+    cdef object scratch_buf
+    cdef int64_t max_tokens
+
+    def __cinit__(self):
+        self.layers = NULL
+
+    def __init__(self, dict dims, int n_layer, dict tensors, dict norms, int max_tokens=64):
+        d = &self.dims
+        d.n_embd, d.n_head, d.n_head_kv = dims["n_embd"], dims["n_head"], dims["n_head_kv"]
+        d.head_dim, d.n_ff, d.rope_dim, d.n_vocab = dims["head_dim"], dims["n_ff"], dims["rope_dim"], dims["n_vocab"]
+        d.rms_eps, d.rope_base = dims["rms_eps"], dims["rope_freq_base"]
+        self.n_layer = n_layer
+        self.max_tokens = max_tokens
+        self.keep = [tensors, norms]
+        self.layers = <realm_llama_layer *>calloc(max(n_layer, 1), sizeof(realm_llama_layer))
+        if self.layers == NULL:
+            raise MemoryError()
+        cdef const float[::1] nv
+        for name, arr in norms.items():
+            if arr.dtype != np.float32 or arr.ndim != 1 or arr.shape[0] != d.n_embd:
+                raise ValueError(f"norm {name} must be float32 [{d.n_embd}]")
+        for i in range(n_layer):
+            L = &self.layers[i]
+            nv = norms[f"blk.{i}.attn_norm.weight"]
+            L.attn_norm = &nv[0]
+            nv = norms[f"blk.{i}.ffn_norm.weight"]
+            L.ffn_norm = &nv[0]
+            L.wq = _tensor(tensors[f"blk.{i}.attn_q.weight"])
+            L.wk = _tensor(tensors[f"blk.{i}.attn_k.weight"])
+            L.wv = _tensor(tensors[f"blk.{i}.attn_v.weight"])
+            L.wo = _tensor(tensors[f"blk.{i}.attn_output.weight"])
+            L.w_gate = _tensor(tensors[f"blk.{i}.ffn_gate.weight"])
+            L.w_up = _tensor(tensors[f"blk.{i}.ffn_up.weight"])
+            L.w_down = _tensor(tensors[f"blk.{i}.ffn_down.weight"])
+            if realm_llama_check_layer(&self.dims, L):
+                raise ValueError(f"layer {i}: tensors do not match the model's dimensions")
+        nv = norms["output_norm.weight"]
+        self.output_norm = &nv[0]
+        self.output = _tensor(tensors["output.weight"])
+        self.token_embd = _tensor(tensors["token_embd.weight"])
+        self._ensure_scratch(0)
+
+    def __dealloc__(self):
+        free(self.layers)
+
+    cdef int _ensure_scratch(self, int64_t att_floats) except -1:
+        """(Re)carve the scratch buffer when attention needs more than it has: this
+        allocates only when a ring of a larger capacity (or more threads) shows up."""
+        if self.scratch_buf is not None and att_floats <= self.scratch.att_scratch_floats:
+            return 0
+        cdef int64_t need = realm_llama_scratch_init(&self.scratch, &self.dims, self.layers, self.n_layer,
+                                                     &self.output, self.max_tokens, att_floats, NULL, 0)
+        if need < 0:
+            raise ValueError("bad model dimensions for the CPU kernels")
+        buf = np.empty(need + 64, dtype=np.uint8)
+        cdef uint8_t[::1] b = buf
+        cdef size_t addr = <size_t>&b[0]
+        cdef int64_t pad = (64 - addr % 64) % 64  # 64-byte aligned
+        if realm_llama_scratch_init(&self.scratch, &self.dims, self.layers, self.n_layer, &self.output,
+                                    self.max_tokens, att_floats, &b[pad], need) < 0:
+            raise ValueError("scratch carving failed")
+        self.scratch_buf = buf
+        return 0
+
+    @property
+    def scratch_bytes(self) -> int:
+        return 0 if self.scratch_buf is None else int(self.scratch_buf.nbytes)
+
+    def embedding(self, const int32_t[::1] token_ids, float[:, ::1] out):
+        """out[i] = the embedding row of token_ids[i]."""
+        cdef int64_t n = token_ids.shape[0]
+        if out.shape[0] != n or out.shape[1] != self.dims.n_embd:
+            raise ValueError(f"out is {out.shape[0]}x{out.shape[1]}, expected {n}x{self.dims.n_embd}")
+        if n == 0:
+            return
+        cdef int rc
+        with nogil:
+            rc = realm_get_rows(self.token_embd.data, self.token_embd.type, self.token_embd.n_rows,
+                                self.token_embd.n_cols, &token_ids[0], n, &out[0, 0])
+        if rc == -5:
+            raise IndexError(f"a token id is outside the vocabulary 0..{self.dims.n_vocab - 1}")
+        if rc:
+            raise KernelError(rc, "embedding")
+
+    def layer(self, int layer, const float[:, ::1] x, int64_t pos, KVRing kv, float[:, ::1] out, int n_threads):
+        """One whole layer on x (n_tokens, n_embd) at positions pos.., into out (may be x)."""
+        cdef int64_t n = x.shape[0]
+        if x.shape[1] != self.dims.n_embd or out.shape[0] != n or out.shape[1] != self.dims.n_embd:
+            raise ValueError(f"x and out must both be (n_tokens, {self.dims.n_embd})")
+        if layer < 0 or layer >= self.n_layer:
+            raise IndexError(f"layer {layer} outside 0..{self.n_layer - 1}")
+        if n == 0:
+            return
+        cdef realm_kv_ring *ring = kv.ptr()
+        self._ensure_scratch(realm_attention_scratch_floats(ring, n_threads))
+        cdef int rc
+        with nogil:
+            rc = realm_llama_layer_forward(&self.dims, &self.layers[layer], layer, ring, pos, n, &x[0, 0],
+                                           &out[0, 0], &self.scratch, n_threads)
+        if rc == -5:
+            raise IndexError(f"layer {layer}, position {pos}: out of range for the KV ring "
+                             f"(next positions {kv.n_pos}, capacity {kv.capacity})")
+        if rc:
+            raise KernelError(rc, f"layer {layer}")
+
+    def lm_head(self, const float[:, ::1] x, float[:, ::1] out, int n_threads):
+        """Final norm and output projection: out (n_tokens, n_vocab) logits."""
+        cdef int64_t n = x.shape[0]
+        if x.shape[1] != self.dims.n_embd or out.shape[0] != n or out.shape[1] != self.dims.n_vocab:
+            raise ValueError(f"x must be (n, {self.dims.n_embd}) and out (n, {self.dims.n_vocab})")
+        if n == 0:
+            return
+        cdef int rc
+        with nogil:
+            rc = realm_llama_lm_head(&self.dims, self.output_norm, &self.output, &x[0, 0], n, &out[0, 0],
+                                     &self.scratch, n_threads)
+        if rc:
+            raise KernelError(rc, "lm_head")

@@ -1,0 +1,160 @@
+"""The CPU backend: C kernels over the memory-mapped quantized weights.
+
+`CpuBackend.prepare(model)` builds, once per model, the C view of its weights
+(borrowed pointers into the file's memory map; only the small norm vectors are
+copied, to f32) and one scratch buffer that every later call reuses, so the decode
+path allocates nothing per token. Every forward method writes into an array the
+caller provides (later: a view of guest memory); `out` may be the input array.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+import numpy as np
+
+from realm_ext import _kernels
+from realm_ext.model import Model
+
+KVRing = _kernels.KVRing
+
+
+def _as_rows(a: np.ndarray, width: int, name: str) -> np.ndarray:
+    """a as a C-contiguous float32 (n, width) view (no copy), or a ValueError."""
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be a C-contiguous float32 array")
+    if a.size % width:
+        raise ValueError(f"{name} has {a.size} floats, not a whole number of rows of {width}")
+    return a.reshape(-1, width)
+
+
+class CpuBackend:
+    """Forward steps of llama models on the CPU.
+
+    n_threads: threads per kernel call (default: every core this process may use).
+    max_batch: tokens processed per chunk inside a layer call (sizes the scratch).
+    """
+
+    name = "cpu"
+
+    def __init__(self, n_threads: int | None = None, max_batch: int = 64):
+        self.n_threads = n_threads or _kernels.default_threads()
+        if self.n_threads < 1 or max_batch < 1:
+            raise ValueError("n_threads and max_batch must be >= 1")
+        self.max_batch = max_batch
+        self._runtimes: weakref.WeakKeyDictionary[Model, _kernels.LlamaRuntime] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    # -- per model -------------------------------------------------------------------
+
+    def prepare(self, model: Model) -> _kernels.LlamaRuntime:
+        """The model's runtime, built on first use and shared afterwards."""
+        with self._lock:
+            rt = self._runtimes.get(model)
+            if rt is None:
+                rt = self._build(model)
+                self._runtimes[model] = rt
+            return rt
+
+    def _build(self, model: Model) -> _kernels.LlamaRuntime:
+        c = model.config
+        dims = {
+            "n_embd": c.n_embd,
+            "n_head": c.n_head,
+            "n_head_kv": c.n_head_kv,
+            "head_dim": c.head_dim,
+            "n_ff": c.n_ff,
+            "rope_dim": c.rope_dim,
+            "n_vocab": c.n_vocab,
+            "rms_eps": c.rms_eps,
+            "rope_freq_base": c.rope_freq_base,
+        }
+        tensors, norms = {}, {}
+        names = ["token_embd.weight", "output.weight", "output_norm.weight"]
+        names += [
+            f"blk.{i}.{n}.weight"
+            for i in range(c.n_layer)
+            for n in (
+                "attn_norm",
+                "attn_q",
+                "attn_k",
+                "attn_v",
+                "attn_output",
+                "ffn_norm",
+                "ffn_gate",
+                "ffn_up",
+                "ffn_down",
+            )
+        ]
+        for name in names:
+            t = model.tensor(name)  # output.weight resolves to token_embd when tied
+            if len(t.shape) == 1:
+                norms[name] = np.ascontiguousarray(t.dequantize(), dtype=np.float32)
+            else:
+                tensors[name] = (t.raw, int(t.type), t.shape[0], t.shape[1])
+        return _kernels.LlamaRuntime(dims, c.n_layer, tensors, norms, self.max_batch)
+
+    def new_kv(self, model: Model, n_ctx: int) -> KVRing:
+        """A KV ring of n_ctx positions for every layer of the model (f16, host memory)."""
+        c = model.config
+        return KVRing(c.n_layer, n_ctx, c.n_head_kv, c.head_dim)
+
+    # -- the forward steps -------------------------------------------------------------
+
+    def forward_embedding(self, model: Model, token_ids: np.ndarray, out: np.ndarray) -> None:
+        """out (n_tokens, n_embd) = embedding rows of token_ids."""
+        ids = np.asarray(token_ids)
+        if ids.dtype != np.int32 or not ids.flags.c_contiguous or ids.ndim != 1:
+            ids = np.ascontiguousarray(ids, dtype=np.int32).reshape(-1)
+        self.prepare(model).embedding(ids, _as_rows(out, model.config.n_embd, "out"))
+
+    def forward_layer(
+        self, model: Model, layer: int, x: np.ndarray, position: int, kv: KVRing, out: np.ndarray
+    ) -> None:
+        """One whole layer on hidden states x (n_tokens x n_embd) at positions position.."""
+        e = model.config.n_embd
+        self.prepare(model).layer(
+            layer, _as_rows(x, e, "x"), position, kv, _as_rows(out, e, "out"), self.n_threads
+        )
+
+    def forward_layers(
+        self,
+        model: Model,
+        layer_begin: int,
+        layer_count: int,
+        x: np.ndarray,
+        position: int,
+        kv: KVRing,
+        out: np.ndarray,
+    ) -> None:
+        """forward_layer for layers layer_begin .. layer_begin+layer_count-1, in order."""
+        e = model.config.n_embd
+        rt = self.prepare(model)
+        xs, os_ = _as_rows(x, e, "x"), _as_rows(out, e, "out")
+        for i in range(layer_begin, layer_begin + layer_count):
+            rt.layer(i, xs, position, kv, os_, self.n_threads)
+            xs = os_
+
+    def forward_lm_head(self, model: Model, x: np.ndarray, out: np.ndarray) -> None:
+        """out (n_tokens, n_vocab) = logits of the final norm of x."""
+        self.prepare(model).lm_head(
+            _as_rows(x, model.config.n_embd, "x"), _as_rows(out, model.config.n_vocab, "out"), self.n_threads
+        )
+
+    # -- convenience -------------------------------------------------------------------
+
+    def logits(
+        self, model: Model, tokens: np.ndarray, kv: KVRing | None = None, position: int = 0
+    ) -> np.ndarray:
+        """Logits (n_tokens, n_vocab) of tokens at positions position.. through every
+        layer, appending to kv (a fresh ring of n_ctx_train positions when None)."""
+        c = model.config
+        kv = kv if kv is not None else self.new_kv(model, c.n_ctx_train)
+        tokens = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
+        x = np.empty((tokens.size, c.n_embd), np.float32)
+        self.forward_embedding(model, tokens, x)
+        self.forward_layers(model, 0, c.n_layer, x, position, kv, x)
+        logits = np.empty((tokens.size, c.n_vocab), np.float32)
+        self.forward_lm_head(model, x, logits)
+        return logits

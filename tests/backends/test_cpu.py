@@ -1,0 +1,216 @@
+"""realm_ext.backends.cpu: whole-layer forward against float64 references and llama.cpp."""
+
+from __future__ import annotations
+
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ helpers
+
+from ggml_emulation import GgmlEmulation  # noqa: E402
+
+from realm_ext import _kernels  # noqa: E402
+from realm_ext.backends.cpu import CpuBackend  # noqa: E402
+from realm_ext.model import load_gguf  # noqa: E402
+from realm_ext.quantizer import RECIPES  # noqa: E402
+from realm_ext.reference import ReferenceLlama  # noqa: E402
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+
+
+def prompt(rng: np.random.Generator, n: int, n_vocab: int) -> list[int]:
+    return [1] + [int(t) for t in rng.integers(3, n_vocab, n - 1)]
+
+
+@pytest.fixture(scope="module")
+def backend() -> CpuBackend:
+    return CpuBackend(n_threads=2)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_logits_match_float64_reference(model_path, backend: CpuBackend, rng, recipe: str) -> None:
+    with load_gguf(model_path(recipe, seed=3)) as m:
+        toks = prompt(rng, 12, m.config.n_vocab)
+        ours = backend.logits(m, toks)
+        # the plain float64 oracle: differs only by the activation roundings ggml applies
+        assert rel(ours, ReferenceLlama(m).logits(toks)) < 3e-2
+        # the same roundings applied in numpy: float precision, bar a rare flipped rounding
+        assert rel(ours, GgmlEmulation(m).logits(toks)) < 2e-2
+
+
+def test_small_model(model_path, backend: CpuBackend, rng) -> None:
+    with load_gguf(model_path("Q4_K_M", preset="small")) as m:
+        toks = prompt(rng, 9, m.config.n_vocab)
+        assert rel(backend.logits(m, toks), ReferenceLlama(m).logits(toks)) < 3e-2
+
+
+@pytest.mark.parametrize("recipe", ["F32", "Q8_0", "Q4_K_M"])
+def test_decode_one_token_at_a_time_equals_prefill(model_path, backend: CpuBackend, rng, recipe: str) -> None:
+    with load_gguf(model_path(recipe)) as m:
+        c = m.config
+        toks = np.asarray(prompt(rng, 10, c.n_vocab), np.int32)
+        batch = backend.logits(m, toks)
+        kv = backend.new_kv(m, 32)
+        x = np.empty((1, c.n_embd), np.float32)
+        logits = np.empty((1, c.n_vocab), np.float32)
+        for p in range(len(toks)):
+            backend.forward_embedding(m, toks[p : p + 1], x)
+            for i in range(c.n_layer):
+                backend.forward_layer(m, i, x, p, kv, x)  # out aliases x
+            backend.forward_lm_head(m, x, logits)
+            # same values, different chunking: identical up to float order
+            assert rel(logits[0], batch[p].astype(np.float64)) < 1e-5, p
+        assert kv.n_pos == (len(toks),) * c.n_layer or list(kv.n_pos) == [len(toks)] * c.n_layer
+
+
+def test_threads_and_isas_agree(model_path, rng) -> None:
+    with load_gguf(model_path("Q4_K_M")) as m:
+        toks = prompt(rng, 8, m.config.n_vocab)
+        one = CpuBackend(n_threads=1).logits(m, toks)
+        three = CpuBackend(n_threads=3).logits(m, toks)
+        np.testing.assert_array_equal(one, three)
+        try:
+            _kernels.set_isa("scalar")
+            scalar = CpuBackend(n_threads=2).logits(m, toks)
+        finally:
+            _kernels.set_isa(None)
+        assert rel(scalar, one.astype(np.float64)) < 1e-5
+
+
+def test_decode_allocates_nothing_per_token(model_path, backend: CpuBackend) -> None:
+    with load_gguf(model_path("Q4_K_M")) as m:
+        c = m.config
+        kv = backend.new_kv(m, 64)
+        x = np.zeros((1, c.n_embd), np.float32)
+        ids = np.array([5], np.int32)
+        logits = np.empty((1, c.n_vocab), np.float32)
+
+        def step(p: int) -> None:
+            backend.forward_embedding(m, ids, x)
+            backend.forward_layers(m, 0, c.n_layer, x, p, kv, x)
+            backend.forward_lm_head(m, x, logits)
+
+        step(0)  # builds the runtime and its scratch
+        tracemalloc.start()
+        try:
+            for p in range(1, 20):
+                step(p)
+            current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 16 * 1024, f"decode allocated {peak} bytes over 19 tokens"
+
+
+def test_bad_calls_raise(model_path, backend: CpuBackend) -> None:
+    with load_gguf(model_path()) as m:
+        c = m.config
+        kv = backend.new_kv(m, 8)
+        x = np.zeros((2, c.n_embd), np.float32)
+        with pytest.raises(ValueError, match="not a whole number of rows"):
+            backend.forward_layer(m, 0, np.zeros(c.n_embd + 1, np.float32), 0, kv, x)
+        with pytest.raises(ValueError, match="float32"):
+            backend.forward_layer(m, 0, x.astype(np.float64), 0, kv, x)
+        with pytest.raises(IndexError):
+            backend.forward_layer(m, c.n_layer, x, 0, kv, x)
+        with pytest.raises(IndexError):
+            backend.forward_layer(m, 0, x, 5, kv, x)  # skips ahead of the ring
+        with pytest.raises(IndexError):
+            backend.forward_embedding(m, np.array([c.n_vocab], np.int32), x[:1])
+
+
+# ---- llama.cpp parity ----------------------------------------------------------------------
+
+N_PROMPT = 16
+
+
+@pytest.fixture(scope="module")
+def llama_cpp():
+    return pytest.importorskip("llama_cpp")
+
+
+def llama_cpp_logits(llama_cpp, path: Path, toks: list[int]):
+    llm = llama_cpp.Llama(
+        str(path), n_ctx=64, n_batch=64, logits_all=True, verbose=False, n_threads=2, seed=0, flash_attn=False
+    )
+    llm.eval(toks)
+    return llm, np.array(llm.scores[: len(toks)], np.float64)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_prompt_logits_match_llama_cpp(
+    llama_cpp, model_path, backend: CpuBackend, recipe: str, record_property
+) -> None:
+    """Row by row, the logits equal llama.cpp's to float precision: the activation
+    roundings are the same. A row (and, through its K/V, the rows after it) can still move
+    by up to ~1e-2 when one of the thousands of Q8/f16 roundings lands on the other side of
+    its step because the two programs sum a dot product in a different order; the tiny
+    random models amplify that. So: 4 prompts, the issue's 1e-3 on at least one, exact
+    agreement on most rows, and a bound on every row (see the issue note for the numbers)."""
+    path = model_path(recipe, seed=11)
+    errs, rows = [], []
+    llm = None
+    with load_gguf(path) as m:
+        for seed in range(4):
+            toks = prompt(np.random.default_rng(2024 + seed), N_PROMPT, 1024)
+            if llm is None:
+                llm, ref = llama_cpp_logits(llama_cpp, path, toks)
+            else:
+                llm.reset()
+                llm.eval(toks)
+                ref = np.array(llm.scores[: len(toks)], np.float64)
+            ours = backend.logits(m, toks).astype(np.float64)
+            errs.append(rel(ours, ref))
+            rows.append(np.linalg.norm(ours - ref, axis=1) / np.linalg.norm(ref, axis=1))
+    rows_all = np.concatenate(rows)
+    exact = float(np.mean(rows_all <= 1e-5))
+    record_property("rel_l2", errs)
+    record_property("rows_within_1e-5", exact)
+    per_prompt = ", ".join(f"{e:.1e}" for e in errs)
+    print(f"{recipe}: relative L2 vs llama.cpp per prompt [{per_prompt}]; rows within 1e-5: {exact:.0%}")
+    assert rows_all.max() < 5e-2
+    if recipe in ("F32", "F16", "BF16"):
+        # no Q8 step to amplify a flip, but many small ones (f16 probabilities, 11- and
+        # 8-bit activations): few rows are exact, every prompt is close
+        assert np.median(errs) <= 1e-3
+    else:
+        assert min(errs) <= 1e-3
+        assert exact >= 0.5
+
+
+@pytest.mark.parametrize("recipe", ["F32", "Q8_0", "Q4_0", "Q4_K_M", "Q6_K"])
+def test_greedy_tokens_match_llama_cpp(llama_cpp, model_path, backend: CpuBackend, recipe: str) -> None:
+    """32 greedy steps: wherever llama.cpp's top-2 margin exceeds 1e-2, the same token."""
+    path = model_path(recipe, seed=11)
+    toks = prompt(np.random.default_rng(7), 8, 1024)
+    llm, _ = llama_cpp_logits(llama_cpp, path, toks)
+    with load_gguf(path) as m:
+        c = m.config
+        kv = backend.new_kv(m, 64)
+        ours = backend.logits(m, toks, kv=kv)[-1]
+        theirs = np.array(llm.scores[len(toks) - 1], np.float64)
+        pos, checked = len(toks), 0
+        x = np.empty((1, c.n_embd), np.float32)
+        out = np.empty((1, c.n_vocab), np.float32)
+        for _ in range(32):
+            top2 = np.sort(theirs)[-2:]
+            nxt = int(np.argmax(theirs))
+            if top2[1] - top2[0] > 1e-2:
+                assert int(np.argmax(ours)) == nxt, (
+                    f"step {pos}: ours {int(np.argmax(ours))}, llama.cpp {nxt}"
+                )
+                checked += 1
+            # both continue with llama.cpp's token
+            llm.eval([nxt])
+            theirs = np.array(llm.scores[llm.n_tokens - 1], np.float64)
+            backend.forward_embedding(m, np.array([nxt], np.int32), x)
+            backend.forward_layers(m, 0, c.n_layer, x, pos, kv, x)
+            backend.forward_lm_head(m, x, out)
+            ours = out[0]
+            pos += 1
+        assert checked >= 8, f"only {checked} steps had a clear margin"
