@@ -196,3 +196,54 @@ cdef class LlamaRuntime:
                                      &self.scratch, n_threads)
         if rc:
             raise KernelError(rc, "lm_head")
+
+
+cdef extern from "ops.h":
+    void realm_rmsnorm(const float *x, const float *w, float *out, int64_t n, float eps) nogil
+    void realm_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, int64_t pos, float base) nogil
+    void realm_swiglu(const float *gate, const float *up, float *out, int64_t n) nogil
+    int REALM_ROPE_MAX_DIM
+
+
+def rmsnorm(const float[:, ::1] x, const float[::1] w, float eps, float[:, ::1] out=None):
+    """Each row of x (n, d) normalized by its RMS and scaled by w (d,), as ggml does."""
+    cdef int64_t n = x.shape[0], d = x.shape[1], i
+    if w.shape[0] != d or d == 0:
+        raise ValueError(f"w has {w.shape[0]} elements, rows have {d}")
+    if out is None:
+        out = np.empty((n, d), dtype=np.float32)
+    if out.shape[0] != n or out.shape[1] != d:
+        raise ValueError("out must have x's shape")
+    with nogil:
+        for i in range(n):
+            realm_rmsnorm(&x[i, 0], &w[0], &out[i, 0], d, eps)
+    return np.asarray(out)
+
+
+def rope(float[:, :, ::1] x, const int64_t[::1] positions, int rope_dim, float base):
+    """RoPE in place on x (n_tokens, n_heads, head_dim): adjacent pairs of the first
+    rope_dim dims of each head, token t at positions[t]."""
+    cdef int64_t n = x.shape[0], h = x.shape[1], hd = x.shape[2], t
+    if positions.shape[0] != n:
+        raise ValueError(f"{positions.shape[0]} positions for {n} tokens")
+    if rope_dim <= 0 or rope_dim % 2 or rope_dim > hd or rope_dim > REALM_ROPE_MAX_DIM:
+        raise ValueError(f"rope_dim {rope_dim} must be even and at most head_dim {hd}")
+    with nogil:
+        for t in range(n):
+            realm_rope(&x[t, 0, 0], h, hd, rope_dim, positions[t], base)
+    return np.asarray(x)
+
+
+def swiglu(const float[::1] gate, const float[::1] up, float[::1] out=None):
+    """silu(gate) * up, elementwise."""
+    cdef int64_t n = gate.shape[0]
+    if up.shape[0] != n:
+        raise ValueError("gate and up differ in length")
+    if out is None:
+        out = np.empty(n, dtype=np.float32)
+    if out.shape[0] != n:
+        raise ValueError("out differs in length")
+    if n:
+        with nogil:
+            realm_swiglu(&gate[0], &up[0], &out[0], n)
+    return np.asarray(out)

@@ -46,10 +46,26 @@ def main() -> None:
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
 @click.option("--tied", is_flag=True, help="No output.weight: the LM head reuses token_embd.")
+@click.option(
+    "--random-blocks",
+    is_flag=True,
+    help="Random valid quantized blocks instead of encoded values (fast; for speed tests).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def make_model_cmd(out: Path, preset: str, type_: str, seed: int, tied: bool, quiet: bool) -> None:
+def make_model_cmd(
+    out: Path, preset: str, type_: str, seed: int, tied: bool, random_blocks: bool, quiet: bool
+) -> None:
     """Write a llama GGUF with deterministic random weights and an SPM vocabulary."""
-    path = make_model(out, preset, type_.upper(), seed=seed, tied=tied, progress=not quiet, log=_warn)
+    path = make_model(
+        out,
+        preset,
+        type_.upper(),
+        seed=seed,
+        tied=tied,
+        progress=not quiet,
+        log=_warn,
+        random_blocks=random_blocks,
+    )
     if not quiet:
         click.echo(f"wrote {path} ({_human_bytes(path.stat().st_size)})")
 

@@ -38,6 +38,20 @@ SUPPORTED_TYPES: tuple[GGMLType, ...] = (
 )
 K_QUANTS = (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K)
 
+# Byte offsets, inside one block, of each format's f16 scale fields (ggml layouts).
+SCALE_FIELDS: dict[GGMLType, tuple[int, ...]] = {
+    GGMLType.Q4_0: (0,),
+    GGMLType.Q4_1: (0, 2),
+    GGMLType.Q5_0: (0,),
+    GGMLType.Q5_1: (0, 2),
+    GGMLType.Q8_0: (0,),
+    GGMLType.Q2_K: (80, 82),
+    GGMLType.Q3_K: (108,),
+    GGMLType.Q4_K: (0, 2),
+    GGMLType.Q5_K: (0, 2),
+    GGMLType.Q6_K: (208,),
+}
+
 # Rows of K-quant encoding handed to one worker thread (the C encoder releases the GIL).
 _ROWS_PER_TASK = 64
 
@@ -116,3 +130,25 @@ def quantize(array: np.ndarray, t: str | int | GGMLType, n_threads: int | None =
         with ThreadPoolExecutor(n_threads) as pool:
             list(pool.map(encode, starts))
     return out.reshape(out_shape)
+
+
+def random_blocks(
+    rng: np.random.Generator, t: str | int | GGMLType, shape: Sequence[int], scale: float = 1e-4
+) -> np.ndarray:
+    """Raw bytes of a random, valid tensor of `t`: random quants, f16 scale fields drawn
+    from |N(0, scale)|. For speed tests, where encoding real values would take minutes."""
+    gt = parse_type(t)
+    shape = tuple(int(s) for s in shape)
+    n_rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+    rb = row_bytes(gt, shape[-1])
+    if gt in (GGMLType.F32, GGMLType.F16, GGMLType.BF16):
+        return quantize(
+            rng.standard_normal((n_rows, shape[-1]), dtype=np.float32) * np.float32(scale * 20), gt
+        )
+    qk, bb = block_size(gt)
+    nb = n_rows * shape[-1] // qk
+    blocks = rng.integers(0, 256, (nb, bb), dtype=np.uint8)
+    for off in SCALE_FIELDS[gt]:
+        d = np.abs(rng.normal(0.0, scale, nb)).astype(np.float16)
+        blocks[:, off : off + 2] = d.view(np.uint8).reshape(nb, 2)
+    return blocks.reshape(*shape[:-1], rb) if len(shape) > 1 else blocks.reshape(rb)

@@ -108,3 +108,14 @@ def test_progress_is_shown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     make_model(tmp_path / "p.gguf", "tiny", "Q8_0", progress=True)
     err = capsys.readouterr().err
     assert "p.gguf" in err and "100%" in err
+
+
+def test_random_blocks_model(tmp_path: Path) -> None:
+    a = make_model(tmp_path / "a.gguf", "small", "Q4_K_M", seed=2, random_blocks=True)
+    b = make_model(tmp_path / "b.gguf", "small", "Q4_K_M", seed=2, random_blocks=True)
+    assert sha(a) == sha(b)
+    with load_gguf(a) as m:
+        assert m.layer(3, "ffn_down").type.name == "Q6_K"
+        assert np.isfinite(m.layer(0, "attn_q").dequantize()).all()
+        n = m.layer(0, "attn_norm").dequantize()  # norms stay 1 + N(0, 0.1)
+        assert abs(float(n.mean()) - 1.0) < 0.05

@@ -204,3 +204,13 @@ def test_quantize_rejects_bad_rows() -> None:
         quant.quantize(np.zeros((4, 33), np.float32), "Q8_0")
     with pytest.raises(ValueError, match="scalar"):
         quant.quantize(np.float32(1.0), "F16")
+
+
+@pytest.mark.parametrize("t", quant.SUPPORTED_TYPES, ids=lambda t: t.name)
+def test_random_blocks_are_valid(t: T) -> None:
+    a = quant.random_blocks(np.random.default_rng(1), t, (8, 512))
+    b = quant.random_blocks(np.random.default_rng(1), t, (8, 512))
+    assert a.dtype == np.uint8 and a.shape == (8, quant.row_bytes(t, 512))
+    np.testing.assert_array_equal(a, b)
+    x = gguf.quants.dequantize(a, t).reshape(8, 512)
+    assert np.isfinite(x).all() and 0 < np.abs(x).max() < 1.0

@@ -1,0 +1,176 @@
+"""CPU backend benchmark: kernels and whole-model speed, against llama.cpp in the same run.
+
+    python -m benchmarks.cpu [--quick] [--threads 2] [--json OUT] [--models-dir models]
+
+1. matvec GB/s per weight format on the TinyLlama shapes, against memory-copy GB/s
+   measured in the same run (benchmarks.bench_matvec).
+2. decode tok/s (64 tokens after the prompt) and prefill tok/s (a 128-token prompt) on
+   the tinyllama preset at Q4_K_M, Q8_0 and Q4_0, with `--threads` threads, for this
+   backend and for llama.cpp (llama-cpp-python, same files, same thread count). The
+   models are made with random valid blocks (`make-model --random-blocks`), cached in
+   --models-dir. The ratios ours / llama.cpp are the figures that matter: absolute
+   times drift with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import bench_matvec
+from realm_ext import _kernels
+from realm_ext.backends.cpu import CpuBackend
+from realm_ext.model import load_gguf
+from realm_ext.model_maker import make_model
+
+TYPES = ("Q4_K_M", "Q8_0", "Q4_0")
+PROMPT, DECODE = 128, 64
+
+
+def model_file(models_dir: Path, t: str) -> Path:
+    path = models_dir / f"tinyllama-{t}-random-blocks.gguf"
+    if not path.exists():
+        models_dir.mkdir(parents=True, exist_ok=True)
+        make_model(path, "tinyllama", t, seed=0, random_blocks=True)
+    return path
+
+
+def prompt_tokens(n_vocab: int, n: int = PROMPT, seed: int = 0) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return [1] + [int(t) for t in rng.integers(3, n_vocab, n - 1)]
+
+
+def decode_tokens(n_vocab: int) -> list[int]:
+    """The tokens fed one at a time after the prompt (the same for both programs: the
+    speed of a step does not depend on which token it is)."""
+    return prompt_tokens(n_vocab, DECODE, seed=1)
+
+
+def ours(path: Path, threads: int, repeat: int) -> dict:
+    """Median prefill and decode tok/s of the CPU backend (logits of every step)."""
+    model = load_gguf(path)
+    c = model.config
+    be = CpuBackend(n_threads=threads, max_batch=PROMPT)
+    toks = np.asarray(prompt_tokens(c.n_vocab), np.int32)
+    x1 = np.empty((1, c.n_embd), np.float32)
+    out1 = np.empty((1, c.n_vocab), np.float32)
+    prefill, decode = [], []
+    for _ in range(repeat):
+        kv = be.new_kv(model, PROMPT + DECODE + 8)
+        t0 = time.perf_counter()
+        be.logits(model, toks, kv=kv)
+        prefill.append(time.perf_counter() - t0)
+        steps = np.asarray(decode_tokens(c.n_vocab), np.int32).reshape(-1, 1)
+        t0 = time.perf_counter()
+        for i, p in enumerate(range(PROMPT, PROMPT + DECODE)):
+            be.forward_embedding(model, steps[i], x1)
+            be.forward_layers(model, 0, c.n_layer, x1, p, kv, x1)
+            be.forward_lm_head(model, x1, out1)
+        decode.append(time.perf_counter() - t0)
+    model.close()
+    return {
+        "prefill_tok_s": PROMPT / statistics.median(prefill),
+        "decode_tok_s": DECODE / statistics.median(decode),
+    }
+
+
+def llama_cpp(path: Path, threads: int, repeat: int) -> dict | None:
+    """The same measurement through llama-cpp-python; None when it is not installed."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    llm = llama_cpp.Llama(
+        str(path),
+        n_ctx=PROMPT + DECODE + 8,
+        n_batch=PROMPT,
+        n_ubatch=PROMPT,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
+    toks = prompt_tokens(llm.n_vocab())
+    prefill, decode = [], []
+    for _ in range(repeat):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(toks)
+        prefill.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for t in decode_tokens(llm.n_vocab()):
+            llm.eval([t])
+        decode.append(time.perf_counter() - t0)
+    del llm
+    return {
+        "prefill_tok_s": PROMPT / statistics.median(prefill),
+        "decode_tok_s": DECODE / statistics.median(decode),
+    }
+
+
+def machine() -> dict:
+    info = {"machine": platform.machine(), "python": platform.python_version(), "cpu_isa": _kernels.cpu_isa()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info["cores"] = os.cpu_count()
+    return info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per model (median)")
+    ap.add_argument("--quick", action="store_true", help="one run, Q4_K_M only, two matvec formats")
+    ap.add_argument("--models-dir", type=Path, default=Path("models"))
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    repeat = 1 if args.quick else args.repeat
+    types = TYPES[:1] if args.quick else TYPES
+
+    mv_types = ["Q4_K", "Q6_K"] if args.quick else ["Q4_K", "Q6_K", "Q8_0", "Q4_0"]
+    mv = bench_matvec.run(mv_types, 3 if args.quick else 7)
+    best = mv["isas"][-1]
+    print(f"matvec, 1 token, {bench_matvec.THREADS} threads, {best}; memory copy {mv['copy_gbs']:.2f} GB/s")
+    for r in mv["matvec"]:
+        shape = f"{r['rows']}x{r['cols']}"
+        print(f"  {r['type']:<5} {shape:>10} {r[f'{best}_gbs']:6.2f} GB/s  {r['best_vs_copy']:.2f}x copy")
+
+    results = []
+    print(
+        f"\ntinyllama, {args.threads} threads, prompt {PROMPT}, decode {DECODE}, median of {repeat} (tok/s)"
+    )
+    head = f"{'prefill':>8} {'llama.cpp':>10} {'ratio':>6}"
+    print(f"{'type':<7} {head}   {head.replace('prefill', ' decode')}")
+    for t in types:
+        path = model_file(args.models_dir, t)
+        a = ours(path, args.threads, repeat)
+        b = llama_cpp(path, args.threads, repeat)
+        row = {"type": t, "ours": a, "llama_cpp": b}
+        if b:
+            row["prefill_ratio"] = a["prefill_tok_s"] / b["prefill_tok_s"]
+            row["decode_ratio"] = a["decode_tok_s"] / b["decode_tok_s"]
+            print(
+                f"{t:<7} {a['prefill_tok_s']:8.1f} {b['prefill_tok_s']:10.1f} {row['prefill_ratio']:6.2f}   "
+                f"{a['decode_tok_s']:7.1f} {b['decode_tok_s']:10.1f} {row['decode_ratio']:6.2f}"
+            )
+        else:
+            print(f"{t:<7} {a['prefill_tok_s']:8.1f} {'-':>10} {'-':>6}   {a['decode_tok_s']:7.1f}")
+        results.append(row)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {"machine": machine(), "threads": args.threads, "matvec": mv, "models": results}, f, indent=2
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""The low-level CPU kernels (C, behind Cython; the GIL is released in every call).
+
+Weights are raw GGUF bytes, (n_rows, row_bytes) uint8, never decoded to a matrix:
+`matmul` rounds the activations to the weight's vec dot type and takes integer (or
+f16/f32) dot products, as llama.cpp's CPU backend does. `set_isa("scalar")` forces the
+portable kernels (the SIMD ones are chosen at run time from the CPU's features).
+"""
+
+from realm_ext._kernels import (
+    KVRing,
+    active_isa,
+    attention,
+    cpu_isa,
+    matmul,
+    quantize_acts,
+    rmsnorm,
+    rope,
+    set_isa,
+    swiglu,
+    vec_dot_type,
+)
+
+__all__ = [
+    "KVRing",
+    "active_isa",
+    "attention",
+    "cpu_isa",
+    "matmul",
+    "quantize_acts",
+    "rmsnorm",
+    "rope",
+    "set_isa",
+    "swiglu",
+    "vec_dot_type",
+]
