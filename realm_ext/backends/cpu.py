@@ -15,7 +15,7 @@ import weakref
 import numpy as np
 
 from realm_ext import _kernels
-from realm_ext.model import Model
+from realm_ext.model import LAYER_TENSORS, Model
 
 KVRing = _kernels.KVRing
 
@@ -72,21 +72,7 @@ class CpuBackend:
         }
         tensors, norms = {}, {}
         names = ["token_embd.weight", "output.weight", "output_norm.weight"]
-        names += [
-            f"blk.{i}.{n}.weight"
-            for i in range(c.n_layer)
-            for n in (
-                "attn_norm",
-                "attn_q",
-                "attn_k",
-                "attn_v",
-                "attn_output",
-                "ffn_norm",
-                "ffn_gate",
-                "ffn_up",
-                "ffn_down",
-            )
-        ]
+        names += [f"blk.{i}.{n}.weight" for i in range(c.n_layer) for n in LAYER_TENSORS]
         for name in names:
             t = model.tensor(name)  # output.weight resolves to token_embd when tied
             if len(t.shape) == 1:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build every tests/c/*.c (each has its own main) together with all of csrc/*.c under
+# Build every tests/c/test_*.c (each has its own main) together with all of csrc/*.c under
 # AddressSanitizer and UndefinedBehaviorSanitizer, run each, and fail if any fails.
 #
 #   tests/c/run.sh            binaries go to build/ctest/ (BUILD_DIR overrides)
@@ -17,7 +17,7 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}
 
 status=0
-for test in tests/c/*.c; do
+for test in tests/c/test_*.c; do
     exe="$out/$(basename "$test" .c)"
     gcc -std=gnu11 -O1 -g -fopenmp -fsanitize=address,undefined -fno-omit-frame-pointer \
         -fno-sanitize-recover=all -ffp-contract=off -Wall -Icsrc csrc/*.c "$test" -o "$exe" -lm

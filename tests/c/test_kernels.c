@@ -16,25 +16,8 @@
 #include "ops.h"
 #include "quantize.h"
 #include "vec_dot.h"
+#include "check.h"
 
-static int failures = 0;
-
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        if (!(cond)) {                                                               \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                              \
-        }                                                                            \
-    } while (0)
-
-static uint64_t rng_state = 0x243F6A8885A308D3ull;
-static uint64_t next_u64(void) {
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return rng_state * 0x2545F4914F6CDD1Dull;
-}
-static float uniform(void) { return (float)((double)(next_u64() >> 11) * 0x1.0p-53 * 2.0 - 1.0); }
 static float normal(void) { /* sum of 4 uniforms: close enough to a bell for these checks */
     return (uniform() + uniform() + uniform() + uniform()) * 0.866f;
 }

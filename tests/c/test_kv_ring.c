@@ -9,29 +9,12 @@
 #include "attention.h"
 #include "fp16.h"
 #include "kv_ring.h"
+#include "check.h"
 
-static int failures = 0;
-
-#define CHECK(cond)                                                           \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                       \
-        }                                                                     \
-    } while (0)
-
-/* a small deterministic generator (xorshift64*) */
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-static uint64_t next_u64(void) {
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return rng_state * 0x2545F4914F6CDD1Dull;
-}
 /* a multiple of 1/16 in [-2, 2]: products and sums of these stay exact in f32 */
 static float grid_value(void) { return (float)((int)(next_u64() % 65) - 32) / 16.0f; }
 /* any value in [-1, 1) */
-static float any_value(void) { return (float)((double)(next_u64() >> 11) * 0x1.0p-53 * 2.0 - 1.0); }
+static float any_value(void) { return uniform(); }
 
 static void test_create(void) {
     realm_f16 buf[8];
