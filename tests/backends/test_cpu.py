@@ -44,8 +44,9 @@ def test_logits_match_float64_reference(model_path, backend: CpuBackend, rng, re
         assert rel(ours, GgmlEmulation(m).logits(toks)) < 2e-2
 
 
-def test_small_model(model_path, backend: CpuBackend, rng) -> None:
-    with load_gguf(model_path("Q4_K_M", preset="small")) as m:
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_small_model(model_path, backend: CpuBackend, rng, recipe: str) -> None:
+    with load_gguf(model_path(recipe, preset="small")) as m:
         toks = prompt(rng, 9, m.config.n_vocab)
         assert rel(backend.logits(m, toks), ReferenceLlama(m).logits(toks)) < 3e-2
 
@@ -183,7 +184,7 @@ def test_prompt_logits_match_llama_cpp(
         assert exact >= 0.5
 
 
-@pytest.mark.parametrize("recipe", ["F32", "Q8_0", "Q4_0", "Q4_K_M", "Q6_K"])
+@pytest.mark.parametrize("recipe", RECIPES)
 def test_greedy_tokens_match_llama_cpp(llama_cpp, model_path, backend: CpuBackend, recipe: str) -> None:
     """32 greedy steps: wherever llama.cpp's top-2 margin exceeds 1e-2, the same token."""
     path = model_path(recipe, seed=11)
