@@ -1,9 +1,9 @@
 /* attention.c: causal grouped-query attention over a KV ring (see attention.h).
  *
- * Work item: one (token, query head) pair, i.e. one head_dim output row; OpenMP hands
- * the pairs to threads and each pair is computed by one thread start to finish, so the
- * result does not depend on the thread count. Per pair, over the window positions j
- * in ascending order:
+ * Work item: one token and one KV head, i.e. the head_dim output rows of the query
+ * heads that read that KV head; OpenMP hands the items to threads and each is computed
+ * by one thread start to finish, so the result does not depend on the thread count.
+ * Per query head, over the window positions j in ascending order:
  *   s[j] = (f32 dot of q16 and K16[j]) * scale        (exact products, f32 sums)
  *   e[j] = expf(s[j] - max s);  sum = sum of e in double
  *   p[j] = f16(e[j] * (float)(1.0 / sum))
@@ -11,8 +11,7 @@
  * Built with -ffp-contract=off: no fused multiply-adds, as in ggml's scalar semantics.
  *
  * Scratch (owned by the caller, no allocation here): per thread a slice of
- * slice_floats() floats, [capacity] scores (later the f16-rounded probabilities)
- * followed by [head_dim] q values rounded to f16 (held as f32).
+ * slice_floats() floats, see attend_group.
  */
 #include "attention.h"
 
@@ -44,31 +43,51 @@ static inline float f16_to_f32_vec(realm_f16 h) {
  * sums in lanes); the lanes are added pairwise at the end. */
 #define LANES 16
 
-/* f32 dot of q (f16 values held as f32) and a row of f16. */
-static float dot_f16(const float *restrict q, const realm_f16 *restrict k, int64_t n) {
+/* f32 dot of q (f16 values held as f32) and k (f16 values held as f32). */
+static float dot_lanes(const float *restrict q, const float *restrict k, int64_t n) {
     float acc[LANES] = {0};
     int64_t d = 0;
     for (; d + LANES <= n; d += LANES)
-        for (int i = 0; i < LANES; i++) acc[i] += q[d + i] * f16_to_f32_vec(k[d + i]);
-    for (int i = 0; d < n; d++, i++) acc[i] += q[d] * f16_to_f32_vec(k[d]);
+        for (int i = 0; i < LANES; i++) acc[i] += q[d + i] * k[d + i];
+    for (int i = 0; d < n; d++, i++) acc[i] += q[d] * k[d];
     for (int w = LANES / 2; w > 0; w /= 2)
         for (int i = 0; i < w; i++) acc[i] += acc[i + w];
     return acc[0];
 }
 
-/* acc[d] += p * v[d] for a row of f16 v */
-static void axpy_f16(float *restrict acc, float p, const realm_f16 *restrict v, int64_t n) {
-    for (int64_t d = 0; d < n; d++) acc[d] += p * f16_to_f32_vec(v[d]);
+/* A row of f16 to f32 (exact either way): F16C where the CPU has it. */
+static void row_f16_to_f32_portable(const realm_f16 *restrict h, float *restrict f, int64_t n) {
+    for (int64_t d = 0; d < n; d++) f[d] = f16_to_f32_vec(h[d]);
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+__attribute__((target("avx2,f16c"))) static void row_f16_to_f32_f16c(const realm_f16 *restrict h,
+                                                                      float *restrict f, int64_t n) {
+    int64_t d = 0;
+    for (; d + 8 <= n; d += 8) _mm256_storeu_ps(f + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + d))));
+    for (; d < n; d++) f[d] = f16_to_f32_vec(h[d]);
+}
+#endif
+
+typedef void (*row_convert_fn)(const realm_f16 *restrict, float *restrict, int64_t);
+
+static row_convert_fn pick_row_convert(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) return row_f16_to_f32_f16c;
+#endif
+    return row_f16_to_f32_portable;
 }
 
 /* floats of one thread's scratch slice, rounded up to 64 bytes (no false sharing) */
-static int64_t slice_floats(const realm_kv_ring *kv) {
-    return (kv->capacity + kv->head_dim + 15) / 16 * 16;
+static int64_t slice_floats(const realm_kv_ring *kv, int32_t group) {
+    return ((int64_t)group * (kv->capacity + kv->head_dim) + kv->head_dim + 15) / 16 * 16;
 }
 
-int64_t realm_attention_scratch_floats(const realm_kv_ring *kv, int n_threads) {
-    if (kv == NULL || n_threads < 1) return -1;
-    return slice_floats(kv) * n_threads; /* < 2^32 * 2^31 */
+int64_t realm_attention_scratch_floats(const realm_kv_ring *kv, int32_t n_head, int n_threads) {
+    if (kv == NULL || n_threads < 1 || n_head < 1 || n_head % kv->n_head_kv) return -1;
+    return slice_floats(kv, n_head / kv->n_head_kv) * n_threads; /* < 2^32 * 2^31 */
 }
 
 /* do the byte ranges [a, a + na) and [b, b + nb) overlap? */
@@ -81,38 +100,49 @@ static int64_t next_slot(const realm_kv_ring *kv, int64_t slot) {
     return slot + 1 == kv->capacity ? 0 : slot + 1;
 }
 
-/* One (token, head) pair: the query row q (head_dim f32) at position p reads KV head
- * kvh of the window and writes out (head_dim f32). */
-static void attend_one(const realm_kv_ring *kv, int32_t layer, int64_t p, int32_t kvh, const float *q,
-                       float *restrict out, float *restrict scratch) {
-    const int64_t hd = kv->head_dim;
+/* One token at position p and one KV head kvh, for the `group` query heads that read
+ * it: q and out are [group][head_dim] f32. Each K and V row of the window is converted
+ * to f32 once and serves every head of the group; per head the arithmetic is the one
+ * the file comment gives. Scratch: [group][capacity] scores, [group][head_dim] q16,
+ * [head_dim] converted row. */
+static void attend_group(const realm_kv_ring *kv, int32_t layer, int64_t p, int32_t kvh, int32_t group,
+                         const float *q, float *restrict out, float *restrict scratch, row_convert_fn convert) {
+    const int64_t hd = kv->head_dim, cap = kv->capacity;
     const int64_t row = (int64_t)kv->n_head_kv * hd; /* f16 elements per position */
     const int64_t first = realm_kv_window_start(kv, p), n = p - first + 1;
-    const realm_f16 *k_layer = kv->k + (int64_t)layer * kv->capacity * row + (int64_t)kvh * hd;
-    const realm_f16 *v_layer = kv->v + (int64_t)layer * kv->capacity * row + (int64_t)kvh * hd;
-    float *restrict s = scratch;                  /* [n] scores, then probabilities */
-    float *restrict q16 = scratch + kv->capacity; /* [hd] */
+    const realm_f16 *k_layer = kv->k + (int64_t)layer * cap * row + (int64_t)kvh * hd;
+    const realm_f16 *v_layer = kv->v + (int64_t)layer * cap * row + (int64_t)kvh * hd;
+    float *restrict s = scratch;                   /* [group][cap] scores, then probabilities */
+    float *restrict q16 = scratch + group * cap;   /* [group][hd] */
+    float *restrict buf = q16 + group * hd;        /* [hd] one K or V row as f32 */
     const float scale = 1.0f / sqrtf((float)hd);
+    const int64_t first_slot = first % cap; /* the window's slots wrap at capacity */
 
-    for (int64_t d = 0; d < hd; d++) q16[d] = realm_f16_to_f32(realm_f32_to_f16(q[d]));
-
-    const int64_t first_slot = first % kv->capacity; /* the window's slots wrap at capacity */
-    float max = -INFINITY;
+    for (int64_t i = 0; i < group * hd; i++) q16[i] = realm_f16_to_f32(realm_f32_to_f16(q[i]));
     for (int64_t j = 0, slot = first_slot; j < n; j++, slot = next_slot(kv, slot)) {
-        s[j] = dot_f16(q16, k_layer + slot * row, hd) * scale;
-        if (s[j] > max) max = s[j];
+        convert(k_layer + slot * row, buf, hd);
+        for (int32_t h = 0; h < group; h++) s[h * cap + j] = dot_lanes(q16 + h * hd, buf, hd) * scale;
     }
-    double sum = 0.0;
-    for (int64_t j = 0; j < n; j++) {
-        s[j] = expf(s[j] - max);
-        sum += (double)s[j];
+    for (int32_t h = 0; h < group; h++) {
+        float *sh = s + h * cap, max = -INFINITY;
+        for (int64_t j = 0; j < n; j++) max = sh[j] > max ? sh[j] : max;
+        double sum = 0.0;
+        for (int64_t j = 0; j < n; j++) {
+            sh[j] = expf(sh[j] - max);
+            sum += (double)sh[j];
+        }
+        const float inv = (float)(1.0 / sum);
+        for (int64_t j = 0; j < n; j++) sh[j] = realm_f16_to_f32(realm_f32_to_f16(sh[j] * inv));
     }
-    const float inv = (float)(1.0 / sum);
-    for (int64_t j = 0; j < n; j++) s[j] = realm_f16_to_f32(realm_f32_to_f16(s[j] * inv));
-
-    for (int64_t d = 0; d < hd; d++) out[d] = 0.0f;
-    for (int64_t j = 0, slot = first_slot; j < n; j++, slot = next_slot(kv, slot))
-        axpy_f16(out, s[j], v_layer + slot * row, hd);
+    for (int64_t i = 0; i < group * hd; i++) out[i] = 0.0f;
+    for (int64_t j = 0, slot = first_slot; j < n; j++, slot = next_slot(kv, slot)) {
+        convert(v_layer + slot * row, buf, hd);
+        for (int32_t h = 0; h < group; h++) {
+            float *restrict o = out + h * hd;
+            const float pj = s[h * cap + j];
+            for (int64_t d = 0; d < hd; d++) o[d] += pj * buf[d];
+        }
+    }
 }
 
 int realm_attention(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens, int32_t n_head,
@@ -129,20 +159,25 @@ int realm_attention(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t
     if (realm_kv_window_start(kv, pos) < kv->held_from[layer]) return -5;
 
     const int32_t group = n_head / kv->n_head_kv; /* query heads per KV head */
-    const int64_t slice = slice_floats(kv);
-    const int threads = n_pairs < n_threads ? (int)n_pairs : n_threads;
+    const int64_t slice = slice_floats(kv, group);
+    const int64_t n_items = n_tokens * kv->n_head_kv;
+    const int threads = n_items < n_threads ? (int)n_items : n_threads;
+    const row_convert_fn convert = pick_row_convert();
     (void)threads; /* unused without OpenMP */
 
+    /* work item i: token i / n_head_kv, KV head i % n_head_kv, whose query heads
+     * (kvh * group .. kvh * group + group - 1) are consecutive in q and out */
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (int64_t i = 0; i < n_pairs; i++) {
+    for (int64_t i = 0; i < n_items; i++) {
 #ifdef _OPENMP
         float *my_scratch = scratch + omp_get_thread_num() * slice;
 #else
         float *my_scratch = scratch;
 #endif
-        const int64_t t = i / n_head;
-        const int32_t h = (int32_t)(i % n_head);
-        attend_one(kv, layer, pos + t, h / group, q + i * hd, out + i * hd, my_scratch);
+        const int64_t t = i / kv->n_head_kv;
+        const int32_t kvh = (int32_t)(i % kv->n_head_kv);
+        const int64_t off = (t * n_head + (int64_t)kvh * group) * hd;
+        attend_group(kv, layer, pos + t, kvh, group, q + off, out + off, my_scratch, convert);
     }
     return 0;
 }

@@ -15,13 +15,14 @@
 /* q, out: f32 [n_tokens][n_head][head_dim] (out may not alias q). The tokens sit at
  * positions pos .. pos+n_tokens-1 and their K/V are already appended to `layer`;
  * token t attends to the window of position pos+t (causal). scratch: at least
- * realm_attention_scratch_floats(kv, n_threads) floats. Threads over (token, head).
+ * realm_attention_scratch_floats(kv, n_head, n_threads) floats. Threads over
+ * (token, KV head): each K/V row is converted once for the query heads that share it.
  * Returns 0 or an error code (-1 bad argument, -5 layer or position out of range, which
  * includes a window reaching below held_from: after a wrap, a batch of several tokens
  * appended at once has overwritten the oldest positions its first tokens need). */
 int realm_attention(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens, int32_t n_head,
                     const float *q, float *out, float *scratch, int n_threads);
 
-int64_t realm_attention_scratch_floats(const realm_kv_ring *kv, int n_threads);
+int64_t realm_attention_scratch_floats(const realm_kv_ring *kv, int32_t n_head, int n_threads);
 
 #endif

@@ -131,7 +131,7 @@ int realm_llama_layer_forward(const realm_llama_dims *d, const realm_llama_layer
     if (realm_llama_check_layer(d, L)) return -1;
     if (kv->n_head_kv != d->n_head_kv || kv->head_dim != d->head_dim || !kv->k || !kv->v) return -1;
     if (layer < 0 || layer >= kv->n_layer) return -5;
-    if (s->att_scratch_floats < realm_attention_scratch_floats(kv, n_threads)) return -7;
+    if (s->att_scratch_floats < realm_attention_scratch_floats(kv, d->n_head, n_threads)) return -7;
     for (int64_t t0 = 0, n; t0 < n_tokens; t0 += n) {
         const int64_t p = pos + t0;
         n = n_tokens - t0 < s->max_tokens ? n_tokens - t0 : s->max_tokens;

@@ -54,3 +54,13 @@ realm_vec_dot_nx_fn realm_get_vec_dot_nx(int wtype, int isa) {
 #endif
     return NULL;
 }
+
+realm_vec_dot_8r_fn realm_get_vec_dot_8r(int wtype, int isa) {
+    if (wtype < 0 || wtype >= REALM_N_TYPES || !realm_vec_dot_scalar[wtype]) return NULL;
+    if (isa > realm_cpu_isa()) isa = realm_cpu_isa();
+#if defined(__x86_64__) || defined(__i386__)
+    if (isa >= REALM_ISA_AVX512 && realm_vec_dot_table_avx512()[wtype]) return realm_vec_dot_8r_table_avx512()[wtype];
+    if (isa >= REALM_ISA_AVX2 && realm_vec_dot_table_avx2()[wtype]) return realm_vec_dot_8r_table_avx2()[wtype];
+#endif
+    return NULL;
+}

@@ -21,6 +21,13 @@ typedef void (*realm_vec_dot_fn)(int64_t n, float *s, const void *w, const void 
 typedef void (*realm_vec_dot_nx_fn)(int64_t n, float *s, int64_t ls, const void *w, const void *a, int64_t la,
                                     int n_tokens);
 
+/* Eight consecutive weight rows times n_tokens activation rows (matmul tiles): row r at
+ * w + r * lw, token t at a + t * la (both in bytes), s[t * ls + r] = dot(row r, token t)
+ * for r < 8, t < n_tokens (ls in floats). Each output is bit for bit that of the
+ * single-row kernel of the same ISA. */
+typedef void (*realm_vec_dot_8r_fn)(int64_t n, float *s, int64_t ls, const void *w, int64_t lw, const void *a,
+                                    int64_t la, int n_tokens);
+
 enum realm_isa {
     REALM_ISA_SCALAR = 0,
     REALM_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C */
@@ -46,11 +53,17 @@ realm_vec_dot_fn realm_get_vec_dot(int wtype, int isa);
  * NULL where that ISA has none (the caller loops over the single-row kernel). */
 realm_vec_dot_nx_fn realm_get_vec_dot_nx(int wtype, int isa);
 
+/* The 8-row kernel of the same ISA that realm_get_vec_dot(wtype, isa) picks; NULL
+ * where that ISA has none (the caller uses the single-row kernels). */
+realm_vec_dot_8r_fn realm_get_vec_dot_8r(int wtype, int isa);
+
 /* Per-ISA tables, indexed by ggml type id; NULL entries fall back. */
 extern const realm_vec_dot_fn realm_vec_dot_scalar[REALM_N_TYPES];
 const realm_vec_dot_fn *realm_vec_dot_table_avx2(void);
 const realm_vec_dot_fn *realm_vec_dot_table_avx512(void);
 const realm_vec_dot_nx_fn *realm_vec_dot_nx_table_avx2(void);
 const realm_vec_dot_nx_fn *realm_vec_dot_nx_table_avx512(void);
+const realm_vec_dot_8r_fn *realm_vec_dot_8r_table_avx2(void);
+const realm_vec_dot_8r_fn *realm_vec_dot_8r_table_avx512(void);
 
 #endif

@@ -26,5 +26,14 @@ static const realm_vec_dot_nx_fn nx_table[REALM_N_TYPES] = {
 #endif
 };
 
+static const realm_vec_dot_8r_fn r8_table[REALM_N_TYPES] = {
+#if defined(__x86_64__) || defined(__i386__)
+    REALM_X86_8R_TABLE_ENTRIES,
+#else
+    NULL
+#endif
+};
+
 const realm_vec_dot_fn *realm_vec_dot_table_avx512(void) { return table; }
 const realm_vec_dot_nx_fn *realm_vec_dot_nx_table_avx512(void) { return nx_table; }
+const realm_vec_dot_8r_fn *realm_vec_dot_8r_table_avx512(void) { return r8_table; }

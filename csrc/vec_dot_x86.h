@@ -440,6 +440,275 @@ static inline __attribute__((always_inline)) void x86_q4_K_rows(int64_t n, float
 }
 X86_DEFINE_DOTS(q4_K)
 
+/* ---- 8-row kernels ----------------------------------------------------------------
+ * 8 consecutive weight rows (row r at w + r * lw) times nt activation rows (a + t * la):
+ * s[t * ls + r] = dot(row r, token t). The float accumulators are vectors whose lane r
+ * is row r's: per block and token, the 8 rows' partial integer vectors are reduced to
+ * one vector of 8 whole-block sums (x86_transpose_add8, exact), then one lane-wise FMA
+ * updates all 8 rows. A lane-wise FMA is the scalar kernel's fmaf for each row, in the
+ * same block order, so every output is bit for bit the scalar kernel's. */
+#define X86_NR 8
+/* Array bound for the tokens of one pass (the dispatch wrapper instantiates nt = 1..8). */
+#define X86_NT8_MAX 8
+
+/* Lane r of the result: the sum of the 8 lanes of v[r] (integers: exact in any order). */
+static inline __attribute__((always_inline)) __m256i x86_transpose_add8(const __m256i v[X86_NR]) {
+    __m256i t[4], u[2];
+    for (int k = 0; k < 4; k++) /* per 128-bit lane: [v2k_0+v2k_2, v2k+1_0+.., v2k_1+v2k_3, v2k+1_1+..] */
+        t[k] = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2 * k], v[2 * k + 1]),
+                                _mm256_unpackhi_epi32(v[2 * k], v[2 * k + 1]));
+    for (int k = 0; k < 2; k++) /* per 128-bit lane: [v4k, v4k+1, v4k+2, v4k+3], that lane's part */
+        u[k] = _mm256_add_epi32(_mm256_unpacklo_epi64(t[2 * k], t[2 * k + 1]),
+                                _mm256_unpackhi_epi64(t[2 * k], t[2 * k + 1]));
+    /* [u0 low + u0 high | u1 low + u1 high] */
+    return _mm256_add_epi32(_mm256_permute2x128_si256(u[0], u[1], 0x21), _mm256_blend_epi32(u[0], u[1], 0xF0));
+}
+
+/* The f16 pair at the start of block i of each of the 8 rows (d and dmin of a K-quant,
+ * or d of Q4_0 and the next block's first bytes), as 8 u32 lanes. */
+static inline __m256i x86_gather8_u32(const char *p, int64_t lw) {
+    uint32_t v[X86_NR];
+    for (int r = 0; r < X86_NR; r++) memcpy(&v[r], p + r * lw, 4);
+    return _mm256_loadu_si256((const __m256i *)v);
+}
+
+/* The 16-byte headers (d, dmin, 12 bytes of scales and mins) of block i of 8 Q4_K rows,
+ * decoded for all 8 rows at once: lane r of each vector is row r's. */
+struct x86_q4_K_head {
+    __m256 d, dmin;
+    __m256i m02, m13, m46, m57; /* s16 pairs (min0, min2), (min1, min3), (min4, min6), (min5, min7) */
+    uint64_t sc8[X86_NR];       /* row r's 8 6-bit scales, one per byte */
+};
+
+static inline __attribute__((always_inline)) void x86_q4_K_head8(struct x86_q4_K_head *h, const char *xi, int64_t lw) {
+    /* 8 rows x 4 u32 (rows r and r + 4 in one ymm) -> 4 vectors of 8 rows: a 4x4 transpose per 128-bit lane */
+    __m256i y[4];
+    for (int k = 0; k < 4; k++)
+        y[k] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(xi + k * lw))),
+                                       _mm_loadu_si128((const __m128i *)(xi + (k + 4) * lw)), 1);
+    const __m256i a = _mm256_unpacklo_epi32(y[0], y[1]), b = _mm256_unpackhi_epi32(y[0], y[1]);
+    const __m256i c = _mm256_unpacklo_epi32(y[2], y[3]), e = _mm256_unpackhi_epi32(y[2], y[3]);
+    const __m256i dd = _mm256_unpacklo_epi64(a, c); /* d | dmin << 16 */
+    const __m256i u0 = _mm256_unpackhi_epi64(a, c), u1 = _mm256_unpacklo_epi64(b, e), u2 = _mm256_unpackhi_epi64(b, e);
+    /* realm_k4_scale_min for all j, bytewise (see x86_k4_scales_mins) */
+    const __m256i m6 = _mm256_set1_epi32(0x3f3f3f3f), m4 = _mm256_set1_epi32(0x0f0f0f0f);
+    const __m256i top2 = _mm256_set1_epi32(0x30303030);
+    const __m256i sc_lo = _mm256_and_si256(u0, m6);
+    const __m256i sc_hi = _mm256_or_si256(_mm256_and_si256(u2, m4), _mm256_and_si256(_mm256_srli_epi32(u0, 2), top2));
+    const __m256i mn_lo = _mm256_and_si256(u1, m6);
+    const __m256i mn_hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(u2, 4), m4),
+                                          _mm256_and_si256(_mm256_srli_epi32(u1, 2), top2));
+    /* scales: lanes [r0 lo, r0 hi, r1 lo, r1 hi | r4 .., r5 ..] and [r2, r3 | r6, r7] -> rows in order */
+    const __m256i s01 = _mm256_unpacklo_epi32(sc_lo, sc_hi), s23 = _mm256_unpackhi_epi32(sc_lo, sc_hi);
+    _mm256_storeu_si256((__m256i *)h->sc8, _mm256_permute2x128_si256(s01, s23, 0x20));
+    _mm256_storeu_si256((__m256i *)(h->sc8 + 4), _mm256_permute2x128_si256(s01, s23, 0x31));
+    /* mins: bytes 0, 2 and 1, 3 of each u32 as s16 pairs */
+    const __m256i lo16 = _mm256_set1_epi32(0x00FF00FF);
+    h->m02 = _mm256_and_si256(mn_lo, lo16);
+    h->m13 = _mm256_and_si256(_mm256_srli_epi32(mn_lo, 8), lo16);
+    h->m46 = _mm256_and_si256(mn_hi, lo16);
+    h->m57 = _mm256_and_si256(_mm256_srli_epi32(mn_hi, 8), lo16);
+    /* d and dmin: f16 pairs -> [d0..d7 | dmin0..dmin7] -> f32 */
+    const __m256i d16 = _mm256_permute4x64_epi64(
+        _mm256_packus_epi32(_mm256_and_si256(dd, _mm256_set1_epi32(0xFFFF)), _mm256_srli_epi32(dd, 16)), 0xD8);
+    h->d = _mm256_cvtph_ps(_mm256_castsi256_si128(d16));
+    h->dmin = _mm256_cvtph_ps(_mm256_extracti128_si256(d16, 1));
+}
+
+/* The mins chain's integers for one token and 8 rows: lane r = sum_j min_rj * S_j, S_j
+ * the q8 sum of sub-block j (bsums[2j] + bsums[2j+1]); the pairs (S0, S2), (S1, S3),
+ * (S4, S6), (S5, S7) meet the rows' min pairs in vpmaddwd. */
+static inline __m256i x86_q4_K_summs8(const struct x86_q4_K_head *h, const block_q8_K *y) {
+    const __m128i sums = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)y->bsums),
+                                        _mm_loadu_si128((const __m128i *)(y->bsums + 8)));
+    int32_t sp[4];
+    _mm_storeu_si128((__m128i *)sp,
+                     _mm_shuffle_epi8(sums, _mm_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15)));
+    const __m256i s02 = _mm256_madd_epi16(h->m02, _mm256_set1_epi32(sp[0]));
+    const __m256i s13 = _mm256_madd_epi16(h->m13, _mm256_set1_epi32(sp[1]));
+    const __m256i s46 = _mm256_madd_epi16(h->m46, _mm256_set1_epi32(sp[2]));
+    const __m256i s57 = _mm256_madd_epi16(h->m57, _mm256_set1_epi32(sp[3]));
+    return _mm256_add_epi32(_mm256_add_epi32(s02, s13), _mm256_add_epi32(s46, s57));
+}
+
+#if REALM_X86_VNNI
+/* Tokens per pass of the 8-row kernels: 512-bit registers hold 2 rows x 8 tokens. */
+#define X86_NT8 8
+
+/* Lane r: the sum of the 16 lanes of row r, from lvl[p] = the first reduction step of
+ * rows 2p and 2p+1 (x86_pair_add). Integers: exact in any order. */
+static inline __m512i x86_pair_add(__m512i a, __m512i b) {
+    return _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+}
+
+static inline __attribute__((always_inline)) __m256i x86_transpose_add8_512(const __m512i lvl[4]) {
+    /* per 128-bit lane L: [r0, r1, r2, r3] (u0) and [r4 .. r7] (u1), lane L's part */
+    const __m512i u0 = _mm512_add_epi32(_mm512_unpacklo_epi64(lvl[0], lvl[1]), _mm512_unpackhi_epi64(lvl[0], lvl[1]));
+    const __m512i u1 = _mm512_add_epi32(_mm512_unpacklo_epi64(lvl[2], lvl[3]), _mm512_unpackhi_epi64(lvl[2], lvl[3]));
+    /* [u0 L0, u1 L0, u0 L2, u1 L2] + [u0 L1, u1 L1, u0 L3, u1 L3], then the two halves */
+    const __m512i x = _mm512_permutex2var_epi64(u0, _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), u1);
+    const __m512i z = _mm512_add_epi32(x, _mm512_permutex2var_epi64(u0, _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15), u1));
+    return _mm256_add_epi32(_mm512_castsi512_si256(z), _mm512_extracti64x4_epi64(z, 1));
+}
+
+/* Q4_K, rows 2p and 2p+1 of the 8 against nt tokens: out[t] = x86_pair_add of the two
+ * rows' s32 partial sums. A zmm holds a 64-element chunk j: the 32 low nibbles below the
+ * 32 high ones, as the q8 bytes lie; its scale vector sc[2j] (low half), sc[2j+1] as
+ * s16, picked from the broadcast scale bytes by vpshufb (high bytes zeroed by 0x80). */
+static inline __attribute__((always_inline)) void x86_q4_K_pair_sums(__m512i *out, const char *x0, const char *x1,
+                                                                     uint64_t sc0, uint64_t sc1, const char *a,
+                                                                     int64_t la, int64_t i, const int nt) {
+    const uint8_t *q4[2] = {((const block_q4_K *)x0)->qs, ((const block_q4_K *)x1)->qs};
+    const __m512i scb[2] = {_mm512_set1_epi64((long long)sc0), _mm512_set1_epi64((long long)sc1)};
+    const __m512i m4 = _mm512_set1_epi8(0xF);
+    __m512i sum[2][X86_NT8_MAX];
+#pragma GCC unroll 4
+    for (int j = 0; j < QK_K / 64; j++) {
+        const __m512i ctl = _mm512_inserti64x4(_mm512_set1_epi16((short)(0x8000 | (2 * j))),
+                                               _mm256_set1_epi16((short)(0x8000 | (2 * j + 1))), 1);
+        __m512i q[2], scv[2];
+        for (int k = 0; k < 2; k++) {
+            const __m512i bits = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(q4[k] + 32 * j)));
+            q[k] = _mm512_and_si512(_mm512_mask_srli_epi16(bits, 0xFFFF0000u, bits, 4), m4);
+            scv[k] = _mm512_shuffle_epi8(scb[k], ctl);
+        }
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) {
+            const __m512i q8 = _mm512_loadu_si512(((const block_q8_K *)(a + t * la) + i)->qs + 64 * j);
+            for (int k = 0; k < 2; k++) {
+                const __m512i p = _mm512_maddubs_epi16(q[k], q8);
+                sum[k][t] = j ? _mm512_dpwssd_epi32(sum[k][t], scv[k], p) : _mm512_madd_epi16(scv[k], p);
+            }
+        }
+    }
+    for (int t = 0; t < nt; t++) out[t] = x86_pair_add(sum[0][t], sum[1][t]);
+}
+#else
+#define X86_NT8 X86_NT
+
+/* Q4_K, one row's block against nt tokens: out[t] = 8 s32 lanes summing to the block's
+ * sum_j sc_j * (q4 . q8) (sc8: the 8 6-bit scales, one per byte). */
+static inline __attribute__((always_inline)) void x86_q4_K_row_sums(__m256i *out, const uint8_t *q4, uint64_t sc8,
+                                                                    const char *a, int64_t la, int64_t i, const int nt) {
+    const __m256i scb = _mm256_set1_epi64x((long long)sc8);
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    for (int t = 0; t < nt; t++) out[t] = _mm256_setzero_si256();
+    for (int j = 0; j < QK_K / 64; j++) {
+        const __m256i bits = _mm256_loadu_si256((const __m256i *)(q4 + 32 * j));
+        const __m256i lo = _mm256_and_si256(bits, m4);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+        const __m256i sc_lo = _mm256_shuffle_epi8(scb, _mm256_set1_epi16((short)(0x8000 | (2 * j))));
+        const __m256i sc_hi = _mm256_shuffle_epi8(scb, _mm256_set1_epi16((short)(0x8000 | (2 * j + 1))));
+        for (int t = 0; t < nt; t++) {
+            const int8_t *q8 = ((const block_q8_K *)(a + t * la) + i)->qs + 64 * j;
+            const __m256i p_lo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)q8));
+            const __m256i p_hi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 32)));
+            out[t] = x86_dpwssd(x86_dpwssd(out[t], sc_lo, p_lo), sc_hi, p_hi);
+        }
+    }
+}
+#endif
+
+/* Q4_K, 8 rows: per block, the scales chain acc += isum * (d_w * d_a) and the mins chain
+ * acc_m += summs * (dmin_w * d_a), lane r for row r, as dot_q4_K. */
+static inline __attribute__((always_inline)) void x86_q4_K_8rows(int64_t n, float *s, int64_t ls, const void *w,
+                                                                 int64_t lw, const void *a, int64_t la, const int nt) {
+#if !REALM_X86_VNNI
+    /* one token on AVX2: the single-row kernel is faster (same results) */
+    if (nt == 1) {
+        for (int r = 0; r < X86_NR; r++) x86_q4_K_rows(n, s + r, 0, (const char *)w + r * lw, a, 0, 1);
+        return;
+    }
+#endif
+    __m256 acc[X86_NT8_MAX], acc_m[X86_NT8_MAX];
+    for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps(), acc_m[t] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const char *xi = (const char *)((const block_q4_K *)w + i);
+        struct x86_q4_K_head h;
+        x86_q4_K_head8(&h, xi, lw);
+        __m256i isum[X86_NT8_MAX];
+#if REALM_X86_VNNI
+        __m512i lvl[X86_NT8_MAX][4];
+        for (int p = 0; p < 4; p++) {
+            __m512i pair[X86_NT8_MAX];
+            x86_q4_K_pair_sums(pair, xi + 2 * p * lw, xi + (2 * p + 1) * lw, h.sc8[2 * p], h.sc8[2 * p + 1], a, la, i, nt);
+            for (int t = 0; t < nt; t++) lvl[t][p] = pair[t];
+        }
+        for (int t = 0; t < nt; t++) isum[t] = x86_transpose_add8_512(lvl[t]);
+#else
+        __m256i part[X86_NT8_MAX][X86_NR];
+        for (int r = 0; r < X86_NR; r++) {
+            __m256i sums[X86_NT8_MAX];
+            x86_q4_K_row_sums(sums, ((const block_q4_K *)(xi + r * lw))->qs, h.sc8[r], a, la, i, nt);
+            for (int t = 0; t < nt; t++) part[t][r] = sums[t];
+        }
+        for (int t = 0; t < nt; t++) isum[t] = x86_transpose_add8(part[t]);
+#endif
+        for (int t = 0; t < nt; t++) {
+            const block_q8_K *y = (const block_q8_K *)((const char *)a + t * la) + i;
+            const __m256 dy = _mm256_set1_ps(y->d);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(h.d, dy), acc[t]);
+            acc_m[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(x86_q4_K_summs8(&h, y)), _mm256_mul_ps(h.dmin, dy), acc_m[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++) _mm256_storeu_ps(s + t * ls, _mm256_sub_ps(acc[t], acc_m[t]));
+}
+
+#define X86_DEFINE_DOT_8R(fmt)                                                                                \
+    static void x86_dot_8r_##fmt(int64_t n, float *s, int64_t ls, const void *w, int64_t lw, const void *a,  \
+                                 int64_t la, int n_tokens) {                                                  \
+        int t = 0;                                                                                            \
+        for (; t + X86_NT8 <= n_tokens; t += X86_NT8)                                                         \
+            x86_##fmt##_8rows(n, s + t * ls, ls, w, lw, (const char *)a + t * la, la, X86_NT8);               \
+        s += t * ls, a = (const char *)a + t * la;                                                            \
+        switch (n_tokens - t) {                                                                               \
+        case 7: x86_##fmt##_8rows(n, s, ls, w, lw, a, la, 7); break;                                          \
+        case 6: x86_##fmt##_8rows(n, s, ls, w, lw, a, la, 6); break;                                          \
+        case 5: x86_##fmt##_8rows(n, s, ls, w, lw, a, la, 5); break;                                          \
+        case 4: x86_##fmt##_8rows(n, s, ls, w, lw, a, la, 4); break;                                          \
+        case 3: x86_##fmt##_8rows(n, s, ls, w, lw, a, la, 3); break;                                          \
+        case 2: x86_##fmt##_8rows(n, s, ls, w, lw, a, la, 2); break;                                          \
+        case 1: x86_##fmt##_8rows(n, s, ls, w, lw, a, la, 1); break;                                          \
+        default: break;                                                                                       \
+        }                                                                                                     \
+    }
+X86_DEFINE_DOT_8R(q4_K)
+
+/* Q4_0, 8 rows: per block, acc += isum * (d_w * d_a), lane r for row r, as dot_q4_0.
+ * The token's q8 is made unsigned once (q8 + 128, shared by the 8 rows) so that one
+ * vpdpbusd per row and token does the products: sum (q8 + 128) qx - 128 sum qx is the
+ * signed sum, and the 128 sum qx of the row's block starts its accumulator. */
+static inline __attribute__((always_inline)) void x86_q4_0_8rows(int64_t n, float *s, int64_t ls, const void *w,
+                                                                 int64_t lw, const void *a, int64_t la, const int nt) {
+    const __m256i k80 = _mm256_set1_epi8((char)0x80);
+    __m256 acc[X86_NT8_MAX];
+    for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK4_0; i++) {
+        const char *xi = (const char *)((const block_q4_0 *)w + i);
+        __m256i yu[X86_NT8_MAX];
+        for (int t = 0; t < nt; t++)
+            yu[t] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)((const block_q8_0 *)((const char *)a + t * la) + i)->qs), k80);
+        __m256i part[X86_NT8_MAX][X86_NR];
+        for (int r = 0; r < X86_NR; r++) {
+            const block_q4_0 *x = (const block_q4_0 *)(xi + r * lw);
+            const __m256i qx = _mm256_sub_epi8(x86_nibbles_32(x->qs), _mm256_set1_epi8(8));
+            const __m256i init = _mm256_sub_epi32(_mm256_setzero_si256(), x86_dpbusd(_mm256_setzero_si256(), k80, qx));
+            for (int t = 0; t < nt; t++) part[t][r] = x86_dpbusd(init, yu[t], qx);
+        }
+        /* the 8 rows' d: f16 -> f32 */
+        const __m256i d32 = _mm256_and_si256(x86_gather8_u32(xi, lw), _mm256_set1_epi32(0xFFFF));
+        const __m256i d16 = _mm256_permute4x64_epi64(_mm256_packus_epi32(d32, d32), 0x08);
+        const __m256 dw = _mm256_cvtph_ps(_mm256_castsi256_si128(d16));
+        for (int t = 0; t < nt; t++) {
+            const block_q8_0 *y = (const block_q8_0 *)((const char *)a + t * la) + i;
+            const __m256i isum = x86_transpose_add8(part[t]);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, _mm256_set1_ps(x86_f16(y->d))), acc[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++) _mm256_storeu_ps(s + t * ls, acc[t]);
+}
+X86_DEFINE_DOT_8R(q4_0)
+
 /* Q5_K: as Q4_K, plus the 5th bit: bit 2j / 2j+1 of qh[l] for the low / high nibbles of
  * chunk j, moved to bit 4 of each byte (shifts within 16-bit lanes keep bytes apart). */
 static void x86_dot_q5_K(int64_t n, float *s, const void *w, const void *a) {
@@ -567,3 +836,5 @@ X86_DEFINE_DOTS(q6_K)
 #define REALM_X86_NX_TABLE_ENTRIES                                                                          \
     [REALM_TYPE_Q4_0] = x86_dot_nx_q4_0, [REALM_TYPE_Q8_0] = x86_dot_nx_q8_0, [REALM_TYPE_Q4_K] = x86_dot_nx_q4_K, \
     [REALM_TYPE_Q6_K] = x86_dot_nx_q6_K
+
+#define REALM_X86_8R_TABLE_ENTRIES [REALM_TYPE_Q4_0] = x86_dot_8r_q4_0, [REALM_TYPE_Q4_K] = x86_dot_8r_q4_K

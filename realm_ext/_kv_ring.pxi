@@ -38,7 +38,7 @@ cdef extern from "kv_ring.h":
 cdef extern from "attention.h":
     int realm_attention(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens, int32_t n_head,
                         const float *q, float *out, float *scratch, int n_threads) nogil
-    int64_t realm_attention_scratch_floats(const realm_kv_ring *kv, int n_threads) nogil
+    int64_t realm_attention_scratch_floats(const realm_kv_ring *kv, int32_t n_head, int n_threads) nogil
 
 
 KV_RING_MAX_CAPACITY = REALM_KV_RING_MAX_CAPACITY
@@ -248,8 +248,8 @@ def attention(KVRing kv not None, int layer, int64_t pos, q, out=None, n_threads
         raise ValueError(f"n_threads must be >= 0, got {n_threads}")
     if n_threads == 0:
         n_threads = os.cpu_count() or 1
-    n_threads = min(n_threads, n_tokens * n_head, 4096)  # more threads than (token, head) pairs idle
-    scratch = np.empty(realm_attention_scratch_floats(ring, n_threads), np.float32)
+    n_threads = min(n_threads, n_tokens * ring.n_head_kv, 4096)  # more threads than work items idle
+    scratch = np.empty(realm_attention_scratch_floats(ring, n_head, n_threads), np.float32)
 
     cdef const float[:, :, ::1] q_mv = q
     cdef float[:, :, ::1] out_mv = out

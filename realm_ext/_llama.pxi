@@ -38,7 +38,7 @@ cdef extern from "llama.h":
                             int n_threads) nogil
 
 cdef extern from "attention.h":
-    int64_t realm_attention_scratch_floats(const realm_kv_ring *kv, int n_threads) nogil
+    int64_t realm_attention_scratch_floats(const realm_kv_ring *kv, int32_t n_head, int n_threads) nogil
 
 
 class KernelError(RuntimeError):
@@ -172,7 +172,7 @@ cdef class LlamaRuntime:
         if n == 0:
             return
         cdef realm_kv_ring *ring = kv.ptr()
-        self._ensure_scratch(realm_attention_scratch_floats(ring, n_threads))
+        self._ensure_scratch(realm_attention_scratch_floats(ring, self.dims.n_head, n_threads))
         cdef int rc
         with nogil:
             rc = realm_llama_layer_forward(&self.dims, &self.layers[layer], layer, ring, pos, n, &x[0, 0],

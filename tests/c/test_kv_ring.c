@@ -152,9 +152,9 @@ static void test_attention(void) {
     CHECK(kv != NULL);
     if (kv == NULL) return;
     const int threads_max = 3;
-    const int64_t n_scratch = realm_attention_scratch_floats(kv, threads_max);
+    const int64_t n_scratch = realm_attention_scratch_floats(kv, NH, threads_max);
     CHECK(n_scratch >= threads_max * (CAP + D));
-    CHECK(realm_attention_scratch_floats(kv, 0) == -1 && realm_attention_scratch_floats(NULL, 1) == -1);
+    CHECK(realm_attention_scratch_floats(kv, NH, 0) == -1 && realm_attention_scratch_floats(NULL, NH, 1) == -1);
     float *scratch = malloc((size_t)n_scratch * sizeof(float));
     float kr[T][ROW], vr[T][ROW], q[T][NH][D], out[T][NH][D], ref[T][NH][D];
 
@@ -217,7 +217,7 @@ static void test_all_f16_values(void) {
     for (int i = 0; i < D; i++) v[i] = (realm_f16)i;
     realm_kv_ring *kv = realm_kv_create(1, 1, 1, D, k, v);
     CHECK(kv != NULL && realm_kv_reserve(kv, 0, 0, 1) == 0);
-    float *scratch = malloc((size_t)realm_attention_scratch_floats(kv, 1) * sizeof(float));
+    float *scratch = malloc((size_t)realm_attention_scratch_floats(kv, 1, 1) * sizeof(float));
     CHECK(realm_attention(kv, 0, 0, 1, 1, q, out, scratch, 1) == 0);
     int bad = 0;
     for (int i = 0; i < D; i++) {
