@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -53,64 +54,87 @@ def decode_tokens(n_vocab: int) -> list[int]:
     return prompt_tokens(n_vocab, DECODE, seed=1)
 
 
-def ours(path: Path, threads: int, repeat: int) -> dict:
-    """Median prefill and decode tok/s of the CPU backend (logits of every step)."""
-    model = load_gguf(path)
-    c = model.config
-    be = CpuBackend(n_threads=threads, max_batch=PROMPT)
-    toks = np.asarray(prompt_tokens(c.n_vocab), np.int32)
-    x1 = np.empty((1, c.n_embd), np.float32)
-    out1 = np.empty((1, c.n_vocab), np.float32)
-    prefill, decode = [], []
-    for _ in range(repeat):
-        kv = be.new_kv(model, PROMPT + DECODE + 8)
-        t0 = time.perf_counter()
-        be.logits(model, toks, kv=kv)
-        prefill.append(time.perf_counter() - t0)
+class Ours:
+    """Prefill and decode runs of the CPU backend on one model file."""
+
+    def __init__(self, path: Path, threads: int):
+        self.model = load_gguf(path)
+        self.backend = CpuBackend(n_threads=threads, max_batch=PROMPT)
+
+    def run(self) -> tuple[float, float]:
+        """Seconds of one prefill and of DECODE decode steps after it."""
+        m, be, c = self.model, self.backend, self.model.config
+        toks = np.asarray(prompt_tokens(c.n_vocab), np.int32)
         steps = np.asarray(decode_tokens(c.n_vocab), np.int32).reshape(-1, 1)
+        x1 = np.empty((1, c.n_embd), np.float32)
+        out1 = np.empty((1, c.n_vocab), np.float32)
+        kv = be.new_kv(m, PROMPT + DECODE + 8)
         t0 = time.perf_counter()
+        # a prompt as a generation loop runs it: every layer for every token, the LM
+        # head for the last one only (llama.cpp's eval without logits_all does the same)
+        xp = np.empty((PROMPT, c.n_embd), np.float32)
+        be.forward_embedding(m, toks, xp)
+        be.forward_layers(m, 0, c.n_layer, xp, 0, kv, xp)
+        be.forward_lm_head(m, xp[-1:], out1)
+        t1 = time.perf_counter()
         for i, p in enumerate(range(PROMPT, PROMPT + DECODE)):
-            be.forward_embedding(model, steps[i], x1)
-            be.forward_layers(model, 0, c.n_layer, x1, p, kv, x1)
-            be.forward_lm_head(model, x1, out1)
-        decode.append(time.perf_counter() - t0)
-    model.close()
-    return {
-        "prefill_tok_s": PROMPT / statistics.median(prefill),
-        "decode_tok_s": DECODE / statistics.median(decode),
-    }
+            be.forward_embedding(m, steps[i], x1)
+            be.forward_layers(m, 0, c.n_layer, x1, p, kv, x1)
+            be.forward_lm_head(m, x1, out1)
+        return t1 - t0, time.perf_counter() - t1
+
+    def close(self) -> None:
+        self.model.close()
 
 
-def llama_cpp(path: Path, threads: int, repeat: int) -> dict | None:
-    """The same measurement through llama-cpp-python; None when it is not installed."""
-    try:
+class LlamaCpp:
+    """The same runs through llama-cpp-python (same file, same thread count)."""
+
+    def __init__(self, path: Path, threads: int):
         import llama_cpp
-    except ImportError:
-        return None
-    llm = llama_cpp.Llama(
-        str(path),
-        n_ctx=PROMPT + DECODE + 8,
-        n_batch=PROMPT,
-        n_ubatch=PROMPT,
-        n_threads=threads,
-        n_threads_batch=threads,
-        verbose=False,
-    )
-    toks = prompt_tokens(llm.n_vocab())
-    prefill, decode = [], []
-    for _ in range(repeat):
+
+        self.llm = llama_cpp.Llama(
+            str(path),
+            n_ctx=PROMPT + DECODE + 8,
+            n_batch=PROMPT,
+            n_ubatch=PROMPT,
+            n_threads=threads,
+            n_threads_batch=threads,
+            verbose=False,
+        )
+
+    def run(self) -> tuple[float, float]:
+        llm = self.llm
         llm.reset()
         t0 = time.perf_counter()
-        llm.eval(toks)
-        prefill.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
+        llm.eval(prompt_tokens(llm.n_vocab()))
+        t1 = time.perf_counter()
         for t in decode_tokens(llm.n_vocab()):
             llm.eval([t])
-        decode.append(time.perf_counter() - t0)
-    del llm
+        return t1 - t0, time.perf_counter() - t1
+
+    def close(self) -> None:
+        del self.llm
+
+
+def measure(path: Path, threads: int, repeat: int) -> dict:
+    """Ours and llama.cpp alternately, `repeat` times each (load drifts: interleaving
+    keeps the two under the same conditions); medians in tok/s."""
+    runners = {"ours": Ours(path, threads)}
+    with contextlib.suppress(ImportError):  # llama-cpp-python is optional
+        runners["llama_cpp"] = LlamaCpp(path, threads)
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in runners}
+    for _ in range(repeat):
+        for name, r in runners.items():
+            times[name].append(r.run())
+    for r in runners.values():
+        r.close()
     return {
-        "prefill_tok_s": PROMPT / statistics.median(prefill),
-        "decode_tok_s": DECODE / statistics.median(decode),
+        name: {
+            "prefill_tok_s": PROMPT / statistics.median(t[0] for t in ts),
+            "decode_tok_s": DECODE / statistics.median(t[1] for t in ts),
+        }
+        for name, ts in times.items()
     }
 
 
@@ -128,7 +152,7 @@ def machine() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=3, help="runs per model (median)")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per model (median)")
     ap.add_argument("--quick", action="store_true", help="one run, Q4_K_M only, two matvec formats")
     ap.add_argument("--models-dir", type=Path, default=Path("models"))
     ap.add_argument("--json", help="also write the results here")
@@ -152,8 +176,8 @@ def main() -> None:
     print(f"{'type':<7} {head}   {head.replace('prefill', ' decode')}")
     for t in types:
         path = model_file(args.models_dir, t)
-        a = ours(path, args.threads, repeat)
-        b = llama_cpp(path, args.threads, repeat)
+        res = measure(path, args.threads, repeat)
+        a, b = res["ours"], res.get("llama_cpp")
         row = {"type": t, "ours": a, "llama_cpp": b}
         if b:
             row["prefill_ratio"] = a["prefill_tok_s"] / b["prefill_tok_s"]

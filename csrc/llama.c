@@ -96,12 +96,16 @@ static int layer_chunk(const realm_llama_dims *d, const realm_llama_layer *L, in
     int rc;
 
     /* attention block: cur = norm(x); q, k, v = W cur; rope; append; attend; tmp = Wo att */
+    /* the per-token ops run over tokens in parallel when there are several (prefill);
+     * each token's arithmetic is the same whichever thread does it */
+#pragma omp parallel for num_threads(nt) schedule(static) if (n > 1 && nt > 1)
     for (int64_t t = 0; t < n; t++) realm_rmsnorm(x + t * E, L->attn_norm, s->cur + t * E, E, d->rms_eps);
     rc = mm(&L->wq, s->cur, n, s->q, s, nt, 0);
     /* wk and wv reuse the activations wq rounded when their vec dot types agree */
     if (!rc) rc = mm(&L->wk, s->cur, n, s->k, s, nt, same_rounding(&L->wq, &L->wk));
     if (!rc) rc = mm(&L->wv, s->cur, n, s->v, s, nt, same_rounding(&L->wk, &L->wv));
     if (rc) return -1;
+#pragma omp parallel for num_threads(nt) schedule(static) if (n > 1 && nt > 1)
     for (int64_t t = 0; t < n; t++) {
         realm_rope(s->q + t * q_dim, d->n_head, d->head_dim, d->rope_dim, pos + t, d->rope_base);
         realm_rope(s->k + t * kv_dim, d->n_head_kv, d->head_dim, d->rope_dim, pos + t, d->rope_base);
@@ -114,11 +118,14 @@ static int layer_chunk(const realm_llama_dims *d, const realm_llama_layer *L, in
     realm_add(s->tmp, x, out, n * E); /* out = x + attention (the residual) */
 
     /* feed-forward block: cur = norm(out); out += down(silu(gate cur) * up cur) */
+#pragma omp parallel for num_threads(nt) schedule(static) if (n > 1 && nt > 1)
     for (int64_t t = 0; t < n; t++) realm_rmsnorm(out + t * E, L->ffn_norm, s->cur + t * E, E, d->rms_eps);
     rc = mm(&L->w_gate, s->cur, n, s->gate, s, nt, 0);
     if (!rc) rc = mm(&L->w_up, s->cur, n, s->up, s, nt, same_rounding(&L->w_gate, &L->w_up));
     if (rc) return -1;
-    realm_swiglu(s->gate, s->up, s->gate, n * d->n_ff);
+#pragma omp parallel for num_threads(nt) schedule(static) if (n > 1 && nt > 1)
+    for (int64_t t = 0; t < n; t++)
+        realm_swiglu(s->gate + t * d->n_ff, s->up + t * d->n_ff, s->gate + t * d->n_ff, d->n_ff);
     if (mm(&L->w_down, s->gate, n, s->tmp, s, nt, 0)) return -1;
     realm_add(s->tmp, out, out, n * E);
     return 0;
