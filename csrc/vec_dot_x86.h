@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "ggml_blocks.h"
+#include "vec_dot.h"
 
 /* ---- helpers ------------------------------------------------------------------- */
 
@@ -838,3 +839,13 @@ X86_DEFINE_DOTS(q6_K)
     [REALM_TYPE_Q6_K] = x86_dot_nx_q6_K
 
 #define REALM_X86_8R_TABLE_ENTRIES [REALM_TYPE_Q4_0] = x86_dot_8r_q4_0, [REALM_TYPE_Q4_K] = x86_dot_8r_q4_K
+
+/* The including file's three dispatch tables and their accessors (vec_dot.h), e.g.
+ * REALM_X86_DEFINE_TABLES(avx2) defines realm_vec_dot_table_avx2() and friends. */
+#define REALM_X86_DEFINE_TABLES(isa)                                                                       \
+    static const realm_vec_dot_fn table[REALM_N_TYPES] = {REALM_X86_TABLE_ENTRIES};                        \
+    static const realm_vec_dot_nx_fn nx_table[REALM_N_TYPES] = {REALM_X86_NX_TABLE_ENTRIES};               \
+    static const realm_vec_dot_8r_fn r8_table[REALM_N_TYPES] = {REALM_X86_8R_TABLE_ENTRIES};               \
+    const realm_vec_dot_fn *realm_vec_dot_table_##isa(void) { return table; }                              \
+    const realm_vec_dot_nx_fn *realm_vec_dot_nx_table_##isa(void) { return nx_table; }                     \
+    const realm_vec_dot_8r_fn *realm_vec_dot_8r_table_##isa(void) { return r8_table; }
