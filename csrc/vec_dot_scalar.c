@@ -114,10 +114,11 @@ static void dot_q8_0(int64_t n, float *s, const void *w, const void *a) {
 
 /* K-quants: y.d is f32; sums over sub-blocks are integers until the last multiply. */
 
+/* Q2_K: as Q4_K, the float order of llama.cpp's repacked Q2_K kernels. */
 static void dot_q2_K(int64_t n, float *s, const void *w, const void *a) {
     const block_q2_K *x = w;
     const block_q8_K *y = a;
-    float sum = 0.0f;
+    float acc = 0.0f, acc_m = 0.0f;
     for (int64_t i = 0; i < n / QK_K; i++) {
         const uint8_t *q2 = x[i].qs;
         const int8_t *q8 = y[i].qs;
@@ -133,11 +134,10 @@ static void dot_q2_K(int64_t n, float *s, const void *w, const void *a) {
                 }
             }
         }
-        const float dall = y[i].d * realm_f16_to_f32(x[i].d);
-        const float dmin = y[i].d * realm_f16_to_f32(x[i].dmin);
-        sum += dall * (float)isum - dmin * (float)summs;
+        acc = fmaf((float)isum, realm_f16_to_f32(x[i].d) * y[i].d, acc);
+        acc_m = fmaf((float)summs, realm_f16_to_f32(x[i].dmin) * y[i].d, acc_m);
     }
-    *s = sum;
+    *s = acc - acc_m;
 }
 
 static void dot_q3_K(int64_t n, float *s, const void *w, const void *a) {

@@ -313,14 +313,13 @@ static void x86_dot_q2_K(int64_t n, float *s, const void *w, const void *a) {
     const block_q2_K *x = w;
     const block_q8_K *y = a;
     const __m256i m3 = _mm256_set1_epi8(3);
-    __m256 acc = _mm256_setzero_ps();
+    /* whole-block integer sums, then two fused multiply-add chains (scales, mins):
+     * the float order of the scalar kernel (and of llama.cpp's repacked Q2_K) */
+    float acc = 0.0f, acc_m = 0.0f;
     for (int64_t i = 0; i < n / QK_K; i++) {
-        const float d = y[i].d * x86_f16(x[i].d);
-        const float dmin = -y[i].d * x86_f16(x[i].dmin);
         const __m128i sm = _mm_loadu_si128((const __m128i *)x[i].scales);
         const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sm, 4), _mm_set1_epi8(0xF)));
         const __m256i summs = _mm256_madd_epi16(mins, _mm256_loadu_si256((const __m256i *)y[i].bsums));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(summs), acc);
         const uint8_t *sc = x[i].scales;
         const uint8_t *q2 = x[i].qs;
         const int8_t *q8 = y[i].qs;
@@ -333,9 +332,10 @@ static void x86_dot_q2_K(int64_t n, float *s, const void *w, const void *a) {
                 sumi = x86_dpwssd(sumi, x86_scale_pair(sc[2 * k] & 0xF, sc[2 * k + 1] & 0xF), p16);
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        acc = fmaf((float)x86_hsum_epi32(sumi), x86_f16(x[i].d) * y[i].d, acc);
+        acc_m = fmaf((float)x86_hsum_epi32(summs), x86_f16(x[i].dmin) * y[i].d, acc_m);
     }
-    *s = x86_hsum_ps(acc);
+    *s = acc - acc_m;
 }
 
 /* Q3_K: q = low 2 bits - 4 * (high bit clear). Two unsigned products: low bits times
@@ -718,15 +718,17 @@ static void x86_dot_q5_K(int64_t n, float *s, const void *w, const void *a) {
     const __m256i m4 = _mm256_set1_epi8(0xF);
     const __m256i m16 = _mm256_set1_epi8(0x10);
     __m256 acc = _mm256_setzero_ps();
-    __m128 acc_m = _mm_setzero_ps();
+    float summs = 0.0f; /* the mins: one integer per block, then a scalar fused multiply-add */
     for (int64_t i = 0; i < n / QK_K; i++) {
         const float d = y[i].d * x86_f16(x[i].d);
         const float dmin = -y[i].d * x86_f16(x[i].dmin);
         const __m256i sc_mn = _mm256_cvtepu8_epi16(x86_k4_scales_mins(x[i].scales));
         const __m256i bsums = _mm256_loadu_si256((const __m256i *)y[i].bsums);
         const __m128i sums32 = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
-        const __m128i summs = _mm_madd_epi16(_mm256_extracti128_si256(sc_mn, 1), sums32);
-        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(summs), acc_m);
+        __m128i m = _mm_madd_epi16(_mm256_extracti128_si256(sc_mn, 1), sums32);
+        m = _mm_add_epi32(m, _mm_unpackhi_epi64(m, m));
+        m = _mm_add_epi32(m, _mm_shuffle_epi32(m, 1));
+        summs = fmaf(dmin, (float)_mm_cvtsi128_si32(m), summs);
 
         uint16_t sc[16];
         _mm256_storeu_si256((__m256i *)sc, sc_mn);
@@ -749,9 +751,7 @@ static void x86_dot_q5_K(int64_t n, float *s, const void *w, const void *a) {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
-    acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
-    *s = x86_hsum_ps(acc) + _mm_cvtss_f32(acc_m);
+    *s = x86_hsum_ps(acc) + summs;
 }
 
 /* Q6_K: per half (128 elements) 64 bytes of ql and 32 of qh make four 32-element
