@@ -26,29 +26,25 @@ int64_t realm_act_row_bytes(int act_type, int64_t n) {
     return n / qk * realm_type_block_bytes(act_type);
 }
 
-/* Q8_0 / Q8_1 as ggml's AVX2 quantize_row_q8_0/_1: scale from amax, f16 d. */
+/* One block of 32 as ggml's AVX2 quantize_row_q8_0/_1: d = amax / 127, q = rint(x *
+ * (127 / amax)). Writes qs, returns d before its f16 rounding (Q8_1's sum uses it). */
+static float q8_block(const float *x, int8_t *qs) {
+    float amax = 0.0f;
+    for (int j = 0; j < QK8_0; j++) amax = fmaxf(amax, fabsf(x[j]));
+    const float id = amax != 0.0f ? 127.f / amax : 0.0f;
+    for (int j = 0; j < QK8_0; j++) qs[j] = (int8_t)lrintf(x[j] * id);
+    return amax / 127.f;
+}
+
 static void quantize_q8_0(const float *x, block_q8_0 *y, int64_t nb) {
-    for (int64_t i = 0; i < nb; i++, x += QK8_0) {
-        float amax = 0.0f;
-        for (int j = 0; j < QK8_0; j++) amax = fmaxf(amax, fabsf(x[j]));
-        const float d = amax / 127.f;
-        const float id = amax != 0.0f ? 127.f / amax : 0.0f;
-        y[i].d = realm_f32_to_f16(d);
-        for (int j = 0; j < QK8_0; j++) y[i].qs[j] = (int8_t)lrintf(x[j] * id);
-    }
+    for (int64_t i = 0; i < nb; i++, x += QK8_0) y[i].d = realm_f32_to_f16(q8_block(x, y[i].qs));
 }
 
 static void quantize_q8_1(const float *x, block_q8_1 *y, int64_t nb) {
     for (int64_t i = 0; i < nb; i++, x += QK8_1) {
-        float amax = 0.0f;
-        for (int j = 0; j < QK8_1; j++) amax = fmaxf(amax, fabsf(x[j]));
-        const float d = amax / 127.f;
-        const float id = amax != 0.0f ? 127.f / amax : 0.0f;
+        const float d = q8_block(x, y[i].qs);
         int sum = 0;
-        for (int j = 0; j < QK8_1; j++) {
-            y[i].qs[j] = (int8_t)lrintf(x[j] * id);
-            sum += y[i].qs[j];
-        }
+        for (int j = 0; j < QK8_1; j++) sum += y[i].qs[j];
         y[i].d = realm_f32_to_f16(d);
         y[i].s = realm_f32_to_f16(d * (float)sum);
     }

@@ -167,18 +167,21 @@ static inline __m256 x86_load_f16(const uint16_t *p) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
 }
 
-static void x86_dot_f16(int64_t n, float *s, const void *w, const void *a) {
-    const uint16_t *x = w, *y = a;
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32)
-        for (int k = 0; k < 4; k++)
-            acc[k] = _mm256_fmadd_ps(x86_load_f16(x + i + 8 * k), x86_load_f16(y + i + 8 * k), acc[k]);
-    for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(x86_load_f16(x + i), x86_load_f16(y + i), acc[0]);
-    float sum = x86_hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-    for (; i < n; i++) sum += x86_f16(x[i]) * x86_f16(y[i]);
-    *s = sum;
-}
+/* f16 and bf16 rows: convert 8 at a time to f32 and FMA into 4 accumulators */
+#define X86_DEFINE_DOT_HALF(name, load, scalar)                                                            \
+    static void x86_dot_##name(int64_t n, float *s, const void *w, const void *a) {                         \
+        const uint16_t *x = w, *y = a;                                                                     \
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}; \
+        int64_t i = 0;                                                                                     \
+        for (; i + 32 <= n; i += 32)                                                                       \
+            for (int k = 0; k < 4; k++)                                                                    \
+                acc[k] = _mm256_fmadd_ps(load(x + i + 8 * k), load(y + i + 8 * k), acc[k]);               \
+        for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(load(x + i), load(y + i), acc[0]);             \
+        float sum = x86_hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))); \
+        for (; i < n; i++) sum += scalar(x[i]) * scalar(y[i]);                                             \
+        *s = sum;                                                                                          \
+    }
+X86_DEFINE_DOT_HALF(f16, x86_load_f16, x86_f16)
 
 /* bf16 is the top half of an f32: zero-extend to 32 bits and shift left by 16 */
 static inline __m256 x86_load_bf16(const uint16_t *p) {
@@ -193,18 +196,7 @@ static inline float x86_bf16(uint16_t h) {
     return f;
 }
 
-static void x86_dot_bf16(int64_t n, float *s, const void *w, const void *a) {
-    const uint16_t *x = w, *y = a;
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32)
-        for (int k = 0; k < 4; k++)
-            acc[k] = _mm256_fmadd_ps(x86_load_bf16(x + i + 8 * k), x86_load_bf16(y + i + 8 * k), acc[k]);
-    for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(x86_load_bf16(x + i), x86_load_bf16(y + i), acc[0]);
-    float sum = x86_hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-    for (; i < n; i++) sum += x86_bf16(x[i]) * x86_bf16(y[i]);
-    *s = sum;
-}
+X86_DEFINE_DOT_HALF(bf16, x86_load_bf16, x86_bf16)
 
 /* ---- 32-element block formats: one block = one 32-byte vector -------------------- */
 
