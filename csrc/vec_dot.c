@@ -34,33 +34,47 @@ int realm_set_isa(int isa) {
     return realm_active_isa();
 }
 
-realm_vec_dot_fn realm_get_vec_dot(int wtype, int isa) {
-    if (wtype < 0 || wtype >= REALM_N_TYPES || !realm_vec_dot_scalar[wtype]) return NULL;
+/* The ISA level whose single-row kernel serves `wtype` at `isa` (the highest level at
+ * or below isa that has one), or -1 for an unsupported type. The multi-token and
+ * 8-row kernels come from the same level, so all three agree bit for bit. */
+static int kernel_level(int wtype, int isa) {
+    if (wtype < 0 || wtype >= REALM_N_TYPES || !realm_vec_dot_scalar[wtype]) return -1;
     if (isa > realm_cpu_isa()) isa = realm_cpu_isa();
 #if defined(__x86_64__) || defined(__i386__)
-    if (isa >= REALM_ISA_AVX512 && realm_vec_dot_table_avx512()[wtype]) return realm_vec_dot_table_avx512()[wtype];
-    if (isa >= REALM_ISA_AVX2 && realm_vec_dot_table_avx2()[wtype]) return realm_vec_dot_table_avx2()[wtype];
+    if (isa >= REALM_ISA_AVX512 && realm_vec_dot_table_avx512()[wtype]) return REALM_ISA_AVX512;
+    if (isa >= REALM_ISA_AVX2 && realm_vec_dot_table_avx2()[wtype]) return REALM_ISA_AVX2;
 #endif
-    return realm_vec_dot_scalar[wtype];
+    return REALM_ISA_SCALAR;
 }
 
-realm_vec_dot_nx_fn realm_get_vec_dot_nx(int wtype, int isa) {
-    if (wtype < 0 || wtype >= REALM_N_TYPES || !realm_vec_dot_scalar[wtype]) return NULL;
-    if (isa > realm_cpu_isa()) isa = realm_cpu_isa();
+realm_vec_dot_fn realm_get_vec_dot(int wtype, int isa) {
+    switch (kernel_level(wtype, isa)) {
 #if defined(__x86_64__) || defined(__i386__)
-    /* the level the single-row kernel comes from, so both agree bit for bit */
-    if (isa >= REALM_ISA_AVX512 && realm_vec_dot_table_avx512()[wtype]) return realm_vec_dot_nx_table_avx512()[wtype];
-    if (isa >= REALM_ISA_AVX2 && realm_vec_dot_table_avx2()[wtype]) return realm_vec_dot_nx_table_avx2()[wtype];
+    case REALM_ISA_AVX512: return realm_vec_dot_table_avx512()[wtype];
+    case REALM_ISA_AVX2: return realm_vec_dot_table_avx2()[wtype];
 #endif
-    return NULL;
+    case REALM_ISA_SCALAR: return realm_vec_dot_scalar[wtype];
+    default: return NULL;
+    }
+}
+
+/* NULL where the level has no such kernel: the caller loops the single-row one */
+realm_vec_dot_nx_fn realm_get_vec_dot_nx(int wtype, int isa) {
+    switch (kernel_level(wtype, isa)) {
+#if defined(__x86_64__) || defined(__i386__)
+    case REALM_ISA_AVX512: return realm_vec_dot_nx_table_avx512()[wtype];
+    case REALM_ISA_AVX2: return realm_vec_dot_nx_table_avx2()[wtype];
+#endif
+    default: return NULL;
+    }
 }
 
 realm_vec_dot_8r_fn realm_get_vec_dot_8r(int wtype, int isa) {
-    if (wtype < 0 || wtype >= REALM_N_TYPES || !realm_vec_dot_scalar[wtype]) return NULL;
-    if (isa > realm_cpu_isa()) isa = realm_cpu_isa();
+    switch (kernel_level(wtype, isa)) {
 #if defined(__x86_64__) || defined(__i386__)
-    if (isa >= REALM_ISA_AVX512 && realm_vec_dot_table_avx512()[wtype]) return realm_vec_dot_8r_table_avx512()[wtype];
-    if (isa >= REALM_ISA_AVX2 && realm_vec_dot_table_avx2()[wtype]) return realm_vec_dot_8r_table_avx2()[wtype];
+    case REALM_ISA_AVX512: return realm_vec_dot_8r_table_avx512()[wtype];
+    case REALM_ISA_AVX2: return realm_vec_dot_8r_table_avx2()[wtype];
 #endif
-    return NULL;
+    default: return NULL;
+    }
 }
