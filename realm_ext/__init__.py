@@ -1,13 +1,16 @@
 """realm-ext: GGUF-quantized llama models for sandboxed WebAssembly guests.
 
-The layers (see DESIGN.md): the model store (`realm_ext.model`), block formats and
-the quantizer (`realm_ext.quant`, `realm_ext.quantizer`), the model maker
-(`realm_ext.model_maker`), the float64 reference forward (`realm_ext.reference`), the
-CPU kernels (`realm_ext.kernels`, `realm_ext.KVRing`) and the CPU backend
-(`realm_ext.backends.cpu`).
+The layers (see DESIGN.md): the Python API (`Host`, `Guest`: realm_ext.api), the
+engines that run guests (`realm_ext.engines`: wasmtime, wasmer), the host imports
+(`realm_ext.host`, layouts in `realm_ext.abi`), the backends (`realm_ext.backends`),
+the CPU kernels (`realm_ext.kernels`, `realm_ext.KVRing`), the model store
+(`realm_ext.model`), block formats and the quantizer (`realm_ext.quant`,
+`realm_ext.quantizer`), the model maker (`realm_ext.model_maker`) and the float64
+reference forward (`realm_ext.reference`).
 """
 
 from realm_ext._kernels import KVRing
+from realm_ext.api import Guest, Host, RealmError
 
 __version__ = "0.1.0"
-__all__ = ["KVRing", "__version__"]
+__all__ = ["Guest", "Host", "KVRing", "RealmError", "__version__"]

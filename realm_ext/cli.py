@@ -1,4 +1,4 @@
-"""The `realm-ext` command: make-model, quantize, inspect."""
+"""The `realm-ext` command: generate, tokenize, make-model, quantize, inspect."""
 
 from __future__ import annotations
 
@@ -164,6 +164,124 @@ def inspect_cmd(model_path: Path, as_json: bool) -> None:
     click.echo(
         f"\ntotal tensor data {_human_bytes(info['tensor_bytes'])}, file {_human_bytes(info['file_bytes'])}"
     )
+
+
+# ---- running guests -------------------------------------------------------------------
+
+_ENGINES = click.Choice(["auto", "wasmtime", "wasmer"])
+_DEVICES = click.Choice(["auto", "cpu", "cuda"])
+
+
+def _model_path(model: Path | None) -> Path:
+    if model is not None:
+        return model
+    from realm_ext.default_model import default_model_path
+
+    path = default_model_path(progress=False)
+    return path
+
+
+def _open_guest(model_path: Path | None, engine: str, device: str, threads: int | None, **limits: Any):
+    from realm_ext import Host
+
+    path = _model_path(model_path)
+    host = Host(device=device, n_threads=threads)
+    try:
+        model = host.load(path)
+    except GGUFError as e:
+        host.close()
+        raise click.ClickException(str(e)) from None
+    try:
+        return host, host.guest(models=[model], engine=engine, **limits)
+    except (ImportError, ValueError) as e:
+        host.close()
+        raise click.ClickException(str(e)) from None
+
+
+def _engine_options(f):  # noqa: ANN001, ANN202
+    f = click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all).")(f)
+    f = click.option("--device", type=_DEVICES, default="auto", show_default=True)(f)
+    f = click.option("--engine", type=_ENGINES, default="auto", show_default=True)(f)
+    f = click.option(
+        "--model",
+        "model_path",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help="A llama GGUF (default: the built-in model, made on first use).",
+    )(f)
+    return f
+
+
+@main.command("generate")
+@_engine_options
+@click.option("--prompt", "-p", required=True, help="The prompt text.")
+@click.option("-n", "--max-tokens", type=click.IntRange(0), default=64, show_default=True)
+@click.option("--temperature", type=float, default=0.8, show_default=True, help="<= 0: greedy.")
+@click.option("--top-k", type=int, default=40, show_default=True, help="<= 0: off.")
+@click.option("--top-p", type=float, default=0.95, show_default=True, help=">= 1: off.")
+@click.option("--min-p", type=float, default=0.05, show_default=True, help="<= 0: off.")
+@click.option("--repeat-penalty", type=float, default=1.0, show_default=True, help="1: off.")
+@click.option("--repeat-last-n", type=click.IntRange(0), default=64, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--n-ctx", type=click.IntRange(0), default=0, help="KV ring positions (default: the model's).")
+@click.option("--memory-limit", default="256MiB", show_default=True, help="Guest linear memory cap.")
+@click.option("--time-limit", type=float, default=None, help="Seconds per guest call (wasmtime).")
+def generate_cmd(
+    model_path: Path | None,
+    engine: str,
+    device: str,
+    threads: int | None,
+    prompt: str,
+    max_tokens: int,
+    memory_limit: str,
+    time_limit: float | None,
+    **params: Any,
+) -> None:
+    """Generate text from PROMPT through the WebAssembly guest, streaming to stdout."""
+    import time
+
+    from realm_ext import RealmError
+    from realm_ext.engines import GuestError
+
+    if model_path is None:
+        click.echo("note: no --model: using the built-in default model (random weights)", err=True)
+    host, guest = _open_guest(
+        model_path, engine, device, threads, memory_limit=memory_limit, time_limit=time_limit
+    )
+    with host, guest:
+        t0 = time.perf_counter()
+        try:
+            for piece in guest.generate(prompt, max_tokens=max_tokens, **params):
+                click.echo(piece, nl=False)
+        except (RealmError, GuestError) as e:
+            raise click.ClickException(str(e)) from None
+        click.echo()
+        s = guest.last_stats
+        if s is not None:
+            click.echo(
+                f"{s.tokens} tokens in {time.perf_counter() - t0:.2f} s: {s.tokens_per_s:.1f} tokens/s "
+                f"({guest.engine}, {host.device}; guest memory {s.memory_pages} pages)",
+                err=True,
+            )
+
+
+@main.command("tokenize")
+@_engine_options
+@click.argument("text")
+@click.option("--json", "as_json", is_flag=True, help="Ids and pieces as JSON.")
+def tokenize_cmd(
+    model_path: Path | None, engine: str, device: str, threads: int | None, text: str, as_json: bool
+) -> None:
+    """Print the token ids of TEXT (the guest's tokenizer; no BOS)."""
+    host, guest = _open_guest(model_path, engine, device, threads)
+    with host, guest:
+        ids = guest.tokenize(text)
+        tokens = guest.state.models[guest.model_id()].model.tokenizer.tokens
+        if as_json:
+            click.echo(json.dumps({"ids": ids, "pieces": [tokens[i] for i in ids]}))
+        else:
+            click.echo(" ".join(str(i) for i in ids))
+            click.echo(" ".join(repr(tokens[i]) for i in ids), err=True)
 
 
 if __name__ == "__main__":

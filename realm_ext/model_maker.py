@@ -148,17 +148,52 @@ def add_llama_metadata(w: gguf.GGUFWriter, cfg: LlamaConfig, name: str) -> None:
     w.add_vocab_size(cfg.n_vocab)
 
 
-def add_spm_tokenizer(w: gguf.GGUFWriter, tokens: list[str], scores: list[float], types: list[int]) -> None:
+@dataclass(frozen=True)
+class Vocab:
+    """A SentencePiece (tokenizer.ggml.model "llama") vocabulary to write instead of
+    make_vocab's, e.g. a trained sentencepiece model's pieces, scores and types."""
+
+    tokens: list[str]
+    scores: list[float]
+    types: list[int]
+    bos_id: int | None = BOS_ID
+    eos_id: int | None = EOS_ID
+    unk_id: int | None = UNK_ID
+    add_bos: bool = True
+    add_space_prefix: bool = True
+
+    def __post_init__(self) -> None:
+        n = len(self.tokens)
+        if len(self.scores) != n or len(self.types) != n:
+            raise ValueError(f"{n} tokens but {len(self.scores)} scores and {len(self.types)} types")
+        for name in ("bos_id", "eos_id", "unk_id"):
+            tid = getattr(self, name)
+            if tid is not None and not 0 <= tid < n:
+                raise ValueError(f"{name} {tid} is outside the vocabulary of {n} tokens")
+
+
+def add_spm_tokenizer(
+    w: gguf.GGUFWriter,
+    tokens: list[str],
+    scores: list[float],
+    types: list[int],
+    vocab: Vocab | None = None,
+) -> None:
+    """The tokenizer.ggml.* keys: make_vocab's ids and flags, or those of `vocab`."""
+    v = vocab or Vocab(tokens, scores, types)
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
     w.add_token_scores(scores)
     w.add_token_types(types)
-    w.add_bos_token_id(BOS_ID)
-    w.add_eos_token_id(EOS_ID)
-    w.add_unk_token_id(UNK_ID)
-    w.add_add_bos_token(True)
+    if v.bos_id is not None:
+        w.add_bos_token_id(v.bos_id)
+    if v.eos_id is not None:
+        w.add_eos_token_id(v.eos_id)
+    if v.unk_id is not None:
+        w.add_unk_token_id(v.unk_id)
+    w.add_add_bos_token(v.add_bos)
     w.add_add_eos_token(False)
-    w.add_add_space_prefix(True)
+    w.add_add_space_prefix(v.add_space_prefix)
 
 
 def make_model(
@@ -170,21 +205,34 @@ def make_model(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     random_blocks: bool = False,
+    vocab: Vocab | tuple[list[str], list[float], list[int]] | None = None,
 ) -> Path:
     """Write a llama GGUF with random weights; `type` is a single type or a recipe.
 
     random_blocks: fill the matrices with random valid blocks (random quants, small f16
     scales) instead of encoding N(0, 0.02) values: seconds instead of minutes for the
-    tinyllama shape, for speed measurements only (the values mean nothing)."""
+    tinyllama shape, for speed measurements only (the values mean nothing).
+
+    vocab: write this vocabulary (a Vocab, or (tokens, scores, types) with make_vocab's
+    special ids) instead of make_vocab's; it must have the config's n_vocab tokens."""
     cfg = PRESETS[preset].config if isinstance(preset, str) else preset
     name = preset if isinstance(preset, str) else "custom"
-    tokens, scores, types = make_vocab(cfg.n_vocab, seed)
+    if vocab is None:
+        tokens, scores, types = make_vocab(cfg.n_vocab, seed)
+    else:
+        if not isinstance(vocab, Vocab):
+            vocab = Vocab(*vocab)
+        tokens, scores, types = list(vocab.tokens), [float(x) for x in vocab.scores], list(vocab.types)
+        if len(tokens) != cfg.n_vocab:
+            raise ValueError(
+                f"the vocabulary has {len(tokens)} tokens, the config's n_vocab is {cfg.n_vocab}"
+            )
     shapes = expected_shapes(cfg, tied)
     plan = {n: tensor_type_for(n, s, type, cfg.n_layer, tied, log) for n, s in shapes.items()}
 
     def add_metadata(w: gguf.GGUFWriter) -> None:
         add_llama_metadata(w, cfg, f"realm-ext {name} seed {seed}")
-        add_spm_tokenizer(w, tokens, scores, types)
+        add_spm_tokenizer(w, tokens, scores, types, vocab)
         w.add_file_type(int(recipe_file_type(type)))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 

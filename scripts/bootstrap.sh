@@ -26,4 +26,4 @@ if [[ "${REALM_SKIP_LLAMA_CPP:-0}" != 1 ]]; then
             "$PY" -m pip install --quiet "llama-cpp-python==$LLAMA_CPP_VERSION"
     fi
 fi
-echo "realm-ext is set up: try 'realm-ext make-model tiny.gguf && realm-ext inspect tiny.gguf'"
+echo "realm-ext is set up: try 'realm-ext generate --prompt \"Once upon a time\" -n 32'"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from wasm_support import ENGINE_NAMES, require_engine
 
 from realm_ext.model_maker import make_model
 
@@ -35,3 +36,12 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
         return cache[key]
 
     return get
+
+
+# ---- guests and engines ----------------------------------------------------------------
+
+
+@pytest.fixture(params=ENGINE_NAMES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """Each engine in turn; one missing from this Python is skipped with the reason."""
+    return require_engine(request.param)

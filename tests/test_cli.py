@@ -56,3 +56,28 @@ def test_console_script_entry_point(tmp_path: Path) -> None:
     ).stdout
     for cmd in ("make-model", "quantize", "inspect"):
         assert cmd in out
+
+
+def test_generate_and_tokenize(model_path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from realm_ext import Host
+
+    path = model_path("Q8_0")
+    r = CliRunner().invoke(
+        main, ["generate", "--model", str(path), "-p", "the king", "-n", "12", "--temperature", "0"]
+    )
+    assert r.exit_code == 0, r.output
+    with Host(device="cpu") as host, host.guest(models=[host.load(path)]) as g:
+        want = "".join(g.generate("the king", max_tokens=12, temperature=0.0))
+        ids = g.tokenize("the king")
+    assert r.stdout == want + "\n"
+    assert "tokens/s" in r.stderr
+    r = CliRunner().invoke(main, ["tokenize", "--model", str(path), "the king", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["ids"] == ids
+    # no --model: the built-in default, made on first use into the cache directory
+    monkeypatch.setenv("REALM_EXT_CACHE", str(tmp_path / "cache"))
+    r = CliRunner().invoke(main, ["generate", "-p", "Once upon a time", "-n", "4", "--seed", "1"])
+    assert r.exit_code == 0, r.output
+    assert list((tmp_path / "cache").glob("default-*.gguf"))
+    r = CliRunner().invoke(main, ["generate", "-p", "x", "--engine", "nope"])
+    assert r.exit_code != 0 and "nope" in r.output

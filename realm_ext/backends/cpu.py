@@ -50,6 +50,9 @@ class CpuBackend:
 
     def prepare(self, model: Model) -> _kernels.LlamaRuntime:
         """The model's runtime, built on first use and shared afterwards."""
+        rt = self._runtimes.get(model)
+        if rt is not None:
+            return rt
         with self._lock:
             rt = self._runtimes.get(model)
             if rt is None:

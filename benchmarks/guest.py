@@ -1,0 +1,149 @@
+"""Guest/ABI benchmark: what running through a WebAssembly guest costs.
+
+    python -m benchmarks.guest [--quick] [--engines wasmtime,wasmer] [--json OUT]
+
+1. µs per host call, per engine: a guest loop calling a cheap import (realm_last_error
+   with an empty buffer) many times, so only the crossing is timed.
+2. greedy decode tok/s through the shipped guest (realm_generate streaming through
+   realm_emit) against the CPU backend driven directly from Python doing the same steps
+   (embedding, all layers, LM head, argmax) in the same run, on the tiny and small
+   presets; the ratio guest / direct is the ABI's cost, and its share of decode time.
+3. guest memory: pages after a run and the guest allocator's bytes in use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from realm_ext import Host
+from realm_ext.engines import available
+from realm_ext.model import Model
+from realm_ext.model_maker import make_model
+
+CALL_LOOP_WAT = """
+(module
+  (import "env" "memory" (memory 1))
+  (import "env" "realm_last_error" (func $last_error (param i32 i32) (result i32)))
+  (func (export "loop") (param $n i32)
+    (loop $again
+      (drop (call $last_error (i32.const 0) (i32.const 0)))
+      (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+      (br_if $again (i32.gt_s (local.get $n) (i32.const 0))))))
+"""
+
+PROMPT = "Once upon a time the king"
+
+
+def host_call_us(host: Host, model: Model, engine: str, n: int, repeat: int) -> float:
+    import wasmtime
+
+    wasm = bytes(wasmtime.wat2wasm(CALL_LOOP_WAT))
+    with host.guest(models=[model], engine=engine, wasm=wasm) as g:
+        g.call("loop", 10)
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            g.call("loop", n)
+            times.append((time.perf_counter() - t0) / n * 1e6)
+    return statistics.median(times)
+
+
+def direct_decode_s(host: Host, model: Model, ids: list[int], steps: int) -> float:
+    """Seconds per greedy decode step with the backend driven from Python."""
+    be, c = host.backend, model.config
+    kv = be.new_kv(model, len(ids) + steps + 1)
+    x = np.empty((len(ids), c.n_embd), np.float32)
+    logits = np.empty((1, c.n_vocab), np.float32)
+    be.forward_embedding(model, np.array(ids, np.int32), x)
+    be.forward_layers(model, 0, c.n_layer, x, 0, kv, x)
+    be.forward_lm_head(model, x[-1:], logits)
+    x1, tok = x[:1], np.empty(1, np.int32)
+    t0 = time.perf_counter()
+    for pos in range(len(ids), len(ids) + steps):
+        tok[0] = int(np.argmax(logits[0]))
+        be.forward_embedding(model, tok, x1)
+        be.forward_layers(model, 0, c.n_layer, x1, pos, kv, x1)
+        be.forward_lm_head(model, x1, logits)
+    return (time.perf_counter() - t0) / steps
+
+
+def guest_decode_s(host: Host, model: Model, engine: str, steps: int) -> tuple[float, dict]:
+    """Seconds per greedy decode step through the guest (prefill timed apart)."""
+    with host.guest(models=[model], engine=engine) as g:
+        kw = dict(temperature=0.0, stop_at_eos=False, n_ctx=len(PROMPT) + steps + 8)
+        list(g.generate(PROMPT, max_tokens=1, **kw))  # compile, build the tokenizer
+        t_prefill = g.last_stats.seconds
+        list(g.generate(PROMPT, max_tokens=steps + 1, **kw))
+        s = g.last_stats
+        per_step = (s.seconds - t_prefill) / steps
+        return per_step, {
+            "memory_pages": s.memory_pages,
+            "heap_bytes": s.heap_bytes,
+            "host_calls": s.host_calls,
+        }
+
+
+def run(quick: bool, engines: list[str], threads: int | None) -> dict:
+    steps = 32 if quick else 128
+    repeat = 3 if quick else 5
+    out: dict = {
+        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+        "host_call_us": {},
+        "decode": [],
+    }
+    with tempfile.TemporaryDirectory() as tmp, Host(device="cpu", n_threads=threads) as host:
+        for engine in engines:
+            tiny = host.load(make_model(Path(tmp) / "tiny.gguf", "tiny", "Q4_K_M"))
+            out["host_call_us"][engine] = host_call_us(host, tiny, engine, 20000 if quick else 100000, repeat)
+            print(f"{engine}: {out['host_call_us'][engine]:.2f} µs per host call")
+        for preset in ("tiny", "small"):
+            model = host.load(make_model(Path(tmp) / f"{preset}.gguf", preset, "Q4_K_M"))
+            with host.guest(models=[model]) as g:
+                ids = [model.tokenizer.bos_id] + g.tokenize(PROMPT)
+            for engine in engines:
+                direct, guest = [], []
+                for _ in range(repeat):  # interleaved, so drift hits both alike
+                    direct.append(direct_decode_s(host, model, ids, steps))
+                    g_s, mem = guest_decode_s(host, model, engine, steps)
+                    guest.append(g_s)
+                d, gs = statistics.median(direct), statistics.median(guest)
+                row = {
+                    "preset": preset,
+                    "engine": engine,
+                    "direct_tok_s": 1 / d,
+                    "guest_tok_s": 1 / gs,
+                    "ratio": d / gs,
+                    "abi_share": max(0.0, (gs - d) / gs),
+                    **mem,
+                }
+                out["decode"].append(row)
+                print(
+                    f"{preset:5s} {engine:8s} decode: direct {1 / d:8.1f} tok/s, guest {1 / gs:8.1f} tok/s, "
+                    f"ratio {d / gs:.3f} (ABI share {row['abi_share']:.1%}); guest memory "
+                    f"{mem['memory_pages']} pages, heap {mem['heap_bytes'] / 2**20:.2f} MiB"
+                )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--engines", default=",".join(e for e in ("wasmtime", "wasmer") if available(e)))
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    result = run(args.quick, [e for e in args.engines.split(",") if e], args.threads)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+/* realm.h: the host ABI of realm-ext, for WebAssembly guest authors (DESIGN.md).
+ *
+ * A guest is a wasm32 module. It imports the functions below from module "env" and
+ * either exports its linear memory as "memory" or imports it as "env.memory" (then the
+ * host creates it with the guest's memory cap as its maximum). Every pointer is a u32
+ * byte offset into that memory. `_len` of f32/u32 data counts elements; `out_len` /
+ * `out_cap` of a byte blob or text counts bytes. Every import returns >= 0 on success
+ * and one of the REALM_ERR_* codes below on failure; the message of the last failure
+ * is read back with realm_last_error.
+ *
+ * Structs are little-endian, naturally aligned, and versioned: fields are only ever
+ * appended, the version field grows when they are, and a reader accepts any version
+ * at least as new as the fields it reads.
+ */
+#ifndef REALM_H
+#define REALM_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- error codes --------------------------------------------------------------- */
+
+#define REALM_OK 0
+#define REALM_ERR_INVALID (-1)   /* invalid argument */
+#define REALM_ERR_BOUNDS (-2)    /* pointer or length outside guest memory */
+#define REALM_ERR_MODEL (-3)     /* model unknown or not granted to this guest */
+#define REALM_ERR_KV (-4)        /* KV cache unknown or not owned by this guest */
+#define REALM_ERR_RANGE (-5)     /* layer or position out of range */
+#define REALM_ERR_ROWS (-6)      /* length not a whole number of rows */
+#define REALM_ERR_NOMEM (-7)     /* out of host or device memory */
+#define REALM_ERR_CANCELLED (-8) /* cancelled (e.g. the host's stream was closed) */
+#define REALM_ERR_INTERNAL (-9)  /* internal error; see realm_last_error */
+
+/* ---- realm_model_info ---------------------------------------------------------- */
+
+#define REALM_MODEL_INFO_VERSION 1
+#define REALM_NO_TOKEN 0xFFFFFFFFu /* bos_id / eos_id / unk_id when the file has none */
+
+/* flags */
+#define REALM_MODEL_ADD_BOS 1u          /* the tokenizer prepends BOS to a prompt */
+#define REALM_MODEL_ADD_EOS 2u          /* ... and appends EOS */
+#define REALM_MODEL_ADD_SPACE_PREFIX 4u /* SentencePiece's dummy prefix ("hi" -> "▁hi") */
+
+typedef struct realm_model_info {
+    uint32_t version; /* REALM_MODEL_INFO_VERSION */
+    uint32_t n_vocab;
+    uint32_t n_ctx_train;
+    uint32_t n_embd;
+    uint32_t n_layer;
+    uint32_t n_head;
+    uint32_t n_head_kv;
+    uint32_t n_ff;
+    uint32_t bos_id;
+    uint32_t eos_id;
+    uint32_t unk_id;
+    uint32_t flags; /* REALM_MODEL_* */
+} realm_model_info_t;
+_Static_assert(sizeof(realm_model_info_t) == 48, "realm_model_info is 12 u32");
+
+/* ---- the vocabulary blob (realm_vocab_size / realm_vocab_read) ----------------- */
+
+#define REALM_VOCAB_MAGIC 0x434F5652u /* "RVOC" */
+#define REALM_VOCAB_VERSION 1
+#define REALM_VOCAB_SPM 1  /* tokenizer.ggml.model "llama": SentencePiece BPE */
+#define REALM_VOCAB_GPT2 2 /* "gpt2": byte-level BPE with merges */
+
+/* GGUF token types (tokenizer.ggml.token_type), stored as u32 */
+#define REALM_TOKEN_NORMAL 1
+#define REALM_TOKEN_UNKNOWN 2
+#define REALM_TOKEN_CONTROL 3
+#define REALM_TOKEN_USER_DEFINED 4
+#define REALM_TOKEN_UNUSED 5
+#define REALM_TOKEN_BYTE 6
+
+/* The blob starts with this header; every *_off is a byte offset from the blob's
+ * start, 4-byte aligned, and every array lies inside the blob:
+ *   float    scores[n_tokens]          at scores_off
+ *   uint32_t types[n_tokens]           at types_off  (REALM_TOKEN_*)
+ *   uint32_t token_ends[n_tokens]      at token_ends_off: token i's UTF-8 text is
+ *            text[token_ends[i-1] .. token_ends[i]) (token_ends[-1] = 0), no NUL
+ *   uint32_t merge_ends[n_merges]      at merge_ends_off: the same for the merges
+ *            ("a b" strings), whose text follows the tokens' in the text area
+ *   uint8_t  text[text_bytes]          at text_off */
+typedef struct realm_vocab_header {
+    uint32_t magic;   /* REALM_VOCAB_MAGIC */
+    uint32_t version; /* REALM_VOCAB_VERSION */
+    uint32_t total_bytes;
+    uint32_t kind; /* REALM_VOCAB_SPM or REALM_VOCAB_GPT2 */
+    uint32_t n_tokens;
+    uint32_t n_merges;
+    uint32_t bos_id, eos_id, unk_id; /* REALM_NO_TOKEN when absent */
+    uint32_t flags;                  /* REALM_MODEL_* */
+    uint32_t scores_off, types_off, token_ends_off, merge_ends_off, text_off, text_bytes;
+} realm_vocab_header_t;
+_Static_assert(sizeof(realm_vocab_header_t) == 64, "realm_vocab_header is 16 u32");
+
+/* ---- realm_generate's parameters ----------------------------------------------- */
+
+#define REALM_PARAMS_VERSION 1
+
+/* flags */
+#define REALM_GEN_ADD_BOS 1u     /* prepend BOS when the model's tokenizer asks for it */
+#define REALM_GEN_STOP_AT_EOS 2u /* stop when EOS is sampled (not emitted) */
+#define REALM_GEN_PER_LAYER 4u   /* call realm_forward_layer per layer instead of
+                                    realm_forward_layers once (same results) */
+
+typedef struct realm_params {
+    uint32_t version;       /* REALM_PARAMS_VERSION */
+    uint32_t max_tokens;    /* tokens to generate at most */
+    float temperature;      /* <= 0: greedy (argmax) */
+    int32_t top_k;          /* <= 0: off */
+    float top_p;            /* >= 1: off */
+    float min_p;            /* <= 0: off */
+    float repeat_penalty;   /* 1: off; applied to the last repeat_last_n tokens */
+    uint32_t repeat_last_n; /* 0: off */
+    uint32_t n_ctx;         /* KV ring positions; 0: the model's n_ctx_train. A longer
+                               conversation slides over the last n_ctx positions */
+    uint32_t n_batch;       /* prompt tokens per forward call; 0: the whole prompt */
+    uint32_t flags;         /* REALM_GEN_* */
+    uint32_t reserved;      /* 0 */
+    uint64_t seed;          /* PRNG seed: same seed, same tokens */
+} realm_params_t;
+_Static_assert(sizeof(realm_params_t) == 56, "realm_params is 12 u32 + u64");
+
+/* ---- the imports (module "env") ----------------------------------------------- */
+
+#define REALM_IMPORT(name) __attribute__((import_module("env"), import_name(#name)))
+
+/* Writes min(out_len, sizeof(realm_model_info_t)) bytes of the model's realm_model_info
+ * (out_len >= 48) and returns the count written. */
+REALM_IMPORT(realm_model_info)
+int32_t realm_model_info(uint32_t model_id, uint32_t out_ptr, uint32_t out_len);
+
+/* Size in bytes of the model's vocabulary blob, and a copy of it (out_len >= size). */
+REALM_IMPORT(realm_vocab_size) int32_t realm_vocab_size(uint32_t model_id);
+REALM_IMPORT(realm_vocab_read)
+int32_t realm_vocab_read(uint32_t model_id, uint32_t out_ptr, uint32_t out_len);
+
+/* A new KV ring of n_ctx positions for every layer of the model, owned by this guest:
+ * an id > 0. */
+REALM_IMPORT(realm_kv_create) int64_t realm_kv_create(uint32_t model_id, uint32_t n_ctx);
+REALM_IMPORT(realm_kv_free) int32_t realm_kv_free(uint64_t kv_cache_id);
+/* Forget positions >= n_pos. */
+REALM_IMPORT(realm_kv_truncate) int32_t realm_kv_truncate(uint64_t kv_cache_id, uint32_t n_pos);
+
+/* out[n_tokens][n_embd] (f32) = the embedding rows of token_ids[n_tokens] (u32). */
+REALM_IMPORT(realm_forward_embedding)
+int32_t realm_forward_embedding(uint32_t model_id, uint32_t token_ids_ptr, uint32_t n_tokens,
+                                uint32_t out_ptr);
+
+/* One whole layer on hidden_states_len = n_tokens * n_embd floats, the tokens at
+ * positions position .. position + n_tokens - 1; K/V appended to the ring. out may
+ * equal hidden_states_ptr. */
+REALM_IMPORT(realm_forward_layer)
+int32_t realm_forward_layer(uint32_t model_id, uint32_t layer_idx, uint32_t hidden_states_ptr,
+                            uint32_t hidden_states_len, uint32_t position, uint64_t kv_cache_id,
+                            uint32_t out_ptr);
+
+/* realm_forward_layer for layers layer_begin .. layer_begin + layer_count - 1. */
+REALM_IMPORT(realm_forward_layers)
+int32_t realm_forward_layers(uint32_t model_id, uint32_t layer_begin, uint32_t layer_count,
+                             uint32_t hidden_states_ptr, uint32_t hidden_states_len,
+                             uint32_t position, uint64_t kv_cache_id, uint32_t out_ptr);
+
+/* Final RMSNorm and output projection: out[n_tokens][n_vocab] f32 logits. */
+REALM_IMPORT(realm_forward_lm_head)
+int32_t realm_forward_lm_head(uint32_t model_id, uint32_t hidden_states_ptr,
+                              uint32_t hidden_states_len, uint32_t out_ptr);
+
+/* A UTF-8 piece for the host's stream; < 0 back means stop generating. */
+REALM_IMPORT(realm_emit) int32_t realm_emit(uint32_t text_ptr, uint32_t text_len);
+
+/* A log line: level 0 debug, 1 info, 2 warning, 3 error. */
+REALM_IMPORT(realm_log) int32_t realm_log(uint32_t level, uint32_t ptr, uint32_t len);
+
+/* Copies min(out_len, length) bytes of this guest's last error message and returns
+ * the message's full length (0: no error yet). */
+REALM_IMPORT(realm_last_error) int32_t realm_last_error(uint32_t out_ptr, uint32_t out_len);
+
+/* ---- what the shipped guest exports --------------------------------------------
+ *   void    *realm_alloc(uint32_t n);                 16-byte aligned, 0 on failure
+ *   void     realm_free(void *p);
+ *   int32_t  realm_generate(uint32_t model_id, const char *prompt, uint32_t prompt_len,
+ *                           const realm_params_t *params, uint32_t params_len);
+ *              tokens generated, or an error code
+ *   int32_t  realm_tokenize(uint32_t model_id, const char *text, uint32_t text_len,
+ *                           uint32_t *out, uint32_t out_cap);
+ *              ids of plain text (no BOS, control tokens never produced); returns the
+ *              count, writing only the first out_cap
+ *   int32_t  realm_detokenize(uint32_t model_id, const uint32_t *ids, uint32_t n_ids,
+ *                             char *out, uint32_t out_cap);
+ *              the text of ids (control tokens skipped, the dummy prefix's space
+ *              removed); returns its byte length, writing only the first out_cap
+ *   int32_t  realm_sample(const float *logits, uint32_t n_vocab, const realm_params_t *p,
+ *                         uint32_t params_len, const uint32_t *history,
+ *                         uint32_t n_history, uint64_t *rng_state);
+ *              one token sampled as realm_generate does (for tests of the sampler)
+ *   uint32_t realm_heap_bytes(void);                  bytes the allocator has in use
+ */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* REALM_H */

@@ -1,0 +1,37 @@
+/* log.c: formatted log lines through the host's realm_log. */
+#include "guest.h"
+
+typedef struct {
+    char buf[160];
+    uint32_t len;
+} line_t;
+
+static void put_str(line_t *l, const char *s) {
+    while (s && *s && l->len < sizeof(l->buf)) l->buf[l->len++] = *s++;
+}
+
+static void put_int(line_t *l, int32_t v) {
+    char tmp[12];
+    uint32_t n = 0, u = v < 0 ? 0u - (uint32_t)v : (uint32_t)v;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) tmp[n++] = '-';
+    while (n && l->len < sizeof(l->buf)) l->buf[l->len++] = tmp[--n];
+}
+
+int32_t guest_log_error(const char *what, const char *detail, int32_t code) {
+    line_t l;
+    l.len = 0;
+    put_str(&l, what);
+    if (detail) {
+        put_str(&l, ": ");
+        put_str(&l, detail);
+    }
+    put_str(&l, " (");
+    put_int(&l, code);
+    put_str(&l, ")");
+    realm_log(LOG_ERROR, ADDR(l.buf), l.len);
+    return code;
+}

@@ -1,0 +1,182 @@
+"""The host ABI's constants and byte layouts, mirroring guest/include/realm.h.
+
+Everything a guest reads from the host (model info, the vocabulary blob) or passes to
+it (realm_generate's params) is packed here, little-endian, as the header declares.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from realm_ext.model import Model
+
+# error codes
+OK = 0
+ERR_INVALID = -1
+ERR_BOUNDS = -2
+ERR_MODEL = -3
+ERR_KV = -4
+ERR_RANGE = -5
+ERR_ROWS = -6
+ERR_NOMEM = -7
+ERR_CANCELLED = -8
+ERR_INTERNAL = -9
+
+ERROR_NAMES = {
+    ERR_INVALID: "invalid argument",
+    ERR_BOUNDS: "pointer or length outside guest memory",
+    ERR_MODEL: "model unknown or not granted",
+    ERR_KV: "KV cache unknown or not owned",
+    ERR_RANGE: "layer or position out of range",
+    ERR_ROWS: "length not a whole number of rows",
+    ERR_NOMEM: "out of host or device memory",
+    ERR_CANCELLED: "cancelled",
+    ERR_INTERNAL: "internal error",
+}
+
+NO_TOKEN = 0xFFFFFFFF
+
+# realm_model_info
+MODEL_INFO_VERSION = 1
+MODEL_INFO = struct.Struct("<12I")
+MODEL_ADD_BOS, MODEL_ADD_EOS, MODEL_ADD_SPACE_PREFIX = 1, 2, 4
+
+# the vocabulary blob
+VOCAB_MAGIC = 0x434F5652  # "RVOC"
+VOCAB_VERSION = 1
+VOCAB_SPM, VOCAB_GPT2 = 1, 2
+VOCAB_HEADER = struct.Struct("<16I")
+
+# realm_generate's params
+PARAMS_VERSION = 1
+PARAMS = struct.Struct("<IIfifffIIIIIQ")
+GEN_ADD_BOS, GEN_STOP_AT_EOS, GEN_PER_LAYER = 1, 2, 4
+
+assert MODEL_INFO.size == 48 and VOCAB_HEADER.size == 64 and PARAMS.size == 56
+
+
+def _token_id(v: int | None) -> int:
+    return NO_TOKEN if v is None else v
+
+
+def _model_flags(model: Model) -> int:
+    t = model.tokenizer
+    return (
+        (MODEL_ADD_BOS if t.add_bos else 0)
+        | (MODEL_ADD_EOS if t.add_eos else 0)
+        | (MODEL_ADD_SPACE_PREFIX if t.add_space_prefix else 0)
+    )
+
+
+def model_info(model: Model) -> bytes:
+    """The realm_model_info struct of a model."""
+    c, t = model.config, model.tokenizer
+    return MODEL_INFO.pack(
+        MODEL_INFO_VERSION,
+        c.n_vocab,
+        c.n_ctx_train,
+        c.n_embd,
+        c.n_layer,
+        c.n_head,
+        c.n_head_kv,
+        c.n_ff,
+        _token_id(t.bos_id),
+        _token_id(t.eos_id),
+        _token_id(t.unk_id),
+        _model_flags(model),
+    )
+
+
+def _align4(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def vocab_blob(model: Model) -> bytes:
+    """The vocabulary blob of realm.h: header, scores, types, ends, text."""
+    t = model.tokenizer
+    token_text = [s.encode("utf-8") for s in t.tokens]
+    merge_text = [s.encode("utf-8") for s in t.merges]
+    n, m = len(token_text), len(merge_text)
+    lengths = np.fromiter((len(b) for b in token_text + merge_text), np.int64, n + m)
+    ends = np.cumsum(lengths, dtype=np.int64)
+    text = b"".join(token_text + merge_text)
+    scores_off = VOCAB_HEADER.size
+    types_off = scores_off + 4 * n
+    token_ends_off = types_off + 4 * n
+    merge_ends_off = token_ends_off + 4 * n
+    text_off = merge_ends_off + 4 * m
+    total = _align4(text_off + len(text))
+    if total >= 2**31:
+        raise ValueError("the vocabulary does not fit a 2 GiB blob")
+    header = VOCAB_HEADER.pack(
+        VOCAB_MAGIC,
+        VOCAB_VERSION,
+        total,
+        VOCAB_SPM if t.model == "llama" else VOCAB_GPT2,
+        n,
+        m,
+        _token_id(t.bos_id),
+        _token_id(t.eos_id),
+        _token_id(t.unk_id),
+        _model_flags(model),
+        scores_off,
+        types_off,
+        token_ends_off,
+        merge_ends_off,
+        text_off,
+        len(text),
+    )
+    parts = [
+        header,
+        np.asarray(t.scores, "<f4").tobytes(),
+        np.asarray(t.token_types, "<u4").tobytes(),
+        ends[:n].astype("<u4").tobytes(),
+        ends[n:].astype("<u4").tobytes(),
+        text,
+    ]
+    blob = b"".join(parts)
+    return blob + b"\0" * (total - len(blob))
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    """realm_generate's parameters (realm_params_t in realm.h)."""
+
+    max_tokens: int = 64
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    n_ctx: int = 0
+    n_batch: int = 512  # prompt tokens per forward call (bounds the guest's prefill buffer)
+    seed: int = 0
+    add_bos: bool = True
+    stop_at_eos: bool = True
+    per_layer: bool = False
+
+    def pack(self) -> bytes:
+        flags = (
+            (GEN_ADD_BOS if self.add_bos else 0)
+            | (GEN_STOP_AT_EOS if self.stop_at_eos else 0)
+            | (GEN_PER_LAYER if self.per_layer else 0)
+        )
+        return PARAMS.pack(
+            PARAMS_VERSION,
+            self.max_tokens,
+            self.temperature,
+            self.top_k,
+            self.top_p,
+            self.min_p,
+            self.repeat_penalty,
+            self.repeat_last_n,
+            self.n_ctx,
+            self.n_batch,
+            flags,
+            0,
+            self.seed & 0xFFFFFFFFFFFFFFFF,
+        )

@@ -1,0 +1,392 @@
+"""The Python API of DESIGN.md: a `Host` owns models and a backend; a `Guest` is one
+sandboxed WebAssembly instance with its own memory, KV rings and granted models.
+
+    with Host(device="cpu") as host:
+        model = host.load("model.gguf")
+        with host.guest(models=[model]) as guest:
+            for piece in guest.generate("Once upon a time", max_tokens=32, seed=1):
+                print(piece, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from realm_ext import abi
+from realm_ext.backends import CpuBackend
+from realm_ext.engines import open_instance, resolve_engine
+from realm_ext.engines.base import WASM_PAGE, GuestError, Limits, parse_size
+from realm_ext.host import GrantedModel, GuestImports, GuestState
+from realm_ext.model import Model, load_gguf
+
+GUEST_WASM = Path(__file__).parent / "guest" / "realm_guest.wasm"
+
+
+class RealmError(RuntimeError):
+    """A guest export returned one of the ABI's error codes."""
+
+    def __init__(self, what: str, code: int, detail: str = ""):
+        name = abi.ERROR_NAMES.get(code, "unknown error")
+        super().__init__(f"{what} failed: {name} ({code})" + (f": {detail}" if detail else ""))
+        self.code = code
+
+
+def _backend(device: str, n_threads: int | None) -> CpuBackend:
+    if device in ("cpu", "auto"):
+        # "auto" means CUDA when it is available; until the CUDA backend lands, the CPU.
+        return CpuBackend(n_threads=n_threads)
+    if device == "cuda":
+        raise ValueError("device 'cuda': the CUDA backend is not part of this version; use 'cpu' or 'auto'")
+    raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'auto'")
+
+
+class Host:
+    """Loaded models (one shared copy each), a backend, and the guests made here."""
+
+    def __init__(self, device: str = "auto", n_threads: int | None = None):
+        self.backend = _backend(device, n_threads)
+        self.device = self.backend.name
+        self._lock = threading.Lock()
+        self._models: dict[int, GrantedModel] = {}
+        self._next_model_id = 1
+        self._guests: list[Guest] = []
+
+    def load(self, path: str | os.PathLike[str] | Model) -> Model:
+        """Load a GGUF file (memory-mapped) once; every guest granted it shares it."""
+        model = path if isinstance(path, Model) else load_gguf(path)
+        with self._lock:
+            for g in self._models.values():
+                if g.model is model:
+                    return model
+            self._models[self._next_model_id] = GrantedModel(
+                model, threading.Lock(), abi.model_info(model), abi.vocab_blob(model)
+            )
+            self._next_model_id += 1
+        self.backend.prepare(model)
+        return model
+
+    def model_id(self, model: Model) -> int:
+        for mid, g in self._models.items():
+            if g.model is model:
+                return mid
+        raise KeyError(f"{model!r} was not loaded by this host")
+
+    def unload(self, model: Model) -> None:
+        """Forget a model; guests granted it get 'model unknown' from then on."""
+        mid = self.model_id(model)
+        with self._lock:
+            g = self._models.pop(mid)
+            for guest in self._guests:
+                guest._revoke(mid)
+        with g.lock:  # wait for a running forward step
+            pass
+
+    def guest(
+        self,
+        models: Sequence[Model],
+        engine: str = "auto",
+        memory_limit: int | str = "64MiB",
+        time_limit: float | None = None,
+        fuel: int | None = None,
+        kv_limit: int | str = "4GiB",
+        wasm: bytes | str | os.PathLike[str] | None = None,
+    ) -> Guest:
+        """A new guest granted `models`. memory_limit caps its linear memory; time_limit
+        (seconds) or fuel bound each call into it (wasmtime); kv_limit caps the KV
+        storage it may hold; wasm is a guest module (default: the shipped guest)."""
+        if wasm is None:
+            wasm = GUEST_WASM
+        if not isinstance(wasm, bytes):
+            wasm = Path(wasm).read_bytes()
+        granted = {self.model_id(m): self._models[self.model_id(m)] for m in models}
+        limits = Limits(memory=parse_size(memory_limit), time=time_limit, fuel=fuel)
+        guest = Guest(self, resolve_engine(engine), wasm, granted, limits, parse_size(kv_limit))
+        with self._lock:
+            self._guests.append(guest)
+        return guest
+
+    def close(self) -> None:
+        for guest in list(self._guests):
+            guest.close()
+        with self._lock:
+            self._models.clear()
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class GenerateStats:
+    tokens: int
+    seconds: float
+    memory_pages: int
+    heap_bytes: int
+    host_calls: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class Guest:
+    """One guest instance. Calls into it are serialized (a guest is single-threaded);
+    different guests run in parallel threads. After a trap or a limit, its KV rings
+    are released and a fresh instance replaces it, so the guest stays usable."""
+
+    def __init__(
+        self,
+        host: Host,
+        engine: str,
+        wasm: bytes,
+        models: dict[int, GrantedModel],
+        limits: Limits,
+        kv_limit: int,
+    ):
+        self.host = host
+        self.engine = engine
+        self.limits = limits
+        self._wasm = wasm
+        self._lock = threading.RLock()
+        self.state = GuestState(models=dict(models), kv_limit=kv_limit)
+        self.imports = GuestImports(host.backend, self.state)
+        self.last_stats: GenerateStats | None = None
+        self._instance = None
+        self._start()
+
+    def _start(self) -> None:
+        self._instance = open_instance(self.engine, self._wasm, self.imports.table(), self.limits)
+        self.imports.memory = self._instance.memory
+
+    def _revoke(self, model_id: int) -> None:
+        self.state.models.pop(model_id, None)
+        for kv_id in [k for k, e in self.state.kv.items() if e.model_id == model_id]:
+            del self.state.kv[kv_id]
+
+    # -- raw access --------------------------------------------------------------------
+
+    def call(self, name: str, *args: int) -> int:
+        """Call an export. On a trap or a limit the guest is reset (KV rings released,
+        fresh instance) and the error is raised."""
+        with self._lock:
+            if self._instance is None:
+                raise GuestError("the guest is closed")
+            try:
+                return self._instance.call(name, *args)
+            except GuestError:
+                self.state.free_all_kv()
+                self._instance.close()
+                self._start()
+                raise
+
+    def memory(self) -> np.ndarray:
+        """A copy of the guest's linear memory (uint8)."""
+        inst = self._instance
+        return inst.run(lambda: inst.memory().copy())
+
+    @property
+    def memory_pages(self) -> int:
+        inst = self._instance
+        return inst.run(lambda: inst.memory().size) // WASM_PAGE
+
+    def alloc(self, n: int) -> int:
+        ptr = self.call("realm_alloc", max(1, n)) & 0xFFFFFFFF
+        if ptr == 0:
+            raise MemoryError(f"the guest could not allocate {n} bytes (memory limit {self.limits.memory})")
+        return ptr
+
+    def free(self, ptr: int) -> None:
+        self.call("realm_free", ptr)
+
+    def write(self, ptr: int, data: bytes | np.ndarray) -> None:
+        """Copy data into guest memory at ptr."""
+        buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data.reshape(-1).view(np.uint8)
+        inst = self._instance
+
+        def put() -> None:
+            mem = inst.memory()
+            if ptr < 0 or ptr + buf.size > mem.size:
+                raise IndexError(f"[{ptr}, {ptr + buf.size}) is outside guest memory ({mem.size} bytes)")
+            mem[ptr : ptr + buf.size] = buf
+
+        inst.run(put)
+
+    def read(self, ptr: int, n: int) -> bytes:
+        """n bytes of guest memory at ptr."""
+        inst = self._instance
+
+        def get() -> bytes:
+            mem = inst.memory()
+            if ptr < 0 or ptr + n > mem.size:
+                raise IndexError(f"[{ptr}, {ptr + n}) is outside guest memory ({mem.size} bytes)")
+            return mem[ptr : ptr + n].tobytes()
+
+        return inst.run(get)
+
+    def model_id(self, model: Model | None = None) -> int:
+        if model is None:
+            if not self.state.models:
+                raise ValueError("this guest has no model granted")
+            return next(iter(self.state.models))
+        mid = self.host.model_id(model)
+        if mid not in self.state.models:
+            raise ValueError(f"{model!r} is not granted to this guest")
+        return mid
+
+    def _put(self, data: bytes) -> int:
+        ptr = self.alloc(len(data))
+        self.write(ptr, data)
+        return ptr
+
+    def _check(self, what: str, rc: int) -> int:
+        if rc < 0:
+            raise RealmError(what, rc, self.state.last_error.decode("utf-8", "replace"))
+        return rc
+
+    # -- tokenizer ---------------------------------------------------------------------
+
+    def tokenize(self, text: str, model: Model | None = None) -> list[int]:
+        """Token ids of plain text (no BOS), by the guest's tokenizer."""
+        data = text.encode("utf-8")
+        with self._lock:
+            text_ptr = self._put(data)
+            cap = len(data) + 2  # enough unless spaces fall back to bytes (then: retry)
+            try:
+                while True:
+                    out_ptr = self.alloc(4 * cap)
+                    try:
+                        rc = self.call(
+                            "realm_tokenize", self.model_id(model), text_ptr, len(data), out_ptr, cap
+                        )
+                        n = self._check("realm_tokenize", rc)
+                        if n <= cap:
+                            return np.frombuffer(self.read(out_ptr, 4 * n), "<u4").tolist()
+                        cap = n
+                    finally:
+                        self.free(out_ptr)
+            finally:
+                self.free(text_ptr)
+
+    def detokenize(self, ids: Sequence[int], model: Model | None = None) -> str:
+        """The text of token ids, by the guest's detokenizer."""
+        arr = np.asarray(ids, "<u4")
+        with self._lock:
+            ids_ptr = self._put(arr.tobytes())
+            cap = 16 * len(arr) + 16
+            try:
+                while True:
+                    out_ptr = self.alloc(cap)
+                    try:
+                        n = self._check(
+                            "realm_detokenize",
+                            self.call(
+                                "realm_detokenize", self.model_id(model), ids_ptr, len(arr), out_ptr, cap
+                            ),
+                        )
+                        if n <= cap:
+                            return self.read(out_ptr, n).decode("utf-8", "replace")
+                        cap = n
+                    finally:
+                        self.free(out_ptr)
+            finally:
+                self.free(ids_ptr)
+
+    # -- generation --------------------------------------------------------------------
+
+    def generate(self, prompt: str, model: Model | None = None, **params: object) -> Iterator[str]:
+        """Stream the text pieces the guest emits while it generates from `prompt`.
+        params: the fields of realm_ext.abi.GenerateParams (max_tokens, temperature,
+        top_k, top_p, min_p, repeat_penalty, repeat_last_n, n_ctx, n_batch, seed,
+        add_bos, stop_at_eos, per_layer). Closing the iterator early stops the guest."""
+        gp = abi.GenerateParams(**params)  # type: ignore[arg-type]
+        pieces: queue.SimpleQueue = queue.SimpleQueue()
+        stop = threading.Event()
+        done = object()
+
+        def on_emit(piece: str) -> bool:
+            if stop.is_set():
+                return False
+            pieces.put(piece)
+            return True
+
+        def run() -> None:
+            try:
+                self.generate_to(prompt, on_emit, model, gp)
+            except BaseException as e:  # handed to the consumer
+                pieces.put(e)
+            pieces.put(done)
+
+        worker = threading.Thread(target=run, name="realm-guest", daemon=True)
+        worker.start()
+        try:
+            while (item := pieces.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            worker.join()
+
+    def generate_to(
+        self,
+        prompt: str,
+        on_emit,
+        model: Model | None = None,  # noqa: ANN001
+        params: abi.GenerateParams | None = None,
+    ) -> int:
+        """Run realm_generate, handing each piece to on_emit (False back stops it);
+        returns the number of tokens generated. Stats land in self.last_stats."""
+        gp = params or abi.GenerateParams()
+        data = prompt.encode("utf-8")
+        packed = gp.pack()
+        with self._lock:
+            prompt_ptr, params_ptr = self._put(data), self._put(packed)
+            calls0 = self.state.calls
+            self.state.on_emit = on_emit
+            t0 = time.perf_counter()
+            try:
+                rc = self.call(
+                    "realm_generate", self.model_id(model), prompt_ptr, len(data), params_ptr, len(packed)
+                )
+            finally:
+                self.state.on_emit = None
+            seconds = time.perf_counter() - t0
+            if self._instance is not None and "realm_heap_bytes" in self._instance.exports():
+                heap = self.call("realm_heap_bytes") & 0xFFFFFFFF
+            else:
+                heap = 0
+            self.last_stats = GenerateStats(
+                max(rc, 0), seconds, self.memory_pages, heap, self.state.calls - calls0
+            )
+            self.free(prompt_ptr)
+            self.free(params_ptr)
+            return self._check("realm_generate", rc)
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the guest's KV rings and its instance."""
+        with self._lock:
+            self.state.free_all_kv()
+            if self._instance is not None:
+                self._instance.close()
+                self._instance = None
+        with self.host._lock:
+            if self in self.host._guests:
+                self.host._guests.remove(self)
+
+    def __enter__(self) -> Guest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,203 @@
+"""The shipped guest end to end through the Python API (realm_ext.api), on every
+engine: greedy generation equals the CPU backend driven directly from Python, and
+llama.cpp's where its margin is clear; tenants do not disturb each other."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from realm_ext import Host, RealmError
+from realm_ext.backends import CpuBackend
+from realm_ext.model import Model, load_gguf
+
+PROMPTS = ["Once upon a time", " the king and the queen", "héllo wörld 123", "a"]
+
+
+@pytest.fixture(scope="module")
+def tiny(model_path) -> Model:  # noqa: ANN001
+    return load_gguf(model_path("Q4_K_M", seed=11))
+
+
+@pytest.fixture
+def host(tiny: Model):  # noqa: ANN201
+    with Host(device="cpu") as h:
+        h.load(tiny)
+        yield h
+
+
+def piece_bytes(model: Model, t: int) -> bytes:
+    """A token's bytes as llama's SPM detokenizer writes them (plain Python)."""
+    tok = model.tokenizer
+    kind = int(tok.token_types[t])
+    if kind == 6:  # <0xNN>
+        return bytes([int(tok.tokens[t][3:5], 16)])
+    if kind in (1, 4):
+        return tok.tokens[t].replace("\u2581", " ").encode()
+    return b""
+
+
+def backend_greedy(backend: CpuBackend, model: Model, ids: list[int], n: int, n_ctx: int) -> list[int]:
+    """Greedy decoding with the backend driven directly: the prompt in one batch, the
+    logits of its last row, then one token at a time (what the guest does)."""
+    c = model.config
+    kv = backend.new_kv(model, n_ctx)
+    x = np.empty((len(ids), c.n_embd), np.float32)
+    logits = np.empty((1, c.n_vocab), np.float32)
+    backend.forward_embedding(model, np.array(ids, np.int32), x)
+    backend.forward_layers(model, 0, c.n_layer, x, 0, kv, x)
+    backend.forward_lm_head(model, x[-1:], logits)
+    out, pos = [], len(ids)
+    for _ in range(n):
+        t = int(np.argmax(logits[0]))
+        if t == model.tokenizer.eos_id:
+            break
+        out.append(t)
+        x1 = x[:1]
+        backend.forward_embedding(model, np.array([t], np.int32), x1)
+        backend.forward_layers(model, 0, c.n_layer, x1, pos, kv, x1)
+        backend.forward_lm_head(model, x1, logits)
+        pos += 1
+    return out
+
+
+def prompt_ids(guest, model: Model, text: str) -> list[int]:  # noqa: ANN001
+    bos = [model.tokenizer.bos_id] if model.tokenizer.add_bos else []
+    return bos + guest.tokenize(text)
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_greedy_through_the_guest_equals_the_backend(host, tiny: Model, engine: str, per_layer: bool) -> None:
+    with host.guest(models=[tiny], engine=engine) as g:
+        for text in PROMPTS:
+            pieces = list(g.generate(text, max_tokens=24, temperature=0.0, n_ctx=64, per_layer=per_layer))
+            want = backend_greedy(host.backend, tiny, prompt_ids(g, tiny, text), 24, 64)
+            assert g.last_stats.tokens == len(want)
+            assert "".join(pieces) == b"".join(piece_bytes(tiny, t) for t in want).decode("utf-8", "replace")
+
+
+def test_sliding_window_past_n_ctx(host, tiny: Model, engine: str) -> None:
+    """A conversation longer than n_ctx keeps going over the window, as the backend does."""
+    with host.guest(models=[tiny], engine=engine) as g:
+        text = "the cat ran to the"
+        pieces = list(g.generate(text, max_tokens=40, temperature=0.0, n_ctx=16, n_batch=4))
+        ids = prompt_ids(g, tiny, text)
+        want = backend_greedy(host.backend, tiny, ids, 40, 16) if len(ids) <= 16 else None
+        assert g.last_stats.tokens == 40 or (want is not None and len(want) < 40)
+        if want is not None:
+            assert "".join(pieces) == b"".join(piece_bytes(tiny, t) for t in want).decode("utf-8", "replace")
+
+
+def test_sampling_is_seeded(host, tiny: Model, engine: str) -> None:
+    with host.guest(models=[tiny], engine=engine) as g:
+        kw = dict(max_tokens=24, temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, stop_at_eos=False)
+        a = "".join(g.generate("the", seed=5, **kw))
+        b = "".join(g.generate("the", seed=5, **kw))
+        c = "".join(g.generate("the", seed=6, **kw))
+        assert a == b and a != c
+
+
+def test_closing_the_stream_stops_the_guest(host, tiny: Model, engine: str) -> None:
+    with host.guest(models=[tiny], engine=engine) as g:
+        stream = g.generate("the", max_tokens=200, temperature=0.0, stop_at_eos=False)
+        first = [next(stream) for _ in range(3)]
+        stream.close()
+        assert len(first) == 3
+        assert g.last_stats.tokens < 200
+        assert g.state.kv == {}  # the guest freed its ring
+
+
+def test_errors_surface_with_their_code(host, tiny: Model, engine: str) -> None:
+    with host.guest(models=[tiny], engine=engine, kv_limit=1000) as g:
+        with pytest.raises(RealmError, match="out of host or device memory"):
+            list(g.generate("the", max_tokens=4))
+        assert "KV limit" in str(g.state.last_error)
+
+
+def test_two_guests_in_threads_equal_one_by_one(host, tiny: Model, engine: str) -> None:
+    jobs = [(text, seed) for text in PROMPTS for seed in (1, 2)]
+    kw = dict(max_tokens=16, temperature=0.9, top_k=20, n_ctx=64)
+
+    def run(guest, text: str, seed: int) -> str:  # noqa: ANN001
+        return "".join(guest.generate(text, seed=seed, **kw))
+
+    with host.guest(models=[tiny], engine=engine) as g:
+        alone = [run(g, t, s) for t, s in jobs]
+    results: dict[int, str] = {}
+    guests = [host.guest(models=[tiny], engine=engine) for _ in range(4)]
+
+    def worker(k: int) -> None:
+        for i in range(k, len(jobs), len(guests)):
+            results[i] = run(guests[k], *jobs[i])
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(guests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for g in guests:
+        g.close()
+    assert [results[i] for i in range(len(jobs))] == alone
+
+
+def test_guest_memory_stays_small(host, tiny: Model, engine: str) -> None:
+    with host.guest(models=[tiny], engine=engine, memory_limit="8MiB") as g:
+        list(g.generate("Once upon a time", max_tokens=8, temperature=0.0))
+        assert g.last_stats.memory_pages * 65536 <= 8 * 2**20
+        assert g.last_stats.heap_bytes < 4 * 2**20
+
+
+# ---- against llama.cpp ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama_cpp():  # noqa: ANN201
+    return pytest.importorskip("llama_cpp")
+
+
+def test_tokenize_equals_llama_cpp(llama_cpp, host, tiny: Model, model_path) -> None:  # noqa: ANN001
+    llm = llama_cpp.Llama(str(model_path("Q4_K_M", seed=11)), n_ctx=64, verbose=False, vocab_only=True)
+    with host.guest(models=[tiny]) as g:
+        for text in PROMPTS + [
+            "",
+            "  two  spaces ",
+            "tab\there\nnewline",
+            "digits 0123456789",
+            "ünïcödé ✓ 漢字 🙂",
+        ]:
+            assert g.tokenize(text) == llm.tokenize(text.encode(), add_bos=False, special=False), text
+
+
+def test_greedy_through_the_guest_equals_llama_cpp(llama_cpp, host, tiny: Model, model_path) -> None:  # noqa: ANN001
+    """llama.cpp's greedy tokens, as text, up to its first step with a top-2 margin
+    below 1e-2, are a prefix of what the guest streams."""
+    llm = llama_cpp.Llama(
+        str(model_path("Q4_K_M", seed=11)), n_ctx=64, n_batch=64, logits_all=True, verbose=False, n_threads=2
+    )
+    checked = 0
+    words = "the king queen cat dog ran walked happy night light tree water sun moon".split()
+    texts = PROMPTS + [" ".join(np.random.default_rng(k).choice(words, 4)) for k in range(8)]
+    with host.guest(models=[tiny]) as g:
+        for text in texts:
+            ids = prompt_ids(g, tiny, text)
+            assert ids == llm.tokenize(text.encode(), add_bos=True, special=False)
+            llm.reset()
+            llm.eval(ids)
+            theirs: list[int] = []
+            for _ in range(24):
+                scores = np.array(llm.scores[llm.n_tokens - 1], np.float64)
+                top2 = np.sort(scores)[-2:]
+                if top2[1] - top2[0] <= 1e-2:
+                    break
+                t = int(np.argmax(scores))
+                if t == tiny.tokenizer.eos_id:
+                    break
+                theirs.append(t)
+                llm.eval([t])
+            ours = "".join(g.generate(text, max_tokens=24, temperature=0.0, n_ctx=64))
+            prefix = b"".join(piece_bytes(tiny, t) for t in theirs).decode("utf-8", "replace")
+            assert ours.startswith(prefix), (text, ours, prefix)
+            checked += len(theirs)
+    assert checked >= 24, f"only {checked} steps had a clear margin"
