@@ -2,18 +2,24 @@
 
     python -m benchmarks.guest [--quick] [--engines wasmtime,wasmer] [--json OUT]
 
-1. µs per host call, per engine: a guest loop calling a cheap import (realm_last_error
-   with an empty buffer) many times, so only the crossing is timed.
+1. µs per host call, per engine: a guest loop calling a cheap Python import
+   (realm_last_error with an empty buffer) many times, so only the crossing is timed;
+   and the cost a native (C) import adds: a loop of 1-token realm_forward_embedding
+   calls against the same embedding called directly (wasmtime + CPU backend only).
 2. greedy decode tok/s through the shipped guest (realm_generate streaming through
    realm_emit) against the CPU backend driven directly from Python doing the same steps
    (embedding, all layers, LM head, argmax) in the same run, on the tiny and small
    presets; the ratio guest / direct is the ABI's cost, and its share of decode time.
-3. guest memory: pages after a run and the guest allocator's bytes in use.
+3. guest memory: pages after a run and the guest allocator's bytes in use, on the
+   presets above and on a TinyLlama-shaped model cut to one layer (vocabulary 32000,
+   n_embd 2048: what sizes the guest's tables and buffers), against the size of the
+   tokenizer blob it builds its tables from.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -24,17 +30,25 @@ from pathlib import Path
 import numpy as np
 
 from realm_ext import Host
+from realm_ext.abi import vocab_blob
 from realm_ext.engines import available
 from realm_ext.model import Model
-from realm_ext.model_maker import make_model
+from realm_ext.model_maker import PRESETS, make_model
 
 CALL_LOOP_WAT = """
 (module
-  (import "env" "memory" (memory 1))
+  (import "env" "memory" (memory 4))
   (import "env" "realm_last_error" (func $last_error (param i32 i32) (result i32)))
+  (import "env" "realm_forward_embedding" (func $embedding (param i32 i32 i32 i32) (result i32)))
   (func (export "loop") (param $n i32)
     (loop $again
       (drop (call $last_error (i32.const 0) (i32.const 0)))
+      (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+      (br_if $again (i32.gt_s (local.get $n) (i32.const 0)))))
+  ;; n embeddings of the token id at address 0 into address 4096
+  (func (export "embed") (param $n i32) (param $model i32)
+    (loop $again
+      (drop (call $embedding (local.get $model) (i32.const 0) (i32.const 1) (i32.const 4096)))
       (local.set $n (i32.sub (local.get $n) (i32.const 1)))
       (br_if $again (i32.gt_s (local.get $n) (i32.const 0))))))
 """
@@ -42,18 +56,37 @@ CALL_LOOP_WAT = """
 PROMPT = "Once upon a time the king"
 
 
-def host_call_us(host: Host, model: Model, engine: str, n: int, repeat: int) -> float:
+def host_call_us(host: Host, model: Model, engine: str, n: int, repeat: int) -> dict[str, float]:
+    """Median µs per crossing into a Python import, and (wasmtime) the µs a native
+    import adds over calling the same kernel directly."""
     import wasmtime
 
     wasm = bytes(wasmtime.wat2wasm(CALL_LOOP_WAT))
+    out: dict[str, float] = {}
     with host.guest(models=[model], engine=engine, wasm=wasm) as g:
+        g.write(0, np.array([5], "<u4"))
         g.call("loop", 10)
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            g.call("loop", n)
-            times.append((time.perf_counter() - t0) / n * 1e6)
-    return statistics.median(times)
+        loop = [_per_call(lambda: g.call("loop", n), n) for _ in range(repeat)]
+        out["python_import_us"] = statistics.median(loop)
+        if g.state.native is not None:
+            mid = g.model_id()
+            x = np.empty((1, model.config.n_embd), np.float32)
+            ids = np.array([5], np.int32)
+
+            def direct() -> None:
+                for _ in range(n):
+                    host.backend.forward_embedding(model, ids, x)
+
+            embed = lambda: g.call("embed", n, mid)  # noqa: E731
+            extra = [_per_call(embed, n) - _per_call(direct, n) for _ in range(repeat)]
+            out["native_import_extra_us"] = statistics.median(extra)
+    return out
+
+
+def _per_call(f, n: int) -> float:  # noqa: ANN001
+    t0 = time.perf_counter()
+    f()
+    return (time.perf_counter() - t0) / n * 1e6
 
 
 def direct_decode_s(host: Host, model: Model, ids: list[int], steps: int) -> float:
@@ -91,6 +124,17 @@ def guest_decode_s(host: Host, model: Model, engine: str, steps: int) -> tuple[f
         }
 
 
+def tinyllama_memory(host: Host, tmp: Path, engine: str) -> dict:
+    cfg = dataclasses.replace(PRESETS["tinyllama"].config, n_layer=1)
+    model = host.load(make_model(tmp / "tinyllama-1layer.gguf", cfg, "Q4_K_M", random_blocks=True))
+    with host.guest(models=[model], engine=engine) as g:
+        list(g.generate(PROMPT, max_tokens=32, temperature=0.8, seed=1))
+        s = g.last_stats
+    blob = len(vocab_blob(model))
+    pages, heap = s.memory_pages, s.heap_bytes
+    return {"engine": engine, "memory_pages": pages, "heap_bytes": heap, "vocab_blob_bytes": blob}
+
+
 def run(quick: bool, engines: list[str], threads: int | None) -> dict:
     steps = 32 if quick else 128
     repeat = 3 if quick else 5
@@ -102,8 +146,9 @@ def run(quick: bool, engines: list[str], threads: int | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp, Host(device="cpu", n_threads=threads) as host:
         for engine in engines:
             tiny = host.load(make_model(Path(tmp) / "tiny.gguf", "tiny", "Q4_K_M"))
-            out["host_call_us"][engine] = host_call_us(host, tiny, engine, 20000 if quick else 100000, repeat)
-            print(f"{engine}: {out['host_call_us'][engine]:.2f} µs per host call")
+            cost = host_call_us(host, tiny, engine, 20000 if quick else 100000, repeat)
+            out["host_call_us"][engine] = cost
+            print(f"{engine}: " + ", ".join(f"{k} {v:.2f}" for k, v in cost.items()))
         for preset in ("tiny", "small"):
             model = host.load(make_model(Path(tmp) / f"{preset}.gguf", preset, "Q4_K_M"))
             with host.guest(models=[model]) as g:
@@ -130,6 +175,13 @@ def run(quick: bool, engines: list[str], threads: int | None) -> dict:
                     f"ratio {d / gs:.3f} (ABI share {row['abi_share']:.1%}); guest memory "
                     f"{mem['memory_pages']} pages, heap {mem['heap_bytes'] / 2**20:.2f} MiB"
                 )
+        out["tinyllama_memory"] = [tinyllama_memory(host, Path(tmp), e) for e in engines]
+        for m in out["tinyllama_memory"]:
+            print(
+                f"tinyllama-shaped ({m['engine']}): guest memory {m['memory_pages']} pages "
+                f"({m['memory_pages'] / 16:.2f} MiB), heap {m['heap_bytes'] / 2**20:.2f} MiB, "
+                f"tokenizer blob {m['vocab_blob_bytes'] / 2**20:.2f} MiB"
+            )
     return out
 
 

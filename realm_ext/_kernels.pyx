@@ -80,3 +80,4 @@ def quantize_rows_k(const float[:, ::1] src, int ggml_type, uint8_t[:, ::1] dst)
 include "_matmul.pxi"
 include "_kv_ring.pxi"
 include "_llama.pxi"
+include "_host_native.pxi"

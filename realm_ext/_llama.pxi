@@ -1,6 +1,15 @@
 # The CPU forward pass of a llama model (included by _kernels.pyx, after _kv_ring.pxi).
 from libc.stdlib cimport calloc, free
 
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+
 cdef extern from "ops.h":
     int realm_get_rows(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const int32_t *ids,
                        int64_t n_ids, float *out) nogil
@@ -68,7 +77,10 @@ cdef class LlamaRuntime:
 
     `tensors` maps names to (raw uint8 (rows, row_bytes) array, ggml type id, n_rows,
     n_cols); `norms` maps norm names to float32 vectors; `dims` is a dict of
-    realm_llama_dims' fields. Built by realm_ext.backends.cpu, not by hand."""
+    realm_llama_dims' fields. Built by realm_ext.backends.cpu, not by hand.
+
+    Thread-safe: `lock` (a C mutex, so the host's native imports can take it without
+    the GIL) guards the scratch buffer for every call that uses it."""
 
     cdef realm_llama_dims dims
     cdef realm_llama_layer *layers
@@ -80,9 +92,11 @@ cdef class LlamaRuntime:
     cdef object keep  # the arrays the pointers point into
     cdef object scratch_buf
     cdef int64_t max_tokens
+    cdef pthread_mutex_t lock
 
     def __cinit__(self):
         self.layers = NULL
+        pthread_mutex_init(&self.lock, NULL)
 
     def __init__(self, dict dims, int n_layer, dict tensors, dict norms, int max_tokens=64):
         d = &self.dims
@@ -122,6 +136,20 @@ cdef class LlamaRuntime:
 
     def __dealloc__(self):
         free(self.layers)
+        pthread_mutex_destroy(&self.lock)
+
+    cdef void acquire(self):
+        with nogil:  # wait without holding the GIL: the holder may need it to finish
+            pthread_mutex_lock(&self.lock)
+
+    def reserve(self, KVRing kv, int n_threads):
+        """Grow the scratch now for attention over kv with n_threads (so calls that
+        cannot allocate, the native imports, find it big enough)."""
+        self.acquire()
+        try:
+            self._ensure_scratch(realm_attention_scratch_floats(kv.ptr(), self.dims.n_head, n_threads))
+        finally:
+            pthread_mutex_unlock(&self.lock)
 
     cdef int _ensure_scratch(self, int64_t att_floats) except -1:
         """(Re)carve the scratch buffer when attention needs more than it has: this
@@ -172,11 +200,15 @@ cdef class LlamaRuntime:
         if n == 0:
             return
         cdef realm_kv_ring *ring = kv.ptr()
-        self._ensure_scratch(realm_attention_scratch_floats(ring, self.dims.n_head, n_threads))
         cdef int rc
-        with nogil:
-            rc = realm_llama_layer_forward(&self.dims, &self.layers[layer], layer, ring, pos, n, &x[0, 0],
-                                           &out[0, 0], &self.scratch, n_threads)
+        self.acquire()
+        try:
+            self._ensure_scratch(realm_attention_scratch_floats(ring, self.dims.n_head, n_threads))
+            with nogil:
+                rc = realm_llama_layer_forward(&self.dims, &self.layers[layer], layer, ring, pos, n, &x[0, 0],
+                                               &out[0, 0], &self.scratch, n_threads)
+        finally:
+            pthread_mutex_unlock(&self.lock)
         if rc == -5:
             raise IndexError(f"layer {layer}, position {pos}: out of range for the KV ring "
                              f"(next positions {kv.n_pos}, capacity {kv.capacity})")
@@ -191,9 +223,13 @@ cdef class LlamaRuntime:
         if n == 0:
             return
         cdef int rc
-        with nogil:
-            rc = realm_llama_lm_head(&self.dims, self.output_norm, &self.output, &x[0, 0], n, &out[0, 0],
-                                     &self.scratch, n_threads)
+        self.acquire()
+        try:
+            with nogil:
+                rc = realm_llama_lm_head(&self.dims, self.output_norm, &self.output, &x[0, 0], n, &out[0, 0],
+                                         &self.scratch, n_threads)
+        finally:
+            pthread_mutex_unlock(&self.lock)
         if rc:
             raise KernelError(rc, "lm_head")
 

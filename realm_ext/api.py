@@ -10,11 +10,12 @@ sandboxed WebAssembly instance with its own memory, KV rings and granted models.
 
 from __future__ import annotations
 
+import collections
 import os
-import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from realm_ext.host import GrantedModel, GuestImports, GuestState
 from realm_ext.model import Model, load_gguf
 
 GUEST_WASM = Path(__file__).parent / "guest" / "realm_guest.wasm"
+WAKE_S = 0.005  # a streaming consumer is woken at most this often (seconds)
 
 
 class RealmError(RuntimeError):
@@ -98,17 +100,22 @@ class Host:
         fuel: int | None = None,
         kv_limit: int | str = "4GiB",
         wasm: bytes | str | os.PathLike[str] | None = None,
+        native_imports: bool = True,
     ) -> Guest:
         """A new guest granted `models`. memory_limit caps its linear memory; time_limit
         (seconds) or fuel bound each call into it (wasmtime); kv_limit caps the KV
-        storage it may hold; wasm is a guest module (default: the shipped guest)."""
+        storage it may hold; wasm is a guest module (default: the shipped guest).
+        native_imports: on wasmtime with the CPU backend, serve the forward imports
+        from C (the Python versions otherwise; same results, slower crossings)."""
         if wasm is None:
             wasm = GUEST_WASM
         if not isinstance(wasm, bytes):
             wasm = Path(wasm).read_bytes()
         granted = {self.model_id(m): self._models[self.model_id(m)] for m in models}
         limits = Limits(memory=parse_size(memory_limit), time=time_limit, fuel=fuel)
-        guest = Guest(self, resolve_engine(engine), wasm, granted, limits, parse_size(kv_limit))
+        guest = Guest(
+            self, resolve_engine(engine), wasm, granted, limits, parse_size(kv_limit), native_imports
+        )
         with self._lock:
             self._guests.append(guest)
         return guest
@@ -152,26 +159,30 @@ class Guest:
         models: dict[int, GrantedModel],
         limits: Limits,
         kv_limit: int,
+        native_imports: bool = True,
     ):
         self.host = host
         self.engine = engine
         self.limits = limits
         self._wasm = wasm
         self._lock = threading.RLock()
-        self.state = GuestState(models=dict(models), kv_limit=kv_limit)
+        use_native = native_imports and engine == "wasmtime"
+        native = GuestImports.native_for(host.backend, models) if use_native else None
+        self.state = GuestState(models=dict(models), kv_limit=kv_limit, native=native)
         self.imports = GuestImports(host.backend, self.state)
         self.last_stats: GenerateStats | None = None
         self._instance = None
+        self._runner: ThreadPoolExecutor | None = None  # runs generate()'s guest calls
         self._start()
 
     def _start(self) -> None:
-        self._instance = open_instance(self.engine, self._wasm, self.imports.table(), self.limits)
+        imports, native = self.imports.table(), self.state.native
+        self._instance = open_instance(self.engine, self._wasm, imports, self.limits, native)
         self.imports.memory = self._instance.memory
 
     def _revoke(self, model_id: int) -> None:
-        self.state.models.pop(model_id, None)
-        for kv_id in [k for k, e in self.state.kv.items() if e.model_id == model_id]:
-            del self.state.kv[kv_id]
+        with self._lock:
+            self.state.revoke(model_id)
 
     # -- raw access --------------------------------------------------------------------
 
@@ -309,33 +320,50 @@ class Guest:
         top_k, top_p, min_p, repeat_penalty, repeat_last_n, n_ctx, n_batch, seed,
         add_bos, stop_at_eos, per_layer). Closing the iterator early stops the guest."""
         gp = abi.GenerateParams(**params)  # type: ignore[arg-type]
-        pieces: queue.SimpleQueue = queue.SimpleQueue()
-        stop = threading.Event()
+        # The guest runs in a worker thread; its pieces wait in `pending`. Waking this
+        # thread costs more than a token of a small model (on a busy machine, far more),
+        # so the worker signals at most every WAKE_S seconds, and at the end.
+        pending: collections.deque = collections.deque()
+        ready, stop = threading.Event(), threading.Event()
+        last_wake = [0.0]
         done = object()
 
         def on_emit(piece: str) -> bool:
             if stop.is_set():
                 return False
-            pieces.put(piece)
+            pending.append(piece)
+            now = time.perf_counter()
+            if now - last_wake[0] >= WAKE_S:
+                last_wake[0] = now
+                ready.set()
             return True
 
         def run() -> None:
             try:
                 self.generate_to(prompt, on_emit, model, gp)
             except BaseException as e:  # handed to the consumer
-                pieces.put(e)
-            pieces.put(done)
+                pending.append(e)
+            pending.append(done)
+            ready.set()
 
-        worker = threading.Thread(target=run, name="realm-guest", daemon=True)
-        worker.start()
+        if self._runner is None:  # one long-lived thread per guest: a fresh thread per
+            # call would also make OpenMP start a fresh team, and run slower here
+            self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="realm-guest")
+        worker = self._runner.submit(run)
         try:
-            while (item := pieces.get()) is not done:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            while True:
+                ready.wait()
+                ready.clear()
+                while pending:
+                    item = pending.popleft()
+                    if item is done:
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
         finally:
             stop.set()
-            worker.join()
+            worker.result()
 
     def generate_to(
         self,
@@ -381,6 +409,9 @@ class Guest:
             if self._instance is not None:
                 self._instance.close()
                 self._instance = None
+            if self._runner is not None:
+                self._runner.shutdown(wait=False)
+                self._runner = None
         with self.host._lock:
             if self in self.host._guests:
                 self.host._guests.remove(self)

@@ -16,12 +16,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from realm_ext import abi
-from realm_ext._kernels import KernelError
+from realm_ext._kernels import KernelError, NativeImports
+from realm_ext.backends import CpuBackend
 from realm_ext.engines.base import ImportSpec
 from realm_ext.model import Model
 
@@ -57,25 +58,67 @@ class KVEntry:
     nbytes: int
 
 
-@dataclass
 class GuestState:
     """What one guest owns: granted models (host model id -> model), its KV rings
-    (its own ids, from 1, never reused), its last error, its stream callbacks."""
+    (its own ids, from 1, never reused), its last error, its stream callback. With
+    native imports (CPU backend, wasmtime), the C tables mirror the models and rings,
+    and the last error and the call count live there."""
 
-    models: dict[int, GrantedModel]
-    kv_limit: int  # bytes of KV storage this guest may hold at once
-    kv: dict[int, KVEntry] = field(default_factory=dict)
-    next_kv_id: int = 1
-    last_error: bytes = b""
-    on_emit: Callable[[str], bool] | None = None  # False back: stop generating
-    calls: int = 0  # imports served
+    def __init__(self, models: dict[int, GrantedModel], kv_limit: int, native=None):  # noqa: ANN001
+        self.models = models
+        self.kv_limit = kv_limit  # bytes of KV storage this guest may hold at once
+        self.kv: dict[int, KVEntry] = {}
+        self.next_kv_id = 1
+        self.on_emit: Callable[[str], bool] | None = None  # False back: stop generating
+        self.native = native
+        self._calls = 0
+        self._last_error = b""
+
+    @property
+    def last_error(self) -> bytes:
+        return self.native.last_error if self.native is not None else self._last_error
+
+    @last_error.setter
+    def last_error(self, message: bytes) -> None:
+        if self.native is not None:
+            self.native.last_error = message
+        else:
+            self._last_error = message
+
+    @property
+    def calls(self) -> int:
+        """Imports served (Python and native)."""
+        return self._calls + (self.native.calls if self.native is not None else 0)
 
     @property
     def kv_bytes(self) -> int:
         return sum(e.nbytes for e in self.kv.values())
 
+    def add_kv(self, entry: KVEntry) -> int:
+        kv_id = self.next_kv_id
+        self.next_kv_id += 1
+        self.kv[kv_id] = entry
+        if self.native is not None:
+            self.native.add_kv(kv_id, entry.model_id, entry.ring)
+        return kv_id
+
+    def free_kv(self, kv_id: int) -> None:
+        del self.kv[kv_id]
+        if self.native is not None:
+            self.native.remove_kv(kv_id)
+
     def free_all_kv(self) -> None:
         self.kv.clear()
+        if self.native is not None:
+            self.native.clear_kv()
+
+    def revoke(self, model_id: int) -> None:
+        """The model is gone: forget it and the rings made for it."""
+        self.models.pop(model_id, None)
+        for kv_id in [k for k, e in self.kv.items() if e.model_id == model_id]:
+            self.free_kv(kv_id)
+        if self.native is not None:
+            self.native.remove_model(model_id)
 
 
 class GuestImports:
@@ -85,6 +128,17 @@ class GuestImports:
         self.backend = backend
         self.state = state
         self.memory: Callable[[], np.ndarray] = lambda: np.empty(0, np.uint8)
+
+    @staticmethod
+    def native_for(backend, models: dict[int, GrantedModel]):  # noqa: ANN001, ANN205
+        """The C versions of the forward imports for these models, when the backend's
+        kernels have them (the CPU backend), else None."""
+        if not isinstance(backend, CpuBackend):
+            return None
+        native = NativeImports()
+        for mid, g in models.items():
+            native.add_model(mid, backend.prepare(g.model), backend.n_threads)
+        return native
 
     # -- the table the engines bind -------------------------------------------------
 
@@ -113,7 +167,7 @@ class GuestImports:
         state = self.state
 
         def call(*args: int) -> int:
-            state.calls += 1
+            state._calls += 1
             try:
                 return fn(*args)
             except _Fail as e:
@@ -223,15 +277,11 @@ class GuestImports:
                 abi.ERR_NOMEM,
                 f"a {nbytes}-byte KV ring would exceed this guest's KV limit of {self.state.kv_limit} bytes",
             )
-        ring = self.backend.new_kv(model, n_ctx)
-        kv_id = self.state.next_kv_id
-        self.state.next_kv_id += 1
-        self.state.kv[kv_id] = KVEntry(model_id, ring, nbytes)
-        return kv_id
+        return self.state.add_kv(KVEntry(model_id, self.backend.new_kv(model, n_ctx), nbytes))
 
     def kv_free(self, kv_id: int) -> int:
         self._kv(kv_id)
-        del self.state.kv[kv_id & U64]
+        self.state.free_kv(kv_id & U64)
         return 0
 
     def kv_truncate(self, kv_id: int, n_pos: int) -> int:

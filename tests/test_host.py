@@ -29,9 +29,16 @@ def host(tiny):  # noqa: ANN001, ANN201
         yield h
 
 
-@pytest.fixture
-def guest(host, tiny, engine):  # noqa: ANN001, ANN201
-    with host.guest(models=[tiny], engine=engine, wasm=wat("proxy"), memory_limit=64 * PAGE) as g:
+@pytest.fixture(params=["native", "python"])
+def guest(host, tiny, engine, request):  # noqa: ANN001, ANN201
+    """The proxy guest; on wasmtime both with the forward imports in C (native) and in
+    Python (wasmer always uses the Python ones)."""
+    if engine == "wasmer" and request.param == "native":
+        pytest.skip("native imports are a wasmtime feature")
+    native = request.param == "native"
+    with host.guest(models=[tiny], engine=engine, wasm=wat("proxy"), memory_limit=64 * PAGE,
+                    native_imports=native) as g:  # fmt: skip
+        assert (g.state.native is not None) == (native and engine == "wasmtime")
         yield g
 
 

@@ -56,5 +56,14 @@ def resolve_engine(name: str) -> str:
     return name
 
 
-def open_instance(name: str, wasm: bytes, imports: dict[str, ImportSpec], limits: Limits) -> Instance:
-    return _load(resolve_engine(name))(wasm, imports, limits)
+def open_instance(
+    name: str, wasm: bytes, imports: dict[str, ImportSpec], limits: Limits, native: object = None
+) -> Instance:
+    """A new instance of wasm with imports bound. native (optional, wasmtime only): C
+    implementations of some imports, an object with `functions` (import name -> address
+    of a wasmtime unchecked callback), `env_address` (their env pointer) and
+    `bind_wasmtime_memory(memory, caller_context, memory_data, memory_size)`."""
+    engine = resolve_engine(name)
+    if engine == "wasmtime":
+        return _load(engine)(wasm, imports, limits, native)
+    return _load(engine)(wasm, imports, limits)

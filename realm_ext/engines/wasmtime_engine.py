@@ -50,6 +50,7 @@ _define_func_unchecked = ctypes.CFUNCTYPE(
 _caller_context = ctypes.CFUNCTYPE(_P, _P)(("wasmtime_caller_context", ffi.dll))
 _memory_data = ctypes.CFUNCTYPE(_P, _P, _P)(("wasmtime_memory_data", ffi.dll))
 _memory_data_size = ctypes.CFUNCTYPE(ctypes.c_size_t, _P, _P)(("wasmtime_memory_data_size", ffi.dll))
+_MEMORY_API = (_caller_context, _memory_data, _memory_data_size)  # for native imports
 
 
 class _Engines:
@@ -130,8 +131,9 @@ def _raw_callback(inst: WasmtimeInstance, params: tuple[str, ...], result: str, 
 class WasmtimeInstance:
     engine = "wasmtime"
 
-    def __init__(self, wasm: bytes, imports: dict[str, ImportSpec], limits: Limits):
+    def __init__(self, wasm: bytes, imports: dict[str, ImportSpec], limits: Limits, native: object = None):
         self.limits = limits
+        natives = native.functions if native is not None else {}
         use_fuel = limits.fuel is not None
         module = _SHARED.module(wasm, use_fuel)
         self._store = wasmtime.Store(_SHARED.engine(use_fuel))
@@ -165,11 +167,14 @@ class WasmtimeInstance:
                     str(t) for t in got.results
                 ] != [str(t) for t in want.results]:
                     raise GuestError(f"the guest imports env.{imp.name} with the wrong signature")
-                cb = _raw_callback(self, params, result, fn)
+                if imp.name in natives:  # a C callback: env is the native state
+                    cb, env = _UNCHECKED_CB(natives[imp.name]), native.env_address
+                else:
+                    cb, env = _raw_callback(self, params, result, fn), None
                 self._callbacks.append(cb)
                 name = imp.name.encode()
                 linker_p, type_p = ctypes.cast(linker.ptr(), _P), ctypes.cast(want.ptr(), _P)
-                err = _define_func_unchecked(linker_p, b"env", 3, name, len(name), type_p, cb, None, None)
+                err = _define_func_unchecked(linker_p, b"env", 3, name, len(name), type_p, cb, env, None)
                 if err:
                     ptr = ctypes.cast(err, ctypes.POINTER(ffi.wasmtime_error_t))
                     raise GuestError(f"cannot bind env.{imp.name}: {wasmtime.WasmtimeError._from_ptr(ptr)}")
@@ -188,6 +193,8 @@ class WasmtimeInstance:
                 raise GuestError("the guest neither imports env.memory nor exports 'memory'")
             self._memory = mem
         self._memory_addr = ctypes.addressof(self._memory._memory)  # the wasmtime_memory_t
+        if native is not None:
+            native.bind_wasmtime_memory(self._memory_addr, *(ctypes.cast(f, _P).value for f in _MEMORY_API))
         self._view_key: tuple[int, int] = (0, 0)
         self._view = np.empty(0, np.uint8)
 
