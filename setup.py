@@ -10,9 +10,10 @@ C_SOURCES = sorted(str(p) for p in Path("csrc").glob("*.c"))
 # -ffp-contract=off: no fused multiply-add where ggml has none, so the decoders are
 # bit-exact with ggml's. SIMD paths (later) choose their instruction set at run time
 # through target attributes, so the wheel itself needs no -march.
-# OpenMP threads the kernels over output rows (the GIL is released around every call).
-EXTRA_COMPILE_ARGS = ["-O3", "-std=gnu11", "-ffp-contract=off", "-fno-math-errno", "-Wall", "-fopenmp"]
-EXTRA_LINK_ARGS = ["-fopenmp"]
+# The kernels' loops run on one pthread pool (csrc/threadpool.c; the GIL is released
+# around every call).
+EXTRA_COMPILE_ARGS = ["-O3", "-std=gnu11", "-ffp-contract=off", "-fno-math-errno", "-Wall", "-pthread"]
+EXTRA_LINK_ARGS = ["-pthread"]
 
 kernels = Extension(
     "realm_ext._kernels",

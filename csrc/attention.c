@@ -1,8 +1,9 @@
 /* attention.c: causal grouped-query attention over a KV ring (see attention.h).
  *
  * Work item: one token and one KV head, i.e. the head_dim output rows of the query
- * heads that read that KV head; OpenMP hands the items to threads and each is computed
- * by one thread start to finish, so the result does not depend on the thread count.
+ * heads that read that KV head; the pool (threadpool.h) hands ranges of items to
+ * threads and each is computed by one thread start to finish, so the result does not
+ * depend on the thread count.
  * Per query head, over the window positions j in ascending order:
  *   s[j] = (f32 dot of q16 and K16[j]) * scale        (exact products, f32 sums)
  *   e[j] = expf(s[j] - max s);  sum = sum of e in double
@@ -19,11 +20,8 @@
 #include <stdint.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "fp16.h"
+#include "threadpool.h"
 
 /* f16 -> f32 without branches (exact for every finite value and infinity; NaNs stay
  * NaN), so that the head_dim loops below vectorize; realm_f16_to_f32 branches. The
@@ -145,6 +143,30 @@ static void attend_group(const realm_kv_ring *kv, int32_t layer, int64_t p, int3
     }
 }
 
+struct attend_job {
+    const realm_kv_ring *kv;
+    int32_t layer;
+    int64_t pos;
+    int32_t n_head, group;
+    const float *q;
+    float *out;
+    float *scratch; /* slice floats per thread */
+    int64_t slice;
+    row_convert_fn convert;
+};
+
+static void attend_items(void *ctx, int64_t i0, int64_t i1, int thread) {
+    const struct attend_job *j = ctx;
+    const int64_t n_kv = j->kv->n_head_kv, hd = j->kv->head_dim;
+    float *my_scratch = j->scratch + thread * j->slice;
+    for (int64_t i = i0; i < i1; i++) {
+        const int64_t t = i / n_kv;
+        const int32_t kvh = (int32_t)(i % n_kv);
+        const int64_t off = (t * j->n_head + (int64_t)kvh * j->group) * hd;
+        attend_group(j->kv, j->layer, j->pos + t, kvh, j->group, j->q + off, j->out + off, my_scratch, j->convert);
+    }
+}
+
 int realm_attention(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens, int32_t n_head,
                     const float *q, float *out, float *scratch, int n_threads) {
     if (kv == NULL || kv->k == NULL || kv->v == NULL || q == NULL || out == NULL || scratch == NULL) return -1;
@@ -159,25 +181,10 @@ int realm_attention(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t
     if (realm_kv_window_start(kv, pos) < kv->held_from[layer]) return -5;
 
     const int32_t group = n_head / kv->n_head_kv; /* query heads per KV head */
-    const int64_t slice = slice_floats(kv, group);
-    const int64_t n_items = n_tokens * kv->n_head_kv;
-    const int threads = n_items < n_threads ? (int)n_items : n_threads;
-    const row_convert_fn convert = pick_row_convert();
-    (void)threads; /* unused without OpenMP */
-
+    struct attend_job j = {kv, layer, pos, n_head, group, q, out, scratch, slice_floats(kv, group),
+                           pick_row_convert()};
     /* work item i: token i / n_head_kv, KV head i % n_head_kv, whose query heads
      * (kvh * group .. kvh * group + group - 1) are consecutive in q and out */
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (int64_t i = 0; i < n_items; i++) {
-#ifdef _OPENMP
-        float *my_scratch = scratch + omp_get_thread_num() * slice;
-#else
-        float *my_scratch = scratch;
-#endif
-        const int64_t t = i / kv->n_head_kv;
-        const int32_t kvh = (int32_t)(i % kv->n_head_kv);
-        const int64_t off = (t * n_head + (int64_t)kvh * group) * hd;
-        attend_group(kv, layer, pos + t, kvh, group, q + off, out + off, my_scratch, convert);
-    }
+    realm_parallel_for(n_tokens * kv->n_head_kv, n_threads, attend_items, &j);
     return 0;
 }

@@ -7,6 +7,7 @@
 #include "attention.h"
 #include "matmul.h"
 #include "ops.h"
+#include "threadpool.h"
 
 static int tensor_ok(const realm_tensor *t, int64_t n_rows, int64_t n_cols) {
     return t->data && t->n_rows == n_rows && t->n_cols == n_cols &&
@@ -88,28 +89,56 @@ static int same_rounding(const realm_tensor *a, const realm_tensor *b) {
     return realm_vec_dot_type(a->type) == realm_vec_dot_type(b->type);
 }
 
+/* The per-token steps, run over tokens in parallel when there are several (prefill);
+ * each token's arithmetic is the same whichever thread does it. */
+struct token_job {
+    const realm_llama_dims *d;
+    const float *in, *w; /* rmsnorm: rows in, weight w */
+    float *out;
+    realm_llama_scratch *s;
+    int64_t pos; /* rope: position of token 0 */
+};
+
+static void norm_rows(void *ctx, int64_t t0, int64_t t1, int thread) {
+    const struct token_job *j = ctx;
+    const int64_t E = j->d->n_embd;
+    (void)thread;
+    for (int64_t t = t0; t < t1; t++) realm_rmsnorm(j->in + t * E, j->w, j->out + t * E, E, j->d->rms_eps);
+}
+
+static void rope_rows(void *ctx, int64_t t0, int64_t t1, int thread) {
+    const struct token_job *j = ctx;
+    const realm_llama_dims *d = j->d;
+    const int64_t q_dim = (int64_t)d->n_head * d->head_dim, kv_dim = (int64_t)d->n_head_kv * d->head_dim;
+    (void)thread;
+    for (int64_t t = t0; t < t1; t++) {
+        realm_rope(j->s->q + t * q_dim, d->n_head, d->head_dim, d->rope_dim, j->pos + t, d->rope_base);
+        realm_rope(j->s->k + t * kv_dim, d->n_head_kv, d->head_dim, d->rope_dim, j->pos + t, d->rope_base);
+    }
+}
+
+static void swiglu_rows(void *ctx, int64_t t0, int64_t t1, int thread) {
+    const struct token_job *j = ctx;
+    const int64_t F = j->d->n_ff;
+    (void)thread;
+    for (int64_t t = t0; t < t1; t++) realm_swiglu(j->s->gate + t * F, j->s->up + t * F, j->s->gate + t * F, F);
+}
+
 /* one chunk of n <= max_tokens tokens */
 static int layer_chunk(const realm_llama_dims *d, const realm_llama_layer *L, int32_t layer, realm_kv_ring *kv,
                        int64_t pos, int64_t n, const float *x, float *out, realm_llama_scratch *s, int nt) {
-    const int64_t E = d->n_embd, q_dim = (int64_t)d->n_head * d->head_dim;
-    const int64_t kv_dim = (int64_t)d->n_head_kv * d->head_dim;
+    const int64_t E = d->n_embd;
     int rc;
 
     /* attention block: cur = norm(x); q, k, v = W cur; rope; append; attend; tmp = Wo att */
-    /* the per-token ops run over tokens in parallel when there are several (prefill);
-     * each token's arithmetic is the same whichever thread does it */
-#pragma omp parallel for num_threads(nt) schedule(static) if (n > 1 && nt > 1)
-    for (int64_t t = 0; t < n; t++) realm_rmsnorm(x + t * E, L->attn_norm, s->cur + t * E, E, d->rms_eps);
+    struct token_job tj = {d, x, L->attn_norm, s->cur, s, pos};
+    realm_parallel_for(n, nt, norm_rows, &tj);
     rc = mm(&L->wq, s->cur, n, s->q, s, nt, 0);
     /* wk and wv reuse the activations wq rounded when their vec dot types agree */
     if (!rc) rc = mm(&L->wk, s->cur, n, s->k, s, nt, same_rounding(&L->wq, &L->wk));
     if (!rc) rc = mm(&L->wv, s->cur, n, s->v, s, nt, same_rounding(&L->wk, &L->wv));
     if (rc) return -1;
-#pragma omp parallel for num_threads(nt) schedule(static) if (n > 1 && nt > 1)
-    for (int64_t t = 0; t < n; t++) {
-        realm_rope(s->q + t * q_dim, d->n_head, d->head_dim, d->rope_dim, pos + t, d->rope_base);
-        realm_rope(s->k + t * kv_dim, d->n_head_kv, d->head_dim, d->rope_dim, pos + t, d->rope_base);
-    }
+    realm_parallel_for(n, nt, rope_rows, &tj);
     rc = realm_kv_append(kv, layer, pos, n, s->k, s->v);
     if (rc) return rc;
     rc = realm_attention(kv, layer, pos, n, d->n_head, s->q, s->att, s->att_scratch, nt);
@@ -118,14 +147,13 @@ static int layer_chunk(const realm_llama_dims *d, const realm_llama_layer *L, in
     realm_add(s->tmp, x, out, n * E); /* out = x + attention (the residual) */
 
     /* feed-forward block: cur = norm(out); out += down(silu(gate cur) * up cur) */
-#pragma omp parallel for num_threads(nt) schedule(static) if (n > 1 && nt > 1)
-    for (int64_t t = 0; t < n; t++) realm_rmsnorm(out + t * E, L->ffn_norm, s->cur + t * E, E, d->rms_eps);
+    tj.in = out;
+    tj.w = L->ffn_norm;
+    realm_parallel_for(n, nt, norm_rows, &tj);
     rc = mm(&L->w_gate, s->cur, n, s->gate, s, nt, 0);
     if (!rc) rc = mm(&L->w_up, s->cur, n, s->up, s, nt, same_rounding(&L->w_gate, &L->w_up));
     if (rc) return -1;
-#pragma omp parallel for num_threads(nt) schedule(static) if (n > 1 && nt > 1)
-    for (int64_t t = 0; t < n; t++)
-        realm_swiglu(s->gate + t * d->n_ff, s->up + t * d->n_ff, s->gate + t * d->n_ff, d->n_ff);
+    realm_parallel_for(n, nt, swiglu_rows, &tj);
     if (mm(&L->w_down, s->gate, n, s->tmp, s, nt, 0)) return -1;
     realm_add(s->tmp, out, out, n * E);
     return 0;

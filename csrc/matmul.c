@@ -1,10 +1,12 @@
 /* matmul.c: see matmul.h. */
 #include "matmul.h"
 
+#include <stdatomic.h>
 #include <stddef.h>
 
 #include "act_quant.h"
 #include "ggml_blocks.h"
+#include "threadpool.h"
 #include "vec_dot.h"
 
 /* Output rows per work item (a multiple of 8, the rows of the 8-row kernels): small
@@ -36,15 +38,28 @@ int64_t realm_matmul_scratch_bytes(int wtype, int64_t n_cols, int64_t n_tokens) 
     return rb * n_tokens;
 }
 
+struct round_job {
+    int act_type;
+    const float *x;
+    int64_t n_cols, row_bytes;
+    char *xq;
+    atomic_int failed;
+};
+
+static void round_rows(void *ctx, int64_t t0, int64_t t1, int thread) {
+    struct round_job *j = ctx;
+    (void)thread;
+    for (int64_t t = t0; t < t1; t++)
+        if (realm_quantize_act_row(j->act_type, j->x + t * j->n_cols, j->xq + t * j->row_bytes, j->n_cols))
+            atomic_store(&j->failed, 1);
+}
+
 int realm_quantize_acts(int wtype, const float *x, int64_t n_cols, int64_t n_tokens, void *xq, int n_threads) {
-    const int at = realm_vec_dot_type(wtype);
     const int64_t rb = realm_matmul_scratch_bytes(wtype, n_cols, 1);
     if (rb < 0 || n_tokens < 0) return -1;
-    int rc = 0;
-#pragma omp parallel for num_threads(n_threads) schedule(static) if (n_tokens > 1 && n_threads > 1) reduction(| : rc)
-    for (int64_t t = 0; t < n_tokens; t++)
-        rc |= realm_quantize_act_row(at, x + t * n_cols, (char *)xq + t * rb, n_cols);
-    return rc ? -1 : 0;
+    struct round_job j = {realm_vec_dot_type(wtype), x, n_cols, rb, xq, 0};
+    realm_parallel_for(n_tokens, n_threads, round_rows, &j);
+    return atomic_load(&j.failed) ? -1 : 0;
 }
 
 struct kernels {
@@ -69,6 +84,30 @@ static void tile(const struct kernels *k, int64_t n_cols, const char *w, int64_t
     }
 }
 
+struct matmul_job {
+    const struct kernels *k;
+    const char *w;
+    int64_t wrb;
+    const char *xq;
+    int64_t arb, n_rows, n_cols, n_tokens, rows_per_block;
+    float *y;
+    int64_t ldy;
+};
+
+/* row blocks [b0, b1): every token over each block, TOKENS_PER_PASS at a time */
+static void matmul_blocks(void *ctx, int64_t b0, int64_t b1, int thread) {
+    const struct matmul_job *j = ctx;
+    (void)thread;
+    for (int64_t b = b0; b < b1; b++) {
+        const int64_t r0 = b * j->rows_per_block;
+        const int64_t r1 = r0 + j->rows_per_block < j->n_rows ? r0 + j->rows_per_block : j->n_rows;
+        for (int64_t t0 = 0; t0 < j->n_tokens; t0 += TOKENS_PER_PASS) {
+            const int nt = j->n_tokens - t0 < TOKENS_PER_PASS ? (int)(j->n_tokens - t0) : TOKENS_PER_PASS;
+            tile(j->k, j->n_cols, j->w, j->wrb, r0, r1, j->xq + t0 * j->arb, j->arb, nt, j->y + t0 * j->ldy, j->ldy);
+        }
+    }
+}
+
 int realm_matmul_q(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const void *xq, int64_t n_tokens,
                    float *y, int64_t ldy, int n_threads) {
     const int64_t wrb = weight_row_bytes(wtype, n_cols);
@@ -78,16 +117,8 @@ int realm_matmul_q(const void *w, int wtype, int64_t n_rows, int64_t n_cols, con
                               realm_get_vec_dot_8r(wtype, isa)};
     if (wrb < 0 || arb < 0 || !k.dot || n_rows < 0 || n_tokens < 0 || ldy < n_rows) return -1;
     const int64_t rpb = rows_per_block(n_rows, n_tokens, n_threads);
-    const int64_t n_blocks = (n_rows + rpb - 1) / rpb;
-#pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)
-    for (int64_t b = 0; b < n_blocks; b++) {
-        const int64_t r0 = b * rpb;
-        const int64_t r1 = r0 + rpb < n_rows ? r0 + rpb : n_rows;
-        for (int64_t t0 = 0; t0 < n_tokens; t0 += TOKENS_PER_PASS) {
-            const int nt = n_tokens - t0 < TOKENS_PER_PASS ? (int)(n_tokens - t0) : TOKENS_PER_PASS;
-            tile(&k, n_cols, w, wrb, r0, r1, (const char *)xq + t0 * arb, arb, nt, y + t0 * ldy, ldy);
-        }
-    }
+    struct matmul_job j = {&k, w, wrb, (const char *)xq, arb, n_rows, n_cols, n_tokens, rpb, y, ldy};
+    realm_parallel_for((n_rows + rpb - 1) / rpb, n_threads, matmul_blocks, &j);
     return 0;
 }
 

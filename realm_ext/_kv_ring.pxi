@@ -226,7 +226,7 @@ def attention(KVRing kv not None, int layer, int64_t pos, q, out=None, n_threads
     q: float32 C-contiguous (n_tokens, n_head, head_dim), n_head a multiple of n_head_kv;
     the tokens sit at positions pos .. pos+n_tokens-1, whose K/V are already appended.
     out: float32 C-contiguous like q (not overlapping it), allocated when None; returned.
-    n_threads: OpenMP threads, 0 for os.cpu_count(). Emulates ggml's CPU attention
+    n_threads: threads (of the kernels' pool), 0 for os.cpu_count(). Emulates ggml's CPU attention
     (see attention.h): q and the probabilities rounded to f16, f32 sums.
     """
     cdef realm_kv_ring *ring = kv._ring

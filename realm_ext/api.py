@@ -346,8 +346,7 @@ class Guest:
             pending.append(done)
             ready.set()
 
-        if self._runner is None:  # one long-lived thread per guest: a fresh thread per
-            # call would also make OpenMP start a fresh team, and run slower here
+        if self._runner is None:  # one long-lived thread per guest, not one per call
             self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="realm-guest")
         worker = self._runner.submit(run)
         try:
