@@ -6,7 +6,8 @@
  * depend on the thread count.
  * Per query head, over the window positions j in ascending order:
  *   s[j] = (f32 dot of q16 and K16[j]) * scale        (exact products, f32 sums)
- *   e[j] = expf(s[j] - max s);  sum = sum of e in double
+ *   e[j] = exp(s[j] - max s) (ggml's vectorized expf, realm_expf_ggml);
+ *   sum  = sums of 16 e's in float (cache cells aligned at 16), those in double
  *   p[j] = f16(e[j] * (float)(1.0 / sum))
  *   out  = sum_j p[j] * V16[j], accumulated in f32 one position at a time
  * Built with -ffp-contract=off: no fused multiply-adds, as in ggml's scalar semantics.
@@ -21,6 +22,7 @@
 #include <string.h>
 
 #include "fp16.h"
+#include "ops.h"
 #include "threadpool.h"
 
 /* f16 -> f32 without branches (exact for every finite value and infinity; NaNs stay
@@ -78,6 +80,33 @@ static row_convert_fn pick_row_convert(void) {
     return row_f16_to_f32_portable;
 }
 
+/* 16 floats added in the order of a 16-lane horizontal reduction (halves, quarters,
+ * then the two pairs) */
+static float reduce16(const float *v) {
+    float t8[8], t4[4];
+    for (int i = 0; i < 8; i++) t8[i] = v[i + 8] + v[i];
+    for (int i = 0; i < 4; i++) t4[i] = t8[i + 4] + t8[i];
+    return (t4[0] + t4[2]) + (t4[1] + t4[3]);
+}
+
+/* s[0..n) := exp(s - max) for the window starting at position `first`; returns their
+ * sum as ggml's softmax forms it: per 16 cache cells (cell = position, groups aligned
+ * at multiples of 16; cells outside the window are 0) in float, the groups in double. */
+static double exp_and_sum(float *restrict s, int64_t n, int64_t first, float max) {
+    double sum = 0.0;
+    float lanes[16];
+    for (int64_t j = 0; j < n;) {
+        memset(lanes, 0, sizeof lanes);
+        do {
+            s[j] = realm_expf_ggml(s[j] - max);
+            lanes[(first + j) % 16] = s[j];
+            j++;
+        } while (j < n && (first + j) % 16);
+        sum += (double)reduce16(lanes);
+    }
+    return sum;
+}
+
 /* floats of one thread's scratch slice, rounded up to 64 bytes (no false sharing) */
 static int64_t slice_floats(const realm_kv_ring *kv, int32_t group) {
     return ((int64_t)group * (kv->capacity + kv->head_dim) + kv->head_dim + 15) / 16 * 16;
@@ -124,12 +153,7 @@ static void attend_group(const realm_kv_ring *kv, int32_t layer, int64_t p, int3
     for (int32_t h = 0; h < group; h++) {
         float *sh = s + h * cap, max = -INFINITY;
         for (int64_t j = 0; j < n; j++) max = sh[j] > max ? sh[j] : max;
-        double sum = 0.0;
-        for (int64_t j = 0; j < n; j++) {
-            sh[j] = expf(sh[j] - max);
-            sum += (double)sh[j];
-        }
-        const float inv = (float)(1.0 / sum);
+        const float inv = (float)(1.0 / exp_and_sum(sh, n, first, max));
         for (int64_t j = 0; j < n; j++) sh[j] = realm_f16_to_f32(realm_f32_to_f16(sh[j] * inv));
     }
     for (int64_t i = 0; i < group * hd; i++) out[i] = 0.0f;

@@ -35,8 +35,22 @@ void realm_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, i
     }
 }
 
+float realm_expf_ggml(float x) {
+    const float shifter = 0x1.8p23f; /* adding it rounds to an integer (|x log2 e| < 2^22) */
+    const float n = fmaf(x, 0x1.715476p+0f, shifter) - shifter;
+    const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x)); /* x - n ln 2, in two parts */
+    if (fabsf(n) > 192.0f) return n <= 0.0f ? 0.0f : INFINITY;
+    const float u = b * b;
+    const float p = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
+                         fmaf(0x1.ffffecp-1f, b, 1.0f));
+    return ldexpf(p, (int)n);
+}
+
 void realm_swiglu(const float *gate, const float *up, float *out, int64_t n) {
-    for (int64_t i = 0; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+    const int64_t n16 = n - n % 16; /* ggml's 16-lane part; its tail uses libm's expf */
+    int64_t i = 0;
+    for (; i < n16; i++) out[i] = gate[i] / (1.0f + realm_expf_ggml(0.0f - gate[i])) * up[i];
+    for (; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
 void realm_add(const float *a, const float *b, float *out, int64_t n) {

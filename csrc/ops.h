@@ -20,6 +20,13 @@ void realm_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, i
 /* out = silu(gate) * up, silu(g) = g / (1 + exp(-g)). */
 void realm_swiglu(const float *gate, const float *up, float *out, int64_t n);
 
+/* e^x as ggml's vectorized expf computes it in an AVX-512 build (used by its softmax
+ * and SiLU): n = round(x log2 e), b = x - n ln 2 in two parts, a degree-5 polynomial
+ * in FMAs, scaled by 2^n; 0 or infinity when |n| > 192. Each step is one IEEE
+ * operation, so this scalar version has the bits of the 16-lane one (max error
+ * ~1.5 ulp against the exact e^x). */
+float realm_expf_ggml(float x);
+
 /* out = a + b */
 void realm_add(const float *a, const float *b, float *out, int64_t n);
 

@@ -78,3 +78,13 @@ realm_vec_dot_8r_fn realm_get_vec_dot_8r(int wtype, int isa) {
     default: return NULL;
     }
 }
+
+realm_vec_dot_fn realm_get_vec_dot_gemm(int wtype, int isa) {
+    switch (kernel_level(wtype, isa)) {
+#if defined(__x86_64__) || defined(__i386__)
+    case REALM_ISA_AVX512: return realm_vec_dot_gemm_table_avx512()[wtype];
+    case REALM_ISA_AVX2: return realm_vec_dot_gemm_table_avx2()[wtype];
+#endif
+    default: return NULL;
+    }
+}

@@ -57,6 +57,11 @@ realm_vec_dot_nx_fn realm_get_vec_dot_nx(int wtype, int isa);
  * where that ISA has none (the caller uses the single-row kernels). */
 realm_vec_dot_8r_fn realm_get_vec_dot_8r(int wtype, int isa);
 
+/* For several tokens at once (n_cols a multiple of 16): the float-row kernel in the
+ * order llama.cpp's batched matmul (llamafile's tinyBLAS) sums, where this ISA level
+ * mirrors one (AVX-512: f32, f16, bf16); NULL elsewhere (use realm_get_vec_dot). */
+realm_vec_dot_fn realm_get_vec_dot_gemm(int wtype, int isa);
+
 /* Per-ISA tables, indexed by ggml type id; NULL entries fall back. */
 extern const realm_vec_dot_fn realm_vec_dot_scalar[REALM_N_TYPES];
 const realm_vec_dot_fn *realm_vec_dot_table_avx2(void);
@@ -65,5 +70,7 @@ const realm_vec_dot_nx_fn *realm_vec_dot_nx_table_avx2(void);
 const realm_vec_dot_nx_fn *realm_vec_dot_nx_table_avx512(void);
 const realm_vec_dot_8r_fn *realm_vec_dot_8r_table_avx2(void);
 const realm_vec_dot_8r_fn *realm_vec_dot_8r_table_avx512(void);
+const realm_vec_dot_fn *realm_vec_dot_gemm_table_avx2(void);
+const realm_vec_dot_fn *realm_vec_dot_gemm_table_avx512(void);
 
 #endif

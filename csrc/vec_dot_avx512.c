@@ -3,6 +3,7 @@
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")
 #define REALM_X86_VNNI 1
+#define REALM_X86_GGML16 1 /* float rows in an AVX-512 llama.cpp build's order */
 #include "vec_dot_x86.h"
 
 REALM_X86_DEFINE_TABLES(avx512)

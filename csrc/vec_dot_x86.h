@@ -150,6 +150,24 @@ static inline __m256i x86_scale_pair(int a, int b) {
 
 /* ---- f32 / f16 / bf16: convert to f32 and FMA, 32 elements per step --------------- */
 
+static inline __m256 x86_load_f16(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+/* bf16 is the top half of an f32: zero-extend to 32 bits and shift left by 16 */
+static inline __m256 x86_load_bf16(const uint16_t *p) {
+    const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+static inline float x86_bf16(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+#ifndef REALM_X86_GGML16
 static void x86_dot_f32(int64_t n, float *s, const void *w, const void *a) {
     const float *x = w, *y = a;
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
@@ -161,10 +179,6 @@ static void x86_dot_f32(int64_t n, float *s, const void *w, const void *a) {
     float sum = x86_hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
     for (; i < n; i++) sum += x[i] * y[i];
     *s = sum;
-}
-
-static inline __m256 x86_load_f16(const uint16_t *p) {
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
 }
 
 /* f16 and bf16 rows: convert 8 at a time to f32 and FMA into 4 accumulators */
@@ -182,21 +196,77 @@ static inline __m256 x86_load_f16(const uint16_t *p) {
         *s = sum;                                                                                          \
     }
 X86_DEFINE_DOT_HALF(f16, x86_load_f16, x86_f16)
-
-/* bf16 is the top half of an f32: zero-extend to 32 bits and shift left by 16 */
-static inline __m256 x86_load_bf16(const uint16_t *p) {
-    const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-}
-
-static inline float x86_bf16(uint16_t h) {
-    const uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 X86_DEFINE_DOT_HALF(bf16, x86_load_bf16, x86_bf16)
+#endif /* !REALM_X86_GGML16 */
+
+/* ---- f32 / f16 / bf16 in llama.cpp's float order for an AVX-512 build ---------------
+ * The tables of vec_dot_avx512.c sum float rows the way llama.cpp's CPU backend does
+ * when built for AVX-512 (16-lane vectors; modelled as 8-lane pairs: per lane the same
+ * operations, and x86_hsum_ps(lo + hi) is _mm512_reduce_add_ps):
+ *   one token (ggml_vec_dot_f32 / _f16): 4 accumulators of 16 lanes over steps of 64,
+ *     FMA; reduced as (a0 + a2) + (a1 + a3); the tail added in double.
+ *   one token, bf16 (ggml_vec_dot_bf16 without AVX512_BF16): 2 accumulators of 16 lanes
+ *     over steps of 32, multiply then add; each reduced and added in double; tail in
+ *     double.
+ *   several tokens (llamafile's tinyBLAS, rows a multiple of 16): one accumulator of 16
+ *     lanes per output, FMA, then reduced. */
+#ifdef REALM_X86_GGML16
+#define X86_DEFINE_DOT_G16(name, T, load, scalar)                                                          \
+    static void x86_dot_g16_##name(int64_t n, float *s, const void *w, const void *a) {                     \
+        const T *x = w, *y = a;                                                                            \
+        __m256 acc[4][2];                                                                                  \
+        for (int j = 0; j < 4; j++) acc[j][0] = acc[j][1] = _mm256_setzero_ps();                           \
+        const int64_t np = n & ~(int64_t)63;                                                               \
+        for (int64_t i = 0; i < np; i += 64)                                                               \
+            for (int j = 0; j < 4; j++)                                                                    \
+                for (int h = 0; h < 2; h++)                                                                \
+                    acc[j][h] = _mm256_fmadd_ps(load(x + i + 16 * j + 8 * h), load(y + i + 16 * j + 8 * h), \
+                                                acc[j][h]);                                                \
+        for (int h = 0; h < 2; h++) {                                                                      \
+            acc[0][h] = _mm256_add_ps(acc[0][h], acc[2][h]);                                               \
+            acc[1][h] = _mm256_add_ps(acc[1][h], acc[3][h]);                                               \
+            acc[0][h] = _mm256_add_ps(acc[0][h], acc[1][h]);                                               \
+        }                                                                                                  \
+        double sum = x86_hsum_ps(_mm256_add_ps(acc[0][0], acc[0][1]));                                     \
+        for (int64_t i = np; i < n; i++) sum += (double)(scalar(x[i]) * scalar(y[i]));                      \
+        *s = (float)sum;                                                                                   \
+    }
+#define X86_DEFINE_GEMM_G16(name, T, load)                                                                 \
+    static void x86_gemm_g16_##name(int64_t n, float *s, const void *w, const void *a) {                    \
+        const T *x = w, *y = a;                                                                            \
+        __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();                                         \
+        for (int64_t i = 0; i < n; i += 16) {                                                              \
+            lo = _mm256_fmadd_ps(load(x + i), load(y + i), lo);                                            \
+            hi = _mm256_fmadd_ps(load(x + i + 8), load(y + i + 8), hi);                                    \
+        }                                                                                                  \
+        *s = x86_hsum_ps(_mm256_add_ps(lo, hi));                                                           \
+    }
+
+static inline float x86_f32(float v) { return v; }
+X86_DEFINE_DOT_G16(f32, float, _mm256_loadu_ps, x86_f32)
+X86_DEFINE_DOT_G16(f16, uint16_t, x86_load_f16, x86_f16)
+X86_DEFINE_GEMM_G16(f32, float, _mm256_loadu_ps)
+X86_DEFINE_GEMM_G16(f16, uint16_t, x86_load_f16)
+X86_DEFINE_GEMM_G16(bf16, uint16_t, x86_load_bf16)
+
+/* bf16, one token: 2 accumulators, multiply then add (see above) */
+static void x86_dot_g16_bf16(int64_t n, float *s, const void *w, const void *a) {
+    const uint16_t *x = w, *y = a;
+    __m256 c1[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, c2[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int h = 0; h < 2; h++) {
+            c1[h] = _mm256_add_ps(_mm256_mul_ps(x86_load_bf16(x + i + 8 * h), x86_load_bf16(y + i + 8 * h)), c1[h]);
+            c2[h] = _mm256_add_ps(_mm256_mul_ps(x86_load_bf16(x + i + 16 + 8 * h), x86_load_bf16(y + i + 16 + 8 * h)),
+                                  c2[h]);
+        }
+    double sum = 0;
+    sum += x86_hsum_ps(_mm256_add_ps(c1[0], c1[1]));
+    sum += x86_hsum_ps(_mm256_add_ps(c2[0], c2[1]));
+    for (; i < n; i++) sum += (double)(x86_bf16(x[i]) * x86_bf16(y[i]));
+    *s = (float)sum;
+}
+#endif /* REALM_X86_GGML16 */
 
 /* ---- 32-element block formats: one block = one 32-byte vector -------------------- */
 
@@ -819,8 +889,19 @@ static inline __attribute__((always_inline)) void x86_q6_K_rows(int64_t n, float
 }
 X86_DEFINE_DOTS(q6_K)
 
+#ifdef REALM_X86_GGML16
+#define X86_FLOAT_ENTRIES \
+    [REALM_TYPE_F32] = x86_dot_g16_f32, [REALM_TYPE_F16] = x86_dot_g16_f16, [REALM_TYPE_BF16] = x86_dot_g16_bf16
+/* several tokens at once: tinyBLAS's order (rows must be a multiple of 16) */
+#define REALM_X86_GEMM_TABLE_ENTRIES \
+    [REALM_TYPE_F32] = x86_gemm_g16_f32, [REALM_TYPE_F16] = x86_gemm_g16_f16, [REALM_TYPE_BF16] = x86_gemm_g16_bf16
+#else
+#define X86_FLOAT_ENTRIES [REALM_TYPE_F32] = x86_dot_f32, [REALM_TYPE_F16] = x86_dot_f16, [REALM_TYPE_BF16] = x86_dot_bf16
+#define REALM_X86_GEMM_TABLE_ENTRIES 0
+#endif
+
 #define REALM_X86_TABLE_ENTRIES                                                                          \
-    [REALM_TYPE_F32] = x86_dot_f32, [REALM_TYPE_F16] = x86_dot_f16, [REALM_TYPE_BF16] = x86_dot_bf16,    \
+    X86_FLOAT_ENTRIES,                                                                                   \
     [REALM_TYPE_Q4_0] = x86_dot_q4_0, [REALM_TYPE_Q4_1] = x86_dot_q4_1, [REALM_TYPE_Q5_0] = x86_dot_q5_0, \
     [REALM_TYPE_Q5_1] = x86_dot_q5_1, [REALM_TYPE_Q8_0] = x86_dot_q8_0, [REALM_TYPE_Q2_K] = x86_dot_q2_K, \
     [REALM_TYPE_Q3_K] = x86_dot_q3_K, [REALM_TYPE_Q4_K] = x86_dot_q4_K, [REALM_TYPE_Q5_K] = x86_dot_q5_K, \
@@ -838,6 +919,8 @@ X86_DEFINE_DOTS(q6_K)
     static const realm_vec_dot_fn table[REALM_N_TYPES] = {REALM_X86_TABLE_ENTRIES};                        \
     static const realm_vec_dot_nx_fn nx_table[REALM_N_TYPES] = {REALM_X86_NX_TABLE_ENTRIES};               \
     static const realm_vec_dot_8r_fn r8_table[REALM_N_TYPES] = {REALM_X86_8R_TABLE_ENTRIES};               \
+    static const realm_vec_dot_fn gemm_table[REALM_N_TYPES] = {REALM_X86_GEMM_TABLE_ENTRIES};              \
+    const realm_vec_dot_fn *realm_vec_dot_gemm_table_##isa(void) { return gemm_table; }                     \
     const realm_vec_dot_fn *realm_vec_dot_table_##isa(void) { return table; }                              \
     const realm_vec_dot_nx_fn *realm_vec_dot_nx_table_##isa(void) { return nx_table; }                     \
     const realm_vec_dot_8r_fn *realm_vec_dot_8r_table_##isa(void) { return r8_table; }

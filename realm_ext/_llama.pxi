@@ -238,7 +238,19 @@ cdef extern from "ops.h":
     void realm_rmsnorm(const float *x, const float *w, float *out, int64_t n, float eps) nogil
     void realm_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, int64_t pos, float base) nogil
     void realm_swiglu(const float *gate, const float *up, float *out, int64_t n) nogil
+    float realm_expf_ggml(float x) nogil
     int REALM_ROPE_MAX_DIM
+
+
+def expf_ggml(const float[::1] x) -> np.ndarray:
+    """e^x elementwise as ggml's vectorized expf computes it (ops.h), float32."""
+    out = np.empty(x.shape[0], dtype=np.float32)
+    cdef float[::1] o = out
+    cdef int64_t i
+    with nogil:
+        for i in range(x.shape[0]):
+            o[i] = realm_expf_ggml(x[i])
+    return out
 
 
 def rmsnorm(const float[:, ::1] x, const float[::1] w, float eps, float[:, ::1] out=None):

@@ -2,20 +2,19 @@
 
 Two references, both from the K/V rows as appended (not from the ring's storage):
 - `emulated`: ggml's CPU steps (q, K, V and the probabilities rounded to f16, f32
-  scores, expf, a double sum). With q and K on a 1/16 grid the f32 dot products are
-  exact in any order, so the kernel must agree to f32 rounding of its output sums.
+  scores, ggml's expf, sums of 16 in float then in double). With q and K on a 1/16
+  grid the f32 dot products are exact in any order, so the kernel must agree to f32
+  rounding of its output sums. The exponentials come from the kernels' own expf_ggml,
+  which test_expf_ggml checks against float64 on its own.
 - `plain`: softmax attention in float64 with no rounding at all: the kernel is an f16
   computation, so it agrees to about 1e-3.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-
 import numpy as np
 import pytest
-from realm_ext._kernels import KVRing, attention
+from realm_ext._kernels import KVRing, attention, expf_ggml
 
 
 def grid(rng: np.random.Generator, shape) -> np.ndarray:
@@ -28,13 +27,17 @@ def normal(rng: np.random.Generator, shape) -> np.ndarray:
     return rng.standard_normal(shape).astype(np.float32)
 
 
-# The C library's expf, which the kernel calls: a correctly rounded exp (numpy's, or
-# float64 rounded) differs from it by an ulp now and then, enough to move a
-# probability across an f16 rounding step.
-_libm = ctypes.CDLL(ctypes.util.find_library("m"))
-_libm.expf.restype = ctypes.c_float
-_libm.expf.argtypes = [ctypes.c_float]
-expf = np.frompyfunc(lambda x: _libm.expf(float(x)), 1, 1)
+def sum_by_16(e: np.ndarray, first: int) -> float:
+    """ggml's softmax sum: e[j] sits in cache cell first + j; per 16 cells (aligned at
+    multiples of 16, empty cells 0) a 16-lane float reduction, those added in double."""
+    cells = np.zeros(-(-(first + e.size) // 16) * 16, np.float32)
+    cells[first : first + e.size] = e
+    total = 0.0
+    for lanes in cells.reshape(-1, 16)[first // 16 :]:
+        t8 = lanes[8:] + lanes[:8]
+        t4 = t8[4:] + t8[:4]
+        total += float((t4[0] + t4[2]) + (t4[1] + t4[3]))
+    return total
 
 
 def reference(q, k_hist, v_hist, pos, capacity, *, emulate):
@@ -54,8 +57,8 @@ def reference(q, k_hist, v_hist, pos, capacity, *, emulate):
             s = k @ q[t, h].astype(np.float64)
             if emulate:  # the f32 steps of ggml's softmax; s is exact here (grid inputs)
                 s = s.astype(np.float32) * scale
-                e = expf(s - s.max()).astype(np.float32)
-                prob = (e * np.float32(1.0 / e.astype(np.float64).sum())).astype(np.float16)
+                e = expf_ggml(np.ascontiguousarray(s - s.max(), np.float32))
+                prob = (e * np.float32(1.0 / sum_by_16(e, window.start))).astype(np.float16)
             else:
                 e = np.exp(s / np.sqrt(hd) - (s / np.sqrt(hd)).max())
                 prob = e / e.sum()
@@ -200,3 +203,18 @@ def test_bad_inputs_raise(rng):
         attention(kv, 0, 1, q)  # positions 1..3, n_pos 3
     with pytest.raises(IndexError, match="not all appended"):
         attention(kv, 0, -1, q[:1])
+
+
+def test_expf_ggml(rng) -> None:
+    """ggml's expf (the kernels' softmax and SiLU use it): within 3 ulp of e^x over the
+    range a softmax and a SiLU see, 0 far below it, infinity above."""
+    x = np.concatenate([rng.uniform(-87, 88, 100_000), rng.uniform(-1, 1, 10_000), [0.0, -0.0]]).astype(
+        np.float32
+    )
+    got = expf_ggml(x).astype(np.float64)
+    want = np.exp(x.astype(np.float64))
+    ulp = np.spacing(want.astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(got - want) / ulp) <= 3.0  # measured: 2.2
+    assert expf_ggml(np.array([0.0], np.float32))[0] == 1.0
+    assert expf_ggml(np.array([-200.0, -np.inf], np.float32)).tolist() == [0.0, 0.0]
+    assert expf_ggml(np.array([200.0, np.inf], np.float32)).tolist() == [np.inf, np.inf]

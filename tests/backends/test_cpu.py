@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ helper
 
 from ggml_emulation import GgmlEmulation  # noqa: E402
 
-from realm_ext import _kernels  # noqa: E402
+from realm_ext import _kernels, kernels  # noqa: E402
 from realm_ext.backends.cpu import CpuBackend  # noqa: E402
 from realm_ext.model import load_gguf  # noqa: E402
 from realm_ext.quantizer import RECIPES  # noqa: E402
@@ -65,8 +65,10 @@ def test_decode_one_token_at_a_time_equals_prefill(model_path, backend: CpuBacke
             for i in range(c.n_layer):
                 backend.forward_layer(m, i, x, p, kv, x)  # out aliases x
             backend.forward_lm_head(m, x, logits)
-            # same values, different chunking: identical up to float order
-            assert rel(logits[0], batch[p].astype(np.float64)) < 1e-5, p
+            # same values, different chunking: identical up to float order (float
+            # weights: one token sums as ggml's vec_dot, several as its tinyBLAS)
+            tol = 1e-4 if recipe in ("F32", "F16", "BF16") else 1e-5
+            assert rel(logits[0], batch[p].astype(np.float64)) < tol, p
         assert kv.n_pos == (len(toks),) * c.n_layer or list(kv.n_pos) == [len(toks)] * c.n_layer
 
 
@@ -153,6 +155,11 @@ def test_bad_calls_raise(model_path, backend: CpuBackend) -> None:
 # ---- llama.cpp parity ----------------------------------------------------------------------
 
 N_PROMPT = 16
+# Measured on this project's machine (AVX-512, llama-cpp-python 0.3.36 built native):
+# bit-identical prompt logits; and the types whose K-quant dots still differ from
+# llama.cpp's batched ones in the last bits (a flip moves a prompt by ~1e-2).
+BITWISE_ON_AVX512 = ("BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+FLIPS_ON_AVX512 = ("Q3_K", "Q5_K", "Q5_K_M")
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +207,13 @@ def test_prompt_logits_match_llama_cpp(
     per_prompt = ", ".join(f"{e:.1e}" for e in errs)
     print(f"{recipe}: relative L2 vs llama.cpp per prompt [{per_prompt}]; rows within 1e-5: {exact:.0%}")
     assert rows_all.max() < 5e-2
+    if kernels.cpu_isa() == "avx512":
+        # our kernels follow an AVX-512 llama.cpp build's float order (vec_dot.h,
+        # ops.h: its expf), so these agree bit for bit or to ~1e-5, every prompt
+        if recipe in BITWISE_ON_AVX512:
+            assert rows_all.max() == 0.0
+        elif recipe not in FLIPS_ON_AVX512:
+            assert max(errs) <= 1e-3
     if recipe in ("F32", "F16", "BF16"):
         # no Q8 step to amplify a flip, but many small ones (f16 probabilities, 11- and
         # 8-bit activations): few rows are exact, every prompt is close
