@@ -58,10 +58,20 @@ class KernelError(RuntimeError):
         self.code = code
 
 
-cdef realm_tensor _tensor(entry) except *:
-    """entry: (raw uint8 (rows, row_bytes) array, ggml type id, n_rows, n_cols)"""
+cdef realm_tensor _tensor(entry, str name) except *:
+    """entry: (raw uint8 (rows, row_bytes) array, ggml type id, n_rows, n_cols), checked:
+    the C code reads n_rows rows of n_cols elements of that type from raw."""
     raw, ggml_type, n_rows, n_cols = entry
     cdef const uint8_t[:, ::1] view = raw
+    n_rows, n_cols = operator.index(n_rows), operator.index(n_cols)
+    if n_rows < 1 or n_cols < 1:
+        raise ValueError(f"tensor {name}: {n_rows} x {n_cols} is empty")
+    rb = _row_bytes(ggml_type, n_cols)
+    if view.shape[0] != n_rows or view.shape[1] != rb:
+        raise ValueError(
+            f"tensor {name}: raw is {view.shape[0]} x {view.shape[1]} bytes, "
+            f"expected {n_rows} x {rb} for {n_rows} rows of {n_cols} elements of type id {ggml_type}"
+        )
     cdef realm_tensor t
     t.data = &view[0, 0]
     t.type = ggml_type
@@ -99,6 +109,9 @@ cdef class LlamaRuntime:
         pthread_mutex_init(&self.lock, NULL)
 
     def __init__(self, dict dims, int n_layer, dict tensors, dict norms, int max_tokens=64):
+        if self.layers != NULL:
+            # the native host may hold pointers into this runtime: never rebuild one
+            raise ValueError("LlamaRuntime is already initialized")
         d = &self.dims
         d.n_embd, d.n_head, d.n_head_kv = dims["n_embd"], dims["n_head"], dims["n_head_kv"]
         d.head_dim, d.n_ff, d.rope_dim, d.n_vocab = dims["head_dim"], dims["n_ff"], dims["rope_dim"], dims["n_vocab"]
@@ -106,11 +119,15 @@ cdef class LlamaRuntime:
         self.n_layer = n_layer
         self.max_tokens = max_tokens
         self.keep = [tensors, norms]
+        if n_layer < 0:
+            raise ValueError(f"n_layer must be >= 0, got {n_layer}")
         self.layers = <realm_llama_layer *>calloc(max(n_layer, 1), sizeof(realm_llama_layer))
         if self.layers == NULL:
             raise MemoryError()
         cdef const float[::1] nv
         for name, arr in norms.items():
+            if not isinstance(arr, np.ndarray):
+                raise TypeError(f"norm {name} must be a numpy array, got {type(arr).__name__}")
             if arr.dtype != np.float32 or arr.ndim != 1 or arr.shape[0] != d.n_embd:
                 raise ValueError(f"norm {name} must be float32 [{d.n_embd}]")
         for i in range(n_layer):
@@ -119,19 +136,23 @@ cdef class LlamaRuntime:
             L.attn_norm = &nv[0]
             nv = norms[f"blk.{i}.ffn_norm.weight"]
             L.ffn_norm = &nv[0]
-            L.wq = _tensor(tensors[f"blk.{i}.attn_q.weight"])
-            L.wk = _tensor(tensors[f"blk.{i}.attn_k.weight"])
-            L.wv = _tensor(tensors[f"blk.{i}.attn_v.weight"])
-            L.wo = _tensor(tensors[f"blk.{i}.attn_output.weight"])
-            L.w_gate = _tensor(tensors[f"blk.{i}.ffn_gate.weight"])
-            L.w_up = _tensor(tensors[f"blk.{i}.ffn_up.weight"])
-            L.w_down = _tensor(tensors[f"blk.{i}.ffn_down.weight"])
+            L.wq = _tensor(tensors[f"blk.{i}.attn_q.weight"], f"blk.{i}.attn_q.weight")
+            L.wk = _tensor(tensors[f"blk.{i}.attn_k.weight"], f"blk.{i}.attn_k.weight")
+            L.wv = _tensor(tensors[f"blk.{i}.attn_v.weight"], f"blk.{i}.attn_v.weight")
+            L.wo = _tensor(tensors[f"blk.{i}.attn_output.weight"], f"blk.{i}.attn_output.weight")
+            L.w_gate = _tensor(tensors[f"blk.{i}.ffn_gate.weight"], f"blk.{i}.ffn_gate.weight")
+            L.w_up = _tensor(tensors[f"blk.{i}.ffn_up.weight"], f"blk.{i}.ffn_up.weight")
+            L.w_down = _tensor(tensors[f"blk.{i}.ffn_down.weight"], f"blk.{i}.ffn_down.weight")
             if realm_llama_check_layer(&self.dims, L):
                 raise ValueError(f"layer {i}: tensors do not match the model's dimensions")
         nv = norms["output_norm.weight"]
         self.output_norm = &nv[0]
-        self.output = _tensor(tensors["output.weight"])
-        self.token_embd = _tensor(tensors["token_embd.weight"])
+        self.output = _tensor(tensors["output.weight"], "output.weight")
+        self.token_embd = _tensor(tensors["token_embd.weight"], "token_embd.weight")
+        # the C code checks the layers and the output against dims; embedding() writes
+        # n_cols floats per token into rows of n_embd
+        if self.token_embd.n_rows != d.n_vocab or self.token_embd.n_cols != d.n_embd:
+            raise ValueError(f"token_embd.weight must be {d.n_vocab} x {d.n_embd} elements")
         self._ensure_scratch(0)
 
     def __dealloc__(self):
@@ -142,12 +163,29 @@ cdef class LlamaRuntime:
         with nogil:  # wait without holding the GIL: the holder may need it to finish
             pthread_mutex_lock(&self.lock)
 
-    def reserve(self, KVRing kv, int n_threads):
+    cdef int _check_ring(self, KVRing kv) except -1:
+        cdef realm_kv_ring *r = kv.ptr()
+        if r.n_head_kv != self.dims.n_head_kv or r.head_dim != self.dims.head_dim:
+            raise ValueError(
+                f"the KV ring holds {r.n_head_kv} heads of {r.head_dim}, the model "
+                f"{self.dims.n_head_kv} of {self.dims.head_dim}"
+            )
+        return 0
+
+    cdef int _ready(self) except -1:
+        if self.scratch_buf is None:
+            raise ValueError("LlamaRuntime is not initialized")
+        return 0
+
+    def reserve(self, KVRing kv not None, n_threads):
         """Grow the scratch now for attention over kv with n_threads (so calls that
         cannot allocate, the native imports, find it big enough)."""
+        self._ready()
+        cdef int nt = _threads(n_threads)
+        self._check_ring(kv)
         self.acquire()
         try:
-            self._ensure_scratch(realm_attention_scratch_floats(kv.ptr(), self.dims.n_head, n_threads))
+            self._ensure_scratch(realm_attention_scratch_floats(kv.ptr(), self.dims.n_head, nt))
         finally:
             pthread_mutex_unlock(&self.lock)
 
@@ -176,6 +214,7 @@ cdef class LlamaRuntime:
 
     def embedding(self, const int32_t[::1] token_ids, float[:, ::1] out):
         """out[i] = the embedding row of token_ids[i]."""
+        self._ready()
         cdef int64_t n = token_ids.shape[0]
         if out.shape[0] != n or out.shape[1] != self.dims.n_embd:
             raise ValueError(f"out is {out.shape[0]}x{out.shape[1]}, expected {n}x{self.dims.n_embd}")
@@ -190,23 +229,29 @@ cdef class LlamaRuntime:
         if rc:
             raise KernelError(rc, "embedding")
 
-    def layer(self, int layer, const float[:, ::1] x, int64_t pos, KVRing kv, float[:, ::1] out, int n_threads):
+    def layer(self, int layer, const float[:, ::1] x, int64_t pos, KVRing kv not None, float[:, ::1] out,
+              n_threads):
         """One whole layer on x (n_tokens, n_embd) at positions pos.., into out (may be x)."""
+        self._ready()
+        cdef int nt = _threads(n_threads)
         cdef int64_t n = x.shape[0]
         if x.shape[1] != self.dims.n_embd or out.shape[0] != n or out.shape[1] != self.dims.n_embd:
             raise ValueError(f"x and out must both be (n_tokens, {self.dims.n_embd})")
         if layer < 0 or layer >= self.n_layer:
             raise IndexError(f"layer {layer} outside 0..{self.n_layer - 1}")
+        if pos < 0:
+            raise IndexError(f"position {pos} is negative")
+        self._check_ring(kv)
         if n == 0:
             return
         cdef realm_kv_ring *ring = kv.ptr()
         cdef int rc
         self.acquire()
         try:
-            self._ensure_scratch(realm_attention_scratch_floats(ring, self.dims.n_head, n_threads))
+            self._ensure_scratch(realm_attention_scratch_floats(ring, self.dims.n_head, nt))
             with nogil:
                 rc = realm_llama_layer_forward(&self.dims, &self.layers[layer], layer, ring, pos, n, &x[0, 0],
-                                               &out[0, 0], &self.scratch, n_threads)
+                                               &out[0, 0], &self.scratch, nt)
         finally:
             pthread_mutex_unlock(&self.lock)
         if rc == -5:
@@ -215,8 +260,10 @@ cdef class LlamaRuntime:
         if rc:
             raise KernelError(rc, f"layer {layer}")
 
-    def lm_head(self, const float[:, ::1] x, float[:, ::1] out, int n_threads):
+    def lm_head(self, const float[:, ::1] x, float[:, ::1] out, n_threads):
         """Final norm and output projection: out (n_tokens, n_vocab) logits."""
+        self._ready()
+        cdef int nt = _threads(n_threads)
         cdef int64_t n = x.shape[0]
         if x.shape[1] != self.dims.n_embd or out.shape[0] != n or out.shape[1] != self.dims.n_vocab:
             raise ValueError(f"x must be (n, {self.dims.n_embd}) and out (n, {self.dims.n_vocab})")
@@ -227,7 +274,7 @@ cdef class LlamaRuntime:
         try:
             with nogil:
                 rc = realm_llama_lm_head(&self.dims, self.output_norm, &self.output, &x[0, 0], n, &out[0, 0],
-                                         &self.scratch, n_threads)
+                                         &self.scratch, nt)
         finally:
             pthread_mutex_unlock(&self.lock)
         if rc:

@@ -1,4 +1,5 @@
 # Matmul and activation-rounding wrappers (included by _kernels.pyx).
+import operator
 import os as _os
 
 cdef extern from "vec_dot.h":
@@ -44,6 +45,18 @@ def default_threads() -> int:
     return len(_os.sched_getaffinity(0)) if hasattr(_os, "sched_getaffinity") else (_os.cpu_count() or 1)
 
 
+# More OpenMP threads than this only queue up (and a huge count makes libgomp abort).
+MAX_THREADS = 1024
+
+
+def _threads(n_threads) -> int:
+    """n_threads for a kernel: 0 means every CPU we may run on; at most MAX_THREADS."""
+    n = operator.index(n_threads)
+    if n < 0:
+        raise ValueError(f"n_threads must be >= 0, got {n}")
+    return min(n or default_threads(), MAX_THREADS)
+
+
 def vec_dot_type(int wtype) -> int:
     """The ggml type activations are rounded to before a dot with a `wtype` weight."""
     cdef int t = realm_vec_dot_type(wtype)
@@ -52,7 +65,7 @@ def vec_dot_type(int wtype) -> int:
     return t
 
 
-def quantize_acts(int wtype, const float[:, ::1] x, int n_threads=0):
+def quantize_acts(int wtype, const float[:, ::1] x, n_threads=0):
     """x (n_tokens, n_cols) rounded to the vec dot type of `wtype`: raw uint8 rows."""
     cdef int64_t n_tokens = x.shape[0], n_cols = x.shape[1]
     cdef int64_t rb = realm_matmul_scratch_bytes(wtype, n_cols, 1)
@@ -60,7 +73,7 @@ def quantize_acts(int wtype, const float[:, ::1] x, int n_threads=0):
         raise ValueError(f"cannot round rows of {n_cols} for ggml type id {wtype}")
     out = np.empty((n_tokens, rb), dtype=np.uint8)
     cdef uint8_t[:, ::1] o = out
-    cdef int nt = n_threads or default_threads()
+    cdef int nt = _threads(n_threads)
     cdef int rc = 0
     if n_tokens:
         with nogil:
@@ -71,7 +84,7 @@ def quantize_acts(int wtype, const float[:, ::1] x, int n_threads=0):
 
 
 def matmul(const uint8_t[:, ::1] w, int wtype, const float[:, ::1] x, float[:, ::1] out=None,
-           int n_threads=0):
+           n_threads=0):
     """out[t, r] = dot(W row r, x row t) for W raw (n_rows, row_bytes) of `wtype` and
     x (n_tokens, n_cols) float32; returns out (n_tokens, n_rows) float32."""
     cdef int64_t n_rows = w.shape[0], n_tokens = x.shape[0], n_cols = x.shape[1]
@@ -87,7 +100,7 @@ def matmul(const uint8_t[:, ::1] w, int wtype, const float[:, ::1] x, float[:, :
         raise ValueError(f"no matmul for ggml type id {wtype} with rows of {n_cols}")
     scratch = np.empty(max(sb, 1), dtype=np.uint8)
     cdef uint8_t[::1] s = scratch
-    cdef int nt = n_threads or default_threads()
+    cdef int nt = _threads(n_threads)
     cdef int rc = 0
     if n_rows and n_tokens:
         with nogil:

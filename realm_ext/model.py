@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, field
+import struct
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +38,154 @@ class _Truncated(Exception):
         self.offset, self.end, self.size = offset, end, size
 
 
+# GGML_MAX_DIMS: a tensor has 1 to 4 dimensions
+MAX_DIMS = 4
+# Sizes, counts and offsets beyond this are rejected before any arithmetic on them (the
+# reader's numpy uint64 sums would wrap silently); no real file comes near.
+_MAX_U63 = 2**63 - 1
+# The fewest bytes one key/value (key length, type, one byte of value) and one tensor
+# info (name length, n_dims, type, offset) can take: a count needing more than the
+# rest of the file is rejected before the reader loops over it.
+_MIN_KV_BYTES = 8 + 4 + 1
+_MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8
+_V = gguf.GGUFValueType
+
+
+class _StringArray(gguf.gguf_reader.ReaderField):
+    """An array of strings as one part (the array's bytes, lengths included), decoded by
+    contents(): the stock reader's two numpy arrays per string take 70 ms under
+    tracemalloc and many times the file's bytes for an array of short strings."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def order(alen: np.ndarray) -> str:
+        bo = alen.dtype.byteorder
+        return ">" if bo == ">" or (bo == "=" and sys.byteorder == "big") else "<"
+
+    @staticmethod
+    def walk(buf, offs: int, n: int, order: str, out: list[str] | None = None) -> int:  # noqa: ANN001
+        """The end of n strings from offs in buf (checked against its size); appends them
+        decoded to `out` when given."""
+        unpack, size = struct.Struct(order + "Q").unpack_from, len(buf)
+        for _ in range(n):
+            if offs + 8 > size:
+                raise _Truncated(offs, offs + 8, size)
+            slen = unpack(buf, offs)[0]
+            if offs + 8 + slen > size:
+                raise _Truncated(offs + 8, offs + 8 + slen, size)
+            if out is not None:
+                out.append(str(buf[offs + 8 : offs + 8 + slen], encoding="utf-8"))
+            offs += 8 + slen
+        return offs
+
+    def contents(self, index_or_slice: int | slice = slice(None)) -> Any:
+        alen, blob = self.parts[4], self.parts[self.data[0]].tobytes()
+        out: list[str] = []
+        self.walk(blob, 0, int(alen[0]), self.order(alen), out)
+        return out[index_or_slice]
+
+
 class _BoundedReader(gguf.GGUFReader):
     """GGUFReader whose every read is checked against the file size.
 
     The stock reader silently returns short arrays past the end of the map and fails
     later with an unrelated error; this turns any such read into a clear truncation.
+    It also reads each array of numbers as one block (the stock reader makes one numpy
+    array per element: about 100 ms and 3 MB for a 1024-token vocabulary), rejects
+    counts that the rest of the file cannot hold before looping over them, nested
+    arrays (which llama.cpp rejects too), and tensor infos with sizes or offsets that
+    would overflow the stock reader's uint64 arithmetic.
+
+    Fields keep the stock layout, except for arrays: an array of numbers is one part
+    (contents() is the whole list; contents(i) is not supported) and an array of strings
+    is one _StringArray part.
     """
 
+    _plain: np.ndarray | None = None
+
     def _get(self, offset, dtype, count=1, override_order=None):  # noqa: ANN001, ANN202
-        end = int(offset) + np.dtype(dtype).itemsize * int(count)
-        if end > len(self.data):
-            raise _Truncated(int(offset), end, len(self.data))
-        return super()._get(offset, dtype, count, override_order)
+        offset, count = int(offset), int(count)
+        dt = np.dtype(dtype)
+        end = offset + dt.itemsize * count
+        if offset < 0 or count < 0 or end > len(self.data):
+            raise _Truncated(offset, end, len(self.data))
+        if self._plain is None:
+            # slices of a plain ndarray view of the map: no memmap bookkeeping per read
+            self._plain = self.data.view(np.ndarray)
+        arr = self._plain[offset:end].view(dt)
+        return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+    def _remaining(self, offs: int) -> int:
+        return len(self.data) - int(offs)
+
+    def _get_field_parts(self, orig_offs, raw_type):  # noqa: ANN001, ANN202
+        if _V(int(raw_type)) != _V.ARRAY:
+            return super()._get_field_parts(orig_offs, raw_type)
+        offs = int(orig_offs)
+        raw_itype = self._get(offs, np.uint32)
+        alen = self._get(offs + 4, np.uint64)
+        offs += 12
+        itype, n = _V(int(raw_itype[0])), int(alen[0])
+        if itype == _V.ARRAY:
+            raise ValueError("nested arrays are not supported")
+        nptype = self.gguf_scalar_to_np.get(itype)
+        if nptype is not None:
+            block = self._get(offs, nptype, n)  # bounded: a huge n is a truncation
+            return offs + int(block.nbytes) - orig_offs, [raw_itype, alen, block], [2], [_V.ARRAY, itype]
+        # strings: each at least its 8-byte length; one part holds them all (see _StringArray)
+        if n * 8 > self._remaining(offs):
+            raise _Truncated(offs, offs + n * 8, len(self.data))
+        if self._plain is None:
+            self._plain = self.data.view(np.ndarray)
+        end = _StringArray.walk(self._plain, offs, n, _StringArray.order(alen))
+        return end - orig_offs, [raw_itype, alen, self._plain[offs:end]], [2], [_V.ARRAY, itype]
+
+    def _build_fields(self, offs, count):  # noqa: ANN001, ANN202
+        # the stock loop, with a count check first and _StringArray for arrays of strings
+        count = int(count)
+        if count * _MIN_KV_BYTES > self._remaining(offs):
+            raise ValueError(f"{count} key/values cannot fit in the {self._remaining(offs)} bytes left")
+        for _ in range(count):
+            orig_offs = offs
+            klen, kdata = self._get_str(offs)
+            offs += int(klen.nbytes + kdata.nbytes)
+            raw_kv_type = self._get(offs, np.uint32)
+            offs += int(raw_kv_type.nbytes)
+            size, parts, idxs, types = self._get_field_parts(offs, raw_kv_type[0])
+            kind = _StringArray if types == [_V.ARRAY, _V.STRING] else gguf.gguf_reader.ReaderField
+            field = kind(
+                orig_offs,
+                str(bytes(kdata), encoding="utf-8"),
+                [klen, kdata, raw_kv_type, *parts],
+                [i + 3 for i in idxs],
+                types,
+            )
+            self._push_field(field, skip_sum=True)
+            offs += size
+        return offs
+
+    def _build_tensor_info(self, offs, count):  # noqa: ANN001, ANN202
+        if int(count) * _MIN_TENSOR_INFO_BYTES > self._remaining(offs):
+            raise ValueError(
+                f"{int(count)} tensor infos cannot fit in the {self._remaining(offs)} bytes left"
+            )
+        return super()._build_tensor_info(offs, count)
+
+    def _build_tensors(self, start_offs, fields):  # noqa: ANN001, ANN202
+        for f in fields:
+            name = bytes(f.parts[1]).decode("utf-8")
+            dims = [int(d) for d in f.parts[3]]
+            if not 1 <= len(dims) <= MAX_DIMS:
+                raise ValueError(f"tensor {name!r} has {len(dims)} dimensions (1 to {MAX_DIMS} allowed)")
+            n = 1
+            for d in dims:
+                n *= d
+            if n > _MAX_U63:
+                raise ValueError(f"tensor {name!r}: dimensions {dims} are too large")
+            if int(f.parts[5][0]) > _MAX_U63:
+                raise ValueError(f"tensor {name!r}: offset {int(f.parts[5][0])} is too large")
+        super()._build_tensors(start_offs, fields)
 
 
 @dataclass(frozen=True)
@@ -338,11 +476,20 @@ def _tokenizer(path: Path, md: dict[str, Any]) -> TokenizerData:
     if not tokens or not all(isinstance(t, str) for t in tokens):
         raise GGUFError(f"{path}: key 'tokenizer.ggml.tokens' should be a non-empty list of strings")
     n = len(tokens)
-    scores = np.asarray(_get(path, md, "tokenizer.ggml.scores", list, [0.0] * n), dtype=np.float32)
-    types = np.asarray(_get(path, md, "tokenizer.ggml.token_type", list, [1] * n), dtype=np.int32)
-    for key, arr in (("tokenizer.ggml.scores", scores), ("tokenizer.ggml.token_type", types)):
-        if arr.shape != (n,):
-            raise GGUFError(f"{path}: key {key!r} has {arr.size} entries, expected {n} (one per token)")
+    arrays = {}
+    for key, default, dtype, kinds in (
+        ("tokenizer.ggml.scores", [0.0] * n, np.float32, (int, float)),
+        ("tokenizer.ggml.token_type", [1] * n, np.int32, (int,)),
+    ):
+        vals = _get(path, md, key, list, default)
+        if len(vals) != n:
+            raise GGUFError(f"{path}: key {key!r} has {len(vals)} entries, expected {n} (one per token)")
+        if not all(isinstance(v, kinds) and not isinstance(v, bool) for v in vals):
+            raise GGUFError(f"{path}: key {key!r} should be a list of numbers")
+        if dtype is np.int32 and not all(-(2**31) <= v < 2**31 for v in vals):
+            raise GGUFError(f"{path}: key {key!r} has a value outside int32")
+        arrays[key] = np.asarray(vals, dtype=dtype)
+    scores, types = arrays["tokenizer.ggml.scores"], arrays["tokenizer.ggml.token_type"]
     merges = _get(path, md, "tokenizer.ggml.merges", list, [])
 
     def token_id(key: str) -> int | None:
@@ -369,9 +516,12 @@ def _tokenizer(path: Path, md: dict[str, Any]) -> TokenizerData:
 
 def _tensors(path: Path, reader: gguf.GGUFReader, cfg: LlamaConfig) -> dict[str, Tensor]:
     size = int(reader.data.size)
+    align = int(reader.alignment)
     tensors: dict[str, Tensor] = {}
     for rt in reader.tensors:
-        shape = tuple(int(d) for d in reversed(rt.shape.tolist()))
+        # sizes and offsets from the file's own fields, in Python ints (no uint64 wrap)
+        _, _, _, dims, _, rel = rt.field.parts
+        shape = tuple(int(d) for d in reversed(dims.tolist()))
         if rt.tensor_type not in quant.SUPPORTED_TYPES:
             names = ", ".join(t.name for t in quant.SUPPORTED_TYPES)
             raise GGUFError(
@@ -381,8 +531,15 @@ def _tensors(path: Path, reader: gguf.GGUFReader, cfg: LlamaConfig) -> dict[str,
             rb = quant.row_bytes(rt.tensor_type, shape[-1])
         except ValueError as e:
             raise GGUFError(f"{path}: tensor {rt.name!r} of shape {shape}: {e}") from None
-        n_rows = int(np.prod(shape[:-1], dtype=np.int64))
-        start, nbytes = int(rt.data_offset), n_rows * rb
+        n_rows = 1
+        for d in shape[:-1]:
+            n_rows *= d
+        rel = int(rel[0])
+        start, nbytes = int(reader.data_offset) + rel, n_rows * rb
+        if rel % align:
+            raise GGUFError(
+                f"{path}: tensor {rt.name!r} has offset {rel}, not a multiple of the alignment {align}"
+            )
         if start + nbytes > size:
             raise GGUFError(
                 f"{path}: truncated: tensor {rt.name!r} needs bytes {start}..{start + nbytes}, "
@@ -391,7 +548,18 @@ def _tensors(path: Path, reader: gguf.GGUFReader, cfg: LlamaConfig) -> dict[str,
         raw = reader.data[start : start + nbytes].reshape(n_rows, rb)
         tensors[rt.name] = Tensor(name=rt.name, type=rt.tensor_type, shape=shape, raw=raw, offset=start)
 
+    spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in tensors.values() if t.nbytes)
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:], strict=False):
+        if start < end:
+            raise GGUFError(f"{path}: the data of tensors {a!r} and {b!r} overlap")
+
     tied = "output.weight" not in tensors
+    # expected_shapes lists n_layer * 9 names: with a huge llama.block_count, list only
+    # enough layers to find the first missing tensor (as many as the file could hold, + 1)
+    n_layer = min(cfg.n_layer, len(tensors) // len(LAYER_TENSORS) + 1)
+    for name, want in expected_shapes(replace(cfg, n_layer=n_layer), tied).items():
+        if name not in tensors:
+            raise GGUFError(f"{path}: missing tensor {name!r} (expected shape {want})")
     for name, want in expected_shapes(cfg, tied).items():
         if name not in tensors:
             raise GGUFError(f"{path}: missing tensor {name!r} (expected shape {want})")

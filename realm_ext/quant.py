@@ -115,6 +115,8 @@ def quantize(array: np.ndarray, t: str | int | GGMLType, n_threads: int | None =
     if gt not in K_QUANTS:
         # gguf's own encoders (ggml's reference algorithms, in numpy)
         return np.ascontiguousarray(gguf.quants.quantize(x, gt)).view(np.uint8).reshape(out_shape)
+    if n_threads is not None and n_threads < 1:
+        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
     rows = x.reshape(-1, n_cols)
     out = np.empty((rows.shape[0], rb), dtype=np.uint8)
     starts = range(0, rows.shape[0], _ROWS_PER_TASK)

@@ -18,13 +18,17 @@ def rewrite(
     arch: str = "llama",
     kv: dict[str, Any] | None = None,
     tensors: dict[str, Any] | None = None,
+    alignment: int | None = None,
 ) -> Path:
     """Copy src to dst. kv: key -> DROP or (value, GGUFValueType[, sub_type]).
-    tensors: name -> DROP or (raw uint8 array (rows, row_bytes), GGMLQuantizationType)."""
+    tensors: name -> DROP or (raw uint8 array (rows, row_bytes), GGMLQuantizationType).
+    alignment: write a general.alignment key and align the tensor data to it."""
     kv = kv or {}
     tensors = tensors or {}
     r = gguf.GGUFReader(src)
     w = gguf.GGUFWriter(dst, arch=arch)
+    if alignment is not None:
+        w.add_custom_alignment(alignment)
     for key, f in r.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture" or key in kv:
             continue
