@@ -184,7 +184,7 @@ def test_trap_mid_generation_releases_rings_and_spares_a_neighbour(host, tiny, e
         # glibc raises its mmap threshold after the first big free, so later rings would
         # come from (and go back to) a thread's heap, whose top it never returns to the OS:
         # RSS, not a leak. A fixed threshold maps every big block and unmaps it on free.
-        assert libc.mallopt(-3, 128 * 1024) == 1  # M_MMAP_THRESHOLD
+        assert libc.mallopt(-3, 2**20) == 1  # M_MMAP_THRESHOLD: blocks of 1 MiB and more
     trap_round()  # warm: the model's attention scratch grows once for a 4096-position ring
     baseline = rss_after_gc()
 
