@@ -75,19 +75,28 @@ class Host:
         self.backend.prepare(model)
         return model
 
+    # Locks: a guest's lock may be held while this host's lock is taken (Guest.model_id
+    # from inside a call), never the other way round, except on a guest no other thread
+    # can reach yet (Host.guest).
+
     def model_id(self, model: Model) -> int:
-        for mid, g in self._models.items():
-            if g.model is model:
-                return mid
+        with self._lock:  # another thread may be loading or unloading
+            for mid, g in self._models.items():
+                if g.model is model:
+                    return mid
         raise KeyError(f"{model!r} was not loaded by this host")
 
     def unload(self, model: Model) -> None:
-        """Forget a model; guests granted it get 'model unknown' from then on."""
-        mid = self.model_id(model)
+        """Forget a model; guests granted it get 'model unknown' from then on (a call
+        running in one of them finishes first)."""
         with self._lock:
+            mid = next((i for i, g in self._models.items() if g.model is model), None)
+            if mid is None:
+                raise KeyError(f"{model!r} was not loaded by this host")
             g = self._models.pop(mid)
-            for guest in self._guests:
-                guest._revoke(mid)
+            guests = list(self._guests)
+        for guest in guests:  # each waits for its running call
+            guest._revoke(mid)
         with g.lock:  # wait for a running forward step
             pass
 
@@ -111,12 +120,23 @@ class Host:
             wasm = GUEST_WASM
         if not isinstance(wasm, bytes):
             wasm = Path(wasm).read_bytes()
-        granted = {self.model_id(m): self._models[self.model_id(m)] for m in models}
+        with self._lock:
+            granted = {}
+            for m in models:
+                mid = next((i for i, g in self._models.items() if g.model is m), None)
+                if mid is None:
+                    raise KeyError(f"{m!r} was not loaded by this host")
+                granted[mid] = self._models[mid]
         limits = Limits(memory=parse_size(memory_limit), time=time_limit, fuel=fuel)
         guest = Guest(
             self, resolve_engine(engine), wasm, granted, limits, parse_size(kv_limit), native_imports
         )
         with self._lock:
+            # a model unloaded while the guest was being made: revoke it here (no other
+            # thread knows this guest yet)
+            for mid in granted:
+                if self._models.get(mid) is not granted[mid]:
+                    guest._revoke(mid)
             self._guests.append(guest)
         return guest
 

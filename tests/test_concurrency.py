@@ -9,7 +9,9 @@ import threading
 from dataclasses import dataclass, field
 
 import pytest
+from wasm_support import wat
 
+import realm_ext.api
 from realm_ext import Host, abi
 from realm_ext.api import RealmError
 from realm_ext.engines import GuestError
@@ -235,3 +237,72 @@ def test_load_unload_and_close_while_guests_run(tiny, model_path, engine) -> Non
             assert host._guests == [] and host._models == {}
     finally:
         sys.setswitchinterval(interval)
+
+
+def test_model_lookups_while_models_load_and_unload(model_path) -> None:  # noqa: ANN001
+    """Regression: Host.model_id iterated the model table unlocked, so a lookup (every
+    Guest.generate(model=...), every Host.guest) racing a load or unload raised
+    'dictionary changed size during iteration'."""
+    path = model_path("Q8_0")
+    churn = [load_gguf(path) for _ in range(20)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        with Host(device="cpu") as host:
+            kept = host.load(load_gguf(path))
+            stop, errors, lookups = threading.Event(), [], [0]
+
+            def lookup() -> None:
+                while not stop.is_set():
+                    try:
+                        assert host.model_id(kept) == 1
+                        host.model_id(churn[-1])  # loaded or not
+                    except KeyError:
+                        pass
+                    except BaseException as e:  # noqa: BLE001
+                        errors.append(e)
+                        return
+                    lookups[0] += 1
+
+            t = threading.Thread(target=lookup)
+            t.start()
+            try:
+                for _ in range(30):
+                    for m in churn:
+                        host.load(m)
+                    for m in churn:
+                        host.unload(m)
+            finally:
+                stop.set()
+                t.join(60)
+            assert errors == []
+            assert lookups[0] > 100
+            with pytest.raises(KeyError):
+                host.unload(churn[0])  # not loaded
+    finally:
+        sys.setswitchinterval(interval)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_unload_while_a_guest_is_being_made(tiny, model_path, engine, native, monkeypatch) -> None:  # noqa: ANN001
+    """Regression: a model unloaded between Host.guest granting it and the guest being
+    registered stayed granted to that guest for good."""
+    with Host(device="cpu") as host:
+        host.load(tiny)
+        other = host.load(load_gguf(model_path("Q4_0", seed=1)))
+        mid = host.model_id(other)
+        real_open = realm_ext.api.open_instance
+
+        def open_racing_an_unload(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            host.unload(other)  # another thread, as it were, while the instance is made
+            return real_open(*args, **kwargs)
+
+        monkeypatch.setattr(realm_ext.api, "open_instance", open_racing_an_unload)
+        g = host.guest(models=[tiny, other], engine=engine, wasm=wat("proxy"), native_imports=native)
+        monkeypatch.setattr(realm_ext.api, "open_instance", real_open)
+        assert mid not in g.state.models
+        assert g.call("model_info", mid, 64, 48) == abi.ERR_MODEL
+        assert g.call("kv_create", mid, 8) == abi.ERR_MODEL
+        assert g.call("embedding", mid, 0, 1, 4096) == abi.ERR_MODEL  # native or Python
+        assert g.call("model_info", host.model_id(tiny), 64, 48) == 48  # the other model stays
+        g.close()
