@@ -220,15 +220,30 @@ class Guest:
                 self._start()
                 raise
 
+    # The instance is touched only under the guest's lock: on wasmtime a store is not
+    # safe to use from two threads at once (and while an import runs, the memory is
+    # reached through that call's caller context, valid only until it returns).
+
+    def _touch(self, fn):  # noqa: ANN001, ANN202
+        """fn(instance), run where the instance may be touched, under the lock."""
+        inst = self._instance
+        if inst is not None and inst.serves_imports_here():
+            # inside an import, on the engine's own thread (wasmer): the call in
+            # progress holds the lock on this thread's behalf
+            return fn(inst)
+        with self._lock:
+            inst = self._instance
+            if inst is None:
+                raise GuestError("the guest is closed")
+            return inst.run(lambda: fn(inst))
+
     def memory(self) -> np.ndarray:
         """A copy of the guest's linear memory (uint8)."""
-        inst = self._instance
-        return inst.run(lambda: inst.memory().copy())
+        return self._touch(lambda inst: inst.memory().copy())
 
     @property
     def memory_pages(self) -> int:
-        inst = self._instance
-        return inst.run(lambda: inst.memory().size) // WASM_PAGE
+        return self._touch(lambda inst: inst.memory().size) // WASM_PAGE
 
     def alloc(self, n: int) -> int:
         ptr = self.call("realm_alloc", max(1, n)) & 0xFFFFFFFF
@@ -242,27 +257,25 @@ class Guest:
     def write(self, ptr: int, data: bytes | np.ndarray) -> None:
         """Copy data into guest memory at ptr."""
         buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data.reshape(-1).view(np.uint8)
-        inst = self._instance
 
-        def put() -> None:
+        def put(inst) -> None:  # noqa: ANN001
             mem = inst.memory()
             if ptr < 0 or ptr + buf.size > mem.size:
                 raise IndexError(f"[{ptr}, {ptr + buf.size}) is outside guest memory ({mem.size} bytes)")
             mem[ptr : ptr + buf.size] = buf
 
-        inst.run(put)
+        self._touch(put)
 
     def read(self, ptr: int, n: int) -> bytes:
         """n bytes of guest memory at ptr."""
-        inst = self._instance
 
-        def get() -> bytes:
+        def get(inst) -> bytes:  # noqa: ANN001
             mem = inst.memory()
             if ptr < 0 or ptr + n > mem.size:
                 raise IndexError(f"[{ptr}, {ptr + n}) is outside guest memory ({mem.size} bytes)")
             return mem[ptr : ptr + n].tobytes()
 
-        return inst.run(get)
+        return self._touch(get)
 
     def model_id(self, model: Model | None = None) -> int:
         if model is None:

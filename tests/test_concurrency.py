@@ -306,3 +306,39 @@ def test_unload_while_a_guest_is_being_made(tiny, model_path, engine, native, mo
         assert g.call("embedding", mid, 0, 1, 4096) == abi.ERR_MODEL  # native or Python
         assert g.call("model_info", host.model_id(tiny), 64, 48) == 48  # the other model stays
         g.close()
+
+
+def test_memory_access_waits_for_a_running_call(tiny, engine) -> None:  # noqa: ANN001
+    """Regression: Guest.memory/read/write/memory_pages did not take the guest's lock, so
+    on wasmtime another thread used the store during a call (while an import ran, through
+    that call's caller context, which dies when the import returns). Now they wait for
+    the call; from inside the call (a stream callback) they still work."""
+    with Host(device="cpu") as host:
+        host.load(tiny)
+        g = host.guest(models=[tiny], engine=engine, wasm=wat("rogue"))
+        inside, release = threading.Event(), threading.Event()
+        seen: list = []
+
+        def on_emit(piece: str) -> bool:
+            seen.append(g.read(0x80, 5))  # from inside the import: no deadlock
+            seen.append(g.memory_pages)
+            inside.set()
+            assert release.wait(60)
+            return True
+
+        t = threading.Thread(target=lambda: seen.append(g.generate_to("x", on_emit)))
+        t.start()
+        assert inside.wait(60)
+        got: list = []
+        reader = threading.Thread(target=lambda: got.append((g.memory_pages, g.read(0x80, 5))))
+        reader.start()
+        reader.join(0.3)
+        assert reader.is_alive() and got == []  # waits for the call in progress
+        release.set()
+        reader.join(60)
+        t.join(60)
+        assert seen == [b"rogue", 4, 0]
+        assert got == [(4, b"rogue")]
+        g.close()
+        with pytest.raises(GuestError, match="closed"):
+            g.read(0, 1)

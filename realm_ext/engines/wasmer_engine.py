@@ -61,6 +61,10 @@ class WasmerInstance:
         self._jobs.put((fn, done))
         return done.result()
 
+    def serves_imports_here(self) -> bool:
+        """Is this the instance's thread (where its imports run)?"""
+        return threading.get_ident() == self._owner
+
     def memory(self) -> np.ndarray:
         """The memory itself on the instance's thread (the host's imports); a copy on
         any other (a view must not outlive a call there)."""

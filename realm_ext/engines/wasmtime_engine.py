@@ -223,6 +223,10 @@ class WasmtimeInstance:
         """fn() (any thread may use a wasmtime store, one at a time)."""
         return fn()
 
+    def serves_imports_here(self) -> bool:
+        """Imports run on the calling thread: no thread of the instance's own."""
+        return False
+
     def call(self, name: str, *args: int) -> int:
         func = self._exports.get(name)
         if not isinstance(func, wasmtime.Func):
