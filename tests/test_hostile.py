@@ -7,7 +7,9 @@ shadow of the guest's state (its memory, KV rings and their positions), in the c
 order of realm_ext/host.py (the C imports of _host_native.pxi keep the same order).
 After every call the hostile guest's memory equals the shadow outside the output
 region the call named; at the end the other guests' memory and KV rings, and the
-models' weights, are byte-identical to what they were before.
+models' weights, are byte-identical to what they were before; and a neighbour that
+generated on the same model in another thread all along produced, every time, exactly
+what it produces alone.
 
 REALM_HOSTILE_SEED and REALM_HOSTILE_CALLS override the seed and the number of calls
 (a longer run: REALM_HOSTILE_CALLS=200000).
@@ -18,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -560,6 +563,25 @@ def test_hostile_guest(models, engine_name, native, guest_log) -> None:  # noqa:
         emitted: list[str] = []
         hostile.state.on_emit = lambda s: emitted.append(s) or accept[0]
 
+        # a neighbour generating with the shipped guest, on the hostile guest's model, in
+        # another thread all through the attack: every run must equal its run alone
+        params = abi.GenerateParams(max_tokens=12, temperature=0.8, top_k=40, seed=seed, n_ctx=32)
+        with host.guest(models=[a], engine=engine_name, native_imports=native) as g:
+            pieces: list[str] = []
+            alone = (g.generate_to("Once upon a time", pieces.append, params=params), pieces)
+        neighbour = host.guest(models=[a], engine=engine_name, native_imports=native)
+        stop, runs = threading.Event(), []
+
+        def generate() -> None:
+            try:
+                while not stop.wait(0.05):
+                    pieces: list[str] = []
+                    runs.append(
+                        (neighbour.generate_to("Once upon a time", pieces.append, params=params), pieces)
+                    )
+            except BaseException as e:  # noqa: BLE001 - checked below
+                runs.append(e)
+
         before = {
             "weights": [weights_digest(m) for m in models],
             "victim memory": [digest(v.memory()) for v in victims],
@@ -593,6 +615,8 @@ def test_hostile_guest(models, engine_name, native, guest_log) -> None:  # noqa:
         )
         codes: Counter = Counter()
         n_logs = 0
+        thread = threading.Thread(target=generate)
+        thread.start()
         t0 = time.perf_counter()
         for i in range(N_CALLS):
             name, args, ctx = fuzz.call()
@@ -661,6 +685,9 @@ def test_hostile_guest(models, engine_name, native, guest_log) -> None:  # noqa:
                 n = min(p[1], got)
                 assert mem[p[0] : p[0] + n].tobytes() == extra[0][:n]
         seconds = time.perf_counter() - t0
+        stop.set()
+        thread.join(60)
+        assert runs and all(r == alone for r in runs), runs
 
         # the host's state agrees with the shadow
         assert set(hostile.state.kv) == set(sh.rings)
@@ -682,7 +709,7 @@ def test_hostile_guest(models, engine_name, native, guest_log) -> None:  # noqa:
             for kv, e in v.state.kv.items():
                 assert v.call("layers", mid, 0, c.n_layer, 4096, c.n_embd, e.ring.n_pos[0], kv, 4096) == 0
 
-    print(f"{engine_name} native={native}: {N_CALLS} calls in {seconds:.1f} s")
+    print(f"{engine_name} native={native}: {N_CALLS} calls in {seconds:.1f} s; neighbour: {len(runs)} runs")
     for key in sorted(codes, key=str):
         print(f"  {key[0]:12s} {key[1]!s:>4}: {codes[key]}")
     print("  tags:", dict(sorted(fuzz.tags.items())))
