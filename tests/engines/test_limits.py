@@ -224,3 +224,73 @@ def test_trap_mid_generation_releases_rings_and_spares_a_neighbour(host, tiny, e
     assert len(got) > 3  # it was still generating while the rogue trapped
     assert (result["n"], got) == (want_n, want)
     assert rss_after_gc() - baseline < 2**20
+
+
+# ---- what a module can ask for at instantiation, and outside its linear memory ------------
+
+
+def test_runaway_start_function_is_stopped(host, tiny, engine) -> None:  # noqa: ANN001
+    """Regression: the start function ran inside instantiation with no deadline, so a
+    guest whose start function loops hung Host.guest (even with a time limit)."""
+    import wasmtime
+
+    spin = bytes(
+        wasmtime.wat2wasm(
+            '(module (import "env" "memory" (memory 1)) (func $s (loop $l (br $l))) (start $s))'
+        )
+    )
+    if engine == "wasmer":
+        pytest.skip("documented limitation (SECURITY.md): the wasmer engine cannot bound CPU time")
+    t0 = time.perf_counter()
+    with pytest.raises(GuestLimitError, match="time limit of 0.2 s in its start function") as err:
+        host.guest(models=[tiny], engine=engine, wasm=spin, time_limit=0.2)
+    assert err.value.limit == "time" and time.perf_counter() - t0 < 1.0
+    with pytest.raises(GuestLimitError, match="fuel"):
+        host.guest(models=[tiny], engine=engine, wasm=spin, fuel=10_000)
+    trap = bytes(
+        wasmtime.wat2wasm('(module (import "env" "memory" (memory 1)) (func $t unreachable) (start $t))')
+    )
+    with pytest.raises(GuestError, match="trapped in its start function"):
+        host.guest(models=[tiny], engine=engine, wasm=trap)
+
+
+def test_tables_and_memories_are_capped(host, tiny, engine) -> None:  # noqa: ANN001
+    """Regression: tables live in host memory outside the linear-memory cap, and were
+    not capped: a ten-line guest could table.grow the host by gigabytes (100M elements
+    took 770 MiB of RSS). Now at most 8 tables of 65536 elements, and one memory of the
+    guest's own besides the imported one."""
+    import wasmtime
+
+    if engine == "wasmer":
+        pytest.skip(
+            "documented limitation (SECURITY.md): wasmer's Python bindings have no store limits, so its "
+            "tables are not capped"
+        )
+    from realm_ext.engines.wasmtime_engine import MAX_TABLE_ELEMENTS, MAX_TABLES
+
+    def module(body: str) -> bytes:
+        return bytes(wasmtime.wat2wasm(f'(module (import "env" "memory" (memory 1)) {body})'))
+
+    grow = module(
+        "(table $t 0 funcref)"
+        '(func (export "grow") (param i32) (result i32) (table.grow $t (ref.null func) (local.get 0)))'
+    )
+    g = host.guest(models=[tiny], engine=engine, wasm=grow)
+    assert g.call("grow", 100_000_000) == -1  # refused, nothing allocated
+    assert g.call("grow", 2**31) == -1
+    assert g.call("grow", MAX_TABLE_ELEMENTS) == 0  # up to the cap: fine
+    assert g.call("grow", 1) == -1
+    with pytest.raises(GuestError, match="table"):
+        host.guest(models=[tiny], engine=engine, wasm=module(f"(table {MAX_TABLE_ELEMENTS + 1} funcref)"))
+    tables = "".join(f"(table {i} funcref)" for i in range(MAX_TABLES + 1))
+    with pytest.raises(GuestError, match="table"):
+        host.guest(models=[tiny], engine=engine, wasm=module(tables))
+    with pytest.raises(GuestError, match="memor"):
+        host.guest(models=[tiny], engine=engine, wasm=module("(memory 1) (memory 1)"))
+    # a memory of its own besides the imported one is capped like it
+    own = module(
+        '(memory $m 1) (func (export "grow") (param i32) (result i32) (memory.grow $m (local.get 0)))'
+    )
+    g = host.guest(models=[tiny], engine=engine, wasm=own, memory_limit=8 * PAGE)
+    assert g.call("grow", 8) == -1
+    assert g.call("grow", 7) == 1
