@@ -3,7 +3,8 @@
 Limits: linear memory is capped twice, by the store's limiter and, when the guest
 imports `env.memory`, by the maximum of the memory the host creates; a failed grow
 returns -1 to the guest. The store also caps tables (MAX_TABLES of MAX_TABLE_ELEMENTS),
-and allows one memory and one instance. Time is bounded per export call, and for the
+and allows one memory in all (a guest that imports env.memory may define none) and one
+instance. Time is bounded per export call, and for the
 start function during instantiation, by an epoch deadline (one process-wide ticker
 thread advances the epoch every EPOCH_TICK seconds); fuel, when asked for, bounds
 executed instructions.
@@ -144,11 +145,12 @@ class WasmtimeInstance:
         use_fuel = limits.fuel is not None
         module = _SHARED.module(wasm, use_fuel)
         self._store = wasmtime.Store(_SHARED.engine(use_fuel))
+        imports_memory = any(isinstance(imp.type, wasmtime.MemoryType) for imp in module.imports)
         self._store.set_limits(
             memory_size=limits.max_pages * WASM_PAGE,
             table_elements=MAX_TABLE_ELEMENTS,
             tables=MAX_TABLES,
-            memories=1,
+            memories=0 if imports_memory else 1,  # one memory in all (the host's does not count)
             instances=1,
         )
         linker = wasmtime.Linker(self._store.engine)
