@@ -3,8 +3,9 @@
 Memory is capped by giving the guest an imported memory (`env.memory`) whose maximum
 is the cap: a grow past it fails (-1 to the guest). A guest that exports its own
 memory instead is refused, since nothing would bound it. wasmer's Python bindings
-offer no fuel or interruption, so this engine cannot bound CPU time: a guest that
-loops forever holds its thread (use wasmtime where that matters).
+offer no fuel or interruption, so this engine cannot bound CPU time, and they keep the
+GIL while guest code runs: a guest that loops forever (in a call or in its start
+function) freezes the whole process. Use wasmtime for guests you do not trust.
 
 wasmer's objects are pinned to the thread that made them (using or dropping one on
 another thread panics), so each instance lives on a thread of its own: every call is

@@ -108,8 +108,9 @@ def test_runaway_inside_generate_is_stopped(host, tiny, engine) -> None:  # noqa
     """The guest opens two KV rings, runs a forward pass, emits, then loops forever."""
     if engine == "wasmer":
         pytest.skip(
-            "documented limitation (SECURITY.md): the wasmer engine cannot bound CPU time, so a guest "
-            "that loops forever holds its thread; use wasmtime for untrusted guests that need a time bound"
+            "documented limitation (SECURITY.md): the wasmer engine cannot bound CPU time, and keeps the "
+            "GIL while guest code runs, so a guest that loops forever freezes the process; use wasmtime "
+            "for untrusted guests"
         )
     g = host.guest(models=[tiny], engine=engine, wasm=wat("rogue"), time_limit=0.5)
     pieces: list[str] = []
