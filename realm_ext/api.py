@@ -75,19 +75,28 @@ class Host:
         self.backend.prepare(model)
         return model
 
+    # Locks: a guest's lock may be held while this host's lock is taken (Guest.model_id
+    # from inside a call), never the other way round, except on a guest no other thread
+    # can reach yet (Host.guest).
+
     def model_id(self, model: Model) -> int:
-        for mid, g in self._models.items():
-            if g.model is model:
-                return mid
+        with self._lock:  # another thread may be loading or unloading
+            for mid, g in self._models.items():
+                if g.model is model:
+                    return mid
         raise KeyError(f"{model!r} was not loaded by this host")
 
     def unload(self, model: Model) -> None:
-        """Forget a model; guests granted it get 'model unknown' from then on."""
-        mid = self.model_id(model)
+        """Forget a model; guests granted it get 'model unknown' from then on (a call
+        running in one of them finishes first)."""
         with self._lock:
+            mid = next((i for i, g in self._models.items() if g.model is model), None)
+            if mid is None:
+                raise KeyError(f"{model!r} was not loaded by this host")
             g = self._models.pop(mid)
-            for guest in self._guests:
-                guest._revoke(mid)
+            guests = list(self._guests)
+        for guest in guests:  # each waits for its running call
+            guest._revoke(mid)
         with g.lock:  # wait for a running forward step
             pass
 
@@ -111,12 +120,23 @@ class Host:
             wasm = GUEST_WASM
         if not isinstance(wasm, bytes):
             wasm = Path(wasm).read_bytes()
-        granted = {self.model_id(m): self._models[self.model_id(m)] for m in models}
+        with self._lock:
+            granted = {}
+            for m in models:
+                mid = next((i for i, g in self._models.items() if g.model is m), None)
+                if mid is None:
+                    raise KeyError(f"{m!r} was not loaded by this host")
+                granted[mid] = self._models[mid]
         limits = Limits(memory=parse_size(memory_limit), time=time_limit, fuel=fuel)
         guest = Guest(
             self, resolve_engine(engine), wasm, granted, limits, parse_size(kv_limit), native_imports
         )
         with self._lock:
+            # a model unloaded while the guest was being made: revoke it here (no other
+            # thread knows this guest yet)
+            for mid in granted:
+                if self._models.get(mid) is not granted[mid]:
+                    guest._revoke(mid)
             self._guests.append(guest)
         return guest
 
@@ -200,15 +220,30 @@ class Guest:
                 self._start()
                 raise
 
+    # The instance is touched only under the guest's lock: on wasmtime a store is not
+    # safe to use from two threads at once (and while an import runs, the memory is
+    # reached through that call's caller context, valid only until it returns).
+
+    def _touch(self, fn):  # noqa: ANN001, ANN202
+        """fn(instance), run where the instance may be touched, under the lock."""
+        inst = self._instance
+        if inst is not None and inst.serves_imports_here():
+            # inside an import, on the engine's own thread (wasmer): the call in
+            # progress holds the lock on this thread's behalf
+            return fn(inst)
+        with self._lock:
+            inst = self._instance
+            if inst is None:
+                raise GuestError("the guest is closed")
+            return inst.run(lambda: fn(inst))
+
     def memory(self) -> np.ndarray:
         """A copy of the guest's linear memory (uint8)."""
-        inst = self._instance
-        return inst.run(lambda: inst.memory().copy())
+        return self._touch(lambda inst: inst.memory().copy())
 
     @property
     def memory_pages(self) -> int:
-        inst = self._instance
-        return inst.run(lambda: inst.memory().size) // WASM_PAGE
+        return self._touch(lambda inst: inst.memory().size) // WASM_PAGE
 
     def alloc(self, n: int) -> int:
         ptr = self.call("realm_alloc", max(1, n)) & 0xFFFFFFFF
@@ -222,27 +257,25 @@ class Guest:
     def write(self, ptr: int, data: bytes | np.ndarray) -> None:
         """Copy data into guest memory at ptr."""
         buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data.reshape(-1).view(np.uint8)
-        inst = self._instance
 
-        def put() -> None:
+        def put(inst) -> None:  # noqa: ANN001
             mem = inst.memory()
             if ptr < 0 or ptr + buf.size > mem.size:
                 raise IndexError(f"[{ptr}, {ptr + buf.size}) is outside guest memory ({mem.size} bytes)")
             mem[ptr : ptr + buf.size] = buf
 
-        inst.run(put)
+        self._touch(put)
 
     def read(self, ptr: int, n: int) -> bytes:
         """n bytes of guest memory at ptr."""
-        inst = self._instance
 
-        def get() -> bytes:
+        def get(inst) -> bytes:  # noqa: ANN001
             mem = inst.memory()
             if ptr < 0 or ptr + n > mem.size:
                 raise IndexError(f"[{ptr}, {ptr + n}) is outside guest memory ({mem.size} bytes)")
             return mem[ptr : ptr + n].tobytes()
 
-        return inst.run(get)
+        return self._touch(get)
 
     def model_id(self, model: Model | None = None) -> int:
         if model is None:

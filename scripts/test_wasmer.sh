@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The engine tests on the wasmer engine. wasmer's Python bindings stop at Python 3.10,
 # so this makes a Python 3.10 venv (.venv-py310) with the package and wasmer, and runs
-# the engine, host, API and guest tests there (the wasmtime cases run again too).
+# the engine, host, API, guest, hostile-guest and concurrency tests there (the wasmtime
+# cases run again too).
 # With no Python 3.10 on the machine it says so and exits 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,4 +26,5 @@ VENV=.venv-py310
 [[ -x $VENV/bin/python ]] || "$PY310" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --upgrade --quiet pip "setuptools>=77" wheel
 "$VENV/bin/python" -m pip install --quiet -e ".[test,wasmer]"
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/engines tests/test_host.py tests/test_api.py tests/guest
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/engines tests/test_host.py tests/test_api.py tests/guest \
+    tests/test_hostile.py tests/test_concurrency.py

@@ -85,6 +85,10 @@ class Instance(Protocol):
         """fn() where the instance may be touched (wasmer: its own thread)."""
         ...
 
+    def serves_imports_here(self) -> bool:
+        """Is the current thread the instance's own, where its imports run (wasmer)?"""
+        ...
+
     def close(self) -> None: ...
 
 

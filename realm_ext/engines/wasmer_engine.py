@@ -3,8 +3,9 @@
 Memory is capped by giving the guest an imported memory (`env.memory`) whose maximum
 is the cap: a grow past it fails (-1 to the guest). A guest that exports its own
 memory instead is refused, since nothing would bound it. wasmer's Python bindings
-offer no fuel or interruption, so this engine cannot bound CPU time: a guest that
-loops forever holds its thread (use wasmtime where that matters).
+offer no fuel or interruption, so this engine cannot bound CPU time, and they keep the
+GIL while guest code runs: a guest that loops forever (in a call or in its start
+function) freezes the whole process. Use wasmtime for guests you do not trust.
 
 wasmer's objects are pinned to the thread that made them (using or dropping one on
 another thread panics), so each instance lives on a thread of its own: every call is
@@ -60,6 +61,10 @@ class WasmerInstance:
         done: Future = Future()
         self._jobs.put((fn, done))
         return done.result()
+
+    def serves_imports_here(self) -> bool:
+        """Is this the instance's thread (where its imports run)?"""
+        return threading.get_ident() == self._owner
 
     def memory(self) -> np.ndarray:
         """The memory itself on the instance's thread (the host's imports); a copy on

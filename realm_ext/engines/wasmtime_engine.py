@@ -2,9 +2,12 @@
 
 Limits: linear memory is capped twice, by the store's limiter and, when the guest
 imports `env.memory`, by the maximum of the memory the host creates; a failed grow
-returns -1 to the guest. Time is bounded per export call by an epoch deadline (one
-process-wide ticker thread advances the epoch every EPOCH_TICK seconds); fuel, when
-asked for, bounds executed instructions.
+returns -1 to the guest. The store also caps tables (MAX_TABLES of MAX_TABLE_ELEMENTS),
+and allows one memory in all (a guest that imports env.memory may define none) and one
+instance. Time is bounded per export call, and for the
+start function during instantiation, by an epoch deadline (one process-wide ticker
+thread advances the epoch every EPOCH_TICK seconds); fuel, when asked for, bounds
+executed instructions.
 
 Imports are bound through wasmtime's *unchecked* function API (raw argument slots,
 no per-call Val conversion): wasmtime-py's checked path costs ~20 µs a call, this one
@@ -35,6 +38,11 @@ from realm_ext.engines.base import (
 
 EPOCH_TICK = 0.01  # seconds per epoch tick
 _NO_DEADLINE = 2**62  # ticks: "never" for calls without a time limit
+# Tables live in host memory outside the linear-memory cap: a guest could otherwise
+# table.grow or declare its way to gigabytes. At most 8 tables of 65536 elements
+# (8 bytes each: 4 MiB in all), one memory and one instance per guest's store.
+MAX_TABLE_ELEMENTS = 1 << 16
+MAX_TABLES = 8
 
 _VALTYPES = {"i32": wasmtime.ValType.i32, "i64": wasmtime.ValType.i64}
 _RAW = 16  # bytes per wasmtime_val_raw_t slot
@@ -137,7 +145,14 @@ class WasmtimeInstance:
         use_fuel = limits.fuel is not None
         module = _SHARED.module(wasm, use_fuel)
         self._store = wasmtime.Store(_SHARED.engine(use_fuel))
-        self._store.set_limits(memory_size=limits.max_pages * WASM_PAGE)
+        imports_memory = any(isinstance(imp.type, wasmtime.MemoryType) for imp in module.imports)
+        self._store.set_limits(
+            memory_size=limits.max_pages * WASM_PAGE,
+            table_elements=MAX_TABLE_ELEMENTS,
+            tables=MAX_TABLES,
+            memories=0 if imports_memory else 1,  # one memory in all (the host's does not count)
+            instances=1,
+        )
         linker = wasmtime.Linker(self._store.engine)
         self._callbacks = []  # the C callbacks must outlive the instance
         self._ctx = None  # the caller's store context (an address) while an import runs
@@ -180,10 +195,12 @@ class WasmtimeInstance:
                     raise GuestError(f"cannot bind env.{imp.name}: {wasmtime.WasmtimeError._from_ptr(ptr)}")
             else:
                 raise GuestError(f"the guest imports env.{imp.name}, which is not a function or the memory")
-        self._store.set_epoch_deadline(_NO_DEADLINE)
+        self._arm()  # a start function runs inside instantiate: the same bounds as a call
         try:
             self._instance = linker.instantiate(self._store, module)
-        except (wasmtime.WasmtimeError, wasmtime.Trap) as e:
+        except wasmtime.Trap as e:
+            raise self._trap_error(e, "its start function") from None
+        except wasmtime.WasmtimeError as e:
             raise GuestError(f"cannot instantiate the guest: {e}") from None
         exports = self._instance.exports(self._store)
         self._exports = {name: exports[name] for name in exports}
@@ -223,10 +240,24 @@ class WasmtimeInstance:
         """fn() (any thread may use a wasmtime store, one at a time)."""
         return fn()
 
+    def serves_imports_here(self) -> bool:
+        """Imports run on the calling thread: no thread of the instance's own."""
+        return False
+
     def call(self, name: str, *args: int) -> int:
         func = self._exports.get(name)
         if not isinstance(func, wasmtime.Func):
             raise GuestError(f"the guest exports no function {name!r}")
+        self._arm()
+        try:
+            return func(self._store, *args)
+        except wasmtime.Trap as e:
+            raise self._trap_error(e, name) from None
+        except wasmtime.WasmtimeError as e:
+            raise GuestError(f"calling the guest's {name} failed: {e}") from None
+
+    def _arm(self) -> None:
+        """The time and fuel budget of one call into the guest."""
         lim = self.limits
         if lim.time is None:
             self._store.set_epoch_deadline(_NO_DEADLINE)
@@ -234,21 +265,15 @@ class WasmtimeInstance:
             self._store.set_epoch_deadline(max(1, int(lim.time / EPOCH_TICK + 0.5)))
         if lim.fuel is not None:
             self._store.set_fuel(lim.fuel)
-        try:
-            return func(self._store, *args)
-        except wasmtime.Trap as e:
-            code = e.trap_code
-            if code == wasmtime.TrapCode.INTERRUPT:
-                raise GuestLimitError(
-                    "time", f"the guest ran past its time limit of {lim.time} s in {name}"
-                ) from None
-            if code == wasmtime.TrapCode.OUT_OF_FUEL:
-                raise GuestLimitError(
-                    "fuel", f"the guest ran out of its fuel ({lim.fuel}) in {name}"
-                ) from None
-            raise GuestError(f"the guest trapped in {name}: {e.message}") from None
-        except wasmtime.WasmtimeError as e:
-            raise GuestError(f"calling the guest's {name} failed: {e}") from None
+
+    def _trap_error(self, e: wasmtime.Trap, where: str) -> GuestError:
+        lim = self.limits
+        code = e.trap_code
+        if code == wasmtime.TrapCode.INTERRUPT:
+            return GuestLimitError("time", f"the guest ran past its time limit of {lim.time} s in {where}")
+        if code == wasmtime.TrapCode.OUT_OF_FUEL:
+            return GuestLimitError("fuel", f"the guest ran out of its fuel ({lim.fuel}) in {where}")
+        return GuestError(f"the guest trapped in {where}: {e.message}")
 
     def close(self) -> None:
         self._exports = {}
