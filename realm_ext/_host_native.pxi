@@ -336,7 +336,7 @@ cdef class NativeImports:
         self.env.error[n] = 0
         self.env.error_len = n
 
-    def add_model(self, uint32_t model_id, LlamaRuntime rt, int n_threads):
+    def add_model(self, uint32_t model_id, LlamaRuntime rt not None, int n_threads):
         if model_id in self.runtimes:
             return
         cdef native_model *grown = <native_model *>realloc(self.env.models, (self.env.n_models + 1) * sizeof(native_model))
@@ -366,7 +366,7 @@ cdef class NativeImports:
                 break
         self.runtimes.pop(model_id, None)
 
-    def add_kv(self, uint64_t kv_id, uint32_t model_id, KVRing ring):
+    def add_kv(self, uint64_t kv_id, uint32_t model_id, KVRing ring not None):
         """Register a ring (growing the model's scratch for it first)."""
         cdef LlamaRuntime rt = self.runtimes[model_id]
         cdef int i

@@ -45,7 +45,7 @@ def default_threads() -> int:
     return len(_os.sched_getaffinity(0)) if hasattr(_os, "sched_getaffinity") else (_os.cpu_count() or 1)
 
 
-# More OpenMP threads than this only queue up (and a huge count makes libgomp abort).
+# More threads than this only queue up (the kernels' pool itself stops at 256).
 MAX_THREADS = 1024
 
 
