@@ -95,10 +95,11 @@ static float reduce16(const float *v) {
 static double exp_and_sum(float *restrict s, int64_t n, int64_t first, float max) {
     double sum = 0.0;
     float lanes[16];
+    for (int64_t j = 0; j < n; j++) s[j] -= max;
+    realm_expf_ggml_row(s, s, n);
     for (int64_t j = 0; j < n;) {
         memset(lanes, 0, sizeof lanes);
         do {
-            s[j] = realm_expf_ggml(s[j] - max);
             lanes[(first + j) % 16] = s[j];
             j++;
         } while (j < n && (first + j) % 16);
@@ -177,13 +178,20 @@ struct attend_job {
     float *scratch; /* slice floats per thread */
     int64_t slice;
     row_convert_fn convert;
+    int64_t n_items;
+    int n_threads;
 };
 
+/* The pool hands each thread a contiguous range; the items are dealt round-robin
+ * instead (item i to thread i % T), since later tokens of a causal batch attend to
+ * more positions. */
 static void attend_items(void *ctx, int64_t i0, int64_t i1, int thread) {
     const struct attend_job *j = ctx;
     const int64_t n_kv = j->kv->n_head_kv, hd = j->kv->head_dim;
+    const int n_threads = realm_pool_threads(j->n_items, j->n_threads);
     float *my_scratch = j->scratch + thread * j->slice;
-    for (int64_t i = i0; i < i1; i++) {
+    (void)i0, (void)i1;
+    for (int64_t i = thread; i < j->n_items; i += n_threads) {
         const int64_t t = i / n_kv;
         const int32_t kvh = (int32_t)(i % n_kv);
         const int64_t off = (t * j->n_head + (int64_t)kvh * j->group) * hd;
@@ -205,10 +213,11 @@ int realm_attention(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t
     if (realm_kv_window_start(kv, pos) < kv->held_from[layer]) return -5;
 
     const int32_t group = n_head / kv->n_head_kv; /* query heads per KV head */
-    struct attend_job j = {kv, layer, pos, n_head, group, q, out, scratch, slice_floats(kv, group),
-                           pick_row_convert()};
     /* work item i: token i / n_head_kv, KV head i % n_head_kv, whose query heads
      * (kvh * group .. kvh * group + group - 1) are consecutive in q and out */
-    realm_parallel_for(n_tokens * kv->n_head_kv, n_threads, attend_items, &j);
+    const int64_t n_items = n_tokens * kv->n_head_kv;
+    struct attend_job j = {kv,      layer,   pos, n_head, group, q, out, scratch, slice_floats(kv, group),
+                           pick_row_convert(), n_items, n_threads};
+    realm_parallel_for(n_items, n_threads, attend_items, &j);
     return 0;
 }

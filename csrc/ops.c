@@ -46,11 +46,73 @@ float realm_expf_ggml(float x) {
     return ldexpf(p, (int)n);
 }
 
+static void expf_ggml_row_portable(const float *x, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = realm_expf_ggml(x[i]);
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* 8 lanes of realm_expf_ggml: the same operations per lane. 2^n is built from its bits
+ * where n is a normal exponent (-126..127); lanes outside (x below ~-87 or above ~88)
+ * are redone by the scalar function. */
+__attribute__((target("avx2,fma"))) static void expf_ggml_row_avx2(const float *x, float *y, int64_t n) {
+    const __m256 shifter = _mm256_set1_ps(0x1.8p23f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        const __m256 k = _mm256_sub_ps(_mm256_fmadd_ps(v, _mm256_set1_ps(0x1.715476p+0f), shifter), shifter);
+        const __m256 b = _mm256_fnmadd_ps(k, _mm256_set1_ps(0x1.7f7d1cp-20f),
+                                          _mm256_fnmadd_ps(k, _mm256_set1_ps(0x1.62e4p-1f), v));
+        const __m256 u = _mm256_mul_ps(b, b);
+        const __m256 hi = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)),
+                                          u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f)));
+        const __m256 p = _mm256_fmadd_ps(hi, u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.ffffecp-1f), b, _mm256_set1_ps(1.0f)));
+        const __m256i ki = _mm256_cvtps_epi32(k); /* exact: k is an integer */
+        const __m256 pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ki, _mm256_set1_epi32(127)), 23));
+        /* lanes whose exponent is not normal (or x is NaN): scalar, from the inputs
+         * kept here (y may be x) */
+        const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(k, _mm256_set1_ps(-126.0f), _CMP_GE_OQ),
+                                        _mm256_cmp_ps(k, _mm256_set1_ps(127.0f), _CMP_LE_OQ));
+        int bad = ~_mm256_movemask_ps(ok) & 0xFF;
+        float in[8];
+        if (bad) _mm256_storeu_ps(in, v);
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(p, pow2));
+        while (bad) {
+            const int l = __builtin_ctz(bad);
+            y[i + l] = realm_expf_ggml(in[l]);
+            bad &= bad - 1;
+        }
+    }
+    for (; i < n; i++) y[i] = realm_expf_ggml(x[i]);
+}
+#endif
+
+typedef void (*expf_row_fn)(const float *, float *, int64_t);
+
+static expf_row_fn pick_expf_row(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return expf_ggml_row_avx2;
+#endif
+    return expf_ggml_row_portable;
+}
+
+void realm_expf_ggml_row(const float *x, float *y, int64_t n) {
+    static expf_row_fn fn; /* chosen once; a race only picks the same function twice */
+    if (!fn) fn = pick_expf_row();
+    fn(x, y, n);
+}
+
 void realm_swiglu(const float *gate, const float *up, float *out, int64_t n) {
     const int64_t n16 = n - n % 16; /* ggml's 16-lane part; its tail uses libm's expf */
-    int64_t i = 0;
-    for (; i < n16; i++) out[i] = gate[i] / (1.0f + realm_expf_ggml(0.0f - gate[i])) * up[i];
-    for (; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+    float e[256];                   /* e^-gate of a piece (out may be gate or up) */
+    for (int64_t i0 = 0; i0 < n16; i0 += 256) {
+        const int64_t m = n16 - i0 < 256 ? n16 - i0 : 256;
+        for (int64_t j = 0; j < m; j++) e[j] = 0.0f - gate[i0 + j];
+        realm_expf_ggml_row(e, e, m);
+        for (int64_t j = 0; j < m; j++) out[i0 + j] = gate[i0 + j] / (1.0f + e[j]) * up[i0 + j];
+    }
+    for (int64_t i = n16; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
 void realm_add(const float *a, const float *b, float *out, int64_t n) {

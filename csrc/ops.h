@@ -27,6 +27,10 @@ void realm_swiglu(const float *gate, const float *up, float *out, int64_t n);
  * ~1.5 ulp against the exact e^x). */
 float realm_expf_ggml(float x);
 
+/* y[i] = realm_expf_ggml(x[i]), vectorized where the CPU has AVX2 + FMA (same bits);
+ * y may be x. */
+void realm_expf_ggml_row(const float *x, float *y, int64_t n);
+
 /* out = a + b */
 void realm_add(const float *a, const float *b, float *out, int64_t n);
 

@@ -218,3 +218,15 @@ def test_expf_ggml(rng) -> None:
     assert expf_ggml(np.array([0.0], np.float32))[0] == 1.0
     assert expf_ggml(np.array([-200.0, -np.inf], np.float32)).tolist() == [0.0, 0.0]
     assert expf_ggml(np.array([200.0, np.inf], np.float32)).tolist() == [np.inf, np.inf]
+
+
+def test_vectorized_expf_ggml_is_the_scalar_one(rng) -> None:
+    """SwiGLU runs ggml's expf 8 lanes at a time (and the scalar one for lanes whose
+    2^n is not a normal float): bit for bit the scalar function, over the whole range."""
+    from realm_ext._kernels import swiglu
+
+    gate = np.concatenate([rng.uniform(-100, 100, 4000), rng.normal(0, 3, 4000)]).astype(np.float32)
+    gate[rng.integers(0, gate.size, 50)] = rng.choice([0.0, -0.0, 87.5, -88.7, 150.0], 50)
+    up = rng.normal(0, 1, gate.size).astype(np.float32)
+    want = gate / (np.float32(1) + expf_ggml(np.float32(0) - gate)) * up
+    np.testing.assert_array_equal(swiglu(gate, up), want)
