@@ -50,3 +50,7 @@ def test_wheel_installs_into_a_new_venv(tmp_path: Path) -> None:
     subprocess.run([exe, "make-model", str(model), "-q"], check=True, cwd=tmp_path)
     shown = subprocess.run([exe, "inspect", str(model)], check=True, capture_output=True, text=True).stdout
     assert "n_layer          2" in shown
+    # the shipped guest, the engines and the backend came along: the main job runs
+    gen = [exe, "generate", "--model", str(model), "-p", "Once upon a time", "-n", "4", "--temperature", "0"]
+    done = subprocess.run(gen, check=True, capture_output=True, text=True, cwd=tmp_path)
+    assert "4 tokens in" in done.stderr and done.stdout.strip()
