@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from realm_ext import _kernels, kernels, quant
-from realm_ext.backends.cpu import CpuBackend
+from realm_ext.backends.cpu import CpuBackend, runtime_args
 from realm_ext.model import load_gguf
 
 T = gguf.GGMLQuantizationType
@@ -426,26 +426,8 @@ def tiny(model_path):
 
 
 def _runtime_args(model):  # noqa: ANN001, ANN202
-    """CpuBackend._build's arguments, to break one at a time."""
-    c = model.config
-    dims = {
-        "n_embd": c.n_embd,
-        "n_head": c.n_head,
-        "n_head_kv": c.n_head_kv,
-        "head_dim": c.head_dim,
-        "n_ff": c.n_ff,
-        "rope_dim": c.rope_dim,
-        "n_vocab": c.n_vocab,
-        "rms_eps": c.rms_eps,
-        "rope_freq_base": c.rope_freq_base,
-    }
-    tensors, norms = {}, {}
-    for name, t in model.tensors.items():
-        if len(t.shape) == 1:
-            norms[name] = t.dequantize().astype(np.float32)
-        else:
-            tensors[name] = (t.raw, int(t.type), t.shape[0], t.shape[1])
-    return dims, c.n_layer, tensors, norms
+    """CpuBackend's arguments for LlamaRuntime, to break one at a time."""
+    return runtime_args(model)
 
 
 def test_llama_runtime_construction_checks_every_tensor(tiny) -> None:

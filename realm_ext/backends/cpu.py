@@ -29,6 +29,33 @@ def _as_rows(a: np.ndarray, width: int, name: str) -> np.ndarray:
     return a.reshape(-1, width)
 
 
+def runtime_args(model: Model) -> tuple[dict, int, dict, dict]:
+    """LlamaRuntime's arguments for a model: its dims, n_layer, the 2-D tensors as
+    (raw, ggml type, n_rows, n_cols) and the norm vectors as float32 copies."""
+    c = model.config
+    dims = {
+        "n_embd": c.n_embd,
+        "n_head": c.n_head,
+        "n_head_kv": c.n_head_kv,
+        "head_dim": c.head_dim,
+        "n_ff": c.n_ff,
+        "rope_dim": c.rope_dim,
+        "n_vocab": c.n_vocab,
+        "rms_eps": c.rms_eps,
+        "rope_freq_base": c.rope_freq_base,
+    }
+    tensors, norms = {}, {}
+    names = ["token_embd.weight", "output.weight", "output_norm.weight"]
+    names += [f"blk.{i}.{n}.weight" for i in range(c.n_layer) for n in LAYER_TENSORS]
+    for name in names:
+        t = model.tensor(name)  # output.weight resolves to token_embd when tied
+        if len(t.shape) == 1:
+            norms[name] = np.ascontiguousarray(t.dequantize(), dtype=np.float32)
+        else:
+            tensors[name] = (t.raw, int(t.type), t.shape[0], t.shape[1])
+    return dims, c.n_layer, tensors, norms
+
+
 class CpuBackend:
     """Forward steps of llama models on the CPU.
 
@@ -61,28 +88,7 @@ class CpuBackend:
             return rt
 
     def _build(self, model: Model) -> _kernels.LlamaRuntime:
-        c = model.config
-        dims = {
-            "n_embd": c.n_embd,
-            "n_head": c.n_head,
-            "n_head_kv": c.n_head_kv,
-            "head_dim": c.head_dim,
-            "n_ff": c.n_ff,
-            "rope_dim": c.rope_dim,
-            "n_vocab": c.n_vocab,
-            "rms_eps": c.rms_eps,
-            "rope_freq_base": c.rope_freq_base,
-        }
-        tensors, norms = {}, {}
-        names = ["token_embd.weight", "output.weight", "output_norm.weight"]
-        names += [f"blk.{i}.{n}.weight" for i in range(c.n_layer) for n in LAYER_TENSORS]
-        for name in names:
-            t = model.tensor(name)  # output.weight resolves to token_embd when tied
-            if len(t.shape) == 1:
-                norms[name] = np.ascontiguousarray(t.dequantize(), dtype=np.float32)
-            else:
-                tensors[name] = (t.raw, int(t.type), t.shape[0], t.shape[1])
-        return _kernels.LlamaRuntime(dims, c.n_layer, tensors, norms, self.max_batch)
+        return _kernels.LlamaRuntime(*runtime_args(model), self.max_batch)
 
     def new_kv(self, model: Model, n_ctx: int) -> KVRing:
         """A KV ring of n_ctx positions for every layer of the model (f16, host memory)."""
