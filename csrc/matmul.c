@@ -117,8 +117,8 @@ int realm_matmul_q(const void *w, int wtype, int64_t n_rows, int64_t n_cols, con
                         realm_get_vec_dot_8r(wtype, isa)};
     if (wrb < 0 || arb < 0 || !k.dot || n_rows < 0 || n_tokens < 0 || ldy < n_rows) return -1;
     const realm_vec_dot_fn gemm = realm_get_vec_dot_gemm(wtype, isa);
-    if (n_tokens > 1 && gemm && n_cols % 16 == 0) /* llama.cpp's batched order (vec_dot.h) */
-        k = (struct kernels){gemm, NULL, NULL};
+    if (gemm && n_tokens >= realm_vec_dot_gemm_min_tokens(wtype) && n_cols % 16 == 0)
+        k = (struct kernels){gemm, realm_get_vec_dot_gemm_nx(wtype, isa), NULL}; /* llama.cpp's batched order */
     const int64_t rpb = rows_per_block(n_rows, n_tokens, n_threads);
     struct matmul_job j = {&k, w, wrb, (const char *)xq, arb, n_rows, n_cols, n_tokens, rpb, y, ldy};
     realm_parallel_for((n_rows + rpb - 1) / rpb, n_threads, matmul_blocks, &j);

@@ -3,6 +3,8 @@
 
 #include <stddef.h>
 
+#include "ggml_blocks.h"
+
 static int detect_isa(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
@@ -87,4 +89,18 @@ realm_vec_dot_fn realm_get_vec_dot_gemm(int wtype, int isa) {
 #endif
     default: return NULL;
     }
+}
+
+realm_vec_dot_nx_fn realm_get_vec_dot_gemm_nx(int wtype, int isa) {
+    switch (kernel_level(wtype, isa)) {
+#if defined(__x86_64__) || defined(__i386__)
+    case REALM_ISA_AVX512: return realm_vec_dot_gemm_nx_table_avx512()[wtype];
+    case REALM_ISA_AVX2: return realm_vec_dot_gemm_nx_table_avx2()[wtype];
+#endif
+    default: return NULL;
+    }
+}
+
+int realm_vec_dot_gemm_min_tokens(int wtype) {
+    return wtype >= REALM_TYPE_Q2_K && wtype <= REALM_TYPE_Q8_K ? 8 : 2;
 }

@@ -57,10 +57,16 @@ realm_vec_dot_nx_fn realm_get_vec_dot_nx(int wtype, int isa);
  * where that ISA has none (the caller uses the single-row kernels). */
 realm_vec_dot_8r_fn realm_get_vec_dot_8r(int wtype, int isa);
 
-/* For several tokens at once (n_cols a multiple of 16): the float-row kernel in the
- * order llama.cpp's batched matmul (llamafile's tinyBLAS) sums, where this ISA level
- * mirrors one (AVX-512: f32, f16, bf16); NULL elsewhere (use realm_get_vec_dot). */
+/* For several tokens at once (at least realm_vec_dot_gemm_min_tokens(wtype), n_cols a
+ * multiple of 16): the kernel in the order llama.cpp's batched matmul sums, where this
+ * ISA level mirrors one: llamafile's tinyBLAS for f32/f16/bf16 (AVX-512), ggml-cpu's
+ * tiled K-quant matmul for Q3_K/Q5_K/Q6_K (AVX2, AVX-512); NULL elsewhere (use
+ * realm_get_vec_dot). The _nx getter gives its multi-token form, or NULL. */
 realm_vec_dot_fn realm_get_vec_dot_gemm(int wtype, int isa);
+realm_vec_dot_nx_fn realm_get_vec_dot_gemm_nx(int wtype, int isa);
+/* The fewest tokens for which llama.cpp takes that batched path: 8 for the K-quants
+ * (ggml-cpu/tiled's threshold), 2 otherwise. */
+int realm_vec_dot_gemm_min_tokens(int wtype);
 
 /* Per-ISA tables, indexed by ggml type id; NULL entries fall back. */
 extern const realm_vec_dot_fn realm_vec_dot_scalar[REALM_N_TYPES];
@@ -72,5 +78,7 @@ const realm_vec_dot_8r_fn *realm_vec_dot_8r_table_avx2(void);
 const realm_vec_dot_8r_fn *realm_vec_dot_8r_table_avx512(void);
 const realm_vec_dot_fn *realm_vec_dot_gemm_table_avx2(void);
 const realm_vec_dot_fn *realm_vec_dot_gemm_table_avx512(void);
+const realm_vec_dot_nx_fn *realm_vec_dot_gemm_nx_table_avx2(void);
+const realm_vec_dot_nx_fn *realm_vec_dot_gemm_nx_table_avx512(void);
 
 #endif

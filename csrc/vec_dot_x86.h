@@ -124,6 +124,23 @@ static inline __m256i x86_scale_pair(int a, int b) {
     return _mm256_set_m128i(_mm_set1_epi16((short)b), _mm_set1_epi16((short)a));
 }
 
+/* ---- llama.cpp's tiled K-quant order ----------------------------------------------
+ * For 8 or more tokens, llama.cpp's CPU backend multiplies Q3_K/Q5_K/Q6_K weights (the
+ * K-quants it does not repack on x86) through ggml-cpu/tiled: per 256-block it forms
+ * the whole integer sums s1 = sum_j scale_j * (q . q8)_j and s2 = sum_j min_j * bsum_j,
+ * then in float r = s1 * d_w - dmin_w * s2 (one fused rounding for the min) and
+ * acc = acc + r * d_act, block after block from acc = 0. Its AVX-512 VNNI microkernel
+ * rounds r * d_act before the add; its AVX2 one fuses them. The `tiled` variants below
+ * compute the same integers as the vec_dot kernels and finish in this order. */
+static inline float x86_tiled_step(float acc, int s1, int s2, float d_w, float dmin_w, float d_act) {
+    const float r = fmaf(-dmin_w, (float)s2, (float)s1 * d_w);
+#if REALM_X86_VNNI
+    return acc + r * d_act;
+#else
+    return fmaf(r, d_act, acc);
+#endif
+}
+
 /* ---- multi-token kernels --------------------------------------------------------
  * A format with a `_rows` body computes, for nt (1..X86_NT) activation rows a + t*la,
  * s[t*ls] = dot(w, a_t): each weight block is decoded into registers once and serves
@@ -403,11 +420,13 @@ static void x86_dot_q2_K(int64_t n, float *s, const void *w, const void *a) {
 /* Q3_K: q = low 2 bits - 4 * (high bit clear). Two unsigned products: low bits times
  * q8, and 4 * (hmask bit clear) times q8, subtracted in s16; then the signed 6-bit
  * scales (a pair per 32-element chunk). hmask bit b marks chunk b. */
-static void x86_dot_q3_K(int64_t n, float *s, const void *w, const void *a) {
+static inline __attribute__((always_inline)) void x86_q3_K_dot(int64_t n, float *s, const void *w, const void *a,
+                                                               const int tiled) {
     const block_q3_K *x = w;
     const block_q8_K *y = a;
     const __m256i m3 = _mm256_set1_epi8(3);
     __m256 acc = _mm256_setzero_ps();
+    float acc_tiled = 0.0f;
     for (int64_t i = 0; i < n / QK_K; i++) {
         int8_t sc[16];
         _mm_storeu_si128((__m128i *)sc, x86_q3k_scales(x[i].scales));
@@ -428,10 +447,15 @@ static void x86_dot_q3_K(int64_t n, float *s, const void *w, const void *a) {
                 sumi = x86_dpwssd(sumi, x86_scale_pair(sc[2 * chunk], sc[2 * chunk + 1]), p16);
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * x86_f16(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+        if (tiled)
+            acc_tiled = x86_tiled_step(acc_tiled, x86_hsum_epi32(sumi), 0, x86_f16(x[i].d), 0.0f, y[i].d);
+        else
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * x86_f16(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
     }
-    *s = x86_hsum_ps(acc);
+    *s = tiled ? acc_tiled : x86_hsum_ps(acc);
 }
+static void x86_dot_q3_K(int64_t n, float *s, const void *w, const void *a) { x86_q3_K_dot(n, s, w, a, 0); }
+static void x86_tiled_q3_K(int64_t n, float *s, const void *w, const void *a) { x86_q3_K_dot(n, s, w, a, 1); }
 
 /* Q4_K: 32 bytes of qs = 64 elements: low nibbles are sub-block 2j, high nibbles
  * sub-block 2j+1 (one scale each, broadcast as s16). The mins meet the Q8_K bsums
@@ -774,12 +798,14 @@ X86_DEFINE_DOT_8R(q4_0)
 
 /* Q5_K: as Q4_K, plus the 5th bit: bit 2j / 2j+1 of qh[l] for the low / high nibbles of
  * chunk j, moved to bit 4 of each byte (shifts within 16-bit lanes keep bytes apart). */
-static void x86_dot_q5_K(int64_t n, float *s, const void *w, const void *a) {
+static inline __attribute__((always_inline)) void x86_q5_K_dot(int64_t n, float *s, const void *w, const void *a,
+                                                               const int tiled) {
     const block_q5_K *x = w;
     const block_q8_K *y = a;
     const __m256i m4 = _mm256_set1_epi8(0xF);
     const __m256i m16 = _mm256_set1_epi8(0x10);
     __m256 acc = _mm256_setzero_ps();
+    float acc_tiled = 0.0f;
     float summs = 0.0f; /* the mins: one integer per block, then a scalar fused multiply-add */
     for (int64_t i = 0; i < n / QK_K; i++) {
         const float d = y[i].d * x86_f16(x[i].d);
@@ -790,7 +816,8 @@ static void x86_dot_q5_K(int64_t n, float *s, const void *w, const void *a) {
         __m128i m = _mm_madd_epi16(_mm256_extracti128_si256(sc_mn, 1), sums32);
         m = _mm_add_epi32(m, _mm_unpackhi_epi64(m, m));
         m = _mm_add_epi32(m, _mm_shuffle_epi32(m, 1));
-        summs = fmaf(dmin, (float)_mm_cvtsi128_si32(m), summs);
+        const int mins = _mm_cvtsi128_si32(m);
+        if (!tiled) summs = fmaf(dmin, (float)mins, summs);
 
         uint16_t sc[16];
         _mm256_storeu_si256((__m256i *)sc, sc_mn);
@@ -811,23 +838,31 @@ static void x86_dot_q5_K(int64_t n, float *s, const void *w, const void *a) {
             sumi = x86_dpwssd(sumi, _mm256_set1_epi16((short)sc[2 * j]), p_lo);
             sumi = x86_dpwssd(sumi, _mm256_set1_epi16((short)sc[2 * j + 1]), p_hi);
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        if (tiled)
+            acc_tiled = x86_tiled_step(acc_tiled, x86_hsum_epi32(sumi), mins, x86_f16(x[i].d), x86_f16(x[i].dmin),
+                                       y[i].d);
+        else
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    *s = x86_hsum_ps(acc) + summs;
+    *s = tiled ? acc_tiled : x86_hsum_ps(acc) + summs;
 }
+static void x86_dot_q5_K(int64_t n, float *s, const void *w, const void *a) { x86_q5_K_dot(n, s, w, a, 0); }
+static void x86_tiled_q5_K(int64_t n, float *s, const void *w, const void *a) { x86_q5_K_dot(n, s, w, a, 1); }
 
 /* Q6_K: per half (128 elements) 64 bytes of ql and 32 of qh make four 32-element
  * chunks: low/high nibbles of ql[0..31] and ql[32..63] plus bit pairs 0-1, 2-3, 4-5,
  * 6-7 of qh. The unsigned q (0..63) times q8 with vpmaddubsw, times the int8 scales (a
  * pair per chunk); the offset of 32 is taken off once per block through the Q8_K
  * bsums: sum_j sc_j * sum_l (q_l - 32) q8_l = sum_j sc_j * sum_l q_l q8_l - 32 * sum_j sc_j bsum_j. */
-static inline __attribute__((always_inline)) void x86_q6_K_rows(int64_t n, float *s, int64_t ls, const void *w,
-                                                                const void *a, int64_t la, const int nt) {
+static inline __attribute__((always_inline)) void x86_q6_K_rows_in(int64_t n, float *s, int64_t ls, const void *w,
+                                                                   const void *a, int64_t la, const int nt,
+                                                                   const int tiled) {
     const block_q6_K *x = w;
     const __m256i m4 = _mm256_set1_epi8(0xF);
     const __m256i m2 = _mm256_set1_epi8(0x30);
     __m256 acc[X86_NT];
-    for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
+    float acc_tiled[X86_NT];
+    for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps(), acc_tiled[t] = 0.0f;
     for (int64_t i = 0; i < n / QK_K; i++) {
         const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[i].scales));
         __m256i sumi[X86_NT];
@@ -882,23 +917,40 @@ static inline __attribute__((always_inline)) void x86_q6_K_rows(int64_t n, float
         }
         for (int t = 0; t < nt; t++) {
             const block_q8_K *y = (const block_q8_K *)((const char *)a + t * la) + i;
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y->d * x86_f16(x[i].d)), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            if (tiled)
+                acc_tiled[t] = x86_tiled_step(acc_tiled[t], x86_hsum_epi32(sumi[t]), 0, x86_f16(x[i].d), 0.0f, y->d);
+            else
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y->d * x86_f16(x[i].d)), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
         }
     }
-    for (int t = 0; t < nt; t++) s[t * ls] = x86_hsum_ps(acc[t]);
+    for (int t = 0; t < nt; t++) s[t * ls] = tiled ? acc_tiled[t] : x86_hsum_ps(acc[t]);
+}
+static inline __attribute__((always_inline)) void x86_q6_K_rows(int64_t n, float *s, int64_t ls, const void *w,
+                                                                const void *a, int64_t la, const int nt) {
+    x86_q6_K_rows_in(n, s, ls, w, a, la, nt, 0);
+}
+static inline __attribute__((always_inline)) void x86_q6_K_tiled_rows(int64_t n, float *s, int64_t ls, const void *w,
+                                                                      const void *a, int64_t la, const int nt) {
+    x86_q6_K_rows_in(n, s, ls, w, a, la, nt, 1);
 }
 X86_DEFINE_DOTS(q6_K)
+X86_DEFINE_DOTS(q6_K_tiled)
 
 #ifdef REALM_X86_GGML16
 #define X86_FLOAT_ENTRIES \
     [REALM_TYPE_F32] = x86_dot_g16_f32, [REALM_TYPE_F16] = x86_dot_g16_f16, [REALM_TYPE_BF16] = x86_dot_g16_bf16
 /* several tokens at once: tinyBLAS's order (rows must be a multiple of 16) */
-#define REALM_X86_GEMM_TABLE_ENTRIES \
-    [REALM_TYPE_F32] = x86_gemm_g16_f32, [REALM_TYPE_F16] = x86_gemm_g16_f16, [REALM_TYPE_BF16] = x86_gemm_g16_bf16
+#define X86_GEMM_FLOAT_ENTRIES \
+    [REALM_TYPE_F32] = x86_gemm_g16_f32, [REALM_TYPE_F16] = x86_gemm_g16_f16, [REALM_TYPE_BF16] = x86_gemm_g16_bf16,
 #else
 #define X86_FLOAT_ENTRIES [REALM_TYPE_F32] = x86_dot_f32, [REALM_TYPE_F16] = x86_dot_f16, [REALM_TYPE_BF16] = x86_dot_bf16
-#define REALM_X86_GEMM_TABLE_ENTRIES 0
+#define X86_GEMM_FLOAT_ENTRIES
 #endif
+/* several tokens at once: the K-quants llama.cpp multiplies through ggml-cpu/tiled */
+#define REALM_X86_GEMM_TABLE_ENTRIES                                                                  \
+    X86_GEMM_FLOAT_ENTRIES[REALM_TYPE_Q3_K] = x86_tiled_q3_K, [REALM_TYPE_Q5_K] = x86_tiled_q5_K, \
+                                            [REALM_TYPE_Q6_K] = x86_dot_q6_K_tiled
+#define REALM_X86_GEMM_NX_TABLE_ENTRIES [REALM_TYPE_Q6_K] = x86_dot_nx_q6_K_tiled
 
 #define REALM_X86_TABLE_ENTRIES                                                                          \
     X86_FLOAT_ENTRIES,                                                                                   \
@@ -920,7 +972,9 @@ X86_DEFINE_DOTS(q6_K)
     static const realm_vec_dot_nx_fn nx_table[REALM_N_TYPES] = {REALM_X86_NX_TABLE_ENTRIES};               \
     static const realm_vec_dot_8r_fn r8_table[REALM_N_TYPES] = {REALM_X86_8R_TABLE_ENTRIES};               \
     static const realm_vec_dot_fn gemm_table[REALM_N_TYPES] = {REALM_X86_GEMM_TABLE_ENTRIES};              \
+    static const realm_vec_dot_nx_fn gemm_nx_table[REALM_N_TYPES] = {REALM_X86_GEMM_NX_TABLE_ENTRIES};     \
     const realm_vec_dot_fn *realm_vec_dot_gemm_table_##isa(void) { return gemm_table; }                     \
+    const realm_vec_dot_nx_fn *realm_vec_dot_gemm_nx_table_##isa(void) { return gemm_nx_table; }            \
     const realm_vec_dot_fn *realm_vec_dot_table_##isa(void) { return table; }                              \
     const realm_vec_dot_nx_fn *realm_vec_dot_nx_table_##isa(void) { return nx_table; }                     \
     const realm_vec_dot_8r_fn *realm_vec_dot_8r_table_##isa(void) { return r8_table; }

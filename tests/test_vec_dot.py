@@ -18,6 +18,7 @@ FORMATS = tuple(t.name for t in quant.SUPPORTED_TYPES)  # F32 .. Q6_K
 ALL_ISAS = ("scalar", "avx2", "avx512")
 ISAS = ALL_ISAS[: ALL_ISAS.index(_kernels.cpu_isa()) + 1]
 RTOL = 1e-5
+TILED_FORMATS = ("Q3_K", "Q5_K", "Q6_K")  # llama.cpp's ggml-cpu/tiled order for 8+ tokens
 
 # (n_rows, n_cols, n_tokens, n_threads): rows not a multiple of 16 or of the threads
 SHAPES = ((33, 256, 7, 3), (257, 512, 1, 2), (40, 2816, 64, 1), (1, 256, 1, 1), (17, 512, 64, 2))
@@ -149,9 +150,11 @@ def test_matches_scalar(fmt: str, isa: str, rng: np.random.Generator) -> None:
         assert_close(got, ref, raw, fmt, x, (fmt, isa, n_rows, n_cols, n_tokens, n_threads))
         # a token alone (decode) gives bit for bit what it gives inside a batch (prefill),
         # whether it sits in a full group of the multi-token kernel or in the remainder;
-        # except float rows on AVX-512, which follow llama.cpp there: one token sums as
-        # its vec_dot, several as its batched tinyBLAS (vec_dot.h)
-        batched_order = fmt in ("F32", "F16", "BF16") and isa == "avx512" and n_cols % 16 == 0
+        # except where the kernels follow llama.cpp's batched order (vec_dot.h): float rows
+        # on AVX-512 (its tinyBLAS, 2+ tokens), Q3_K/Q5_K/Q6_K on SIMD (its tiled path, 8+)
+        batched_order = (fmt in ("F32", "F16", "BF16") and isa == "avx512" and n_cols % 16 == 0) or (
+            fmt in TILED_FORMATS and isa != "scalar" and n_tokens >= 8
+        )
         for t in sorted({0, n_tokens // 2, n_tokens - 1}):
             alone = matmul(raw, fmt, np.ascontiguousarray(x[t : t + 1]), isa, n_threads)
             if batched_order and n_tokens > 1:
