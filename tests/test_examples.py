@@ -35,10 +35,11 @@ def run_example(script: str, *args: object) -> str:
     return done.stdout
 
 
-def test_every_example_is_tested() -> None:
+def test_every_example_is_tested_and_in_the_readme() -> None:
     scripts = {p.relative_to(ROOT / "examples").as_posix() for p in (ROOT / "examples").rglob("*.py")}
     tested = set(re.findall(r'run_example\(\s*"([\w/]+\.py)"', Path(__file__).read_text()))
-    assert scripts == tested
+    listed = set(re.findall(r"`python examples/([\w/]+\.py)`", (ROOT / "README.md").read_text()))
+    assert scripts == tested == listed
 
 
 def test_stream_generate_prints_what_generate_returns(tmp_path: Path, rng: np.random.Generator) -> None:
