@@ -108,13 +108,17 @@ def matvec_row(
     if gt in cm.FLOAT_TYPES:
         kernel = call  # no q8_1 step: the call is the kernel
     else:
-        mv = cm.kernels(int(gt))["matvec_t1"]
-        args = [(w.data, scratch, out, np.int32(rows), np.int32(cols), np.int32(1)) for w in ws]
+        lc = cm.matmul_plan(gt, rows, cols, 1)[-1]  # the matvec launch, after quantize_q8_1
+        mv = cm.kernels(gt)[lc.kernel]
+        bufs = {"scratch": scratch, "out": out}
+        args = [
+            tuple(w.data if a == "W" else bufs[a] if isinstance(a, str) else a for a in lc.args) for w in ws
+        ]
 
         def matvecs() -> None:
             with stream:
                 for a in args:
-                    mv((rows,), (32, 4), a)
+                    mv(lc.grid, lc.block, a)
 
         kernel = _graph_time(matvecs, len(ws), stream, repeat)
     nbytes = ws[0].nbytes

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -83,24 +84,79 @@ def activation_scratch_bytes(n_tokens: int, n_cols: int) -> int:
     return int(n_tokens) * -(-int(n_cols) // Q8_1_BLOCK) * Q8_1_BYTES
 
 
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch of a plan: matmul.cu's kernel name, grid and block shapes, and its
+    arguments: buffer roles ("W", "x", "out", "scratch", "ids") or numpy scalars."""
+
+    kernel: str
+    grid: tuple[int, ...]
+    block: tuple[int, ...]
+    args: tuple[str | np.integer, ...]
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def matmul_plan(ggml_type: int, n_rows: int, n_cols: int, n_tokens: int) -> list[Launch]:
+    """The launches of one matmul (shapes already checked; n_tokens >= 1): q8_1
+    quantization of x into scratch (quantized types), then the decode kernel for up to
+    MATVEC_MAX_TOKENS tokens (the smallest of its 1/2/4/8-token variants that fits) or
+    the tiled prefill kernel; float types: the float matvec over token tiles."""
+    gt = T(int(ggml_type))
+    name = KERNEL_NAMES[gt]
+    dims = (np.int32(n_rows), np.int32(n_cols), np.int32(n_tokens))
+    if gt in FLOAT_TYPES:
+        nt = 1 if n_tokens == 1 else MATVEC_MAX_TOKENS
+        grid = (_cdiv(n_rows, 1 if nt == 1 else 2), _cdiv(n_tokens, nt))
+        return [Launch(f"matvec_{name}_t{nt}", grid, _MV_BLOCK, ("W", "x", "out", *dims))]
+    n = n_tokens * n_cols
+    plan = [Launch("quantize_q8_1", (_cdiv(n, 256),), (256,), ("x", "scratch", np.int64(n)))]
+    args = ("W", "scratch", "out", *dims)
+    if n_tokens <= MATVEC_MAX_TOKENS:
+        nt = 1 << (n_tokens - 1).bit_length()  # 1, 2, 4 or 8
+        plan.append(Launch(f"matvec_{name}_t{nt}", (_cdiv(n_rows, 1 if nt == 1 else 2),), _MV_BLOCK, args))
+    else:
+        grid = (_cdiv(n_rows, _MM_ROWS), _cdiv(n_tokens, _MM_TOKENS))
+        plan.append(Launch(f"matmul_{name}", grid, (_MM_THREADS,), args))
+    return plan
+
+
+def get_rows_plan(ggml_type: int, n_rows: int, n_cols: int, n_ids: int) -> list[Launch]:
+    """The launch of one get_rows (n_ids >= 1): a thread per output element."""
+    name = KERNEL_NAMES[T(int(ggml_type))]
+    args = ("W", "ids", "out", np.int32(n_rows), np.int32(n_cols))
+    return [Launch(f"get_rows_{name}", (n_ids, _cdiv(n_cols, 256)), (256,), args)]
+
+
 @functools.cache
 def _kernel(name: str) -> Any:
     return cuda_source.load_module("matmul").get_function(name)
 
 
+def kernel_names(ggml_type: int) -> list[str]:
+    """Every kernel of matmul.cu that the plans of a weight type launch."""
+    gt = T(int(ggml_type))
+    names = {lc.kernel for nt in (1, 2, 3, 5, 9) for lc in matmul_plan(gt, 1, 256, nt)}
+    return sorted(names | {lc.kernel for lc in get_rows_plan(gt, 1, 256, 1)})
+
+
 @functools.cache
 def kernels(ggml_type: int) -> dict[str, Any]:
-    """The kernels of one weight type, compiled and loaded once per process (call it
-    before capturing a graph to keep module loading out of the capture)."""
-    gt = T(int(ggml_type))
-    name = KERNEL_NAMES[gt]
-    nts = (1, 8) if gt in FLOAT_TYPES else (1, 2, 4, 8)
-    ks = {f"matvec_t{nt}": _kernel(f"matvec_{name}_t{nt}") for nt in nts}
-    ks["get_rows"] = _kernel(f"get_rows_{name}")
-    if gt not in FLOAT_TYPES:
-        ks["matmul"] = _kernel(f"matmul_{name}")
-        ks["quantize"] = _kernel("quantize_q8_1")
-    return ks
+    """Those kernels by name, compiled and loaded once per process (call it before
+    capturing a graph to keep module loading out of the capture)."""
+    return {k: _kernel(k) for k in kernel_names(ggml_type)}
+
+
+def _launch(plan: list[Launch], buffers: dict[str, Any], stream: Any) -> None:
+    ks = kernels(buffers["W"].ggml_type)
+    with stream if stream is not None else contextlib.nullcontext():
+        for lc in plan:
+            args = tuple(
+                buffers[a].data if a == "W" else buffers[a] if isinstance(a, str) else a for a in lc.args
+            )
+            ks[lc.kernel](lc.grid, lc.block, args)
 
 
 def _check_array(what: str, a: Any, dtype: Any, shape: tuple[int, ...]) -> None:
@@ -123,10 +179,6 @@ def _overlap(a: Any, b: Any) -> bool:
         and a.data.ptr < b.data.ptr + b.nbytes
         and b.data.ptr < a.data.ptr + a.nbytes
     )
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def matmul(w: DeviceWeight, x: Any, out: Any, scratch: Any, stream: Any = None) -> None:
@@ -167,25 +219,8 @@ def matmul(w: DeviceWeight, x: Any, out: Any, scratch: Any, stream: Any = None) 
         raise ValueError(f"too many tokens for one call: {n_tokens}")
     if n_tokens == 0:
         return
-    ks = kernels(w.ggml_type)
-    n_rows, n_cols = np.int32(w.n_rows), np.int32(w.n_cols)
-    with stream if stream is not None else contextlib.nullcontext():
-        if not quantized:
-            nt = 1 if n_tokens == 1 else MATVEC_MAX_TOKENS
-            rows_per_block = 1 if nt == 1 else 2
-            grid = (_cdiv(w.n_rows, rows_per_block), _cdiv(n_tokens, nt))
-            ks[f"matvec_t{nt}"](grid, _MV_BLOCK, (w.data, x, out, n_rows, n_cols, np.int32(n_tokens)))
-            return
-        n = n_tokens * w.n_cols
-        ks["quantize"]((_cdiv(n, 256),), (256,), (x, scratch, np.int64(n)))
-        args = (w.data, scratch, out, n_rows, n_cols, np.int32(n_tokens))
-        if n_tokens <= MATVEC_MAX_TOKENS:
-            nt = 1 << (n_tokens - 1).bit_length()  # 1, 2, 4 or 8
-            rows_per_block = 1 if nt == 1 else 2
-            ks[f"matvec_t{nt}"]((_cdiv(w.n_rows, rows_per_block),), _MV_BLOCK, args)
-        else:
-            grid = (_cdiv(w.n_rows, _MM_ROWS), _cdiv(n_tokens, _MM_TOKENS))
-            ks["matmul"](grid, (_MM_THREADS,), args)
+    plan = matmul_plan(w.ggml_type, w.n_rows, w.n_cols, n_tokens)
+    _launch(plan, {"W": w, "x": x, "out": out, "scratch": scratch}, stream)
 
 
 def get_rows(w: DeviceWeight, ids: Any, out: Any, stream: Any = None) -> None:
@@ -204,8 +239,4 @@ def get_rows(w: DeviceWeight, ids: Any, out: Any, stream: Any = None) -> None:
         raise ValueError(f"rows too long for get_rows: {w.n_cols}")
     if n == 0:
         return
-    ks = kernels(w.ggml_type)
-    with stream if stream is not None else contextlib.nullcontext():
-        ks["get_rows"](
-            (n, _cdiv(w.n_cols, 256)), (256,), (w.data, ids, out, np.int32(w.n_rows), np.int32(w.n_cols))
-        )
+    _launch(get_rows_plan(w.ggml_type, w.n_rows, w.n_cols, n), {"W": w, "ids": ids, "out": out}, stream)

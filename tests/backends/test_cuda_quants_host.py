@@ -2,16 +2,14 @@
 
 quants.cuh is compiled for the host by g++ with its few CUDA intrinsics emulated
 (cuda_host_harness.cpp), so every q8_1 dot product and every decoder the kernels use is
-checked here against gguf's decoders, with no GPU. The kernels' thread layout around
-these functions is checked by test_cuda_kernels.py on a GPU.
+checked here against gguf's decoders, with no GPU; whole kernels are run on the CPU by
+test_cuda_emulated.py and on a GPU by test_cuda_kernels.py.
 """
 
 from __future__ import annotations
 
 import ctypes
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/backends helpers
 
+from cuda_emulator import Emulator  # noqa: E402
 from q8_1_ref import quantize_q8_1, s_rounding  # noqa: E402
 
 from realm_ext import quant  # noqa: E402
@@ -28,23 +27,11 @@ from realm_ext.backends import cuda_source  # noqa: E402
 
 T = quant.GGMLType
 QUANTIZED = [t for t in quant.SUPPORTED_TYPES if t not in (T.F32, T.F16, T.BF16)]
-HARNESS = Path(__file__).resolve().parent / "cuda_host_harness.cpp"
 
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no C++ compiler (g++/c++) on PATH to build the host harness")
-    so = tmp_path_factory.mktemp("harness") / "cuda_host_harness.so"
-    d = cuda_source.csrc_dir()
-    cmd = [cxx, "-O1", "-std=c++17", "-ffp-contract=off", "-Wno-unknown-pragmas", "-shared", "-fPIC"]
-    subprocess.run([*cmd, f"-I{d}", f"-I{d / 'cuda'}", str(HARNESS), "-o", str(so)], check=True)
-    lib = ctypes.CDLL(str(so))
-    p, i = ctypes.c_void_p, ctypes.c_int
-    lib.harness_dot_rows.argtypes = [i, p, p, i, i, p]
-    lib.harness_decode_rows.argtypes = [i, p, i, i, p]
-    return lib
+@pytest.fixture
+def harness(emulator: Emulator) -> ctypes.CDLL:
+    return emulator.lib
 
 
 def weights(rng: np.random.Generator, t: T, n_rows: int, n_cols: int, encoded: bool) -> np.ndarray:
@@ -123,14 +110,9 @@ def test_every_kernel_cuda_matmul_launches_is_defined() -> None:
     finally:
         nvrtc.destroyProgram(prog)
     entries = set(re.findall(r"\.entry\s+(\w+)\(", ptx))
-    wanted = {"quantize_q8_1"}
-    for t, name in cuda_matmul.KERNEL_NAMES.items():
-        nts = (1, 8) if t in cuda_matmul.FLOAT_TYPES else (1, 2, 4, 8)
-        wanted |= {f"matvec_{name}_t{nt}" for nt in nts} | {f"get_rows_{name}"}
-        if t not in cuda_matmul.FLOAT_TYPES:
-            wanted.add(f"matmul_{name}")
+    wanted = {k for t in quant.SUPPORTED_TYPES for k in cuda_matmul.kernel_names(t)}
     assert wanted <= entries, sorted(wanted - entries)
-    assert len(wanted) == 10 * 6 + 3 * 3 + 1
+    assert len(wanted) == 10 * 6 + 3 * 3 + 1  # per format: matvec t1 t2 t4 t8, matmul, get_rows
 
 
 def test_upload_rejects_bad_weights(rng: np.random.Generator) -> None:
