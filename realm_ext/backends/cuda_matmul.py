@@ -47,6 +47,16 @@ class DeviceWeight:
     __slots__ = ("ggml_type", "n_rows", "n_cols", "data")
 
     def __init__(self, data: cupy.ndarray, ggml_type: int, n_rows: int, n_cols: int) -> None:
+        """Wrap blocks already on the device (e.g. a view into one upload of a whole
+        file): C-contiguous uint8, exactly n_rows rows, starting 16-byte aligned (the
+        kernels read blocks in 32-bit words; GGUF aligns tensor data to 32 bytes)."""
+        need = n_rows * quant.row_bytes(ggml_type, n_cols)
+        if getattr(data, "dtype", None) != np.uint8 or data.ndim != 1 or not data.flags.c_contiguous:
+            raise ValueError("weight data must be a 1-D C-contiguous cupy uint8 array")
+        if data.nbytes != need:
+            raise ValueError(f"weight of {n_rows} x {n_cols} needs {need} bytes, got {data.nbytes}")
+        if data.data.ptr % 16:
+            raise ValueError(f"weight data must start 16-byte aligned (address {data.data.ptr:#x})")
         self.ggml_type = int(ggml_type)
         self.n_rows = n_rows
         self.n_cols = n_cols
@@ -213,6 +223,8 @@ def matmul(w: DeviceWeight, x: Any, out: Any, scratch: Any, stream: Any = None) 
             raise ValueError(
                 f"scratch holds {scratch.nbytes} bytes, {need} needed for {n_tokens} x {w.n_cols}"
             )
+        if scratch.data.ptr % 4:
+            raise ValueError("scratch must start 4-byte aligned (q8_1 blocks are read in 32-bit words)")
         if _overlap(scratch, x) or _overlap(scratch, out):
             raise ValueError("scratch may not overlap x or out")
     if _cdiv(n_tokens, _MM_TOKENS if quantized else MATVEC_MAX_TOKENS) > _MAX_GRID_Y:

@@ -128,6 +128,7 @@ def test_bad_shapes_raise(rng: np.random.Generator) -> None:
         ((w, x, out.astype(cupy.float16), scratch), "float32"),
         ((w, x, out, scratch[:-1]), "bytes"),
         ((w, x, out, scratch.view(cupy.int8)), "uint8"),
+        ((w, x, out, cupy.zeros(scratch.size + 1, cupy.uint8)[1:]), "aligned"),
         ((w, x, cupy.zeros((3, n_cols), cupy.float32)[:, :n_rows], scratch), "C-contiguous"),
     ]
     for args, match in cases:
@@ -138,6 +139,10 @@ def test_bad_shapes_raise(rng: np.random.Generator) -> None:
         matmul(w, both.reshape(3, n_cols), both[: 3 * n_rows].reshape(3, n_rows), scratch)
     with pytest.raises(ValueError, match="overlap"):
         matmul(w, x, out, x.view(cupy.uint8).reshape(-1))
+    with pytest.raises(ValueError, match="aligned"):
+        DeviceWeight(cupy.zeros(w.nbytes + 4, cupy.uint8)[4:], T.Q4_K, n_rows, n_cols)
+    with pytest.raises(ValueError, match="bytes"):
+        DeviceWeight(w.data[:-1], T.Q4_K, n_rows, n_cols)
     ids = cupy.zeros(2, dtype=cupy.int32)
     with pytest.raises(ValueError, match="int32"):
         get_rows(w, ids.astype(cupy.int64), cupy.zeros((2, n_cols), cupy.float32))
