@@ -7,37 +7,41 @@
  * and up parts of one fused gate+up matmul output).
  */
 #include "common.cuh"
+#include "ggml_math.cuh"
 
 #define NORM_THREADS 256
 
 /* sum of v over the block (blockDim.x a multiple of 32, at most 1024); every thread
- * gets the total. red: 32 floats of shared memory. */
-static __device__ float block_sum(float v, float *red) {
+ * gets the total. red: 32 doubles of shared memory. */
+static __device__ double block_sum(double v, double *red) {
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
-    v = warp_sum(v);
+#pragma unroll
+    for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     __syncthreads(); /* red may still be read by a previous call */
     if (lane == 0) red[warp] = v;
     __syncthreads();
-    const int n_warps = blockDim.x / WARP_SIZE;
-    v = lane < n_warps ? red[lane] : 0.0f;
-    return warp_sum(v);
+    v = lane < (int)(blockDim.x / WARP_SIZE) ? red[lane] : 0.0;
+#pragma unroll
+    for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
 }
 
-/* out = x / sqrt(mean(x^2) + eps) * w for one row of n, as realm_rmsnorm: the scale in
- * f32, then (x * scale) * w. The sum of squares is f32 (ggml's CUDA rms_norm sums in
- * f32 too; the CPU path sums in double: they differ in the last bits). */
-static __device__ void rmsnorm_row(const float *x, const float *w, float *out, int n, float eps, float *red) {
-    float sum = 0.0f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) sum += x[i] * x[i];
+/* out = x / sqrt(mean(x^2) + eps) * w for one row of n, as realm_rmsnorm: the squares
+ * in f32 summed in double (a tree here, a loop there: the same float almost always),
+ * the mean and the scale in f32, then (x * scale) * w. */
+static __device__ void rmsnorm_row(const float *x, const float *w, float *out, int n, float eps, double *red) {
+    double sum = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) sum += (double)__fmul_rn(x[i], x[i]);
     sum = block_sum(sum, red);
-    const float scale = 1.0f / sqrtf(sum / (float)n + eps);
+    const float mean = (float)(sum / (double)n);
+    const float scale = 1.0f / sqrtf(mean + eps);
     for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = (x[i] * scale) * w[i];
 }
 
 /* out[t] = rmsnorm(x[t]) * w. Grid: n_tokens blocks of NORM_THREADS. */
 extern "C" __global__ void __launch_bounds__(NORM_THREADS) rmsnorm_f32(const float *x, const float *w, float *out,
                                                                      int n, float eps) {
-    __shared__ float red[WARP_SIZE];
+    __shared__ double red[WARP_SIZE];
     const long long row = (long long)blockIdx.x * n;
     rmsnorm_row(x + row, w, out + row, n, eps, red);
 }
@@ -48,7 +52,7 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS) rmsnorm_f32(const flo
  * must not alias any of them. Grid: n_tokens blocks of NORM_THREADS. */
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
     add_rmsnorm_f32(const float *a, const float *b, float *sum, const float *w, float *norm, int n, float eps) {
-    __shared__ float red[WARP_SIZE];
+    __shared__ double red[WARP_SIZE];
     const long long row = (long long)blockIdx.x * n;
     for (int i = threadIdx.x; i < n; i += blockDim.x) sum[row + i] = a[row + i] + b[row + i];
     if (w == nullptr) return; /* uniform over the grid */
@@ -56,14 +60,16 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS)
     rmsnorm_row(sum + row, w, norm + row, n, eps, red);
 }
 
-/* out[t][i] = silu(gate[t][i]) * up[t][i], silu(g) = g / (1 + e^-g), as realm_swiglu
- * (expf here; the CPU uses ggml's vectorized expf: the last bit may differ).
- * Grid: (ceil(n / blockDim.x), n_tokens). out: rows of n, contiguous. */
+/* out[t][i] = silu(gate[t][i]) * up[t][i], silu(g) = g / (1 + e^-g), as realm_swiglu:
+ * ggml's expf for the first n - n % 16 elements (its 16-lane part), libm's (CUDA's
+ * expf here) for the tail. Grid: (ceil(n / blockDim.x), n_tokens). out: rows of n,
+ * contiguous. */
 extern "C" __global__ void swiglu_f32(const float *gate, int gate_stride, const float *up, int up_stride, float *out,
                                       int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     const long long t = blockIdx.y;
     if (i >= n) return;
     const float g = gate[t * gate_stride + i];
-    out[t * n + i] = g / (1.0f + expf(-g)) * up[t * up_stride + i];
+    const float e = i < n - n % 16 ? expf_ggml(0.0f - g) : expf(-g);
+    out[t * n + i] = g / (1.0f + e) * up[t * up_stride + i];
 }

@@ -16,10 +16,12 @@ The same interface as `CpuBackend` (realm_ext/backends/cpu.py). What lives where
   once, when its result is copied back.
 
 Decode (one token) replays a CUDA graph: the whole layer sequence of a forward_layers
-call is captured once per (model, layer range, ring) and replayed per token. The
-kernels read the position from a device buffer (`CudaRuntime.pos`), updated by one
-small copy before each replay, so the graph itself never changes. The first decode
-call of a shape runs eagerly (it loads every kernel); the second captures.
+call is captured once per (model, layer range, ring capacity) and replayed per token.
+The kernels read the position and the ring's storage addresses from a device buffer
+(`CudaRuntime.ring`), written by one small copy before each replay, so one graph
+serves every position and every ring of that capacity (every guest, every
+conversation). The first decode call of a shape runs eagerly (it loads every kernel);
+the second captures.
 
 `CudaRuntime.run_layers` is the forward pass, readable top to bottom.
 """
@@ -42,7 +44,7 @@ from realm_ext.model import Model, Tensor
 
 NORM_THREADS = 256  # ops.cu's NORM_THREADS
 SWIGLU_THREADS = 256
-ATT_TILE = 128  # attention.cu's ATT_TILE: threads of attention_split
+ATT_TILE = 128  # attention.cu's ATT_TILE: threads of attention_max / attention_weigh
 MAX_SPLIT = 32  # at most this many chunks per token's window
 SPLIT_BLOCKS = 256  # split a window until a launch has about this many blocks
 MAX_SHARED_BYTES = 48 * 1024  # dynamic shared memory a block may use without opting in
@@ -53,15 +55,17 @@ _NULL = np.uint64(0)  # a null pointer kernel argument
 
 
 def split_chunks(n_tokens: int, n_head_kv: int, capacity: int) -> int:
-    """Chunks per token's window in attention_split: enough blocks to fill the GPU for
-    one token (flash-decoding), one chunk when a long prompt gives blocks enough."""
+    """Chunks per token's window in the attention passes: enough blocks to fill the GPU
+    for one token (flash-decoding's split), one chunk when a long prompt gives blocks
+    enough."""
     most = min(MAX_SPLIT, -(-capacity // ATT_TILE))
     return max(1, min(most, -(-SPLIT_BLOCKS // (n_tokens * n_head_kv))))
 
 
 def attention_shared_bytes(group: int, head_dim: int) -> int:
-    """attention_split's dynamic shared memory (its layout comment in attention.cu)."""
-    return 4 * (2 * group * head_dim + group * ATT_TILE + 3 * group + ATT_TILE)
+    """Dynamic shared memory of attention_weigh (the layout in its comment in
+    attention.cu), enough for attention_max too."""
+    return 4 * (2 * group * head_dim + group * ATT_TILE + 2 * group + ATT_TILE)
 
 
 class DeviceKVRing(RingBook):
@@ -75,9 +79,6 @@ class DeviceKVRing(RingBook):
         shape = (self.n_layer, self.capacity, self.n_head_kv, self.head_dim)
         self.k = cupy.zeros(shape, cupy.float16)
         self.v = cupy.zeros(shape, cupy.float16)
-        # decode graphs captured over this ring's storage: (runtime, first, count) ->
-        # cupy Graph, or None once the shape has run eagerly (see CudaRuntime.decode)
-        self.graphs: dict[tuple, object] = {}
 
     def append(self, layer: int, pos: int, k_rows, v_rows) -> None:  # noqa: ANN001
         """Store K and V rows (float32 (n_tokens, n_head_kv * head_dim), numpy or cupy)
@@ -106,7 +107,8 @@ class _Kernels:
         self.add_rmsnorm = ops.get_function("add_rmsnorm_f32")
         self.swiglu = ops.get_function("swiglu_f32")
         self.rope_store_kv = att.get_function("rope_store_kv")
-        self.attention_split = att.get_function("attention_split")
+        self.attention_max = att.get_function("attention_max")
+        self.attention_weigh = att.get_function("attention_weigh")
         self.attention_combine = att.get_function("attention_combine")
 
 
@@ -182,7 +184,10 @@ class CudaRuntime:
       att (T, n_head * head_dim): attention output; tmp (T, n_embd): Wo / down output
       act (T, n_ff): SwiGLU output; part: attention's per-chunk partials
       xq: matmul's activation scratch (uint8); ids (T,) int32; logits (LM_HEAD_ROWS, n_vocab)
-      pos (1,) int64: the position of token 0, read by the kernels (graph replay)
+      ring (3,) int64: the ring descriptor the kernels read (attention.cu): the position
+        of token 0 and the addresses of the ring's k and v; written by bind()
+    graphs: captured decode steps, (first layer, layer count, ring capacity) -> cupy
+    Graph, or None once that shape has run eagerly (see decode()).
     """
 
     def __init__(self, model: Model, max_tokens: int):
@@ -240,8 +245,9 @@ class CudaRuntime:
         self.xq = cupy.empty(activation_scratch_bytes(T, max(E, q_dim, F)), cupy.uint8)
         self.ids = cupy.empty(T, cupy.int32)
         self.logits = cupy.empty((min(T, LM_HEAD_ROWS), c.n_vocab), f32)
-        self.pos = cupy.zeros(1, cupy.int64)
-        self.pos_host = cupyx.empty_pinned(1, np.int64)  # the source of pos's async copy
+        self.ring = cupy.zeros(3, cupy.int64)
+        self.ring_host = cupyx.empty_pinned(3, np.int64)  # the source of ring's async copy
+        self.graphs: dict[tuple[int, int, int], object] = {}
 
     @property
     def weight_bytes_per_token(self) -> int:
@@ -253,10 +259,10 @@ class CudaRuntime:
 
     # -- the forward pass (kernel launches only: capturable into a graph) ----------------
 
-    def run_layers(self, kv: DeviceKVRing, first: int, count: int, n: int) -> None:
-        """Layers first .. first+count-1 on the hidden states self.x[:n], in place; the
-        tokens sit at positions pos .. pos+n-1 (pos read on the device from self.pos)
-        and their K/V go to kv. Launches on self.stream (the current stream) only."""
+    def run_layers(self, capacity: int, first: int, count: int, n: int) -> None:
+        """Layers first .. first+count-1 on the hidden states self.x[:n], in place, with
+        the ring bound by bind() (of `capacity` slots), the tokens at positions pos ..
+        pos+n-1. Launches on self.stream (the current stream) and nothing else."""
         c, k, st = self.config, self.k, self.stream
         E, F = c.n_embd, c.n_ff
         x, cur, tmp, att, act = self.x[:n], self.cur[:n], self.tmp[:n], self.att[:n], self.act[:n]
@@ -267,8 +273,8 @@ class CudaRuntime:
             # attention: q, k, v = W cur; RoPE; K, V into the ring; attend; tmp = Wo att
             L.qkv.matmul(cur, self.qkv, self.xq, st)
             q, k_, v = (L.qkv.part(j, self.qkv) for j in range(3))
-            self.rope_store_kv(kv, i, q, k_, v, n)
-            self.attention(kv, i, q, n, att)
+            self.rope_store_kv(capacity, i, q, k_, v, n)
+            self.attention(capacity, i, q, n, att)
             matmul(L.wo, att, tmp, self.xq, st)
             # x += tmp (the residual), cur = norm(x)
             k.add_rmsnorm((n,), (NORM_THREADS,), (x, tmp, x, L.ffn_norm, cur, _i32(E), self.eps))
@@ -282,62 +288,64 @@ class CudaRuntime:
             nxt = self.layers[i + 1].attn_norm if i + 1 < first + count else _NULL
             k.add_rmsnorm((n,), (NORM_THREADS,), (x, tmp, x, nxt, cur, _i32(E), self.eps))
 
-    def rope_store_kv(self, kv: DeviceKVRing, layer: int, q: tuple, k: tuple, v: tuple, n: int) -> None:
+    def rope_store_kv(self, capacity: int, layer: int, q: tuple, k: tuple, v: tuple, n: int) -> None:
         """RoPE on Q (in place) and K of n tokens at positions pos.., then K and V into
-        their slots of `layer` in the ring. q, k, v: (view at token 0, row stride)."""
+        their slots of `layer` in the bound ring. q, k, v: (view at token 0, row stride)."""
         c = self.config
         H, Hkv, D = c.n_head, c.n_head_kv, c.head_dim
+        args = (*q, *k, *v, self.ring, _i32(layer), _i64(capacity))
         self.k.rope_store_kv(
             (n, H + 2 * Hkv),
             (D // 2,),
-            (*q, *k, *v, kv.k, kv.v, _i32(layer), _i64(kv.capacity), self.pos)
-            + (_i32(H), _i32(Hkv), _i32(D), _i32(c.rope_dim), self.theta_scale),
+            args + (_i32(H), _i32(Hkv), _i32(D), _i32(c.rope_dim), self.theta_scale),
         )
 
-    def attention(self, kv: DeviceKVRing, layer: int, q: tuple, n: int, out: cupy.ndarray) -> None:
+    def attention(self, capacity: int, layer: int, q: tuple, n: int, out: cupy.ndarray) -> None:
         """out (n, n_head * head_dim) = attention of Q (view at token 0, row stride) of n
-        tokens at positions pos.. over `layer` of the ring: partial results per chunk of
-        each window (flash-decoding), then their combination."""
+        tokens at positions pos.. over `layer` of the bound ring, the window of each
+        split into chunks: each chunk's max and sum, then each chunk's share of the
+        output with the CPU's f16 probabilities, then their sum (attention.cu)."""
         c = self.config
         H, Hkv, D = c.n_head, c.n_head_kv, c.head_dim
-        chunks = split_chunks(n, Hkv, kv.capacity)
-        self.k.attention_split(
-            (chunks, Hkv, n),
-            (ATT_TILE,),
-            (
-                *q,
-                kv.k,
-                kv.v,
-                _i32(layer),
-                _i64(kv.capacity),
-                self.pos,
-                _i32(H),
-                _i32(Hkv),
-                _i32(D),
-                self.scale,
-            )
-            + (self.part,),
-            shared_mem=self.att_shared,
+        chunks = split_chunks(n, Hkv, capacity)
+        args = (
+            *q,
+            self.ring,
+            _i32(layer),
+            _i64(capacity),
+            _i32(H),
+            _i32(Hkv),
+            _i32(D),
+            self.scale,
+            self.part,
         )
+        self.k.attention_max((chunks, Hkv, n), (ATT_TILE,), args, shared_mem=self.att_shared)
+        self.k.attention_weigh((chunks, Hkv, n), (ATT_TILE,), args, shared_mem=self.att_shared)
         self.k.attention_combine((H, n), (min(D, 256),), (self.part, _i32(chunks), _i32(H), _i32(D), out))
 
-    def decode(self, kv: DeviceKVRing, first: int, count: int, use_graph: bool) -> None:
-        """run_layers for one token, through the ring's captured graph when use_graph."""
-        key = (self, first, count)
-        if not use_graph or key not in kv.graphs:  # first sight: eager (loads the kernels)
+    def bind(self, kv: DeviceKVRing, pos: int) -> None:
+        """Point the kernels at kv, token 0 at position pos (an async copy on the stream;
+        the caller synchronizes before the next bind, as every forward call does)."""
+        self.ring_host[:] = (pos, kv.k.data.ptr, kv.v.data.ptr)
+        self.ring.set(self.ring_host, self.stream)
+
+    def decode(self, capacity: int, first: int, count: int, use_graph: bool) -> None:
+        """run_layers for one token, through the captured graph of its shape when use_graph."""
+        key = (first, count, capacity)
+        if not use_graph or key not in self.graphs:  # first sight: eager (loads the kernels)
             if use_graph:
-                kv.graphs[key] = None
-            self.run_layers(kv, first, count, 1)
+                self.graphs[key] = None
+            self.run_layers(capacity, first, count, 1)
             return
-        graph = kv.graphs[key]
+        graph = self.graphs[key]
         if graph is None:
             self.stream.begin_capture()
             try:
-                self.run_layers(kv, first, count, 1)
+                self.run_layers(capacity, first, count, 1)
             except BaseException:
                 self.stream.end_capture()  # leave capture mode; the partial graph is dropped
                 raise
-            graph = kv.graphs[key] = self.stream.end_capture()
+            graph = self.graphs[key] = self.stream.end_capture()
         graph.launch(self.stream)
 
 
@@ -446,13 +454,12 @@ class CudaBackend:
                 for i in layers:
                     kv.reserve(i, p, n)
                     kv.check_window(i, p)
-                rt.pos_host[0] = p
-                rt.pos.set(rt.pos_host, rt.stream)
+                rt.bind(kv, p)
                 rt.x[:n].set(xs[t0 : t0 + n], rt.stream)
                 if n == 1:
-                    rt.decode(kv, layer_begin, layer_count, self.use_graphs)
+                    rt.decode(kv.capacity, layer_begin, layer_count, self.use_graphs)
                 else:
-                    rt.run_layers(kv, layer_begin, layer_count, n)
+                    rt.run_layers(kv.capacity, layer_begin, layer_count, n)
                 rt.x[:n].get(rt.stream, out=outs[t0 : t0 + n])  # waits for the stream
                 t0 += n
 
