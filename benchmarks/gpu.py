@@ -33,10 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.cpu import model_file, prompt_tokens
+from benchmarks.cpu import prompt_tokens
 from realm_ext import Host
 from realm_ext.abi import GenerateParams
 from realm_ext.model import Model, load_gguf
+from realm_ext.model_maker import make_model
 
 TYPE = "Q4_K_M"
 DECODE, PREFILL = 128, 512
@@ -50,6 +51,15 @@ LLAMA_CPP_REFERENCE = {
     "measured_in_this_run": False,
     "source": "issue 5 (quoted, not measured here)",
 }
+
+
+def model_file(models_dir: Path, preset: str, t: str) -> Path:
+    """The preset at type t with random valid blocks, made once into models_dir."""
+    path = models_dir / f"{preset}-{t}-random-blocks.gguf"
+    if not path.exists():
+        models_dir.mkdir(parents=True, exist_ok=True)
+        make_model(path, preset, t, seed=0, random_blocks=True)
+    return path
 
 
 def _events_seconds(run, stream, repeat: int) -> float:  # noqa: ANN001
@@ -107,8 +117,8 @@ def prefill_seconds(backend, model: Model, tokens: list[int], repeat: int) -> fl
     return statistics.median(times[1:])
 
 
-def decode_guest(host: Host, model: Model, per_layer: bool, repeat: int) -> float:
-    """tok/s of DECODE greedy tokens through the guest, the prompt's time taken out."""
+def decode_guest(host: Host, model: Model, per_layer: bool, n: int, repeat: int) -> float:
+    """tok/s of n greedy tokens through the guest, the prompt's time taken out."""
     with host.guest(models=[model], memory_limit="256MiB") as g:
 
         def seconds(n: int) -> float:
@@ -117,9 +127,9 @@ def decode_guest(host: Host, model: Model, per_layer: bool, repeat: int) -> floa
             return g.last_stats.seconds
 
         seconds(2)  # warm-up: kernels, graphs
-        full = statistics.median(seconds(DECODE + 1) for _ in range(repeat))
+        full = statistics.median(seconds(n + 1) for _ in range(repeat))
         one = statistics.median(seconds(1) for _ in range(repeat))
-    return DECODE / (full - one)
+    return n / (full - one)
 
 
 def llama_cpp_figures(path: Path, prompt: list[int]) -> dict | None:
@@ -147,11 +157,18 @@ def llama_cpp_figures(path: Path, prompt: list[int]) -> dict | None:
     return {"decode_tok_s": DECODE / decode, "prefill_tok_s": PREFILL / prefill, "measured_in_this_run": True}
 
 
-def run(quick: bool = False, kernels_json: Path | None = None, models_dir: Path = Path("models")) -> dict:
-    """All the measurements above, as a JSON-ready dict."""
+def run(
+    quick: bool = False,
+    kernels_json: Path | None = None,
+    models_dir: Path = Path("models"),
+    preset: str = "tinyllama",
+    n_decode: int = DECODE,
+    n_prefill: int = PREFILL,
+) -> dict:
+    """All the measurements above, as a JSON-ready dict (preset, n_decode, n_prefill:
+    smaller runs for tests)."""
     import cupy
 
-    from benchmarks import gpu_kernels
     from realm_ext.backends.cuda import CudaBackend
 
     repeat = 3 if quick else 7
@@ -160,14 +177,15 @@ def run(quick: bool = False, kernels_json: Path | None = None, models_dir: Path 
     if kernels_json is not None and kernels_json.is_file():
         copy = json.loads(kernels_json.read_text())["copy_gbs"]
     else:
+        from benchmarks import gpu_kernels
+
         copy = gpu_kernels.run(quick=True)["copy_gbs"]
 
     t0 = time.perf_counter()
-    path = model_file(models_dir, TYPE)
-    make_s = time.perf_counter() - t0
-    res: dict = {"device": name, "model": {"preset": "tinyllama", "type": TYPE, "path": str(path)}}
-    res["model"]["make_or_load_s"] = make_s
-    res["copy_gbs"] = copy
+    path = model_file(models_dir, preset, TYPE)
+    res: dict = {"device": name, "model": {"preset": preset, "type": TYPE, "path": str(path)}}
+    res["model"]["make_or_load_s"] = time.perf_counter() - t0
+    res["decode_tokens"], res["prefill_tokens"], res["copy_gbs"] = n_decode, n_prefill, copy
 
     with load_gguf(path) as model:
         c = model.config
@@ -180,9 +198,9 @@ def run(quick: bool = False, kernels_json: Path | None = None, models_dir: Path 
         res["weight_bytes_per_token"] = wb
         res["roofline_tok_s"] = copy * 1e9 / wb
 
-        sec, kv = decode_direct(graphs, model, prompt, DECODE)
-        res["decode_direct_tok_s"] = DECODE / sec
-        res["decode_direct_no_graph_tok_s"] = DECODE / decode_direct(eager, model, prompt, DECODE)[0]
+        sec, kv = decode_direct(graphs, model, prompt, n_decode)
+        res["decode_direct_tok_s"] = n_decode / sec
+        res["decode_direct_no_graph_tok_s"] = n_decode / decode_direct(eager, model, prompt, n_decode)[0]
         res["graph_speedup"] = res["decode_direct_tok_s"] / res["decode_direct_no_graph_tok_s"]
 
         graph = rt.graphs[(0, c.n_layer, kv.capacity)]
@@ -192,14 +210,13 @@ def run(quick: bool = False, kernels_json: Path | None = None, models_dir: Path 
         res["weight_streaming_frac_copy"] = wb / step / 1e9 / copy
         del kv, eager
 
-        res["prefill_tok_s"] = PREFILL / prefill_seconds(
-            graphs, model, prompt_tokens(c.n_vocab, PREFILL), repeat
-        )
+        prefill = prompt_tokens(c.n_vocab, n_prefill)
+        res["prefill_tok_s"] = n_prefill / prefill_seconds(graphs, model, prefill, repeat)
 
         with Host(device="cuda") as host:
             host.load(model)
-            res["decode_guest_layers_tok_s"] = decode_guest(host, model, False, repeat)
-            res["decode_guest_per_layer_tok_s"] = decode_guest(host, model, True, repeat)
+            res["decode_guest_layers_tok_s"] = decode_guest(host, model, False, n_decode, repeat)
+            res["decode_guest_per_layer_tok_s"] = decode_guest(host, model, True, n_decode, repeat)
     res["llama_cpp"] = llama_cpp_figures(path, prompt)
     res["llama_cpp_reference"] = LLAMA_CPP_REFERENCE
     return res
@@ -220,13 +237,18 @@ def table(res: dict) -> str:
         ("decode, guest, per-layer calls (tok/s)", res["decode_guest_per_layer_tok_s"], None),
         ("decode, direct, CUDA graph (tok/s)", res["decode_direct_tok_s"], None),
         ("decode, direct, no graph (tok/s)", res["decode_direct_no_graph_tok_s"], None),
-        ("prefill, 512-token prompt (tok/s)", res["prefill_tok_s"], ref["prefill_tok_s"]),
+        (
+            f"prefill, {res['prefill_tokens']}-token prompt (tok/s)",
+            res["prefill_tok_s"],
+            ref["prefill_tok_s"],
+        ),
         ("bandwidth roofline (tok/s)", res["roofline_tok_s"], None),
         ("one decode step's graph (µs)", res["graph_replay_us"], None),
         ("weight streaming in that step (GB/s)", res["weight_streaming_gbs"], None),
     ]
     lines = [
-        f"{res['device']}, tinyllama preset {res['model']['type']} (random blocks); copy bandwidth "
+        f"{res['device']}, {res['model']['preset']} preset {res['model']['type']} (random blocks), "
+        f"{res['decode_tokens']} decode tokens; copy bandwidth "
         f"{res['copy_gbs']:.0f} GB/s (read+write); {res['weight_bytes_per_token'] / 1e6:.0f} MB of weights "
         f"per token; weight streaming {res['weight_streaming_frac_copy']:.0%} of copy; graph speedup "
         f"{res['graph_speedup']:.2f}x",

@@ -17,9 +17,9 @@
 #     bash benchmarks/gpu_check.sh --dry-run      # writes ./gpu_check_out/ (gitignored)
 #
 # Steps: env (GPU, driver, versions) -> wheels (pip --no-index --target /tmp/site) ->
-# build (setup.py build_ext --inplace) -> tests (tests/backends/test_cuda*.py, then the
-# cuda half of tests/test_concurrency.py) -> benchmarks.gpu_kernels --quick ->
-# benchmarks.gpu --quick.
+# build (setup.py build_ext --inplace) -> tests (tests/backends/test_cuda*.py on the GPU;
+# their numpy-emulated half is left to CI) -> tests_concurrency (the cuda half of
+# tests/test_concurrency.py) -> benchmarks.gpu_kernels --quick -> benchmarks.gpu --quick.
 set -uo pipefail # no -e: every step runs, its status is recorded
 cd "$(dirname "$0")/.." || exit 1
 
@@ -110,7 +110,7 @@ pytest_args=(-q -ra -p no:cacheprovider)
 step env 60 "$OUT/env.txt" bash -c env_info
 step wheels 120 "$LOG" bash -c install_wheels
 step build 180 "$LOG" "$PY" setup.py build_ext --inplace -q -j 16
-step tests 210 "$PYTEST_LOG" "$PY" -m pytest "${pytest_args[@]}" tests/backends/ -k "cuda"
+step tests 210 "$PYTEST_LOG" "$PY" -m pytest "${pytest_args[@]}" tests/backends/ -k "cuda and not emulated"
 step tests_concurrency 60 "$PYTEST_LOG" "$PY" -m pytest "${pytest_args[@]}" tests/test_concurrency.py -k "cuda"
 gpu_step bench_kernels 75 "$LOG" "$PY" -m benchmarks.gpu_kernels --quick --json "$OUT/gpu_kernels.json"
 gpu_step bench_gpu 150 "$LOG" "$PY" -m benchmarks.gpu --quick --kernels-json "$OUT/gpu_kernels.json" \

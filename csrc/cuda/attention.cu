@@ -32,6 +32,14 @@
 
 /* ---- RoPE and the K/V append ----------------------------------------------------------- */
 
+/* the rotated pair, x0 c - x1 s and x0 s + x1 c, without fused multiply-adds (as the CPU) */
+static __device__ __forceinline__ float rot0(float x0, float x1, float c, float s) {
+    return __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+}
+static __device__ __forceinline__ float rot1(float x0, float x1, float c, float s) {
+    return __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
+}
+
 /* One block per (token, head) of Q, K or V; thread i handles the adjacent pair
  * (2i, 2i+1) of the head (blockDim.x = head_dim / 2).
  *   blockIdx.y <  n_head:               rotate Q's head in place (f32);
@@ -60,8 +68,8 @@ extern "C" __global__ void rope_store_kv(float *q, int q_stride, const float *k,
     if (head < n_head) {
         float *x = q + (long long)t * q_stride + (long long)head * head_dim + d;
         const float x0 = x[0], x1 = x[1];
-        x[0] = x0 * c - x1 * s;
-        x[1] = x0 * s + x1 * c;
+        x[0] = rot0(x0, x1, c, s);
+        x[1] = rot1(x0, x1, c, s);
         return;
     }
     const int kvh = head < n_head + n_head_kv ? head - n_head : head - n_head - n_head_kv;
@@ -70,8 +78,8 @@ extern "C" __global__ void rope_store_kv(float *q, int q_stride, const float *k,
     if (head < n_head + n_head_kv) {
         const float *x = k + (long long)t * k_stride + (long long)kvh * head_dim + d;
         const float x0 = x[0], x1 = x[1];
-        k_cache[at] = f32_to_f16(x0 * c - x1 * s);
-        k_cache[at + 1] = f32_to_f16(x0 * s + x1 * c);
+        k_cache[at] = f32_to_f16(rot0(x0, x1, c, s));
+        k_cache[at + 1] = f32_to_f16(rot1(x0, x1, c, s));
     } else {
         const float *x = v + (long long)t * v_stride + (long long)kvh * head_dim + d;
         v_cache[at] = f32_to_f16(x[0]);

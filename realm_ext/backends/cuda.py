@@ -79,6 +79,9 @@ class DeviceKVRing(RingBook):
         shape = (self.n_layer, self.capacity, self.n_head_kv, self.head_dim)
         self.k = cupy.zeros(shape, cupy.float16)
         self.v = cupy.zeros(shape, cupy.float16)
+        # the zeroing ran on cupy's current stream; the backend's kernels run on their own
+        # (non-blocking) stream, which does not wait for it
+        cupy.cuda.Device().synchronize()
 
     def append(self, layer: int, pos: int, k_rows, v_rows) -> None:  # noqa: ANN001
         """Store K and V rows (float32 (n_tokens, n_head_kv * head_dim), numpy or cupy)
@@ -248,6 +251,7 @@ class CudaRuntime:
         self.ring = cupy.zeros(3, cupy.int64)
         self.ring_host = cupyx.empty_pinned(3, np.int64)  # the source of ring's async copy
         self.graphs: dict[tuple[int, int, int], object] = {}
+        cupy.cuda.Device().synchronize()  # the uploads (cupy's stream) before our stream's kernels
 
     @property
     def weight_bytes_per_token(self) -> int:

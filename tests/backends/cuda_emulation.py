@@ -26,6 +26,7 @@ import importlib
 import importlib.machinery
 import sys
 import threading
+import time
 import types
 from collections.abc import Iterator
 
@@ -162,6 +163,25 @@ def _enqueue(fn, stream=None) -> None:  # noqa: ANN001
         s.capture.append(fn)
     else:
         fn()
+
+
+class Event:
+    def record(self, stream=None) -> None:  # noqa: ANN001
+        self.t = time.perf_counter()
+
+    def synchronize(self) -> None:
+        pass
+
+
+def get_elapsed_time(start: Event, end: Event) -> float:
+    return (end.t - start.t) * 1e3  # ms
+
+
+class Device:
+    id = 0
+
+    def synchronize(self) -> None:
+        pass
 
 
 class _Pool:
@@ -447,7 +467,17 @@ def _module(name: str, **attrs: object) -> types.ModuleType:
 
 
 def _fake_modules() -> dict[str, types.ModuleType]:
-    cuda_ns = _module("cupy.cuda", Stream=Stream, Graph=Graph, is_available=lambda: True)
+    runtime = _module("cupy.cuda.runtime", getDeviceProperties=lambda i: {"name": b"numpy stand-in"})
+    cuda_ns = _module(
+        "cupy.cuda",
+        Stream=Stream,
+        Graph=Graph,
+        Event=Event,
+        Device=Device,
+        get_elapsed_time=get_elapsed_time,
+        runtime=runtime,
+        is_available=lambda: True,
+    )
     cupy = _module(
         "cupy",
         ndarray=DevArray,

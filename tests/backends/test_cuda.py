@@ -461,3 +461,37 @@ def test_bad_calls_raise(model_path, cuda, cpu: CpuBackend) -> None:
         with pytest.raises(TypeError):
             cuda.forward_layer(m, 0, x, 0, cpu.new_kv(m, 8), x)
         assert kv.n_pos == (0,) * c.n_layer  # nothing was reserved by the failed calls
+
+
+def test_gpu_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    """benchmarks.gpu, every measurement and the table, on the tiny preset over the
+    numpy stand-in (its numbers mean nothing: this checks the benchmark's code, which
+    must work the first time it meets a GPU)."""
+    from benchmarks import gpu
+
+    (tmp_path / "kernels.json").write_text('{"copy_gbs": 3000.0}')
+    with emulated_cuda():
+        res = gpu.run(True, tmp_path / "kernels.json", tmp_path, preset="tiny", n_decode=4, n_prefill=16)
+    for key in (
+        "decode_direct_tok_s",
+        "decode_guest_layers_tok_s",
+        "decode_guest_per_layer_tok_s",
+        "prefill_tok_s",
+    ):
+        assert res[key] > 0, key
+    with load_gguf(res["model"]["path"]) as m:  # every layer matrix and the LM head, once
+        want = sum(t.nbytes for t in m.tensors.values() if t.name.startswith("blk.") and len(t.shape) == 2)
+        assert res["weight_bytes_per_token"] == want + m.tensor("output.weight").nbytes
+    assert res["llama_cpp_reference"]["measured_in_this_run"] is False
+    table = gpu.table(res)
+    assert "numpy stand-in" in table and "NOT measured here" in table
+
+
+@pytest.mark.skipif(NO_GPU is None, reason="a GPU is present")
+def test_cli_device_cuda_without_a_gpu(model_path) -> None:
+    from click.testing import CliRunner
+
+    from realm_ext.cli import main
+
+    r = CliRunner().invoke(main, ["generate", "--model", str(model_path()), "-p", "x", "--device", "cuda"])
+    assert r.exit_code == 1 and "device 'cuda' is not available" in r.output, r.output
