@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from realm_ext import abi
-from realm_ext.backends import CpuBackend
+from realm_ext.backends import make_backend
 from realm_ext.engines import open_instance, resolve_engine
 from realm_ext.engines.base import WASM_PAGE, GuestError, Limits, parse_size
 from realm_ext.host import GrantedModel, GuestImports, GuestState
@@ -41,20 +41,11 @@ class RealmError(RuntimeError):
         self.code = code
 
 
-def _backend(device: str, n_threads: int | None) -> CpuBackend:
-    if device in ("cpu", "auto"):
-        # "auto" means CUDA when it is available; until the CUDA backend lands, the CPU.
-        return CpuBackend(n_threads=n_threads)
-    if device == "cuda":
-        raise ValueError("device 'cuda': the CUDA backend is not part of this version; use 'cpu' or 'auto'")
-    raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'auto'")
-
-
 class Host:
     """Loaded models (one shared copy each), a backend, and the guests made here."""
 
     def __init__(self, device: str = "auto", n_threads: int | None = None):
-        self.backend = _backend(device, n_threads)
+        self.backend = make_backend(device, n_threads)
         self.device = self.backend.name
         self._lock = threading.Lock()
         self._models: dict[int, GrantedModel] = {}

@@ -185,7 +185,10 @@ def _open_guest(model_path: Path | None, engine: str, device: str, threads: int 
     from realm_ext import Host
 
     path = _model_path(model_path)
-    host = Host(device=device, n_threads=threads)
+    try:
+        host = Host(device=device, n_threads=threads)
+    except (RuntimeError, ValueError) as e:  # e.g. --device cuda without a GPU
+        raise click.ClickException(str(e)) from None
     try:
         model = host.load(path)
     except GGUFError as e:
