@@ -42,6 +42,10 @@ NO_TOKEN = 0xFFFFFFFF
 # realm_model_info
 MODEL_INFO_VERSION = 1
 MODEL_INFO = struct.Struct("<12I")
+# a guest's buffer must hold at least version 1 of the struct; the host writes
+# min(out_len, MODEL_INFO.size) bytes, so a guest built for an older, shorter version
+# keeps working when fields are appended
+MODEL_INFO_MIN_BYTES = 48
 MODEL_ADD_BOS, MODEL_ADD_EOS, MODEL_ADD_SPACE_PREFIX = 1, 2, 4
 
 # the vocabulary blob

@@ -255,7 +255,13 @@ class GuestImports:
         return len(blob)
 
     def model_info(self, model_id: int, out_ptr: int, out_len: int) -> int:
-        return self._write_blob(self._model(model_id).info, out_ptr, out_len, "model info")
+        info = self._model(model_id).info
+        n = min(out_len & U32, len(info))  # guests of an older version read a prefix
+        if n < abi.MODEL_INFO_MIN_BYTES:
+            raise _Fail(
+                abi.ERR_INVALID, f"out_len {out_len & U32} is less than the {len(info)}-byte model info"
+            )
+        return self._write_blob(info[:n], out_ptr, n, "model info")
 
     def vocab_size(self, model_id: int) -> int:
         return len(self._model(model_id).vocab)

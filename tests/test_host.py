@@ -5,6 +5,8 @@ outside the output it names."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from wasm_support import wat
@@ -67,6 +69,10 @@ def test_model_info_and_vocab(guest, tiny) -> None:  # noqa: ANN001
     c, t = tiny.config, tiny.tokenizer
     assert fields == (1, c.n_vocab, c.n_ctx_train, c.n_embd, c.n_layer, c.n_head, c.n_head_kv, c.n_ff,
                       t.bos_id, t.eos_id, t.unk_id, abi.model_info(tiny)[-4])  # fmt: skip
+    # a larger buffer gets the struct and nothing more
+    guest.write(200, b"\xee" * 64)
+    assert call(guest, "model_info", mid, 200, 64) == 48
+    assert guest.read(200, 48) == guest.read(64, 48) and guest.read(248, 16) == b"\xee" * 16
     blob = abi.vocab_blob(tiny)
     assert call(guest, "vocab_size", mid) == len(blob)
     assert call(guest, "vocab_read", mid, 1024, len(blob)) == len(blob)
@@ -90,6 +96,20 @@ def test_bad_model_ids(host, guest, tiny, model_path) -> None:  # noqa: ANN001
         assert call(guest, "vocab_size", mid) == abi.ERR_MODEL
         assert call(guest, "kv_create", mid, 16) == abi.ERR_MODEL
     assert b"not granted" in guest.state.last_error
+
+
+def test_model_info_grows_compatibly(guest, monkeypatch) -> None:  # noqa: ANN001
+    """When fields are appended to the struct, a guest that asks for version 1's 48
+    bytes gets them (a prefix), and one that asks for more gets the whole struct."""
+    mid = guest.model_id()
+    granted = guest.state.models[mid]
+    info = granted.info
+    longer = info + (7).to_bytes(4, "little")
+    monkeypatch.setitem(guest.state.models, mid, dataclasses.replace(granted, info=longer))
+    assert call(guest, "model_info", mid, 64, 48) == 48
+    assert guest.read(64, 48) == info
+    assert call(guest, "model_info", mid, 64, 100) == 52
+    assert guest.read(64, 52) == longer
 
 
 def test_blob_bounds_and_sizes(guest) -> None:  # noqa: ANN001
