@@ -74,7 +74,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    _write_json(result.make_baseline(result.load_result(args.result)), args.out)
+    _write_json(result.make_baseline(result.load_result(args.result), args.note), args.out)
     return 0
 
 
@@ -116,6 +116,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("baseline", help="write a result's ratios as a baseline")
     p.add_argument("result", type=Path)
     p.add_argument("--out", type=Path, default=compare.DEFAULT_BASELINE)
+    p.add_argument("--note", help="a remark kept in the baseline's meta (how the machine was, ...)")
     p.set_defaults(fn=cmd_baseline)
     p = sub.add_parser("spread", help="spread of each ratio over several results")
     p.add_argument("results", type=Path, nargs="+")

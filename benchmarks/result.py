@@ -129,9 +129,9 @@ def load_baseline(path: Path) -> dict:
     return _load(path, baseline_problems)
 
 
-def make_baseline(result: dict) -> dict:
+def make_baseline(result: dict, note: str | None = None) -> dict:
     """A baseline from a result: its ratios (every one higher-is-better: ours over theirs,
-    over copy bandwidth, guest over direct) and where they came from."""
+    over copy bandwidth, guest over direct), where they came from, and `note` if given."""
     m = result["machine"]
     git = m.get("git") or {}
     return {
@@ -146,7 +146,8 @@ def make_baseline(result: dict) -> dict:
             "cpu": m["cpu"].get("model"),
             "cores": m["cpu"].get("cores"),
             "gpu": m.get("gpu"),
-            "load_average": m.get("load_average"),
+            "load_average": [m.get("load_average"), m.get("load_average_end")],  # at the start, at the end
+            **({"note": note} if note else {}),
         },
         "ratios": {
             k: {"value": round(v, 4), "higher_is_better": True} for k, v in sorted(result["ratios"].items())

@@ -158,14 +158,29 @@ def test_invalid_files_exit_2(rng, tmp_path, capsys):
 def test_baseline_round_trip(rng, tmp_path):
     res = synthetic(rng)
     out = tmp_path / "baseline.json"
-    assert main(["baseline", str(write(tmp_path, "r.json", res)), "--out", str(out)]) == 0
+    assert main(["baseline", str(write(tmp_path, "r.json", res)), "--out", str(out), "--note", "quiet"]) == 0
     base = result.load_baseline(out)
     assert base["meta"]["command"] == res["command"]
+    assert base["meta"]["note"] == "quiet"
     assert set(base["ratios"]) == set(res["ratios"])
     for name, entry in base["ratios"].items():
         assert entry["higher_is_better"] is True
         assert entry["value"] == pytest.approx(res["ratios"][name], abs=5e-5)
     assert {r.status for r in compare.compare(res, base)} == {compare.OK}
+
+
+def test_committed_baseline():
+    """benchmarks/baseline.json: valid, from the full suite, only ratios that survive a
+    change of machine (ours vs llama.cpp, vs copy bandwidth, guest vs direct)."""
+    base = result.load_baseline(compare.DEFAULT_BASELINE)
+    assert "--suite full" in base["meta"]["command"]
+    assert base["ratios"]
+    for name, entry in base["ratios"].items():
+        assert name.startswith(RATIO_FAMILIES), name
+        assert name.rsplit(".", 1)[1] in ("vs_llama_cpp", "vs_copy", "vs_direct"), name
+        assert 0.05 < entry["value"] < 20, name
+    for phase in ("prefill", "decode"):
+        assert f"cpu.{phase}.Q4_K_M.vs_llama_cpp" in base["ratios"]
 
 
 # ---- the suite's pieces that need no timing ------------------------------------------
