@@ -54,7 +54,7 @@ def compare(result: dict, baseline: dict, tolerance: float = DEFAULT_TOLERANCE) 
 
 def table(rows: list[Row]) -> str:
     def num(v: float | None, fmt: str) -> str:
-        return "-" if v is None else format(v, fmt)
+        return "-".rjust(int(fmt.lstrip("+").split(".")[0])) if v is None else format(v, fmt)
 
     width = max([len("metric")] + [len(r.metric) for r in rows])
     lines = [f"{'metric':<{width}} {'baseline':>9} {'result':>9} {'change':>8}  status"]

@@ -63,7 +63,7 @@ def tok_s_chart(result: dict, path: Path) -> bool:
         ax.set_ylabel("tok/s")
         ax.set_title(phase)
         ax.margins(y=0.15)  # room for the ratios above the bars
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8)  # below: no bar hidden
     fig.suptitle(_title(result, "tinyllama shape, random blocks"), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
