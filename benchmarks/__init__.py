@@ -1,2 +1,5 @@
 """Performance benchmarks: each prints a number and a ratio against a baseline measured
-in the same run (see README.md)."""
+in the same run (see README.md).
+
+`python -m benchmarks run|compare|plot` is the regression suite over all of them
+(benchmarks.suite); cpu, guest, bench_matvec and bench_quant also run on their own."""

@@ -80,10 +80,11 @@ def time_matmul(ws: list[np.ndarray], t: str, x: np.ndarray, repeat: int, stat=s
     return stat(times)
 
 
-def run(types: list[str], repeat: int, stat_name: str = "median") -> dict:
+def run(types: list[str], repeat: int, stat_name: str = "median", isas: list[str] | None = None) -> dict:
+    """`isas`: the kernels to time (default: every one this CPU has, scalar first)."""
     stat = STATS[stat_name]
     rng = np.random.default_rng(0)
-    isas = available_isas()
+    isas = isas or available_isas()
     copy = copy_gbs(repeat, stat)
     rows = []
     try:

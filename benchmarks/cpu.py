@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import bench_matvec
-from realm_ext import _kernels
+from benchmarks.machine import machine_facts
 from realm_ext.backends.cpu import CpuBackend
 from realm_ext.model import load_gguf
 from realm_ext.model_maker import make_model
@@ -39,7 +38,12 @@ def model_file(models_dir: Path, t: str) -> Path:
     path = models_dir / f"tinyllama-{t}-random-blocks.gguf"
     if not path.exists():
         models_dir.mkdir(parents=True, exist_ok=True)
-        make_model(path, "tinyllama", t, seed=0, random_blocks=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")  # a cache: never leave half a file under the name
+        try:
+            make_model(tmp, "tinyllama", t, seed=0, random_blocks=True)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -138,15 +142,67 @@ def measure(path: Path, threads: int, repeat: int) -> dict:
     }
 
 
-def machine() -> dict:
-    info = {"machine": platform.machine(), "python": platform.python_version(), "cpu_isa": _kernels.cpu_isa()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info["cores"] = os.cpu_count()
-    return info
+MATVEC_TYPES = ("Q4_K", "Q6_K", "Q8_0", "Q4_0")
+
+
+def run_models(types: tuple[str, ...] | list[str], threads: int, repeat: int, models_dir: Path) -> list[dict]:
+    """`measure` on each of `types` (models made in `models_dir` when missing); rows carry
+    the ours / llama.cpp ratios when llama-cpp-python imports."""
+    rows = []
+    for t in types:
+        res = measure(model_file(models_dir, t), threads, repeat)
+        a, b = res["ours"], res.get("llama_cpp")
+        row = {"type": t, "ours": a, "llama_cpp": b}
+        if b:
+            row["prefill_ratio"] = a["prefill_tok_s"] / b["prefill_tok_s"]
+            row["decode_ratio"] = a["decode_tok_s"] / b["decode_tok_s"]
+        rows.append(row)
+    return rows
+
+
+def run(
+    types: tuple[str, ...] | list[str],
+    matvec_types: tuple[str, ...] | list[str],
+    matvec_repeat: int,
+    repeat: int,
+    threads: int,
+    models_dir: Path,
+) -> dict:
+    """Both parts: bench_matvec.run on `matvec_types`, then run_models on `types`."""
+    mv = bench_matvec.run(list(matvec_types), matvec_repeat)
+    rows = run_models(types, threads, repeat, models_dir)
+    return {
+        "threads": threads,
+        "repeat": repeat,
+        "prompt": PROMPT,
+        "decode": DECODE,
+        "matvec": mv,
+        "models": rows,
+    }
+
+
+def report(res: dict) -> None:
+    mv = res["matvec"]
+    best = mv["isas"][-1]
+    print(f"matvec, 1 token, {bench_matvec.THREADS} threads, {best}; memory copy {mv['copy_gbs']:.2f} GB/s")
+    for r in mv["matvec"]:
+        shape = f"{r['rows']}x{r['cols']}"
+        print(f"  {r['type']:<5} {shape:>10} {r[f'{best}_gbs']:6.2f} GB/s  {r['best_vs_copy']:.2f}x copy")
+    print(
+        f"\ntinyllama, {res['threads']} threads, prompt {PROMPT}, decode {DECODE}, "
+        f"median of {res['repeat']} (tok/s)"
+    )
+    head = f"{'prefill':>8} {'llama.cpp':>10} {'ratio':>6}"
+    print(f"{'type':<7} {head}   {head.replace('prefill', ' decode')}")
+    for row in res["models"]:
+        t, a, b = row["type"], row["ours"], row["llama_cpp"]
+        if b:
+            print(
+                f"{t:<7} {a['prefill_tok_s']:8.1f} {b['prefill_tok_s']:10.1f} {row['prefill_ratio']:6.2f}   "
+                f"{a['decode_tok_s']:7.1f} {b['decode_tok_s']:10.1f} {row['decode_ratio']:6.2f}"
+            )
+        else:
+            print(f"{t:<7} {a['prefill_tok_s']:8.1f} {'-':>10} {'-':>6}   {a['decode_tok_s']:7.1f}")
 
 
 def main() -> None:
@@ -157,43 +213,18 @@ def main() -> None:
     ap.add_argument("--models-dir", type=Path, default=Path("models"))
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
-    repeat = 1 if args.quick else args.repeat
-    types = TYPES[:1] if args.quick else TYPES
-
-    mv_types = ["Q4_K", "Q6_K"] if args.quick else ["Q4_K", "Q6_K", "Q8_0", "Q4_0"]
-    mv = bench_matvec.run(mv_types, 3 if args.quick else 7)
-    best = mv["isas"][-1]
-    print(f"matvec, 1 token, {bench_matvec.THREADS} threads, {best}; memory copy {mv['copy_gbs']:.2f} GB/s")
-    for r in mv["matvec"]:
-        shape = f"{r['rows']}x{r['cols']}"
-        print(f"  {r['type']:<5} {shape:>10} {r[f'{best}_gbs']:6.2f} GB/s  {r['best_vs_copy']:.2f}x copy")
-
-    results = []
-    print(
-        f"\ntinyllama, {args.threads} threads, prompt {PROMPT}, decode {DECODE}, median of {repeat} (tok/s)"
+    res = run(
+        TYPES[:1] if args.quick else TYPES,
+        MATVEC_TYPES[:2] if args.quick else MATVEC_TYPES,
+        3 if args.quick else 7,
+        1 if args.quick else args.repeat,
+        args.threads,
+        args.models_dir,
     )
-    head = f"{'prefill':>8} {'llama.cpp':>10} {'ratio':>6}"
-    print(f"{'type':<7} {head}   {head.replace('prefill', ' decode')}")
-    for t in types:
-        path = model_file(args.models_dir, t)
-        res = measure(path, args.threads, repeat)
-        a, b = res["ours"], res.get("llama_cpp")
-        row = {"type": t, "ours": a, "llama_cpp": b}
-        if b:
-            row["prefill_ratio"] = a["prefill_tok_s"] / b["prefill_tok_s"]
-            row["decode_ratio"] = a["decode_tok_s"] / b["decode_tok_s"]
-            print(
-                f"{t:<7} {a['prefill_tok_s']:8.1f} {b['prefill_tok_s']:10.1f} {row['prefill_ratio']:6.2f}   "
-                f"{a['decode_tok_s']:7.1f} {b['decode_tok_s']:10.1f} {row['decode_ratio']:6.2f}"
-            )
-        else:
-            print(f"{t:<7} {a['prefill_tok_s']:8.1f} {'-':>10} {'-':>6}   {a['decode_tok_s']:7.1f}")
-        results.append(row)
+    report(res)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(
-                {"machine": machine(), "threads": args.threads, "matvec": mv, "models": results}, f, indent=2
-            )
+            json.dump({"machine": machine_facts(), **res}, f, indent=2)
 
 
 if __name__ == "__main__":

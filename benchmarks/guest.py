@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.machine import machine_facts
 from realm_ext import Host
 from realm_ext.abi import vocab_blob
 from realm_ext.engines import available
@@ -112,7 +112,8 @@ def guest_decode_s(host: Host, model: Model, engine: str, steps: int) -> tuple[f
     """Seconds per greedy decode step through the guest (prefill timed apart)."""
     with host.guest(models=[model], engine=engine) as g:
         kw = dict(temperature=0.0, stop_at_eos=False, n_ctx=len(PROMPT) + steps + 8)
-        list(g.generate(PROMPT, max_tokens=1, **kw))  # compile, build the tokenizer
+        list(g.generate(PROMPT, max_tokens=1, **kw))  # warm up: the guest builds its tokenizer
+        list(g.generate(PROMPT, max_tokens=1, **kw))  # the prefill alone, warm like the run below
         t_prefill = g.last_stats.seconds
         list(g.generate(PROMPT, max_tokens=steps + 1, **kw))
         s = g.last_stats
@@ -135,11 +136,14 @@ def tinyllama_memory(host: Host, tmp: Path, engine: str) -> dict:
     return {"engine": engine, "memory_pages": pages, "heap_bytes": heap, "vocab_blob_bytes": blob}
 
 
-def run(quick: bool, engines: list[str], threads: int | None) -> dict:
-    steps = 32 if quick else 128
-    repeat = 3 if quick else 5
+def run(quick: bool, engines: list[str], threads: int | None, repeat: int | None = None) -> dict:
+    """Every part above on each of `engines`; `repeat` runs per figure (median; default
+    3 with `quick`, else 5)."""
+    steps = 128  # a tiny-preset step is ~0.3 ms: fewer steps drown in scheduling noise
+    repeat = repeat or (3 if quick else 5)
     out: dict = {
-        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+        "steps": steps,
+        "repeat": repeat,
         "host_call_us": {},
         "decode": [],
     }
@@ -194,7 +198,7 @@ def main() -> None:
     args = ap.parse_args()
     result = run(args.quick, [e for e in args.engines.split(",") if e], args.threads)
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        args.json.write_text(json.dumps({"machine": machine_facts(), **result}, indent=2))
 
 
 if __name__ == "__main__":
