@@ -121,7 +121,7 @@ int realm_matmul_q(const void *w, int wtype, int64_t n_rows, int64_t n_cols, con
         k = (struct kernels){gemm, realm_get_vec_dot_gemm_nx(wtype, isa), NULL}; /* llama.cpp's batched order */
     const int64_t rpb = rows_per_block(n_rows, n_tokens, n_threads);
     struct matmul_job j = {&k, w, wrb, (const char *)xq, arb, n_rows, n_cols, n_tokens, rpb, y, ldy};
-    realm_parallel_for_chunks((n_rows + rpb - 1) / rpb, 1, n_threads, matmul_blocks, &j);
+    realm_parallel_for((n_rows + rpb - 1) / rpb, n_threads, matmul_blocks, &j);
     return 0;
 }
 

@@ -28,7 +28,6 @@ struct job {
     void *ctx;
     int64_t n;
     int n_threads;
-    int64_t chunk; /* 0: range t to thread t; > 0: threads take chunks from `next` */
 };
 
 static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER; /* one job at a time */
@@ -38,7 +37,6 @@ static pthread_cond_t wake_cond = PTHREAD_COND_INITIALIZER;  /* workers: a new j
 static struct job job;                  /* written under call_lock before publishing */
 static atomic_ullong ticket;            /* generation << 16 | the job's n_threads */
 static atomic_int pending;              /* workers still running the job */
-static atomic_llong next;               /* the first index no thread has taken (chunked jobs) */
 static atomic_int sleepers;             /* workers asleep on wake_cond */
 static int n_workers;                   /* started so far (under call_lock) */
 /* the ticket when worker t was started: the jobs it has "seen" (it may start running
@@ -60,11 +58,6 @@ static int64_t now_us(void) {
 }
 
 static void run_range(const struct job *j, int t) {
-    if (j->chunk > 0) { /* whoever is free takes the next chunk: a stalled thread holds up one chunk, not 1/T */
-        for (int64_t i0; (i0 = atomic_fetch_add(&next, j->chunk)) < j->n;)
-            j->fn(j->ctx, i0, i0 + j->chunk < j->n ? i0 + j->chunk : j->n, t);
-        return;
-    }
     const int64_t i0 = j->n * t / j->n_threads, i1 = j->n * (t + 1) / j->n_threads;
     if (i0 < i1) j->fn(j->ctx, i0, i1, t);
 }
@@ -105,7 +98,7 @@ int realm_pool_threads(int64_t n, int n_threads) {
     return (int)(t > REALM_POOL_MAX_THREADS ? REALM_POOL_MAX_THREADS : t);
 }
 
-static void parallel_run(int64_t n, int n_threads, int64_t chunk, realm_range_fn fn, void *ctx) {
+void realm_parallel_for(int64_t n, int n_threads, realm_range_fn fn, void *ctx) {
     const int nt = realm_pool_threads(n, n_threads);
     if (nt <= 1) {
         if (n > 0) fn(ctx, 0, n, 0);
@@ -124,8 +117,7 @@ static void parallel_run(int64_t n, int n_threads, int64_t chunk, realm_range_fn
         n_workers++;
     }
     const int helpers = nt - 1 < n_workers ? nt - 1 : n_workers;
-    job = (struct job){fn, ctx, n, helpers + 1, chunk};
-    atomic_store(&next, 0);
+    job = (struct job){fn, ctx, n, helpers + 1};
     atomic_store(&pending, helpers);
     const unsigned long long gen = (atomic_load(&ticket) >> 16) + 1;
     atomic_store(&ticket, gen << 16 | (unsigned long long)(helpers + 1)); /* publish */
@@ -144,12 +136,4 @@ static void parallel_run(int64_t n, int n_threads, int64_t chunk, realm_range_fn
         if ((k & 63) == 63 && !yielding) yielding = now_us() - t0 > REALM_POOL_SPIN_US;
     }
     pthread_mutex_unlock(&call_lock);
-}
-
-void realm_parallel_for(int64_t n, int n_threads, realm_range_fn fn, void *ctx) {
-    parallel_run(n, n_threads, 0, fn, ctx);
-}
-
-void realm_parallel_for_chunks(int64_t n, int64_t chunk, int n_threads, realm_range_fn fn, void *ctx) {
-    parallel_run(n, n_threads, chunk < 1 ? 1 : chunk, fn, ctx);
 }

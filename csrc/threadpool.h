@@ -7,9 +7,8 @@
  * This pool is shared by every caller (one loop at a time; others wait their turn);
  * between loops its workers spin a little, then spin yielding, then sleep.
  *
- * realm_parallel_for cuts a loop over [0, n) into n_threads contiguous ranges, range t
- * run by thread t (the caller is thread 0); realm_parallel_for_chunks deals it out in
- * chunks. Which thread computes an index never changes the result.
+ * A loop over [0, n) is cut into n_threads contiguous ranges, range t run by thread t
+ * (the caller is thread 0): which thread computes an index never changes the result.
  */
 #ifndef REALM_THREADPOOL_H
 #define REALM_THREADPOOL_H
@@ -25,12 +24,6 @@ typedef void (*realm_range_fn)(void *ctx, int64_t i0, int64_t i1, int thread);
  * every range is done. n_threads <= 1 or n <= 1 runs fn(ctx, 0, n, 0) in the caller.
  * Not re-entrant: fn must not call realm_parallel_for. */
 void realm_parallel_for(int64_t n, int n_threads, realm_range_fn fn, void *ctx);
-
-/* The same, except that the threads take chunks of `chunk` indices from a shared counter
- * until none is left (as llama.cpp's matmul does): on a busy machine a thread that loses
- * its core holds up one chunk, not a whole 1/n_threads of the loop. Which thread runs an
- * index varies from call to call: for loops whose result does not depend on it. */
-void realm_parallel_for_chunks(int64_t n, int64_t chunk, int n_threads, realm_range_fn fn, void *ctx);
 
 /* threads a loop of n items would use (what realm_parallel_for passes as `thread` bound) */
 int realm_pool_threads(int64_t n, int n_threads);

@@ -1,7 +1,6 @@
 /* test_threadpool.c: the kernels' pool (csrc/threadpool.c): every index of a loop is
- * run exactly once, by the thread its static range names (or, for chunked loops, in
- * whole chunks by threads of the loop), for any thread count (more than the machine's
- * cores too), from several calling threads at once. */
+ * run exactly once, by the thread its static range names, for any thread count (more
+ * than the machine's cores too), from several calling threads at once. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -12,7 +11,7 @@
 #define N_MAX 64
 
 struct loop {
-    int64_t n, chunk; /* chunk 0: a static loop */
+    int64_t n;
     int n_threads;
     atomic_int hits[N_MAX];
     atomic_int wrong_thread;
@@ -21,12 +20,8 @@ struct loop {
 static void count(void *ctx, int64_t i0, int64_t i1, int thread) {
     struct loop *l = ctx;
     const int nt = realm_pool_threads(l->n, l->n_threads);
-    int range_ok;
-    if (!l->chunk || nt == 1) /* a static range (one thread: the whole loop) */
-        range_ok = i0 == l->n * thread / nt && i1 == l->n * (thread + 1) / nt;
-    else /* a whole chunk, or the tail */
-        range_ok = i0 % l->chunk == 0 && (i1 - i0 == l->chunk || i1 == l->n);
-    if (thread < 0 || thread >= nt || !range_ok) atomic_fetch_add(&l->wrong_thread, 1);
+    if (thread < 0 || thread >= nt || i0 != l->n * thread / nt || i1 != l->n * (thread + 1) / nt)
+        atomic_fetch_add(&l->wrong_thread, 1);
     for (int64_t i = i0; i < i1; i++) atomic_fetch_add(&l->hits[i], 1);
 }
 
@@ -38,11 +33,7 @@ static int run_loops(int calls, unsigned seed) {
         memset(&l, 0, sizeof l);
         l.n = (int64_t)(seed >> 8) % N_MAX;
         l.n_threads = 1 + (int)((seed >> 20) % 5); /* 1..5 threads */
-        l.chunk = (seed >> 24) % 4;                /* a static loop, or chunks of 1..3 */
-        if (l.chunk)
-            realm_parallel_for_chunks(l.n, l.chunk, l.n_threads, count, &l);
-        else
-            realm_parallel_for(l.n, l.n_threads, count, &l);
+        realm_parallel_for(l.n, l.n_threads, count, &l);
         for (int64_t i = 0; i < l.n; i++) bad += atomic_load(&l.hits[i]) != 1;
         bad += atomic_load(&l.wrong_thread);
     }
