@@ -28,12 +28,14 @@
  * words; the others (18, 22, 34, 110, 210 bytes) only keep 2-byte alignment in a row,
  * so they are read as two 16-bit halves (load_b2).
  *
- * The float formats (F32, F16, BF16) are `fmt_f32` etc. with blocks of one element and
- * decode() only: they are multiplied in float against float activations, no q8_1 step.
+ * The float formats (F32, F16, BF16) are `fmt_f32` etc. with blocks of one element,
+ * decode() and round_x(): they are multiplied in float against float activations,
+ * rounded to f16 / bf16 first for F16 / BF16 weights (as the CPU does), no 8-bit step.
  *
  * This header is plain C++ apart from the CUDA intrinsics named above, so the tests
  * also compile it for the host with those intrinsics emulated (tests/backends/
- * cuda_host_harness.cpp) to check every formula against gguf's decoders on the CPU.
+ * cuda_host_harness.cpp) to check every formula against gguf's decoders and the CPU
+ * backend's matmul on the CPU.
  */
 #ifndef REALM_CUDA_QUANTS_CUH
 #define REALM_CUDA_QUANTS_CUH

@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from realm_ext import _kernels, quant
-from realm_ext.backends.cuda_matmul import FLOAT_TYPES
 
 T = quant.GGMLType
+FLOAT_TYPES = (T.F32, T.F16, T.BF16)  # as cuda_matmul's (not imported: emulated_cuda fakes that module)
 Q8_0_ROUNDED = (T.Q4_0, T.Q5_0, T.Q8_0)
 
 
