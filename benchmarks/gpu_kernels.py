@@ -4,8 +4,8 @@ Measured in one run, on the current CUDA device, all times from CUDA events:
 - copy bandwidth: a device-to-device copy of a 1 GiB buffer, read + write bytes per
   second (median of repeats): the practical ceiling for streaming weights;
 - per format and TinyLlama shape, decode at one token: weight bytes / time, for the
-  matvec kernel alone (activations already in q8_1) and for a whole `matmul` call
-  (quantize_q8_1 + matvec), and their fraction of the copy bandwidth. The calls are
+  matvec kernel alone (activations already quantized) and for a whole `matmul` call
+  (quantize_q8_1 or _q8_K + matvec), and their fraction of the copy bandwidth. The calls are
   captured in a CUDA graph and replayed, so Python's launch cost is not timed, and
   cycle through copies of the weight (>= 256 MB together) so that the weight comes
   from device memory, not from the 50 MB L2 cache, as it does in a model;
@@ -106,9 +106,9 @@ def matvec_row(
     call = _graph_time(matmuls, len(ws), stream, repeat)
     gt = quant.parse_type(t)
     if gt in cm.FLOAT_TYPES:
-        kernel = call  # no q8_1 step: the call is the kernel
+        kernel = call  # no quantization step: the call is the kernel
     else:
-        lc = cm.matmul_plan(gt, rows, cols, 1)[-1]  # the matvec launch, after quantize_q8_1
+        lc = cm.matmul_plan(gt, rows, cols, 1)[-1]  # the matvec launch, after the quantize one
         mv = cm.kernels(gt)[lc.kernel]
         bufs = {"scratch": scratch, "out": out}
         args = [

@@ -27,6 +27,12 @@ static __device__ __forceinline__ realm_f16 f32_to_f16(float f) {
     return h;
 }
 static __device__ __forceinline__ float bf16_to_f32(realm_bf16 h) { return __uint_as_float((unsigned)h << 16); }
+/* round to nearest even, NaN kept quiet: as realm_f32_to_bf16 (csrc/fp16.h) */
+static __device__ __forceinline__ realm_bf16 f32_to_bf16(float f) {
+    const unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (realm_bf16)((u >> 16) | 64u);
+    return (realm_bf16)((u + (0x7fffu + ((u >> 16) & 1u))) >> 16);
+}
 
 static __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

@@ -4,16 +4,21 @@
  *   W    n_rows rows, each n_cols / QK blocks back to back (exactly the GGUF bytes);
  *        float weights: n_rows x n_cols elements, row-major
  *   x    float32 (n_tokens, n_cols), row-major
- *   y    the q8_1 activations: n_tokens rows of n_cols / 32 block_q8_1, row-major
+ *   y    the activations rounded as the CPU backend rounds them for W's type (see
+ *        quants.cuh): n_tokens rows of n_cols / 32 block_q8_1 (32-element formats) or
+ *        n_cols / 256 block_q8_K (K-quants: 292 bytes per 256), row-major
  *   out  float32 (n_tokens, n_rows), row-major: out[t * n_rows + r] = sum_c W[r, c] x[t, c]
  * For a quantized W, n_cols is a multiple of its block size (hence of 32).
  *
  * Kernels (per format NAME in q4_0 q4_1 q5_0 q5_1 q8_0 q2_K q3_K q4_K q5_K q6_K):
- *   quantize_q8_1               x -> y; block 256 threads, grid ceil(n_tokens * n_cols / 256)
+ *   quantize_q8_1               x -> y for the 32-element formats; block 256 threads, grid
+ *                               ceil(n_tokens * n_cols / 256)
+ *   quantize_q8_K               x -> y for the K-quants; block 256, grid n_tokens * n_cols / 256
  *   matvec_NAME_t{1,2,4,8}      decode: n_tokens <= T; block (32, MV_WARPS), grid ceil(n_rows / R)
  *                               with R = 1 row per block for T = 1, else 2
  *   matmul_NAME                 prefill: block 256, grid (ceil(n_rows / 32), ceil(n_tokens / 16))
- * and for the float formats NAME in f32 f16 bf16 (no q8_1 step, x read directly):
+ * and for the float formats NAME in f32 f16 bf16 (no quantization step: x read directly,
+ * rounded to f16 / bf16 for F16 / BF16 weights as the CPU does):
  *   matvec_NAME_t{1,8}          any n_tokens: block (32, MV_WARPS), grid (ceil(n_rows / R),
  *                               ceil(n_tokens / T)); the prefill path uses t8
  * and for all thirteen formats:
@@ -29,10 +34,11 @@
 #define MM_THREADS 256
 #define MM_CHUNK 256   /* prefill: columns staged in shared memory per step */
 
-/* ---- activations to q8_1 ------------------------------------------------------------
- * One thread per element, one warp per block of 32 (n % 32 == 0, so a warp is either
- * wholly in range or wholly out): d = max|x| / 127, q = round(x / d), s = d * sum(q),
- * as ggml's quantize_row_q8_1 (s from the rounded q, so the dot formulas are exact). */
+/* ---- activations, rounded as the CPU backend rounds them (csrc/act_quant.c) ----------
+ * quantize_q8_1: one thread per element, one warp per block of 32 (n % 32 == 0, so a
+ * warp is either wholly in range or wholly out): d = max|x| / 127, q = rint(x * (127 /
+ * max|x|)) (nearest, ties to even: lrintf), s = d * sum(q) with d before its rounding
+ * to f16. Serves Q4_1/Q5_1 (Q8_1) and, s unused, Q4_0/Q5_0/Q8_0 (Q8_0: same d and q). */
 extern "C" __global__ void __launch_bounds__(256) quantize_q8_1(const float *__restrict__ x,
                                                                  block_q8_1 *__restrict__ y, long long n) {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -40,9 +46,9 @@ extern "C" __global__ void __launch_bounds__(256) quantize_q8_1(const float *__r
     const int lane = threadIdx.x % WARP_SIZE;
     const float v = x[i];
     const float amax = warp_max(fabsf(v));
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    const int q = (int)rintf(v * id);
     const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    const int q = (int)roundf(v * id);
     const float sum = warp_sum((float)q); /* |sum| <= 32 * 127: exact in float */
     block_q8_1 *b = y + i / QK8_1;
     b->qs[lane] = (int8_t)q;
@@ -50,6 +56,47 @@ extern "C" __global__ void __launch_bounds__(256) quantize_q8_1(const float *__r
         b->d = f32_to_f16(d);
         b->s = f32_to_f16(d * sum);
     }
+}
+
+/* max of v over the block of QK_K threads; red: QK_K / 32 floats of shared memory,
+ * free again when it returns */
+static __device__ __forceinline__ float block_max_256(float v, float *red) {
+    v = warp_max(v);
+    if (threadIdx.x % WARP_SIZE == 0) red[threadIdx.x / WARP_SIZE] = v;
+    __syncthreads();
+    v = red[0];
+#pragma unroll
+    for (int w = 1; w < QK_K / WARP_SIZE; w++) v = fmaxf(v, red[w]);
+    __syncthreads();
+    return v;
+}
+
+/* quantize_q8_K: one block of QK_K threads per block_q8_K (n % 256 == 0), thread i on
+ * element i, as quantize_row_q8_K_ref: max = the first element of largest magnitude
+ * (signed), iscale = -127 / max, q = min(rint(iscale * x), 127), d = 1 / iscale,
+ * bsums[j] = sum of q[16j .. 16j+15]; an all-zero block is all zero bytes. */
+extern "C" __global__ void __launch_bounds__(QK_K) quantize_q8_K(const float *__restrict__ x,
+                                                                  block_q8_K *__restrict__ y, long long n) {
+    __shared__ float red[QK_K / WARP_SIZE];
+    __shared__ float first_max;
+    const int tid = threadIdx.x;
+    const long long i = (long long)blockIdx.x * QK_K + tid;
+    if (i >= n) return; /* whole blocks only: every thread of a block returns here or none */
+    block_q8_K *b = y + blockIdx.x;
+    const float v = x[i];
+    const float amax = block_max_256(fabsf(v), red);
+    /* the lowest index holding amax, as -max(-index) (small integers: exact in float) */
+    const int first = (int)-block_max_256(fabsf(v) == amax ? -(float)tid : -(float)QK_K, red);
+    if (tid == first) first_max = v;
+    __syncthreads();
+    const float iscale = amax != 0.0f ? -127.0f / first_max : 0.0f;
+    const int q = min((int)rintf(iscale * v), 127);
+    b->qs[tid] = (int8_t)q;
+    float s16 = (float)q; /* sum over the 16 lanes of this bsum */
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) s16 += __shfl_xor_sync(0xffffffffu, s16, o);
+    if (tid % 16 == 0) b->bsums[tid / 16] = (int16_t)s16;
+    if (tid == 0) b->d = amax != 0.0f ? 1.0f / iscale : 0.0f;
 }
 
 /* ---- the end of a matvec: acc[t][r] of every thread summed over the block ----------
@@ -87,19 +134,20 @@ static __device__ __forceinline__ void block_sum_store(float (&acc)[NT][R], floa
  * consecutive bytes of a row). Rows past n_rows and tokens past n_tokens are clamped
  * to the last one for reading (no read out of bounds, no divergence) and not stored. */
 template <typename F, int NT>
-static __device__ __forceinline__ void matvec_q(const uint8_t *__restrict__ W, const block_q8_1 *__restrict__ y,
+static __device__ __forceinline__ void matvec_q(const uint8_t *__restrict__ W, const typename F::act *__restrict__ y,
                                                 float *__restrict__ out, int n_rows, int n_cols, int n_tokens) {
     typedef typename F::block block;
+    typedef typename F::act act;
     constexpr int R = NT == 1 ? 1 : 2;
     constexpr int STEP = MV_WARPS * WARP_SIZE / F::NPART;
     const int tid = threadIdx.y * WARP_SIZE + threadIdx.x;
     const int part = tid % F::NPART;
-    const int nb = n_cols / F::QK, nby = n_cols / QK8_1;
+    const int nb = n_cols / F::QK, nby = n_cols / F::QK_ACT;
     const int row0 = blockIdx.x * R;
     const block *rows[R];
 #pragma unroll
     for (int r = 0; r < R; r++) rows[r] = (const block *)W + (long long)min(row0 + r, n_rows - 1) * nb;
-    const block_q8_1 *ys[NT];
+    const act *ys[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) ys[t] = y + (long long)min(t, n_tokens - 1) * nby;
 
@@ -110,7 +158,7 @@ static __device__ __forceinline__ void matvec_q(const uint8_t *__restrict__ W, c
         for (int r = 0; r < R; r++) acc[t][r] = 0.0f;
 
     for (int kb = tid / F::NPART; kb < nb; kb += STEP) {
-        const int kby = kb * (F::QK / QK8_1);
+        const int kby = kb * (F::QK / F::QK_ACT);
 #pragma unroll
         for (int r = 0; r < R; r++)
 #pragma unroll
@@ -121,7 +169,8 @@ static __device__ __forceinline__ void matvec_q(const uint8_t *__restrict__ W, c
 
 /* ---- matvec for float W (F32 / F16 / BF16), any n_tokens ------------------------------
  * As matvec_q, with thread tid taking columns tid, tid + threads, ... of R rows, and
- * blockIdx.y taking tokens NT * blockIdx.y .. + NT - 1 (read straight from x). */
+ * blockIdx.y taking tokens NT * blockIdx.y .. + NT - 1 (read straight from x and
+ * rounded as the CPU rounds them for this weight type: F::round_x). */
 template <typename F, int NT>
 static __device__ __forceinline__ void matvec_f(const uint8_t *__restrict__ W, const float *__restrict__ x,
                                                 float *__restrict__ out, int n_rows, int n_cols, int n_tokens) {
@@ -148,7 +197,7 @@ static __device__ __forceinline__ void matvec_f(const uint8_t *__restrict__ W, c
         for (int r = 0; r < R; r++) w[r] = F::decode(rows[r], c);
 #pragma unroll
         for (int t = 0; t < NT; t++) {
-            const float xv = xs[t][c];
+            const float xv = F::round_x(xs[t][c]);
 #pragma unroll
             for (int r = 0; r < R; r++) acc[t][r] += w[r] * xv;
         }
@@ -159,7 +208,8 @@ static __device__ __forceinline__ void matvec_f(const uint8_t *__restrict__ W, c
 /* ---- prefill matmul, quantized W ------------------------------------------------------
  * A block of MM_THREADS threads computes a tile of MM_ROWS rows x MM_TOKENS tokens.
  * The columns go by in chunks of MM_CHUNK (one K-quant block, or 8 blocks of 32): the
- * chunk's weight bytes of the tile's rows and q8_1 blocks of its tokens are copied to
+ * chunk's weight bytes of the tile's rows and activation blocks of its tokens (one
+ * block_q8_K, 73 words, or 8 block_q8_1, 72 words, per token) are copied to
  * shared memory, so each weight byte is read from global memory once per token tile.
  * Thread (g, part), g = tid / PARTS, keeps the sums of rows g, g + GROUPS, ... for all
  * the tile's tokens over its share `part` of every chunk (PARTS threads share a chunk
@@ -167,11 +217,12 @@ static __device__ __forceinline__ void matvec_f(const uint8_t *__restrict__ W, c
  * A row of 32-element blocks may end in a partial chunk: blocks past the row's end are
  * neither copied nor used. */
 template <typename F>
-static __device__ __forceinline__ void matmul_q(const uint8_t *__restrict__ W, const block_q8_1 *__restrict__ y,
+static __device__ __forceinline__ void matmul_q(const uint8_t *__restrict__ W, const typename F::act *__restrict__ y,
                                                 float *__restrict__ out, int n_rows, int n_cols, int n_tokens) {
     typedef typename F::block block;
+    typedef typename F::act act;
     constexpr int BPC = MM_CHUNK / F::QK;       /* weight blocks per chunk */
-    constexpr int YPC = MM_CHUNK / QK8_1;       /* q8_1 blocks per chunk */
+    constexpr int YPC = MM_CHUNK / F::QK_ACT;   /* activation blocks per chunk */
     constexpr int BB = (int)sizeof(block);
     constexpr int CHUNK_BYTES = BPC * BB;
     constexpr int W_STRIDE = (CHUNK_BYTES + 15) / 16 * 16; /* bytes per row in shared memory */
@@ -179,7 +230,8 @@ static __device__ __forceinline__ void matmul_q(const uint8_t *__restrict__ W, c
     constexpr int PARTS = BPC * F::NPART;
     constexpr int GROUPS = MM_THREADS / PARTS;
     constexpr int RPT = MM_ROWS / GROUPS;       /* rows per thread */
-    constexpr int Y_WORDS = YPC * (int)sizeof(block_q8_1) / 4;
+    constexpr int Y_WORDS = YPC * (int)sizeof(act) / 4;
+    static_assert(sizeof(act) % 4 == 0, "activation blocks are copied in 32-bit words");
     static_assert(WARP_SIZE % PARTS == 0 || PARTS % WARP_SIZE == 0, "a chunk row's parts are whole lanes");
     static_assert(PARTS <= WARP_SIZE && MM_ROWS % GROUPS == 0, "tile shape");
 
@@ -190,7 +242,7 @@ static __device__ __forceinline__ void matmul_q(const uint8_t *__restrict__ W, c
     const int part = tid % PARTS, g = tid / PARTS;
     const int kb_local = part / F::NPART, p = part % F::NPART;
     const int row0 = blockIdx.x * MM_ROWS, t0 = blockIdx.y * MM_TOKENS;
-    const int nb = n_cols / F::QK, nby = n_cols / QK8_1;
+    const int nb = n_cols / F::QK, nby = n_cols / F::QK_ACT;
     const int n_chunks = (nb + BPC - 1) / BPC;
     const long long row_bytes = (long long)nb * BB;
 
@@ -217,9 +269,9 @@ static __device__ __forceinline__ void matmul_q(const uint8_t *__restrict__ W, c
                     *(uint16_t *)dst = *(const uint16_t *)src;
             }
         }
-        /* activation chunk: MM_TOKENS tokens of YPC q8_1 blocks (36 bytes: 9 words) */
+        /* activation chunk: MM_TOKENS tokens of YPC activation blocks, Y_WORDS words each */
         {
-            const int words_here = min(YPC, nby - kc * YPC) * (int)sizeof(block_q8_1) / 4;
+            const int words_here = min(YPC, nby - kc * YPC) * (int)sizeof(act) / 4;
             for (int idx = tid; idx < MM_TOKENS * Y_WORDS; idx += MM_THREADS) {
                 const int t = idx / Y_WORDS, u = idx % Y_WORDS;
                 if (u >= words_here) continue;
@@ -229,7 +281,7 @@ static __device__ __forceinline__ void matmul_q(const uint8_t *__restrict__ W, c
         }
         __syncthreads();
         if (kb_local < blocks_here) {
-            const block_q8_1 *yt = (const block_q8_1 *)y_tile + kb_local * (F::QK / QK8_1);
+            const act *yt = (const act *)y_tile + kb_local * (F::QK / F::QK_ACT);
 #pragma unroll
             for (int i = 0; i < RPT; i++) {
                 const block *b = (const block *)((const uint8_t *)w_tile + (g + GROUPS * i) * W_STRIDE) + kb_local;
@@ -284,11 +336,11 @@ static __device__ __forceinline__ void get_rows(const uint8_t *__restrict__ W, c
 #define GET_ROWS(NAME, F)                                                                                       \
     extern "C" __global__ void __launch_bounds__(256) get_rows_##NAME(GR_ARGS) { get_rows<F>(W, ids, out, n_rows, n_cols); }
 #define QUANT_FORMAT(NAME, F)                                                                                   \
-    MATVEC(NAME, matvec_q, F, block_q8_1, 1)                                                                  \
-    MATVEC(NAME, matvec_q, F, block_q8_1, 2)                                                                  \
-    MATVEC(NAME, matvec_q, F, block_q8_1, 4)                                                                  \
-    MATVEC(NAME, matvec_q, F, block_q8_1, 8)                                                                  \
-    extern "C" __global__ void __launch_bounds__(MM_THREADS) matmul_##NAME(MV_ARGS(block_q8_1)) {             \
+    MATVEC(NAME, matvec_q, F, F::act, 1)                                                                      \
+    MATVEC(NAME, matvec_q, F, F::act, 2)                                                                      \
+    MATVEC(NAME, matvec_q, F, F::act, 4)                                                                      \
+    MATVEC(NAME, matvec_q, F, F::act, 8)                                                                      \
+    extern "C" __global__ void __launch_bounds__(MM_THREADS) matmul_##NAME(MV_ARGS(F::act)) {                 \
         matmul_q<F>(W, x, out, n_rows, n_cols, n_tokens);                                                     \
     }                                                                                                         \
     GET_ROWS(NAME, F)

@@ -1,13 +1,20 @@
 """Matrix products and row lookups on GGUF weights in device memory (csrc/cuda/matmul.cu).
 
 A weight is uploaded once as its raw GGUF blocks (`DeviceWeight`); no dequantized copy
-is ever made. `matmul` quantizes the activations to q8_1 blocks in a caller-owned
-scratch buffer and multiplies with integer dot products, by the decode kernel
-(n_tokens <= 8) or the tiled prefill kernel; float weights (F32/F16/BF16) multiply
-float activations directly. Every function here only validates on the host and
-launches kernels on a stream: no allocation, no synchronization, no host copy, so a
-call can be captured into a CUDA graph (after a first, uncaptured call of the same
-weight type has compiled and loaded the kernels).
+is ever made. `matmul` quantizes the activations in a caller-owned scratch buffer,
+rounded exactly as the CPU backend rounds them for the weight's type (bit for bit the
+bytes of realm_ext._kernels.quantize_acts):
+  Q4_0 Q5_0 Q8_0   Q8_0 blocks of 32 (f16 d, 32 int8), stored as 36-byte block_q8_1
+                   (the s field unused) so that every activation block is 4-byte aligned
+  Q4_1 Q5_1        Q8_1 blocks of 32 (f16 d, f16 s = d * sum(q), 32 int8): 36 bytes
+  Q2_K .. Q6_K     Q8_K blocks of 256 (float d, 256 int8, 16 int16 sums): 292 bytes
+and multiplies with integer dot products, by the decode kernel (n_tokens <= 8) or the
+tiled prefill kernel; float weights multiply float activations directly, rounded to
+f16 for F16 and to bf16 for BF16 weights as the CPU does. What differs from the CPU
+backend's matmul is the order of the float additions only. Every function here only
+validates on the host and launches kernels on a stream: no allocation, no
+synchronization, no host copy, so a call can be captured into a CUDA graph (after a
+first, uncaptured call of the same weight type has compiled and loaded the kernels).
 """
 
 from __future__ import annotations
@@ -30,8 +37,11 @@ FLOAT_TYPES = (T.F32, T.F16, T.BF16)
 # kernel-name suffix of each supported type, as in csrc/cuda/matmul.cu
 KERNEL_NAMES: dict[T, str] = {t: t.name[:-1].lower() + t.name[-1] for t in quant.SUPPORTED_TYPES}
 
-Q8_1_BLOCK = 32  # activation values per q8_1 block
+Q8_1_BLOCK = 32  # activation values per q8_1 block (the 32-element formats)
 Q8_1_BYTES = 36  # f16 d, f16 s, 32 int8
+Q8_K_BLOCK = 256  # activation values per Q8_K block (the K-quants)
+Q8_K_BYTES = 292  # float d, 256 int8, 16 int16 bsums
+K_QUANTS = (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)
 MATVEC_MAX_TOKENS = 8  # up to this many tokens take the decode kernels
 # launch shapes, as matmul.cu's MV_WARPS, MM_ROWS, MM_TOKENS, MM_THREADS
 _MV_BLOCK = (32, 4, 1)
@@ -89,9 +99,18 @@ class DeviceWeight:
         return f"DeviceWeight({T(self.ggml_type).name}, {self.n_rows} x {self.n_cols})"
 
 
-def activation_scratch_bytes(n_tokens: int, n_cols: int) -> int:
-    """Bytes of device scratch matmul needs for n_tokens activations of n_cols (q8_1 blocks)."""
-    return int(n_tokens) * -(-int(n_cols) // Q8_1_BLOCK) * Q8_1_BYTES
+def activation_scratch_bytes(n_tokens: int, n_cols: int, ggml_type: int | None = None) -> int:
+    """Bytes of device scratch matmul needs for n_tokens activations of n_cols against a
+    weight of `ggml_type`: Q8_K rows (292 bytes per 256) for the K-quants, q8_1 rows (36
+    bytes per 32) for the other quantized types, none for the float types. Without a
+    type: enough for any type (one scratch buffer shared by every weight of a model)."""
+    n_tokens, n_cols = int(n_tokens), int(n_cols)
+    q8_1 = n_tokens * _cdiv(n_cols, Q8_1_BLOCK) * Q8_1_BYTES
+    q8_k = n_tokens * _cdiv(n_cols, Q8_K_BLOCK) * Q8_K_BYTES
+    if ggml_type is None:
+        return max(q8_1, q8_k)
+    gt = T(int(ggml_type))
+    return 0 if gt in FLOAT_TYPES else q8_k if gt in K_QUANTS else q8_1
 
 
 @dataclass(frozen=True)
@@ -110,8 +129,9 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def matmul_plan(ggml_type: int, n_rows: int, n_cols: int, n_tokens: int) -> list[Launch]:
-    """The launches of one matmul (shapes already checked; n_tokens >= 1): q8_1
-    quantization of x into scratch (quantized types), then the decode kernel for up to
+    """The launches of one matmul (shapes already checked; n_tokens >= 1): quantization
+    of x into scratch (quantize_q8_K for the K-quants, quantize_q8_1 for the other
+    quantized types), then the decode kernel for up to
     MATVEC_MAX_TOKENS tokens (the smallest of its 1/2/4/8-token variants that fits) or
     the tiled prefill kernel; float types: the float matvec over token tiles."""
     gt = T(int(ggml_type))
@@ -122,7 +142,8 @@ def matmul_plan(ggml_type: int, n_rows: int, n_cols: int, n_tokens: int) -> list
         grid = (_cdiv(n_rows, 1 if nt == 1 else 2), _cdiv(n_tokens, nt))
         return [Launch(f"matvec_{name}_t{nt}", grid, _MV_BLOCK, ("W", "x", "out", *dims))]
     n = n_tokens * n_cols
-    plan = [Launch("quantize_q8_1", (_cdiv(n, 256),), (256,), ("x", "scratch", np.int64(n)))]
+    quantize = "quantize_q8_K" if gt in K_QUANTS else "quantize_q8_1"  # 256 elements per block either way
+    plan = [Launch(quantize, (_cdiv(n, 256),), (256,), ("x", "scratch", np.int64(n)))]
     args = ("W", "scratch", "out", *dims)
     if n_tokens <= MATVEC_MAX_TOKENS:
         nt = 1 << (n_tokens - 1).bit_length()  # 1, 2, 4 or 8
@@ -194,7 +215,7 @@ def _overlap(a: Any, b: Any) -> bool:
 def matmul(w: DeviceWeight, x: Any, out: Any, scratch: Any, stream: Any = None) -> None:
     """out[t, r] = sum_c W[r, c] * x[t, c]. x: cupy float32 (n_tokens, n_cols) C-contiguous,
     out: cupy float32 (n_tokens, n_rows) C-contiguous (may not alias x), scratch: cupy uint8 of
-    >= activation_scratch_bytes(n_tokens, n_cols). Launches kernels on `stream` (cupy's
+    >= activation_scratch_bytes(n_tokens, n_cols, w.ggml_type). Launches kernels on `stream` (cupy's
     current stream if None) and nothing else: no allocation, no host sync, no host copy,
     so it can be captured into a CUDA graph. Decode (n_tokens small) and prefill paths
     are chosen inside. Raises ValueError on bad shapes/dtypes before launching."""
@@ -212,7 +233,7 @@ def matmul(w: DeviceWeight, x: Any, out: Any, scratch: Any, stream: Any = None) 
     gt = T(w.ggml_type)
     quantized = gt not in FLOAT_TYPES
     if quantized:
-        need = activation_scratch_bytes(n_tokens, w.n_cols)
+        need = activation_scratch_bytes(n_tokens, w.n_cols, w.ggml_type)
         if (
             not isinstance(scratch, cupy.ndarray)
             or scratch.dtype != np.uint8
@@ -224,7 +245,7 @@ def matmul(w: DeviceWeight, x: Any, out: Any, scratch: Any, stream: Any = None) 
                 f"scratch holds {scratch.nbytes} bytes, {need} needed for {n_tokens} x {w.n_cols}"
             )
         if scratch.data.ptr % 4:
-            raise ValueError("scratch must start 4-byte aligned (q8_1 blocks are read in 32-bit words)")
+            raise ValueError("scratch must start 4-byte aligned (activation blocks are read in 32-bit words)")
         if _overlap(scratch, x) or _overlap(scratch, out):
             raise ValueError("scratch may not overlap x or out")
     if _cdiv(n_tokens, _MM_TOKENS if quantized else MATVEC_MAX_TOKENS) > _MAX_GRID_Y:

@@ -3,8 +3,9 @@
 `emulated_cuda()` installs, for the duration of a `with`, fake `cupy` / `cupyx`
 modules (device arrays are numpy arrays; streams, stream capture and graph replay keep
 their ordering semantics: a launch on a capturing stream is recorded, and runs when its
-graph is launched), a fake `realm_ext.backends.cuda_matmul` (the contract's matmul and
-get_rows, in float32 numpy over the dequantized weight), and numpy versions of the
+graph is launched), a fake `realm_ext.backends.cuda_matmul` (the contract's matmul, by
+the CPU backend's matmul or, given an Emulator, by matmul.cu's own kernels run on the
+CPU (tests/backends/cuda_emulator.py); get_rows in numpy), and numpy versions of the
 kernels of csrc/cuda/ops.cu and attention.cu. It yields a freshly imported
 `realm_ext.backends.cuda` module bound to them.
 
@@ -29,10 +30,15 @@ import threading
 import time
 import types
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from realm_ext import _kernels, kernels, quant
+from realm_ext.backends.cuda_matmul import activation_scratch_bytes, matmul_plan
+
+if TYPE_CHECKING:
+    from cuda_emulator import Emulator
 
 # ---- device arrays ---------------------------------------------------------------------
 
@@ -424,8 +430,27 @@ class DeviceWeight:
         )
 
 
-def activation_scratch_bytes(n_tokens: int, n_cols: int) -> int:
-    return n_tokens * -(-n_cols // 32) * 36
+_runner: list = [None]  # the Emulator that runs matmul.cu's kernels, if any (emulated_cuda)
+# per matmul run by the kernels: its largest error against the CPU backend's matmul of the
+# same x, in units of |x| @ |W|^T (float summation order only: <= 1e-5 is asserted)
+kernel_errors: list[float] = []
+
+
+def _check_against_cpu(w: DeviceWeight, x: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
+    """The kernels' activation bytes are the CPU backend's for this x, and their product
+    is the CPU backend's up to float summation order."""
+    from act_ref import FLOAT_TYPES, device_acts, unread_mask  # tests/backends, on the path in tests
+
+    t = quant.GGMLType(w.ggml_type)
+    if t not in FLOAT_TYPES:
+        want = device_acts(t, x).reshape(-1)
+        keep = unread_mask(t, want.size)
+        got = scratch.view(np.ndarray).reshape(-1)[: want.size]
+        assert np.array_equal(got[keep], want[keep]), f"{t.name}: activation bytes differ from the CPU's"
+    cpu = kernels.matmul(w.raw, w.ggml_type, x)
+    err = float((np.abs(out - cpu) / (np.abs(x) @ np.abs(w.w).T).clip(1e-30)).max())
+    assert err <= 1e-5, f"{t.name} {w.n_rows}x{w.n_cols}, {x.shape[0]} tokens: {err:.2e} off the CPU's matmul"
+    kernel_errors.append(err)
 
 
 def _check(what: str, a, dtype, shape) -> None:  # noqa: ANN001
@@ -434,18 +459,26 @@ def _check(what: str, a, dtype, shape) -> None:  # noqa: ANN001
 
 
 def matmul(w: DeviceWeight, x, out, scratch, stream=None) -> None:  # noqa: ANN001
-    """out = x W^T by the CPU's kernel (realm_ext.kernels.matmul: the CPU backend's
-    activation roundings and float order), so that what differs from the CPU backend
-    is the CUDA backend's own doing. (The real matmul rounds activations to q8_1 for
-    every quantized type: that alone moves K-quant logits by ~2e-2 on these models.)"""
+    """out = x W^T: by matmul.cu's kernels on the CPU when emulated_cuda was given an
+    Emulator (exactly the launches of cuda_matmul.matmul_plan, on these buffers, the
+    scratch included), each call then checked against the CPU backend's matmul of the
+    same x (_check_against_cpu); else by the CPU backend's kernel (realm_ext.kernels
+    .matmul), which the kernels equal up to float summation order."""
     n = x.shape[0]
     _check("x", x, F32, (n, w.n_cols))
     _check("out", out, F32, (n, w.n_rows))
     assert not np.shares_memory(x, out), "matmul: out overlaps x"
-    assert scratch.nbytes >= activation_scratch_bytes(n, w.n_cols), "matmul: scratch too small"
+    need = activation_scratch_bytes(n, w.n_cols, w.ggml_type)
+    assert scratch.nbytes >= need and scratch.dtype == np.uint8, "matmul: scratch too small"
+    emulator = _runner[0]
 
     def run() -> None:
-        kernels.matmul(w.raw, w.ggml_type, x.view(np.ndarray), out.view(np.ndarray))
+        if emulator is None:
+            kernels.matmul(w.raw, w.ggml_type, x.view(np.ndarray), out.view(np.ndarray))
+            return
+        bufs = {"W": w.raw, "x": x.view(np.ndarray), "out": out.view(np.ndarray), "scratch": scratch}
+        emulator.run(matmul_plan(w.ggml_type, w.n_rows, w.n_cols, n), {k: _lin(v) for k, v in bufs.items()})
+        _check_against_cpu(w, x.view(np.ndarray), out.view(np.ndarray), scratch)
 
     _enqueue(run, stream)
 
@@ -505,10 +538,13 @@ def _fake_modules() -> dict[str, types.ModuleType]:
 
 
 @contextlib.contextmanager
-def emulated_cuda() -> Iterator[types.ModuleType]:
-    """realm_ext.backends.cuda over the numpy stand-ins, while the `with` lasts."""
+def emulated_cuda(kernel_runner: Emulator | None = None) -> Iterator[types.ModuleType]:
+    """realm_ext.backends.cuda over the numpy stand-ins, while the `with` lasts; its
+    matmuls run matmul.cu's kernels on kernel_runner when one is given."""
     names = ["cupy", "cupy.cuda", "cupyx", "realm_ext.backends.cuda_matmul", "realm_ext.backends.cuda"]
     saved = {name: sys.modules.get(name) for name in names}
+    _runner[0] = kernel_runner
+    kernel_errors.clear()
     try:
         sys.modules.update(_fake_modules())
         sys.modules.pop("realm_ext.backends.cuda", None)
@@ -516,6 +552,7 @@ def emulated_cuda() -> Iterator[types.ModuleType]:
         mod.load_module = load_module
         yield mod
     finally:
+        _runner[0] = None
         for name, m in saved.items():
             if m is None:
                 sys.modules.pop(name, None)

@@ -84,7 +84,7 @@ class Emulator:
             "W": guarded(np.ascontiguousarray(raw).view(np.uint8).reshape(-1)),
             "x": guarded(np.ascontiguousarray(x, dtype=np.float32)),
             "out": guarded(np.full((n_tokens, n_rows), np.nan, dtype=np.float32)),
-            "scratch": guarded(np.zeros(activation_scratch_bytes(n_tokens, n_cols), dtype=np.uint8)),
+            "scratch": guarded(np.zeros(activation_scratch_bytes(n_tokens, n_cols, t), dtype=np.uint8)),
         }
         self.run(matmul_plan(t, n_rows, n_cols, n_tokens), bufs)
         np.testing.assert_array_equal(bufs["x"], x)  # x is read only

@@ -66,6 +66,16 @@ static inline float __uint_as_float(unsigned u) {
 }
 static inline float __int_as_float(int i) { return __uint_as_float((unsigned)i); }
 static inline float bf16_to_f32(realm_bf16 h) { return __uint_as_float((unsigned)h << 16); }
+static inline unsigned __float_as_uint(float f) {
+    unsigned u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+static inline realm_bf16 f32_to_bf16(float f) { /* as common.cuh */
+    const unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (realm_bf16)((u >> 16) | 64u);
+    return (realm_bf16)((u + (0x7fffu + ((u >> 16) & 1u))) >> 16);
+}
 
 /* the sum of the four signed byte products of a and b, plus c */
 static inline int __dp4a(int a, int b, int c) {
@@ -198,11 +208,12 @@ int emu_launch(void *fn, int gx, int gy, int bx, int by, const uint64_t *args) {
 
 /* a row's dot product as the kernels form it: every block, every part, summed */
 template <typename F>
-static float dot_row(const uint8_t *w, const block_q8_1 *y, int n_cols) {
+static float dot_row(const uint8_t *w, const void *y, int n_cols) {
     const typename F::block *b = (const typename F::block *)w;
+    const typename F::act *ya = (const typename F::act *)y;
     float sum = 0.0f;
     for (int kb = 0; kb < n_cols / F::QK; kb++)
-        for (int part = 0; part < F::NPART; part++) sum += F::dot(b + kb, y + kb * (F::QK / QK8_1), part);
+        for (int part = 0; part < F::NPART; part++) sum += F::dot(b + kb, ya + kb * (F::QK / F::QK_ACT), part);
     return sum;
 }
 template <typename F>
@@ -224,13 +235,13 @@ static void decode_row(const uint8_t *w, float *out, int n_cols) {
     X(REALM_TYPE_Q6_K, fmt_q6_K)
 
 extern "C" {
-/* out[r] = dot of row r of w (n_rows x n_cols, raw blocks) with the q8_1 row y; -1 for
- * a type without a q8_1 dot */
+/* out[r] = dot of row r of w (n_rows x n_cols, raw blocks) with the activation row y
+ * (the format's F::act blocks: block_q8_1 or block_q8_K); -1 for a float type */
 int harness_dot_rows(int type, const uint8_t *w, const uint8_t *y, int n_rows, int n_cols, float *out) {
     const long long rb = (long long)n_cols / realm_type_block_elems(type) * realm_type_block_bytes(type);
 #define CASE(T, F)                                                                                          \
     case T:                                                                                                 \
-        for (int r = 0; r < n_rows; r++) out[r] = dot_row<F>(w + r * rb, (const block_q8_1 *)y, n_cols);    \
+        for (int r = 0; r < n_rows; r++) out[r] = dot_row<F>(w + r * rb, y, n_cols);              \
         return 0;
     switch (type) { FORMATS(CASE) default: return -1; }
 #undef CASE

@@ -20,6 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ helpers
 
+import cuda_emulation  # noqa: E402
 from cuda_emulation import emulated_cuda  # noqa: E402
 from test_api import backend_greedy, piece_bytes, prompt_ids  # noqa: E402
 
@@ -167,6 +168,37 @@ def test_logits_match_the_cpu_backend(model_path, cuda, cpu: CpuBackend, rng, re
         assert np.isfinite(ours).all()
         assert rel(ours, cpu.logits(m, toks)) <= 1e-2
         assert rel(ours, ReferenceLlama(m).logits(toks)) < 3e-2  # the CPU backend's own bound
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_logits_through_the_kernels_match_the_cpu_backend(
+    model_path, emulator, cpu: CpuBackend, rng, recipe: str
+) -> None:
+    """The backend with every matmul done by csrc/cuda/matmul.cu's own kernels, run on the
+    CPU (tests/backends/cuda_emulator.py: the launches cuda_matmul makes on a GPU), on a
+    2-layer model of every type: a 12-token prompt (the prefill kernel), then a decode
+    step (the decode kernels).
+
+    Each matmul is checked on the spot (cuda_emulation._check_against_cpu): its activation
+    bytes are the CPU backend's for the same x, its output the CPU backend's up to float
+    summation order (<= 1e-5 of |x| @ |W|). End to end the logits then differ from the CPU
+    backend's by ~1e-7 (F32: ~1e-5), except when a last-bit difference (the matmuls' float
+    order, or the attention's: with the CPU's own matmul, the stand-in's attention output
+    differs from kernels.attention in one head of one token, by ~5e-5, on 2 of 8 Q8_0
+    prompts measured) flips one 8-bit or f16 activation rounding: these
+    random tiny models turn one flip into 2e-3 .. 1.4e-2 at the logits (measured), and
+    later steps inherit it through the KV ring. So the end-to-end bound here is the CPU
+    backend's own against the float64 reference, 3e-2; the matmul checks are exact."""
+    with load_gguf(model_path(recipe, seed=3)) as m, emulated_cuda(emulator) as mod:
+        cuda = mod.CudaBackend()
+        toks = prompt(rng, 13, m.config.n_vocab)
+        kv_gpu, kv_cpu = cuda.new_kv(m, 16), cpu.new_kv(m, 16)
+        prefill = rel(cuda.logits(m, toks[:12], kv_gpu), cpu.logits(m, toks[:12], kv_cpu))
+        step = rel(cuda.logits(m, toks[12:], kv_gpu, 12), cpu.logits(m, toks[12:], kv_cpu, 12))
+        n_matmuls, worst = len(cuda_emulation.kernel_errors), max(cuda_emulation.kernel_errors)
+    print(f"{recipe}: logits rel L2 prefill {prefill:.1e}, decode {step:.1e}; matmuls <= {worst:.0e}")
+    assert n_matmuls >= 2 * (4 * m.config.n_layer + 1)  # qkv, wo, gate_up, down per layer; lm head
+    assert prefill <= 3e-2 and step <= 3e-2, (prefill, step)
 
 
 @pytest.mark.parametrize("recipe", ["F16", "Q8_0", "Q4_K_M", "Q6_K"])

@@ -8,8 +8,10 @@ layouts, shared-memory tiles, reductions and tails (rows and tokens not multiple
 tile, rows not whole prefill chunks) with no GPU; test_cuda_kernels.py checks the same
 on a GPU at larger sizes.
 
-Tolerances as test_cuda_kernels.py: against W @ q8_1(x), float32 summation only
-(<= 1e-5 of |W| @ |q8_1(x)| per element); the float formats against W @ x.
+The kernels round the activations exactly as the CPU backend does (their bytes equal
+realm_ext._kernels.quantize_acts', tests/backends/act_ref.py), so a matmul differs from
+the CPU backend's (realm_ext.kernels.matmul) by the order of float additions only:
+<= 1e-5 of |W| @ |x| per element.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from __future__ import annotations
 import gguf
 import numpy as np
 import pytest
-from cuda_emulator import Emulator
-from q8_1_ref import quantize_q8_1, s_rounding
+from act_ref import device_acts, unread_mask
+from cuda_emulator import Emulator, guarded
 
-from realm_ext import quant
-from realm_ext.backends.cuda_matmul import FLOAT_TYPES
+from realm_ext import kernels, quant
+from realm_ext.backends.cuda_matmul import FLOAT_TYPES, activation_scratch_bytes, matmul_plan
 
 T = quant.GGMLType
+QUANTIZED = [t for t in quant.SUPPORTED_TYPES if t not in FLOAT_TYPES]
 
 
 def n_cols_for(t: T) -> int:
@@ -37,6 +40,13 @@ def make_weight(rng: np.random.Generator, t: T, n_rows: int, n_cols: int) -> tup
     return raw, gguf.quants.dequantize(raw, t).reshape(n_rows, n_cols).astype(np.float64)
 
 
+def assert_matches_cpu(out: np.ndarray, t: T, raw: np.ndarray, w64: np.ndarray, x: np.ndarray) -> None:
+    """out equals the CPU backend's matmul up to float summation order."""
+    cpu = kernels.matmul(np.ascontiguousarray(raw).reshape(w64.shape[0], -1), int(t), x)
+    err = np.abs(out - cpu) / (np.abs(x).astype(np.float64) @ np.abs(w64).T)
+    assert err.max() <= 1e-5, (err.max(), np.unravel_index(err.argmax(), err.shape))
+
+
 # 1, 2, 4, 8-token decode kernels (3 and 7 with clamped tails), prefill with a token tail
 @pytest.mark.parametrize("n_tokens", [1, 2, 3, 7, 8, 9, 17])
 @pytest.mark.parametrize("t", quant.SUPPORTED_TYPES, ids=lambda t: t.name)
@@ -44,29 +54,47 @@ def test_matmul_on_cpu(emulator: Emulator, rng: np.random.Generator, t: T, n_tok
     n_rows, n_cols = 65, n_cols_for(t)  # 65: a tail in every row tiling (1, 2, 32 rows)
     raw, w64 = make_weight(rng, t, n_rows, n_cols)
     x = rng.standard_normal((n_tokens, n_cols)).astype(np.float32)
-    out = emulator.matmul(int(t), raw, x, n_rows)
-    if t in FLOAT_TYPES:
-        seen = x.astype(np.float64)
-        ref = seen @ w64.T
-    else:
-        y, seen = quantize_q8_1(x)
-        ref = seen @ w64.T + s_rounding(t, raw, y)
-    err = np.abs(out - ref) / (np.abs(seen) @ np.abs(w64).T)
-    assert err.max() <= 1e-5, (err.max(), np.unravel_index(err.argmax(), err.shape))
+    assert_matches_cpu(emulator.matmul(int(t), raw, x, n_rows), t, raw, w64, x)
 
 
-def test_quantize_q8_1_on_cpu(emulator: Emulator, rng: np.random.Generator) -> None:
-    """The kernel's q8_1 blocks equal the numpy model's bit for bit."""
-    from realm_ext.backends.cuda_matmul import Launch, activation_scratch_bytes
+def awkward_acts(rng: np.random.Generator, n_cols: int) -> np.ndarray:
+    """Rows that probe the rounding: Gaussian at a random scale; exact ties (every block's
+    first element of largest magnitude is -127, so the scale is exactly 1 and k + 0.5
+    must round to even), with a later +127 (the first of equal magnitudes gives Q8_K its
+    sign); an all-zero block; a block whose largest element is positive; tiny values."""
+    x = np.empty((5, n_cols), np.float32)
+    x[0] = rng.standard_normal(n_cols) * rng.uniform(1e-3, 1e3)
+    x[1] = rng.integers(-126, 126, n_cols) + 0.5
+    x[1, ::32], x[1, 5::32] = -127.0, 127.0
+    x[2] = rng.standard_normal(n_cols)
+    x[2, 32:64] = 0.0
+    x[2, :256] = 0.0
+    x[3] = np.abs(rng.standard_normal(n_cols))
+    x[4] = rng.standard_normal(n_cols) * np.float32(1e-30)
+    return x
 
-    x = (rng.standard_normal((3, 256)) * rng.uniform(1e-3, 1e3)).astype(np.float32)
-    x[1, 64:96] = 0.0
-    scratch = np.zeros(activation_scratch_bytes(*x.shape), dtype=np.uint8)
-    emulator.run(
-        [Launch("quantize_q8_1", (3,), (256,), ("x", "scratch", np.int64(x.size)))],
-        {"x": x, "scratch": scratch},
-    )
-    np.testing.assert_array_equal(scratch.reshape(3, -1), quantize_q8_1(x)[0])
+
+@pytest.mark.parametrize("t", QUANTIZED, ids=lambda t: t.name)
+def test_activations_are_the_cpu_bytes(emulator: Emulator, rng: np.random.Generator, t: T) -> None:
+    """The quantize kernel of t's plan writes the CPU backend's activation bytes, bit for bit."""
+    x = awkward_acts(rng, 512)
+    plan = matmul_plan(t, 4, x.shape[1], x.shape[0])[:1]
+    assert plan[0].kernel.startswith("quantize_")
+    scratch = guarded(np.zeros(activation_scratch_bytes(*x.shape, t), np.uint8))
+    emulator.run(plan, {"x": guarded(x), "scratch": scratch})
+    got, want = np.array(scratch).reshape(x.shape[0], -1), device_acts(t, x)
+    keep = unread_mask(t, want.shape[1])
+    np.testing.assert_array_equal(got[:, keep], want[:, keep])
+
+
+@pytest.mark.parametrize("t", quant.SUPPORTED_TYPES, ids=lambda t: t.name)
+def test_matmul_of_awkward_activations(emulator: Emulator, rng: np.random.Generator, t: T) -> None:
+    """Ties, zero blocks, tiny values: still the CPU backend's result (decode and prefill)."""
+    n_cols = 512
+    raw, w64 = make_weight(rng, t, 33, n_cols)
+    x = awkward_acts(rng, n_cols)
+    for xs in (x, np.tile(x, (2, 1))):  # 5 tokens: decode kernel; 10: prefill
+        assert_matches_cpu(emulator.matmul(int(t), raw, xs, 33), t, raw, w64, xs)
 
 
 @pytest.mark.parametrize("t", quant.SUPPORTED_TYPES, ids=lambda t: t.name)

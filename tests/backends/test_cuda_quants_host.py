@@ -1,8 +1,9 @@
 """The CUDA kernels' per-format formulas (csrc/cuda/quants.cuh), checked on the CPU.
 
 quants.cuh is compiled for the host by g++ with its few CUDA intrinsics emulated
-(cuda_host_harness.cpp), so every q8_1 dot product and every decoder the kernels use is
-checked here against gguf's decoders, with no GPU; whole kernels are run on the CPU by
+(cuda_host_harness.cpp), so every dot product (against the activation blocks the CPU
+backend rounds to: tests/backends/act_ref.py) and every decoder the kernels use is
+checked here against the CPU backend and gguf's decoders, with no GPU; whole kernels are run on the CPU by
 test_cuda_emulated.py and on a GPU by test_cuda_kernels.py.
 """
 
@@ -19,10 +20,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/backends helpers
 
+from act_ref import device_acts  # noqa: E402
 from cuda_emulator import Emulator  # noqa: E402
-from q8_1_ref import quantize_q8_1, s_rounding  # noqa: E402
 
-from realm_ext import quant  # noqa: E402
+from realm_ext import kernels, quant  # noqa: E402
 from realm_ext.backends import cuda_source  # noqa: E402
 
 T = quant.GGMLType
@@ -58,38 +59,22 @@ def test_decode_is_bit_exact(harness: ctypes.CDLL, rng: np.random.Generator, t: 
     np.testing.assert_array_equal(out, ref)
 
 
-def test_q8_1_model(rng: np.random.Generator) -> None:
-    x = rng.standard_normal((3, 256)).astype(np.float32) * np.float32(rng.uniform(0.01, 100))
-    x[1, 32:64] = 0.0  # an all-zero block: d = 0, q = 0
-    raw, xq = quantize_q8_1(x)
-    blocks = raw.reshape(3, 8, 36)
-    d = blocks[..., 0:2].copy().view(np.float16).astype(np.float64)
-    s = blocks[..., 2:4].copy().view(np.float16).astype(np.float64)
-    q = blocks[..., 4:].copy().view(np.int8).astype(np.float64)
-    assert np.all(np.abs(q).max(-1)[d[..., 0] > 0] == 127)
-    # half a step of rounding, plus |q| <= 127 times d's rounding to f16 (2^-11 relative)
-    assert np.all(np.abs(xq - x).reshape(3, 8, 32) <= d * (0.5 + 127 * 2.0**-11 * 1.01))
-    # s = f16(d * sum q): relative 2^-10 (d and s both rounded), or f16's subnormal step
-    np.testing.assert_allclose(s[..., 0], d[..., 0] * q.sum(-1), rtol=2.0**-10, atol=2.0**-24)
-    assert np.all(xq[1, 32:64] == 0) and np.all(d[1, 1] == 0)
-
-
 @pytest.mark.parametrize("encoded", [True, False], ids=["encoded", "random-bits"])
 @pytest.mark.parametrize("t", QUANTIZED, ids=lambda t: t.name)
-def test_q8_1_dot_products(harness: ctypes.CDLL, rng: np.random.Generator, t: T, encoded: bool) -> None:
-    """Each format's dot product over every block and part equals the float64 dot of
-    gguf's decoded weights with the q8_1 activations, to float32 rounding."""
+def test_dot_products(harness: ctypes.CDLL, rng: np.random.Generator, t: T, encoded: bool) -> None:
+    """Each format's dot product over every block and part, against the activations
+    the CPU rounds to, equals the CPU backend's matmul to float32 summation order."""
     n_rows, n_cols = 7, 1024
     raw = weights(rng, t, n_rows, n_cols, encoded)
     x = rng.standard_normal((1, n_cols)).astype(np.float32)
-    y, xq = quantize_q8_1(x)
+    y = device_acts(t, x)
     out = np.empty(n_rows, dtype=np.float32)
     assert harness.harness_dot_rows(int(t), ptr(raw), ptr(y), n_rows, n_cols, ptr(out)) == 0
+    cpu = kernels.matmul(raw.reshape(n_rows, -1), int(t), x)[0]
     w = gguf.quants.dequantize(raw, t).reshape(n_rows, n_cols).astype(np.float64)
-    ref = w @ xq[0] + s_rounding(t, raw, y)[0]
     # float32 sums of n_cols products: error well under 1e-5 of sum |w| |x|
-    scale = np.abs(w) @ np.abs(xq[0])
-    assert np.all(np.abs(out - ref) <= 1e-5 * scale), (out - ref) / scale
+    scale = np.abs(w) @ np.abs(x[0]).astype(np.float64)
+    assert np.all(np.abs(out - cpu) <= 1e-5 * scale), (out - cpu) / scale
 
 
 def test_every_kernel_cuda_matmul_launches_is_defined() -> None:
@@ -112,7 +97,8 @@ def test_every_kernel_cuda_matmul_launches_is_defined() -> None:
     entries = set(re.findall(r"\.entry\s+(\w+)\(", ptx))
     wanted = {k for t in quant.SUPPORTED_TYPES for k in cuda_matmul.kernel_names(t)}
     assert wanted <= entries, sorted(wanted - entries)
-    assert len(wanted) == 10 * 6 + 3 * 3 + 1  # per format: matvec t1 t2 t4 t8, matmul, get_rows
+    # per format: matvec t1 t2 t4 t8, matmul, get_rows; quantize_q8_1 and quantize_q8_K
+    assert len(wanted) == 10 * 6 + 3 * 3 + 2
 
 
 def test_upload_rejects_bad_weights(rng: np.random.Generator) -> None:
@@ -128,4 +114,7 @@ def test_upload_rejects_bad_weights(rng: np.random.Generator) -> None:
         DeviceWeight.upload(raw, T.Q8_K, 4, 256)
     with pytest.raises(ValueError, match="positive"):
         DeviceWeight.upload(raw, T.Q4_K, 0, 256)
-    assert activation_scratch_bytes(3, 2048) == 3 * 64 * 36
+    assert activation_scratch_bytes(3, 2048, T.Q4_0) == 3 * 64 * 36
+    assert activation_scratch_bytes(3, 2048, T.Q4_K) == 3 * 8 * 292
+    assert activation_scratch_bytes(3, 2048, T.F16) == 0
+    assert activation_scratch_bytes(3, 2048) == 3 * 8 * 292  # any type
