@@ -46,6 +46,16 @@ static inline int x86_hsum_epi32(__m256i v) {
     return _mm_cvtsi128_si32(r);
 }
 
+/* Software prefetch for one token (decode), which reads each weight byte once and waits
+ * on memory more than it computes: on this project's 2-core machine asking for the bytes
+ * a couple of KB ahead made decode ~40% faster. Row kernels prefetch the block
+ * X86_PREFETCH_AHEAD bytes on (rows lie back to back, so past a row's end that is the
+ * next row); 8-row kernels prefetch the next group of 8 rows, a slice per block. */
+#define X86_PREFETCH_AHEAD 2048
+static inline void x86_prefetch(const void *p, int64_t bytes) {
+    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)p + o, _MM_HINT_T0);
+}
+
 /* acc + (sums of 4 adjacent products u8 u * s8 s), per s32 lane */
 static inline __m256i x86_dpbusd(__m256i acc, __m256i u, __m256i s) {
 #if REALM_X86_VNNI
@@ -294,6 +304,7 @@ static inline __attribute__((always_inline)) void x86_q4_0_rows(int64_t n, float
     float acc[X86_NT];
     for (int t = 0; t < nt; t++) acc[t] = 0.0f;
     for (int64_t i = 0; i < n / QK4_0; i++) {
+        if (nt == 1) x86_prefetch((const char *)(x + i) + X86_PREFETCH_AHEAD, sizeof *x);
         const __m256i qx = _mm256_sub_epi8(x86_nibbles_32(x[i].qs), _mm256_set1_epi8(8));
         const __m256i ax = _mm256_sign_epi8(qx, qx);
         const float dx = x86_f16(x[i].d);
@@ -316,6 +327,7 @@ static void x86_dot_q4_1(int64_t n, float *s, const void *w, const void *a) {
     __m256 acc = _mm256_setzero_ps();
     float summs = 0.0f;
     for (int64_t i = 0; i < n / QK4_1; i++) {
+        x86_prefetch((const char *)(x + i) + X86_PREFETCH_AHEAD, sizeof *x);
         const __m256i qx = x86_nibbles_32(x[i].qs);
         const __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
         const __m256i sumi = x86_dpbusd(_mm256_setzero_si256(), qx, qy);
@@ -334,6 +346,7 @@ static void x86_dot_q5_0(int64_t n, float *s, const void *w, const void *a) {
     const block_q8_0 *y = a;
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / QK5_0; i++) {
+        x86_prefetch((const char *)(x + i) + X86_PREFETCH_AHEAD, sizeof *x);
         const __m256i hi = _mm256_andnot_si256(x86_bits_32(x[i].qh), _mm256_set1_epi8((char)0xF0));
         const __m256i qx = _mm256_or_si256(x86_nibbles_32(x[i].qs), hi);
         const __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
@@ -351,6 +364,7 @@ static void x86_dot_q5_1(int64_t n, float *s, const void *w, const void *a) {
     __m256 acc = _mm256_setzero_ps();
     float summs = 0.0f;
     for (int64_t i = 0; i < n / QK5_1; i++) {
+        x86_prefetch((const char *)(x + i) + X86_PREFETCH_AHEAD, sizeof *x);
         const __m256i hi = _mm256_and_si256(x86_bits_32(x[i].qh), _mm256_set1_epi8(0x10));
         const __m256i qx = _mm256_or_si256(x86_nibbles_32(x[i].qs), hi);
         const __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
@@ -369,6 +383,7 @@ static inline __attribute__((always_inline)) void x86_q8_0_rows(int64_t n, float
     __m256 acc[X86_NT];
     for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / QK8_0; i++) {
+        if (nt == 1) x86_prefetch((const char *)(x + i) + X86_PREFETCH_AHEAD, sizeof *x);
         const __m256i qx = _mm256_loadu_si256((const __m256i *)x[i].qs);
         const __m256i ax = _mm256_sign_epi8(qx, qx);
         const float dx = x86_f16(x[i].d);
@@ -396,6 +411,7 @@ static void x86_dot_q2_K(int64_t n, float *s, const void *w, const void *a) {
      * the float order of the scalar kernel (and of llama.cpp's repacked Q2_K) */
     float acc = 0.0f, acc_m = 0.0f;
     for (int64_t i = 0; i < n / QK_K; i++) {
+        x86_prefetch((const char *)(x + i) + X86_PREFETCH_AHEAD, sizeof *x);
         const __m128i sm = _mm_loadu_si128((const __m128i *)x[i].scales);
         const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sm, 4), _mm_set1_epi8(0xF)));
         const __m256i summs = _mm256_madd_epi16(mins, _mm256_loadu_si256((const __m256i *)y[i].bsums));
@@ -428,6 +444,7 @@ static inline __attribute__((always_inline)) void x86_q3_K_dot(int64_t n, float 
     __m256 acc = _mm256_setzero_ps();
     float acc_tiled = 0.0f;
     for (int64_t i = 0; i < n / QK_K; i++) {
+        x86_prefetch((const char *)(x + i) + X86_PREFETCH_AHEAD, sizeof *x);
         int8_t sc[16];
         _mm_storeu_si128((__m128i *)sc, x86_q3k_scales(x[i].scales));
         const __m256i hbits = _mm256_loadu_si256((const __m256i *)x[i].hmask);
@@ -467,6 +484,7 @@ static inline __attribute__((always_inline)) void x86_q4_K_rows(int64_t n, float
     float acc[X86_NT], acc_m[X86_NT];
     for (int t = 0; t < nt; t++) acc[t] = 0.0f, acc_m[t] = 0.0f;
     for (int64_t i = 0; i < n / QK_K; i++) {
+        if (nt == 1) x86_prefetch((const char *)(x + i) + X86_PREFETCH_AHEAD, sizeof *x);
         const __m256i sc_mn = _mm256_cvtepu8_epi16(x86_k4_scales_mins(x[i].scales));
         uint16_t sc[16];
         _mm256_storeu_si256((__m256i *)sc, sc_mn);
@@ -709,7 +727,9 @@ static inline __attribute__((always_inline)) void x86_q4_K_8rows(int64_t n, floa
 #endif
     __m256 acc[X86_NT8_MAX], acc_m[X86_NT8_MAX];
     for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps(), acc_m[t] = _mm256_setzero_ps();
+    const int64_t slice = n >= QK_K ? (X86_NR * lw + n / QK_K - 1) / (n / QK_K) : 0; /* next group's bytes per block */
     for (int64_t i = 0; i < n / QK_K; i++) {
+        if (nt == 1) x86_prefetch((const char *)w + X86_NR * lw + i * slice, slice);
         const char *xi = (const char *)((const block_q4_K *)w + i);
         struct x86_q4_K_head h;
         x86_q4_K_head8(&h, xi, lw);
@@ -770,7 +790,9 @@ static inline __attribute__((always_inline)) void x86_q4_0_8rows(int64_t n, floa
     const __m256i k80 = _mm256_set1_epi8((char)0x80);
     __m256 acc[X86_NT8_MAX];
     for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
+    const int64_t slice = n >= QK4_0 ? (X86_NR * lw + n / QK4_0 - 1) / (n / QK4_0) : 0; /* next group's bytes per block */
     for (int64_t i = 0; i < n / QK4_0; i++) {
+        if (nt == 1) x86_prefetch((const char *)w + X86_NR * lw + i * slice, slice);
         const char *xi = (const char *)((const block_q4_0 *)w + i);
         __m256i yu[X86_NT8_MAX];
         for (int t = 0; t < nt; t++)
@@ -808,6 +830,7 @@ static inline __attribute__((always_inline)) void x86_q5_K_dot(int64_t n, float 
     float acc_tiled = 0.0f;
     float summs = 0.0f; /* the mins: one integer per block, then a scalar fused multiply-add */
     for (int64_t i = 0; i < n / QK_K; i++) {
+        x86_prefetch((const char *)(x + i) + X86_PREFETCH_AHEAD, sizeof *x);
         const float d = y[i].d * x86_f16(x[i].d);
         const float dmin = -y[i].d * x86_f16(x[i].dmin);
         const __m256i sc_mn = _mm256_cvtepu8_epi16(x86_k4_scales_mins(x[i].scales));
@@ -864,6 +887,7 @@ static inline __attribute__((always_inline)) void x86_q6_K_rows_in(int64_t n, fl
     float acc_tiled[X86_NT];
     for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps(), acc_tiled[t] = 0.0f;
     for (int64_t i = 0; i < n / QK_K; i++) {
+        if (nt == 1) x86_prefetch((const char *)(x + i) + X86_PREFETCH_AHEAD, sizeof *x);
         const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[i].scales));
         __m256i sumi[X86_NT];
         for (int t = 0; t < nt; t++) {
