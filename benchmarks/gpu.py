@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import gpu_kernels
 from benchmarks.cpu import prompt_tokens
 from realm_ext import Host
 from realm_ext.abi import GenerateParams
@@ -60,21 +61,6 @@ def model_file(models_dir: Path, preset: str, t: str) -> Path:
         models_dir.mkdir(parents=True, exist_ok=True)
         make_model(path, preset, t, seed=0, random_blocks=True)
     return path
-
-
-def _events_seconds(run, stream, repeat: int) -> float:  # noqa: ANN001
-    """Median seconds of run() on `stream`, timed with CUDA events."""
-    import cupy
-
-    times = []
-    for _ in range(repeat):
-        start, end = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record(stream)
-        run()
-        end.record(stream)
-        end.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, end) / 1e3)
-    return statistics.median(times)
 
 
 def decode_direct(backend, model: Model, prompt: list[int], n: int):  # noqa: ANN001, ANN201
@@ -177,8 +163,6 @@ def run(
     if kernels_json is not None and kernels_json.is_file():
         copy = json.loads(kernels_json.read_text())["copy_gbs"]
     else:
-        from benchmarks import gpu_kernels
-
         copy = gpu_kernels.run(quick=True)["copy_gbs"]
 
     t0 = time.perf_counter()
@@ -204,7 +188,7 @@ def run(
         res["graph_speedup"] = res["decode_direct_tok_s"] / res["decode_direct_no_graph_tok_s"]
 
         graph = rt.graphs[(0, c.n_layer, kv.capacity)]
-        step = _events_seconds(lambda: graph.launch(rt.stream), rt.stream, 20)
+        step = gpu_kernels.events_time(lambda: graph.launch(rt.stream), rt.stream, 20)
         res["graph_replay_us"] = step * 1e6
         res["weight_streaming_gbs"] = wb / step / 1e9
         res["weight_streaming_frac_copy"] = wb / step / 1e9 / copy

@@ -37,7 +37,7 @@ CYCLE_BYTES = 256 << 20
 COPY_BYTES = 1 << 30
 
 
-def _events_time(run: Callable[[], None], stream, repeat: int) -> float:
+def events_time(run: Callable[[], None], stream, repeat: int) -> float:
     """Median seconds of run() on `stream`, by CUDA events, after one warm-up."""
     import cupy
 
@@ -61,7 +61,7 @@ def _graph_time(launch_all: Callable[[], None], n_calls: int, stream, repeat: in
         stream.begin_capture()
         launch_all()
         graph = stream.end_capture()
-    return _events_time(lambda: graph.launch(stream), stream, repeat) / n_calls
+    return events_time(lambda: graph.launch(stream), stream, repeat) / n_calls
 
 
 def copy_gbs(stream, repeat: int) -> float:
@@ -73,7 +73,7 @@ def copy_gbs(stream, repeat: int) -> float:
     def run() -> None:
         dst.data.copy_from_device_async(src.data, COPY_BYTES, stream)
 
-    return 2 * COPY_BYTES / _events_time(run, stream, repeat) / 1e9
+    return 2 * COPY_BYTES / events_time(run, stream, repeat) / 1e9
 
 
 def _weights(rng: np.random.Generator, t: str, rows: int, cols: int, min_bytes: int):

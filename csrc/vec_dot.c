@@ -60,46 +60,28 @@ realm_vec_dot_fn realm_get_vec_dot(int wtype, int isa) {
     }
 }
 
-/* NULL where the level has no such kernel: the caller loops the single-row one */
-realm_vec_dot_nx_fn realm_get_vec_dot_nx(int wtype, int isa) {
-    switch (kernel_level(wtype, isa)) {
+/* The SIMD-only kernels: NULL where the level has none (the caller falls back to the
+ * single-row kernel). One getter per table, all alike. */
 #if defined(__x86_64__) || defined(__i386__)
-    case REALM_ISA_AVX512: return realm_vec_dot_nx_table_avx512()[wtype];
-    case REALM_ISA_AVX2: return realm_vec_dot_nx_table_avx2()[wtype];
-#endif
-    default: return NULL;
+#define SIMD_GETTER(fn_type, name, table)                                          \
+    fn_type name(int wtype, int isa) {                                             \
+        switch (kernel_level(wtype, isa)) {                                        \
+        case REALM_ISA_AVX512: return realm_vec_dot_##table##_table_avx512()[wtype]; \
+        case REALM_ISA_AVX2: return realm_vec_dot_##table##_table_avx2()[wtype];     \
+        default: return NULL;                                                      \
+        }                                                                          \
     }
-}
-
-realm_vec_dot_8r_fn realm_get_vec_dot_8r(int wtype, int isa) {
-    switch (kernel_level(wtype, isa)) {
-#if defined(__x86_64__) || defined(__i386__)
-    case REALM_ISA_AVX512: return realm_vec_dot_8r_table_avx512()[wtype];
-    case REALM_ISA_AVX2: return realm_vec_dot_8r_table_avx2()[wtype];
-#endif
-    default: return NULL;
+#else
+#define SIMD_GETTER(fn_type, name, table)     \
+    fn_type name(int wtype, int isa) {        \
+        (void)kernel_level(wtype, isa);       \
+        return NULL;                          \
     }
-}
-
-realm_vec_dot_fn realm_get_vec_dot_gemm(int wtype, int isa) {
-    switch (kernel_level(wtype, isa)) {
-#if defined(__x86_64__) || defined(__i386__)
-    case REALM_ISA_AVX512: return realm_vec_dot_gemm_table_avx512()[wtype];
-    case REALM_ISA_AVX2: return realm_vec_dot_gemm_table_avx2()[wtype];
 #endif
-    default: return NULL;
-    }
-}
-
-realm_vec_dot_nx_fn realm_get_vec_dot_gemm_nx(int wtype, int isa) {
-    switch (kernel_level(wtype, isa)) {
-#if defined(__x86_64__) || defined(__i386__)
-    case REALM_ISA_AVX512: return realm_vec_dot_gemm_nx_table_avx512()[wtype];
-    case REALM_ISA_AVX2: return realm_vec_dot_gemm_nx_table_avx2()[wtype];
-#endif
-    default: return NULL;
-    }
-}
+SIMD_GETTER(realm_vec_dot_nx_fn, realm_get_vec_dot_nx, nx)
+SIMD_GETTER(realm_vec_dot_8r_fn, realm_get_vec_dot_8r, 8r)
+SIMD_GETTER(realm_vec_dot_fn, realm_get_vec_dot_gemm, gemm)
+SIMD_GETTER(realm_vec_dot_nx_fn, realm_get_vec_dot_gemm_nx, gemm_nx)
 
 int realm_vec_dot_gemm_min_tokens(int wtype) {
     return wtype >= REALM_TYPE_Q2_K && wtype <= REALM_TYPE_Q8_K ? 8 : 2;

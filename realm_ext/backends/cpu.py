@@ -29,6 +29,14 @@ def _as_rows(a: np.ndarray, width: int, name: str) -> np.ndarray:
     return a.reshape(-1, width)
 
 
+def token_ids_int32(token_ids: np.ndarray) -> np.ndarray:
+    """token_ids as a C-contiguous 1-D int32 array (a view when it already is one)."""
+    ids = np.asarray(token_ids)
+    if ids.dtype != np.int32 or not ids.flags.c_contiguous or ids.ndim != 1:
+        ids = np.ascontiguousarray(ids, dtype=np.int32).reshape(-1)
+    return ids
+
+
 def runtime_args(model: Model) -> tuple[dict, int, dict, dict]:
     """LlamaRuntime's arguments for a model: its dims, n_layer, the 2-D tensors as
     (raw, ggml type, n_rows, n_cols) and the norm vectors as float32 copies."""
@@ -99,9 +107,7 @@ class CpuBackend:
 
     def forward_embedding(self, model: Model, token_ids: np.ndarray, out: np.ndarray) -> None:
         """out (n_tokens, n_embd) = embedding rows of token_ids."""
-        ids = np.asarray(token_ids)
-        if ids.dtype != np.int32 or not ids.flags.c_contiguous or ids.ndim != 1:
-            ids = np.ascontiguousarray(ids, dtype=np.int32).reshape(-1)
+        ids = token_ids_int32(token_ids)
         self.prepare(model).embedding(ids, _as_rows(out, model.config.n_embd, "out"))
 
     def forward_layer(

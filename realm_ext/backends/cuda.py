@@ -36,7 +36,7 @@ import cupy
 import cupyx
 import numpy as np
 
-from realm_ext.backends.cpu import CpuBackend, _as_rows
+from realm_ext.backends.cpu import CpuBackend, _as_rows, token_ids_int32
 from realm_ext.backends.cuda_matmul import DeviceWeight, activation_scratch_bytes, get_rows, matmul
 from realm_ext.backends.cuda_source import load_module
 from realm_ext.backends.kv_book import RingBook
@@ -388,9 +388,7 @@ class CudaBackend:
 
     def forward_embedding(self, model: Model, token_ids: np.ndarray, out: np.ndarray) -> None:
         """out (n_tokens, n_embd) = embedding rows of token_ids."""
-        ids = np.asarray(token_ids)
-        if ids.dtype != np.int32 or not ids.flags.c_contiguous or ids.ndim != 1:
-            ids = np.ascontiguousarray(ids, dtype=np.int32).reshape(-1)
+        ids = token_ids_int32(token_ids)
         rt = self.prepare(model)
         outs = _as_rows(out, model.config.n_embd, "out")
         if outs.shape[0] != ids.size:

@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ helpers
 
+from backend_checks import check_bad_calls_raise  # noqa: E402
 from ggml_emulation import GgmlEmulation  # noqa: E402
 
 from realm_ext import _kernels, kernels  # noqa: E402
@@ -137,19 +138,7 @@ def test_decode_allocates_nothing_per_token(model_path, backend: CpuBackend) -> 
 
 def test_bad_calls_raise(model_path, backend: CpuBackend) -> None:
     with load_gguf(model_path()) as m:
-        c = m.config
-        kv = backend.new_kv(m, 8)
-        x = np.zeros((2, c.n_embd), np.float32)
-        with pytest.raises(ValueError, match="not a whole number of rows"):
-            backend.forward_layer(m, 0, np.zeros(c.n_embd + 1, np.float32), 0, kv, x)
-        with pytest.raises(ValueError, match="float32"):
-            backend.forward_layer(m, 0, x.astype(np.float64), 0, kv, x)
-        with pytest.raises(IndexError):
-            backend.forward_layer(m, c.n_layer, x, 0, kv, x)
-        with pytest.raises(IndexError):
-            backend.forward_layer(m, 0, x, 5, kv, x)  # skips ahead of the ring
-        with pytest.raises(IndexError):
-            backend.forward_embedding(m, np.array([c.n_vocab], np.int32), x[:1])
+        check_bad_calls_raise(backend, m, backend.new_kv(m, 8))
 
 
 # ---- llama.cpp parity ----------------------------------------------------------------------

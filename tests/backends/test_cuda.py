@@ -22,6 +22,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ helpers
 
 import cuda_emulation  # noqa: E402
+from backend_checks import check_bad_calls_raise  # noqa: E402
 from cuda_emulation import emulated_cuda  # noqa: E402
 from test_api import backend_greedy, piece_bytes, prompt_ids  # noqa: E402
 
@@ -503,16 +504,7 @@ def test_bad_calls_raise(model_path, cuda, cpu: CpuBackend) -> None:
         c = m.config
         kv = cuda.new_kv(m, 8)
         x = np.zeros((2, c.n_embd), np.float32)
-        with pytest.raises(ValueError, match="not a whole number of rows"):
-            cuda.forward_layer(m, 0, np.zeros(c.n_embd + 1, np.float32), 0, kv, x)
-        with pytest.raises(ValueError, match="float32"):
-            cuda.forward_layer(m, 0, x.astype(np.float64), 0, kv, x)
-        with pytest.raises(IndexError):
-            cuda.forward_layer(m, c.n_layer, x, 0, kv, x)
-        with pytest.raises(IndexError):
-            cuda.forward_layer(m, 0, x, 5, kv, x)  # skips ahead of the ring
-        with pytest.raises(IndexError):
-            cuda.forward_embedding(m, np.array([c.n_vocab], np.int32), x[:1])
+        check_bad_calls_raise(cuda, m, kv)
         with pytest.raises(TypeError):
             cuda.forward_layer(m, 0, x, 0, cpu.new_kv(m, 8), x)
         assert kv.n_pos == (0,) * c.n_layer  # nothing was reserved by the failed calls
