@@ -24,6 +24,7 @@
 #include "fp16.h"
 #include "ops.h"
 #include "threadpool.h"
+#include "vec_dot.h"
 
 /* f16 -> f32 without branches (exact for every finite value and infinity; NaNs stay
  * NaN), so that the head_dim loops below vectorize; realm_f16_to_f32 branches. The
@@ -43,8 +44,11 @@ static inline float f16_to_f32_vec(realm_f16 h) {
  * sums in lanes); the lanes are added pairwise at the end. */
 #define LANES 16
 
-/* f32 dot of q (f16 values held as f32) and k (f16 values held as f32). */
-static float dot_lanes(const float *restrict q, const float *restrict k, int64_t n) {
+/* f32 dot of q (f16 values held as f32) and k (f16 values held as f32). Inlined into
+ * each ISA's attend_group, where the 16 lanes become one or two vector registers (each
+ * lane's sum is the same in any ISA: products and adds, no fused multiply-adds). */
+static inline __attribute__((always_inline)) float dot_lanes(const float *restrict q, const float *restrict k,
+                                                             int64_t n) {
     float acc[LANES] = {0};
     int64_t d = 0;
     for (; d + LANES <= n; d += LANES)
@@ -55,30 +59,34 @@ static float dot_lanes(const float *restrict q, const float *restrict k, int64_t
     return acc[0];
 }
 
-/* A row of f16 to f32 (exact either way): F16C where the CPU has it. */
-static void row_f16_to_f32_portable(const realm_f16 *restrict h, float *restrict f, int64_t n) {
+/* A row of f16 to f32, and a row of floats rounded to f16 values in place: exact
+ * conversions and round to nearest even, so every ISA gives the same floats. */
+static inline __attribute__((always_inline)) void row_f16_to_f32_portable(const realm_f16 *restrict h,
+                                                                          float *restrict f, int64_t n) {
     for (int64_t d = 0; d < n; d++) f[d] = f16_to_f32_vec(h[d]);
+}
+
+static inline __attribute__((always_inline)) void round_f16_portable(float *f, int64_t n) {
+    for (int64_t d = 0; d < n; d++) f[d] = realm_f16_to_f32(realm_f32_to_f16(f[d]));
 }
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-__attribute__((target("avx2,f16c"))) static void row_f16_to_f32_f16c(const realm_f16 *restrict h,
-                                                                      float *restrict f, int64_t n) {
+__attribute__((target("avx2,f16c"))) static inline __attribute__((always_inline)) void row_f16_to_f32_f16c(
+    const realm_f16 *restrict h, float *restrict f, int64_t n) {
     int64_t d = 0;
     for (; d + 8 <= n; d += 8) _mm256_storeu_ps(f + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + d))));
     for (; d < n; d++) f[d] = f16_to_f32_vec(h[d]);
 }
-#endif
 
-typedef void (*row_convert_fn)(const realm_f16 *restrict, float *restrict, int64_t);
-
-static row_convert_fn pick_row_convert(void) {
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) return row_f16_to_f32_f16c;
-#endif
-    return row_f16_to_f32_portable;
+__attribute__((target("avx2,f16c"))) static inline __attribute__((always_inline)) void round_f16_f16c(float *f,
+                                                                                                     int64_t n) {
+    int64_t d = 0;
+    for (; d + 8 <= n; d += 8)
+        _mm256_storeu_ps(f + d, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(f + d), _MM_FROUND_TO_NEAREST_INT)));
+    for (; d < n; d++) f[d] = realm_f16_to_f32(realm_f32_to_f16(f[d]));
 }
+#endif
 
 /* 16 floats added in the order of a 16-lane horizontal reduction (halves, quarters,
  * then the two pairs) */
@@ -133,8 +141,10 @@ static int64_t next_slot(const realm_kv_ring *kv, int64_t slot) {
  * to f32 once and serves every head of the group; per head the arithmetic is the one
  * the file comment gives. Scratch: [group][capacity] scores, [group][head_dim] q16,
  * [head_dim] converted row. */
-static void attend_group(const realm_kv_ring *kv, int32_t layer, int64_t p, int32_t kvh, int32_t group,
-                         const float *q, float *restrict out, float *restrict scratch, row_convert_fn convert) {
+static inline __attribute__((always_inline)) void attend_group_body(
+    const realm_kv_ring *kv, int32_t layer, int64_t p, int32_t kvh, int32_t group, const float *q,
+    float *restrict out, float *restrict scratch,
+    void (*convert)(const realm_f16 *restrict, float *restrict, int64_t), void (*round_f16)(float *, int64_t)) {
     const int64_t hd = kv->head_dim, cap = kv->capacity;
     const int64_t row = (int64_t)kv->n_head_kv * hd; /* f16 elements per position */
     const int64_t first = realm_kv_window_start(kv, p), n = p - first + 1;
@@ -146,7 +156,8 @@ static void attend_group(const realm_kv_ring *kv, int32_t layer, int64_t p, int3
     const float scale = 1.0f / sqrtf((float)hd);
     const int64_t first_slot = first % cap; /* the window's slots wrap at capacity */
 
-    for (int64_t i = 0; i < group * hd; i++) q16[i] = realm_f16_to_f32(realm_f32_to_f16(q[i]));
+    memcpy(q16, q, (size_t)(group * hd) * sizeof *q16);
+    round_f16(q16, group * hd);
     for (int64_t j = 0, slot = first_slot; j < n; j++, slot = next_slot(kv, slot)) {
         convert(k_layer + slot * row, buf, hd);
         for (int32_t h = 0; h < group; h++) s[h * cap + j] = dot_lanes(q16 + h * hd, buf, hd) * scale;
@@ -155,7 +166,8 @@ static void attend_group(const realm_kv_ring *kv, int32_t layer, int64_t p, int3
         float *sh = s + h * cap, max = -INFINITY;
         for (int64_t j = 0; j < n; j++) max = sh[j] > max ? sh[j] : max;
         const float inv = (float)(1.0 / exp_and_sum(sh, n, first, max));
-        for (int64_t j = 0; j < n; j++) sh[j] = realm_f16_to_f32(realm_f32_to_f16(sh[j] * inv));
+        for (int64_t j = 0; j < n; j++) sh[j] *= inv;
+        round_f16(sh, n);
     }
     for (int64_t i = 0; i < group * hd; i++) out[i] = 0.0f;
     for (int64_t j = 0, slot = first_slot; j < n; j++, slot = next_slot(kv, slot)) {
@@ -168,6 +180,41 @@ static void attend_group(const realm_kv_ring *kv, int32_t layer, int64_t p, int3
     }
 }
 
+/* attend_group compiled once per ISA (the same arithmetic; only the vector width
+ * differs), picked by realm_active_isa() so that tests can force the portable one. */
+typedef void (*attend_group_fn)(const realm_kv_ring *, int32_t, int64_t, int32_t, int32_t, const float *, float *,
+                                float *);
+
+static void attend_group_portable(const realm_kv_ring *kv, int32_t layer, int64_t p, int32_t kvh, int32_t group,
+                                  const float *q, float *out, float *scratch) {
+    attend_group_body(kv, layer, p, kvh, group, q, out, scratch, row_f16_to_f32_portable, round_f16_portable);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,f16c"))) static void attend_group_avx2(const realm_kv_ring *kv, int32_t layer, int64_t p,
+                                                                    int32_t kvh, int32_t group, const float *q,
+                                                                    float *out, float *scratch) {
+    attend_group_body(kv, layer, p, kvh, group, q, out, scratch, row_f16_to_f32_f16c, round_f16_f16c);
+}
+
+__attribute__((target("avx512f,avx512vl,avx2,f16c"))) static void attend_group_avx512(
+    const realm_kv_ring *kv, int32_t layer, int64_t p, int32_t kvh, int32_t group, const float *q, float *out,
+    float *scratch) {
+    attend_group_body(kv, layer, p, kvh, group, q, out, scratch, row_f16_to_f32_f16c, round_f16_f16c);
+}
+#endif
+
+static attend_group_fn pick_attend_group(void) {
+#if defined(__x86_64__)
+    switch (realm_active_isa()) {
+    case REALM_ISA_AVX512: return attend_group_avx512;
+    case REALM_ISA_AVX2: return attend_group_avx2;
+    default: break;
+    }
+#endif
+    return attend_group_portable;
+}
+
 struct attend_job {
     const realm_kv_ring *kv;
     int32_t layer;
@@ -177,7 +224,7 @@ struct attend_job {
     float *out;
     float *scratch; /* slice floats per thread */
     int64_t slice;
-    row_convert_fn convert;
+    attend_group_fn attend_group;
     int64_t n_items;
     int n_threads;
 };
@@ -195,7 +242,7 @@ static void attend_items(void *ctx, int64_t i0, int64_t i1, int thread) {
         const int64_t t = i / n_kv;
         const int32_t kvh = (int32_t)(i % n_kv);
         const int64_t off = (t * j->n_head + (int64_t)kvh * j->group) * hd;
-        attend_group(j->kv, j->layer, j->pos + t, kvh, j->group, j->q + off, j->out + off, my_scratch, j->convert);
+        j->attend_group(j->kv, j->layer, j->pos + t, kvh, j->group, j->q + off, j->out + off, my_scratch);
     }
 }
 
@@ -217,7 +264,7 @@ int realm_attention(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t
      * (kvh * group .. kvh * group + group - 1) are consecutive in q and out */
     const int64_t n_items = n_tokens * kv->n_head_kv;
     struct attend_job j = {kv,      layer,   pos, n_head, group, q, out, scratch, slice_floats(kv, group),
-                           pick_row_convert(), n_items, n_threads};
+                           pick_attend_group(), n_items, n_threads};
     realm_parallel_for(n_items, n_threads, attend_items, &j);
     return 0;
 }

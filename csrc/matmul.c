@@ -92,6 +92,8 @@ struct matmul_job {
     int64_t arb, n_rows, n_cols, n_tokens, rows_per_block;
     float *y;
     int64_t ldy;
+    int64_t n_blocks;
+    atomic_llong next_block; /* matmul_blocks_dealt's counter */
 };
 
 /* row blocks [b0, b1): every token over each block, TOKENS_PER_PASS at a time */
@@ -108,6 +110,17 @@ static void matmul_blocks(void *ctx, int64_t b0, int64_t b1, int thread) {
     }
 }
 
+/* Prefill: each thread takes the next row block from a shared counter instead of a
+ * fixed range, so a thread the VM or the OS slows down does not hold the others up at
+ * the end (a block is 64 rows x every token: the counter's cost is nothing beside it).
+ * A block's result does not depend on which thread computes it. Decode keeps the fixed
+ * ranges: there a block is only 16 rows, and dealing them measured no faster. */
+static void matmul_blocks_dealt(void *ctx, int64_t b0, int64_t b1, int thread) {
+    struct matmul_job *j = ctx;
+    (void)b0, (void)b1;
+    for (int64_t b; (b = atomic_fetch_add(&j->next_block, 1)) < j->n_blocks;) matmul_blocks(ctx, b, b + 1, thread);
+}
+
 int realm_matmul_q(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const void *xq, int64_t n_tokens,
                    float *y, int64_t ldy, int n_threads) {
     const int64_t wrb = weight_row_bytes(wtype, n_cols);
@@ -120,8 +133,9 @@ int realm_matmul_q(const void *w, int wtype, int64_t n_rows, int64_t n_cols, con
     if (gemm && n_tokens >= realm_vec_dot_gemm_min_tokens(wtype) && n_cols % 16 == 0)
         k = (struct kernels){gemm, realm_get_vec_dot_gemm_nx(wtype, isa), NULL}; /* llama.cpp's batched order */
     const int64_t rpb = rows_per_block(n_rows, n_tokens, n_threads);
-    struct matmul_job j = {&k, w, wrb, (const char *)xq, arb, n_rows, n_cols, n_tokens, rpb, y, ldy};
-    realm_parallel_for((n_rows + rpb - 1) / rpb, n_threads, matmul_blocks, &j);
+    const int64_t nb = (n_rows + rpb - 1) / rpb;
+    struct matmul_job j = {&k, w, wrb, (const char *)xq, arb, n_rows, n_cols, n_tokens, rpb, y, ldy, nb, 0};
+    realm_parallel_for(nb, n_threads, n_tokens > 1 ? matmul_blocks_dealt : matmul_blocks, &j);
     return 0;
 }
 

@@ -42,10 +42,14 @@ class RealmError(RuntimeError):
 
 
 class Host:
-    """Loaded models (one shared copy each), a backend, and the guests made here."""
+    """Loaded models (one shared copy each), a backend, and the guests made here.
 
-    def __init__(self, device: str = "auto", n_threads: int | None = None):
-        self.backend = make_backend(device, n_threads)
+    device: "auto", "cpu" or "cuda". n_threads: CPU kernel threads. weights: where the CPU
+    kernels read a model's weights: "load" (one copy in anonymous memory, the default) or
+    "mmap" (straight from the file's memory map; no second copy)."""
+
+    def __init__(self, device: str = "auto", n_threads: int | None = None, weights: str = "load"):
+        self.backend = make_backend(device, n_threads, weights)
         self.device = self.backend.name
         self._lock = threading.Lock()
         self._models: dict[int, GrantedModel] = {}

@@ -181,12 +181,14 @@ def _model_path(model: Path | None) -> Path:
     return path
 
 
-def _open_guest(model_path: Path | None, engine: str, device: str, threads: int | None, **limits: Any):
+def _open_guest(
+    model_path: Path | None, engine: str, device: str, threads: int | None, weights: str, **limits: Any
+):
     from realm_ext import Host
 
     path = _model_path(model_path)
     try:
-        host = Host(device=device, n_threads=threads)
+        host = Host(device=device, n_threads=threads, weights=weights)
     except (RuntimeError, ValueError) as e:  # e.g. --device cuda without a GPU
         raise click.ClickException(str(e)) from None
     try:
@@ -203,6 +205,13 @@ def _open_guest(model_path: Path | None, engine: str, device: str, threads: int 
 
 def _engine_options(f):  # noqa: ANN001, ANN202
     f = click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all).")(f)
+    f = click.option(
+        "--weights",
+        type=click.Choice(["load", "mmap"]),
+        default="load",
+        show_default=True,
+        help="CPU: copy the weights into memory once, or read them from the file's map.",
+    )(f)
     f = click.option("--device", type=_DEVICES, default="auto", show_default=True)(f)
     f = click.option("--engine", type=_ENGINES, default="auto", show_default=True)(f)
     f = click.option(
@@ -234,6 +243,7 @@ def generate_cmd(
     engine: str,
     device: str,
     threads: int | None,
+    weights: str,
     prompt: str,
     max_tokens: int,
     memory_limit: str,
@@ -249,7 +259,7 @@ def generate_cmd(
     if model_path is None:
         click.echo("note: no --model: using the built-in default model (random weights)", err=True)
     host, guest = _open_guest(
-        model_path, engine, device, threads, memory_limit=memory_limit, time_limit=time_limit
+        model_path, engine, device, threads, weights, memory_limit=memory_limit, time_limit=time_limit
     )
     with host, guest:
         t0 = time.perf_counter()
@@ -273,10 +283,16 @@ def generate_cmd(
 @click.argument("text")
 @click.option("--json", "as_json", is_flag=True, help="Ids and pieces as JSON.")
 def tokenize_cmd(
-    model_path: Path | None, engine: str, device: str, threads: int | None, text: str, as_json: bool
+    model_path: Path | None,
+    engine: str,
+    device: str,
+    threads: int | None,
+    weights: str,
+    text: str,
+    as_json: bool,
 ) -> None:
     """Print the token ids of TEXT (the guest's tokenizer; no BOS)."""
-    host, guest = _open_guest(model_path, engine, device, threads)
+    host, guest = _open_guest(model_path, engine, device, threads, weights)
     with host, guest:
         ids = guest.tokenize(text)
         tokens = guest.state.models[guest.model_id()].model.tokenizer.tokens

@@ -230,3 +230,42 @@ def test_vectorized_expf_ggml_is_the_scalar_one(rng) -> None:
     up = rng.normal(0, 1, gate.size).astype(np.float32)
     want = gate / (np.float32(1) + expf_ggml(np.float32(0) - gate)) * up
     np.testing.assert_array_equal(swiglu(gate, up), want)
+
+
+@pytest.mark.parametrize("head_dim", [64, 48, 20])
+def test_every_isa_gives_the_same_bits(rng, head_dim):
+    """attend_group is compiled per ISA (csrc/attention.c): the portable build, forced
+    through set_isa, must give the SIMD builds' bits, across a wrap and with head_dim
+    tails that are not whole vectors."""
+    from realm_ext import kernels
+
+    kv = KVRing(1, 24, 2, head_dim)
+    outs = {}
+    for pos, n in [(0, 17), (17, 7), (24, 1), (25, 1), (26, 1)]:
+        k, v = normal(rng, (n, 2 * head_dim)), normal(rng, (n, 2 * head_dim))
+        kv.append(0, pos, k * 4, v)  # * 4: scores spread enough that the softmax rounds
+        q = normal(rng, (n, 8, head_dim))
+        for isa in ("scalar", "avx2", "avx512"):
+            try:
+                if kernels.set_isa(isa) != isa:
+                    continue  # this CPU has no such ISA
+                outs[isa] = attention(kv, 0, pos, q, n_threads=2)
+            finally:
+                kernels.set_isa(None)
+        assert len(outs) >= 1
+        for isa, out in outs.items():
+            assert np.array_equal(out, outs["scalar"]), f"{isa} at position {pos}"
+        want = reference(q, *_history(kv, pos + n), pos, kv.capacity, emulate=False)
+        assert rel_err(outs["scalar"], want) < 1e-2
+        outs.clear()
+
+
+def _history(kv: KVRing, n_pos: int) -> tuple[np.ndarray, np.ndarray]:
+    """K and V of positions 0 .. n_pos-1 as f32 (n_pos, n_head_kv, hd), from the ring's
+    storage where still held (older positions are zeros: outside every window asked)."""
+    k = np.zeros((n_pos, kv.n_head_kv, kv.head_dim), np.float32)
+    v = np.zeros_like(k)
+    for p in range(max(0, n_pos - kv.capacity), n_pos):
+        k[p] = kv.k[0, kv.slot(p)].astype(np.float32)
+        v[p] = kv.v[0, kv.slot(p)].astype(np.float32)
+    return k, v

@@ -71,6 +71,24 @@ def test_generate_and_tokenize(model_path, tmp_path: Path, monkeypatch) -> None:
         ids = g.tokenize("the king")
     assert r.stdout == want + "\n"
     assert "tokens/s" in r.stderr
+    # the weights read from the file's map: the same tokens
+    r = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            "--model",
+            str(path),
+            "-p",
+            "the king",
+            "-n",
+            "12",
+            "--temperature",
+            "0",
+            "--weights",
+            "mmap",
+        ],
+    )
+    assert r.exit_code == 0 and r.stdout == want + "\n", r.output
     r = CliRunner().invoke(main, ["tokenize", "--model", str(path), "the king", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["ids"] == ids

@@ -30,13 +30,14 @@ def cuda_unavailable_reason() -> str | None:
     return "no CUDA GPU is visible (cupy.cuda.is_available() is False)"
 
 
-def make_backend(device: str = "auto", n_threads: int | None = None):  # noqa: ANN201
-    """The backend for `device`. n_threads: CPU kernel threads (CPU backend only).
+def make_backend(device: str = "auto", n_threads: int | None = None, weights: str = "load"):  # noqa: ANN201
+    """The backend for `device`. n_threads: CPU kernel threads; weights: "load" or "mmap",
+    where the CPU kernels read the weights (CPU backend only: CUDA uploads them once).
     Raises ValueError for an unknown device, RuntimeError for "cuda" without a GPU."""
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'auto'")
     if device == "cpu":
-        return CpuBackend(n_threads=n_threads)
+        return CpuBackend(n_threads=n_threads, weights=weights)
     reason = cuda_unavailable_reason()
     if reason is None:
         from realm_ext.backends.cuda import CudaBackend
@@ -44,4 +45,4 @@ def make_backend(device: str = "auto", n_threads: int | None = None):  # noqa: A
         return CudaBackend()
     if device == "cuda":
         raise RuntimeError(f"device 'cuda' is not available: {reason}")
-    return CpuBackend(n_threads=n_threads)
+    return CpuBackend(n_threads=n_threads, weights=weights)

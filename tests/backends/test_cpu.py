@@ -15,7 +15,7 @@ from backend_checks import check_bad_calls_raise  # noqa: E402
 from ggml_emulation import GgmlEmulation  # noqa: E402
 
 from realm_ext import _kernels, kernels  # noqa: E402
-from realm_ext.backends.cpu import CpuBackend  # noqa: E402
+from realm_ext.backends.cpu import CpuBackend, load_weights, runtime_args  # noqa: E402
 from realm_ext.model import load_gguf  # noqa: E402
 from realm_ext.quantizer import RECIPES  # noqa: E402
 from realm_ext.reference import ReferenceLlama  # noqa: E402
@@ -79,6 +79,34 @@ def test_threads_agree_bit_for_bit(model_path, rng) -> None:
         np.testing.assert_array_equal(
             CpuBackend(n_threads=1).logits(m, toks), CpuBackend(n_threads=3).logits(m, toks)
         )
+
+
+def test_loaded_and_mapped_weights_agree_bit_for_bit(model_path, rng) -> None:
+    with load_gguf(model_path("Q4_K_M", tied=True)) as m:
+        toks = prompt(rng, 8, m.config.n_vocab)
+        loaded = CpuBackend(n_threads=2, weights="load").logits(m, toks)
+        np.testing.assert_array_equal(loaded, CpuBackend(n_threads=2, weights="mmap").logits(m, toks))
+
+
+def test_load_weights_copies_each_array_once_outside_the_map(model_path) -> None:
+    with load_gguf(model_path("Q4_K", tied=True)) as m:
+        tensors = runtime_args(m)[2]
+        loaded = load_weights(tensors)
+        assert loaded.keys() == tensors.keys()
+        assert tensors["output.weight"][0] is tensors["token_embd.weight"][0]  # tied
+        assert loaded["output.weight"][0] is loaded["token_embd.weight"][0]  # one copy
+        for name, (raw, *rest) in loaded.items():
+            src, *src_rest = tensors[name]
+            assert rest == src_rest and raw.dtype == src.dtype and raw.shape == src.shape
+            np.testing.assert_array_equal(raw, src)
+            assert not np.shares_memory(raw, src) and raw.ctypes.data % 64 == 0
+        first = min(raw.ctypes.data for raw, *_ in loaded.values())
+        assert first % (2 << 20) == 0  # the buffer starts on a huge page
+
+
+def test_weights_argument_is_checked() -> None:
+    with pytest.raises(ValueError, match="weights must be"):
+        CpuBackend(weights="copy")
 
 
 def scalar_and_simd_logits(m, toks: list[int]) -> tuple[np.ndarray, np.ndarray]:
