@@ -46,15 +46,19 @@ static inline int x86_hsum_epi32(__m256i v) {
     return _mm_cvtsi128_si32(r);
 }
 
-/* Software prefetch for one token (decode), which reads each weight byte once and waits
- * on memory more than it computes: on this project's 2-core machine asking for the bytes
- * a couple of KB ahead made decode ~45% faster under load, and took it from 0.92x to
- * 0.96x llama.cpp's when quiet (benchmarks/suite.py). Row kernels prefetch the block
- * X86_PREFETCH_AHEAD bytes on (rows lie back to back, so past a row's end that is the
- * next row); 8-row kernels prefetch the next group of 8 rows, a slice per block. */
-#define X86_PREFETCH_AHEAD 2048
-static inline void x86_prefetch(const void *p, int64_t bytes) {
-    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)p + o, _MM_HINT_T0);
+/* Software prefetch for one token (decode), which reads each weight byte once: without
+ * it a core waits on memory and computes in turn (the hardware prefetcher does not run
+ * far enough ahead of these kernels), and reaches ~6 GB/s of weights where a plain read
+ * loop reaches ~11; with it, 2 threads on this project's 2-core VM decode at ~19-20
+ * GB/s of weights against ~13 without (benchmarks.cpu; python -m benchmarks run). Row
+ * kernels prefetch the block X86_PREFETCH_AHEAD bytes on (rows lie back to back, so
+ * past a row's end that is the next row); 8-row kernels prefetch the next group of 8
+ * rows, a slice per block. __builtin_prefetch in an always_inline function: GCC 12
+ * dropped _mm_prefetch's prefetches from these kernels (tests/test_kernels.py checks
+ * that the built kernels have them). */
+#define X86_PREFETCH_AHEAD 4096
+static inline __attribute__((always_inline)) void x86_prefetch(const void *p, int64_t bytes) {
+    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch((const char *)p + o, 0, 3);
 }
 
 /* acc + (sums of 4 adjacent products u8 u * s8 s), per s32 lane */

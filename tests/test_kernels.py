@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import platform
+import re
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 
-from realm_ext import kernels
+from realm_ext import _kernels, kernels
 
 
 def test_rmsnorm_matches_float64(rng: np.random.Generator) -> None:
@@ -60,3 +65,29 @@ def test_isa_switch() -> None:
         assert kernels.set_isa(None) == best
     with pytest.raises(ValueError):
         kernels.set_isa("neon")
+
+
+DECODE_KERNELS = ("x86_dot_8r_q4_K", "x86_dot_8r_q4_0", "x86_dot_nx_q6_K", "x86_dot_nx_q8_0", "x86_dot_q4_K")
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 kernels only")
+def test_decode_kernels_prefetch() -> None:
+    """Every build (AVX2, AVX-512) of the main decode kernels holds prefetch instructions
+    (csrc/vec_dot_x86.h): GCC once dropped them all without a word, which cost about a
+    third of the decode speed."""
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("objdump (binutils) is not installed")
+    asm = subprocess.run(
+        [objdump, "-d", "--no-show-raw-insn", _kernels.__file__], capture_output=True, text=True, check=True
+    ).stdout
+    copies: dict[str, list[int]] = {}  # function name -> prefetches in each copy
+    for block in asm.split("\n\n"):
+        head = re.match(r"[0-9a-f]+ <([^>]+)>:", block.strip())
+        if head:
+            copies.setdefault(head.group(1), []).append(block.count("prefetch"))
+    if not any(name in copies for name in DECODE_KERNELS):
+        pytest.skip("the extension's local symbols are stripped")
+    for name in DECODE_KERNELS:
+        assert len(copies.get(name, [])) >= 2, f"{name}: expected an AVX2 and an AVX-512 build"
+        assert all(n > 0 for n in copies[name]), f"{name} has no prefetch in some build: {copies[name]}"
