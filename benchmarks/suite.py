@@ -10,8 +10,8 @@ Sections, in order (each one's raw output is kept under ``sections``):
 - cpu_e2e: prefill (128 tokens) and decode (64 steps) tok/s on the tinyllama preset
   with random blocks, ours and llama.cpp (llama-cpp-python) alternately on the same
   file (benchmarks.cpu); ratios ``cpu.{prefill,decode}.<type>.vs_llama_cpp``, and
-  ``...load_vs_mmap``: ours with the weights copied into memory (the default) against
-  ours reading the file's page cache. Without llama_cpp only our numbers are recorded.
+  ``...load_vs_mmap``: ours with the weights copied into memory (weights="load")
+  against ours reading the file's page cache (the default). Without llama_cpp only our numbers are recorded.
 - guest: µs per host call, greedy decode through the shipped guest against the backend
   driven directly, guest memory (benchmarks.guest); ratios
   ``guest.decode.<preset>.<engine>.vs_direct``.
@@ -130,7 +130,7 @@ def cpu_e2e(ctx: Context) -> Section:
         for phase in ("prefill", "decode"):
             name = f"cpu.{phase}.{row['type']}"
             metrics[f"{name}.tok_s"] = row["ours"][f"{phase}_tok_s"]
-            metrics[f"{name}.mmap.tok_s"] = row["ours_mmap"][f"{phase}_tok_s"]
+            metrics[f"{name}.load.tok_s"] = row["ours_load"][f"{phase}_tok_s"]
             ratios[f"{name}.load_vs_mmap"] = row[f"{phase}_load_vs_mmap"]
             if row["llama_cpp"]:
                 metrics[f"{name}.llama_cpp.tok_s"] = row["llama_cpp"][f"{phase}_tok_s"]

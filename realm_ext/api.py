@@ -45,10 +45,10 @@ class Host:
     """Loaded models (one shared copy each), a backend, and the guests made here.
 
     device: "auto", "cpu" or "cuda". n_threads: CPU kernel threads. weights: where the CPU
-    kernels read a model's weights: "load" (one copy in anonymous memory, the default) or
-    "mmap" (straight from the file's memory map; no second copy)."""
+    kernels read a model's weights: "mmap" (straight from the file's memory map, the
+    default) or "load" (one copy in anonymous memory)."""
 
-    def __init__(self, device: str = "auto", n_threads: int | None = None, weights: str = "load"):
+    def __init__(self, device: str = "auto", n_threads: int | None = None, weights: str = "mmap"):
         self.backend = make_backend(device, n_threads, weights)
         self.device = self.backend.name
         self._lock = threading.Lock()

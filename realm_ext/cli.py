@@ -207,10 +207,10 @@ def _engine_options(f):  # noqa: ANN001, ANN202
     f = click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all).")(f)
     f = click.option(
         "--weights",
-        type=click.Choice(["load", "mmap"]),
-        default="load",
+        type=click.Choice(["mmap", "load"]),
+        default="mmap",
         show_default=True,
-        help="CPU: copy the weights into memory once, or read them from the file's map.",
+        help="CPU: read the weights from the file's map, or copy them into memory once.",
     )(f)
     f = click.option("--device", type=_DEVICES, default="auto", show_default=True)(f)
     f = click.option("--engine", type=_ENGINES, default="auto", show_default=True)(f)

@@ -71,7 +71,7 @@ def test_generate_and_tokenize(model_path, tmp_path: Path, monkeypatch) -> None:
         ids = g.tokenize("the king")
     assert r.stdout == want + "\n"
     assert "tokens/s" in r.stderr
-    # the weights read from the file's map: the same tokens
+    # the weights copied into memory: the same tokens
     r = CliRunner().invoke(
         main,
         [
@@ -85,7 +85,7 @@ def test_generate_and_tokenize(model_path, tmp_path: Path, monkeypatch) -> None:
             "--temperature",
             "0",
             "--weights",
-            "mmap",
+            "load",
         ],
     )
     assert r.exit_code == 0 and r.stdout == want + "\n", r.output

@@ -30,8 +30,8 @@ def cuda_unavailable_reason() -> str | None:
     return "no CUDA GPU is visible (cupy.cuda.is_available() is False)"
 
 
-def make_backend(device: str = "auto", n_threads: int | None = None, weights: str = "load"):  # noqa: ANN201
-    """The backend for `device`. n_threads: CPU kernel threads; weights: "load" or "mmap",
+def make_backend(device: str = "auto", n_threads: int | None = None, weights: str = "mmap"):  # noqa: ANN201
+    """The backend for `device`. n_threads: CPU kernel threads; weights: "mmap" or "load",
     where the CPU kernels read the weights (CPU backend only: CUDA uploads them once).
     Raises ValueError for an unknown device, RuntimeError for "cuda" without a GPU."""
     if device not in DEVICES:

@@ -3,11 +3,12 @@
 `CpuBackend.prepare(model)` builds, once per model, the C view of its weights and one
 scratch buffer that every later call reuses, so the decode path allocates nothing per
 token. The weights stay quantized either way; `weights` says where the kernels read them:
-- "load" (default): one copy, made once per model, in anonymous memory advised for 2 MiB
-  pages, as llama.cpp holds the weights it repacks (Q4_0, Q4_K, ... on x86). Decode then
-  does not depend on where the kernel happened to put the file's page cache: on the
-  development VM an old file's page cache streamed ~20% slower than fresh memory.
-- "mmap": borrowed pointers into the file's memory map; no second copy in memory.
+- "mmap" (default): borrowed pointers into the file's memory map; no second copy.
+- "load": one copy per model in anonymous memory advised for 2 MiB pages, as llama.cpp
+  holds the weights it repacks (Q4_0, Q4_K, ... on x86): for a machine whose page cache
+  reads slower than fresh memory. On the development VM an old file's page cache read
+  10-20% slower before the decode kernels' prefetch worked; with it, 0-15% depending on
+  the run (benchmarks.cpu measures both: cpu.decode.<type>.load_vs_mmap).
 Only the small norm vectors are converted, to f32, in both cases.
 
 Every forward method writes into an array the caller provides (later: a view of guest
@@ -101,18 +102,18 @@ class CpuBackend:
 
     n_threads: threads per kernel call (default: every core this process may use).
     max_batch: tokens processed per chunk inside a layer call (sizes the scratch).
-    weights: "load" (one copy in anonymous memory per model) or "mmap" (the file's map);
+    weights: "mmap" (the file's map) or "load" (one copy in anonymous memory per model);
     see the module's docstring.
     """
 
     name = "cpu"
 
-    def __init__(self, n_threads: int | None = None, max_batch: int = 64, weights: str = "load"):
+    def __init__(self, n_threads: int | None = None, max_batch: int = 64, weights: str = "mmap"):
         self.n_threads = n_threads or _kernels.default_threads()
         if self.n_threads < 1 or max_batch < 1:
             raise ValueError("n_threads and max_batch must be >= 1")
         if weights not in WEIGHTS:
-            raise ValueError(f"weights must be 'load' or 'mmap', got {weights!r}")
+            raise ValueError(f"weights must be 'mmap' or 'load', got {weights!r}")
         self.max_batch = max_batch
         self.weights = weights
         self._runtimes: weakref.WeakKeyDictionary[Model, _kernels.LlamaRuntime] = weakref.WeakKeyDictionary()
