@@ -50,7 +50,7 @@ def e2e_table(result: dict) -> list[str]:
             ours, theirs = m.get(f"cpu.{phase}.{t}.tok_s"), m.get(f"cpu.{phase}.{t}.llama_cpp.tok_s")
             ratio = result["ratios"].get(f"cpu.{phase}.{t}.vs_llama_cpp")
             cells += [_num(ours, ".1f"), _num(theirs, ".1f"), _num(ratio, ".2f")]
-        cells.append(_num(result["ratios"].get(f"cpu.decode.{t}.load_vs_mmap"), ".2f"))
+        cells.append(_num(m.get(f"cpu.decode.{t}.load_vs_mmap"), ".2f"))
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     return lines
 
