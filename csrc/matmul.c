@@ -114,7 +114,9 @@ static void matmul_blocks(void *ctx, int64_t b0, int64_t b1, int thread) {
  * fixed range, so a thread the VM or the OS slows down does not hold the others up at
  * the end (a block is 64 rows x every token: the counter's cost is nothing beside it).
  * A block's result does not depend on which thread computes it. Decode keeps the fixed
- * ranges: there a block is only 16 rows, and dealing them measured no faster. */
+ * ranges: there a block is only 16 rows, and dealt blocks decoded 20.7 tok/s against
+ * 27.0 (tinyllama Q4_K_M, 2 threads): the threads' blocks interleave, and each one's
+ * prefetch of the next rows runs into the other's. */
 static void matmul_blocks_dealt(void *ctx, int64_t b0, int64_t b1, int thread) {
     struct matmul_job *j = ctx;
     (void)b0, (void)b1;

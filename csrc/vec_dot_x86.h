@@ -49,8 +49,9 @@ static inline int x86_hsum_epi32(__m256i v) {
 /* Software prefetch for one token (decode), which reads each weight byte once: without
  * it a core waits on memory and computes in turn (the hardware prefetcher does not run
  * far enough ahead of these kernels), and reaches ~6 GB/s of weights where a plain read
- * loop reaches ~11; with it, 2 threads on this project's 2-core VM decode at ~19-20
- * GB/s of weights against ~13 without (benchmarks.cpu; python -m benchmarks run). Row
+ * loop reaches ~11; with it, 2 threads on this project's 2-core VM read ~19-20 GB/s of
+ * Q4_K/Q6_K weights against ~13 without (the decode matmuls of the tinyllama Q4_K_M
+ * file, both builds alternating in one process; a read loop: 21-22 GB/s). Row
  * kernels prefetch the block X86_PREFETCH_AHEAD bytes on (rows lie back to back, so
  * past a row's end that is the next row); 8-row kernels prefetch the next group of 8
  * rows, a slice per block. __builtin_prefetch in an always_inline function: GCC 12
