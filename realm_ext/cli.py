@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import math
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
+from realm_ext import abi
+from realm_ext._kernels import MAX_THREADS
+from realm_ext.api import Guest, Host, RealmError
+from realm_ext.engines.base import WASM_PAGE, GuestError, GuestLimitError, parse_size
+from realm_ext.host import log as guest_log
 from realm_ext.model import GGUFError, Model, load_gguf
 from realm_ext.model_maker import PRESETS, make_model
 from realm_ext.quantizer import RECIPES, quantize_model
@@ -27,6 +37,25 @@ def _warn(msg: str) -> None:
     click.echo(f"note: {msg}", err=True)
 
 
+def _output_path(ctx: click.Context, param: click.Parameter, path: Path) -> Path:
+    """An output file's directory must exist (a usage error otherwise, as for inputs)."""
+    if not path.parent.is_dir():
+        raise click.BadParameter(f"the directory {str(path.parent)!r} does not exist", ctx, param)
+    return path
+
+
+_OUT = click.Path(dir_okay=False, path_type=Path)
+
+
+@contextlib.contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    """An OSError while writing `out` (permissions, a full disk) as one line."""
+    try:
+        yield
+    except OSError as e:
+        raise click.ClickException(f"cannot write {out}: {e.strerror or e}") from None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="realm-ext")
 def main() -> None:
@@ -34,7 +63,7 @@ def main() -> None:
 
 
 @main.command("make-model")
-@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out", type=_OUT, callback=_output_path)
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="tiny", show_default=True)
 @click.option(
     "--type",
@@ -56,29 +85,31 @@ def make_model_cmd(
     out: Path, preset: str, type_: str, seed: int, tied: bool, random_blocks: bool, quiet: bool
 ) -> None:
     """Write a llama GGUF with deterministic random weights and an SPM vocabulary."""
-    path = make_model(
-        out,
-        preset,
-        type_.upper(),
-        seed=seed,
-        tied=tied,
-        progress=not quiet,
-        log=_warn,
-        random_blocks=random_blocks,
-    )
+    with _writing(out):
+        path = make_model(
+            out,
+            preset,
+            type_.upper(),
+            seed=seed,
+            tied=tied,
+            progress=not quiet,
+            log=_warn,
+            random_blocks=random_blocks,
+        )
     if not quiet:
         click.echo(f"wrote {path} ({_human_bytes(path.stat().st_size)})")
 
 
 @main.command("quantize")
 @click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out", type=_OUT, callback=_output_path)
 @click.option("--type", "type_", type=_TYPE_CHOICE, required=True, help="Tensor type or mixed recipe.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def quantize_cmd(src: Path, out: Path, type_: str, quiet: bool) -> None:
     """Convert an F32/F16 GGUF to another type, keeping all metadata."""
     try:
-        path = quantize_model(src, out, type_.upper(), progress=not quiet, log=_warn)
+        with _writing(out):
+            path = quantize_model(src, out, type_.upper(), progress=not quiet, log=_warn)
     except GGUFError as e:
         raise click.ClickException(str(e)) from None
     if not quiet:
@@ -170,6 +201,43 @@ def inspect_cmd(model_path: Path, as_json: bool) -> None:
 
 _ENGINES = click.Choice(["auto", "wasmtime", "wasmer"])
 _DEVICES = click.Choice(["auto", "cpu", "cuda"])
+_U32_MAX, _U64_MAX, _I32_MIN, _I32_MAX = 2**32 - 1, 2**64 - 1, -(2**31), 2**31 - 1
+_F32_MAX = 3.4028234663852886e38  # the largest finite f32
+_MEMORY_MAX = 65536 * WASM_PAGE  # a wasm32 memory's largest size: 4 GiB
+_DEFAULT_MEMORY = "256MiB"
+
+
+class _Size(click.ParamType):
+    """Bytes from a size such as 64MiB, 512KiB or 65536, up to a wasm32 memory's 4 GiB."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            n = parse_size(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+        if n > _MEMORY_MAX:
+            self.fail(f"{value} is over 4GiB, the most a wasm32 guest's memory can hold", param, ctx)
+        return n
+
+
+class _F32(click.ParamType):
+    """A float an f32 holds (the sampling parameters travel to the guest as f32): not NaN,
+    which passes every range test, nor past f32's range; and above `above` when given."""
+
+    name = "float"
+
+    def __init__(self, above: float | None = None) -> None:
+        self.above = above
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        x = click.FLOAT.convert(value, param, ctx)
+        if math.isnan(x) or abs(x) > _F32_MAX:
+            self.fail(f"{x} is not a finite 32-bit float", param, ctx)
+        if self.above is not None and not x > self.above:
+            self.fail(f"{x} is not in the range x>{self.above:g}.", param, ctx)
+        return x
 
 
 def _model_path(model: Path | None) -> Path:
@@ -177,15 +245,70 @@ def _model_path(model: Path | None) -> Path:
         return model
     from realm_ext.default_model import default_model_path
 
-    path = default_model_path(progress=False)
-    return path
+    return default_model_path(progress=False)
+
+
+# a guest log line, "guest: <what failed> (<code>)", without the prefix and the code
+_GUEST_LINE = re.compile(r"^guest: | \(-?\d+\)$")
+
+
+class _GuestLog(logging.Handler):
+    """Collects the guest's log lines (realm_log) while it runs, so that the error the
+    command prints can name the guest's reason instead of logging printing it apart."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _guest_errors(call: str, memory_limit: int, guest: Guest | None = None) -> Iterator[None]:
+    """A guest's failure inside the block as one line (click's "Error: ...", exit 1).
+
+    The ABI's -7 means "out of host or device memory" when a host import returns it,
+    but the shipped guest returns -7 too when an allocation in its own linear memory
+    fails (guest/src: realm_alloc gives 0 once memory.grow would pass the cap). The
+    host sets the guest's last error on every failed import, so a -7 with no last error
+    is the guest's own memory running out: the message then names --memory-limit."""
+    log = _GuestLog()
+    guest_log.addHandler(log)
+    try:
+        yield
+    except GuestLimitError as e:  # at start (memory) or during a call (time, fuel)
+        option = {"memory": "--memory-limit", "time": "--time-limit"}.get(e.limit)
+        raise click.ClickException(f"{e}; raise it with {option}" if option else str(e)) from None
+    except (RealmError, MemoryError, GuestError) as e:
+        host_said = guest is not None and bool(guest.state.last_error)
+        reason = str(e) if isinstance(e, MemoryError) else (log.lines[-1] if log.lines else "")
+        reason = _GUEST_LINE.sub("", reason)
+        if isinstance(e, MemoryError) or (
+            isinstance(e, RealmError) and e.code == abi.ERR_NOMEM and not host_said
+        ):
+            msg = (
+                f"{call} failed: the guest ran out of its memory limit of {_human_bytes(memory_limit)}"
+                f"{f' ({reason})' if reason else ''}; raise it with --memory-limit "
+                f"(default {_DEFAULT_MEMORY}, at most 4GiB)"
+            )
+        else:
+            # the host's own message is in e already; otherwise the guest's log line says why
+            msg = str(e) if host_said or not reason else f"{e}: {reason}"
+        raise click.ClickException(msg) from None
+    finally:
+        guest_log.removeHandler(log)
 
 
 def _open_guest(
-    model_path: Path | None, engine: str, device: str, threads: int | None, weights: str, **limits: Any
-):
-    from realm_ext import Host
-
+    model_path: Path | None,
+    engine: str,
+    device: str,
+    threads: int | None,
+    weights: str,
+    memory_limit: int,
+    time_limit: float | None = None,
+) -> tuple[Host, Guest]:
     path = _model_path(model_path)
     try:
         host = Host(device=device, n_threads=threads, weights=weights)
@@ -197,14 +320,33 @@ def _open_guest(
         host.close()
         raise click.ClickException(str(e)) from None
     try:
-        return host, host.guest(models=[model], engine=engine, **limits)
-    except (ImportError, ValueError) as e:
+        with _guest_errors("starting the guest", memory_limit):
+            guest = host.guest(
+                models=[model], engine=engine, memory_limit=memory_limit, time_limit=time_limit
+            )
+    except (ImportError, ValueError) as e:  # e.g. --engine wasmer where it is not installed
         host.close()
         raise click.ClickException(str(e)) from None
+    except click.ClickException:
+        host.close()
+        raise
+    return host, guest
 
 
 def _engine_options(f):  # noqa: ANN001, ANN202
-    f = click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all).")(f)
+    f = click.option(
+        "--memory-limit",
+        type=_Size(),
+        default=_DEFAULT_MEMORY,
+        show_default=True,
+        help="Guest linear memory cap (e.g. 64MiB; at most 4GiB).",
+    )(f)
+    f = click.option(
+        "--threads",
+        type=click.IntRange(1, MAX_THREADS),
+        default=None,
+        help="CPU threads (default: all).",
+    )(f)
     f = click.option(
         "--weights",
         type=click.Choice(["mmap", "load"]),
@@ -227,47 +369,56 @@ def _engine_options(f):  # noqa: ANN001, ANN202
 @main.command("generate")
 @_engine_options
 @click.option("--prompt", "-p", required=True, help="The prompt text.")
-@click.option("-n", "--max-tokens", type=click.IntRange(0), default=64, show_default=True)
-@click.option("--temperature", type=float, default=0.8, show_default=True, help="<= 0: greedy.")
-@click.option("--top-k", type=int, default=40, show_default=True, help="<= 0: off.")
-@click.option("--top-p", type=float, default=0.95, show_default=True, help=">= 1: off.")
-@click.option("--min-p", type=float, default=0.05, show_default=True, help="<= 0: off.")
-@click.option("--repeat-penalty", type=float, default=1.0, show_default=True, help="1: off.")
-@click.option("--repeat-last-n", type=click.IntRange(0), default=64, show_default=True)
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--n-ctx", type=click.IntRange(0), default=0, help="KV ring positions (default: the model's).")
-@click.option("--memory-limit", default="256MiB", show_default=True, help="Guest linear memory cap.")
-@click.option("--time-limit", type=float, default=None, help="Seconds per guest call (wasmtime).")
+@click.option("-n", "--max-tokens", type=click.IntRange(1, _U32_MAX), default=64, show_default=True)
+@click.option("--temperature", type=_F32(), default=0.8, show_default=True, help="<= 0: greedy.")
+@click.option(
+    "--top-k",
+    type=click.IntRange(_I32_MIN, _I32_MAX, clamp=True),
+    default=40,
+    show_default=True,
+    help="<= 0: off.",
+)
+@click.option("--top-p", type=_F32(), default=0.95, show_default=True, help=">= 1: off.")
+@click.option("--min-p", type=_F32(), default=0.05, show_default=True, help="<= 0: off.")
+@click.option("--repeat-penalty", type=_F32(above=0), default=1.0, show_default=True, help="> 0; 1: off.")
+@click.option("--repeat-last-n", type=click.IntRange(0, _U32_MAX), default=64, show_default=True)
+@click.option("--seed", type=click.IntRange(0, _U64_MAX), default=0, show_default=True)
+@click.option(
+    "--n-ctx", type=click.IntRange(0, _U32_MAX), default=0, help="KV ring positions (default: the model's)."
+)
+@click.option(
+    "--time-limit", type=_F32(above=0), default=None, help="Seconds per guest call (wasmtime); > 0."
+)
 def generate_cmd(
     model_path: Path | None,
     engine: str,
     device: str,
     threads: int | None,
     weights: str,
+    memory_limit: int,
     prompt: str,
     max_tokens: int,
-    memory_limit: str,
     time_limit: float | None,
     **params: Any,
 ) -> None:
     """Generate text from PROMPT through the WebAssembly guest, streaming to stdout."""
     import time
 
-    from realm_ext import RealmError
-    from realm_ext.engines import GuestError
-
     if model_path is None:
         click.echo("note: no --model: using the built-in default model (random weights)", err=True)
-    host, guest = _open_guest(
-        model_path, engine, device, threads, weights, memory_limit=memory_limit, time_limit=time_limit
-    )
+    host, guest = _open_guest(model_path, engine, device, threads, weights, memory_limit, time_limit)
     with host, guest:
         t0 = time.perf_counter()
+        printed = False
         try:
-            for piece in guest.generate(prompt, max_tokens=max_tokens, **params):
-                click.echo(piece, nl=False)
-        except (RealmError, GuestError) as e:
-            raise click.ClickException(str(e)) from None
+            with _guest_errors("realm_generate", memory_limit, guest):
+                for piece in guest.generate(prompt, max_tokens=max_tokens, **params):
+                    click.echo(piece, nl=False)
+                    printed = True
+        except click.ClickException:
+            if printed:
+                click.echo()  # end the streamed text's line before the error's
+            raise
         click.echo()
         s = guest.last_stats
         if s is not None:
@@ -288,13 +439,15 @@ def tokenize_cmd(
     device: str,
     threads: int | None,
     weights: str,
+    memory_limit: int,
     text: str,
     as_json: bool,
 ) -> None:
     """Print the token ids of TEXT (the guest's tokenizer; no BOS)."""
-    host, guest = _open_guest(model_path, engine, device, threads, weights)
+    host, guest = _open_guest(model_path, engine, device, threads, weights, memory_limit)
     with host, guest:
-        ids = guest.tokenize(text)
+        with _guest_errors("realm_tokenize", memory_limit, guest):
+            ids = guest.tokenize(text)
         tokens = guest.state.models[guest.model_id()].model.tokenizer.tokens
         if as_json:
             click.echo(json.dumps({"ids": ids, "pieces": [tokens[i] for i in ids]}))

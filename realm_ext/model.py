@@ -12,6 +12,7 @@ Shapes are numpy order (rows first): a weight `W` used as `y = W @ x` has shape
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import struct
 import sys
@@ -24,8 +25,28 @@ import numpy as np
 
 from realm_ext import quant
 
-GGMLType = gguf.GGMLQuantizationType
 ARCH = "llama"
+
+
+class _NamedIntEnum(enum.IntEnum):
+    """An IntEnum that prints as its name: from Python 3.11 on, str() and format() of an
+    IntEnum give its number. An integer format ("d", "x", "03d") still gives the number."""
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        if spec[-1:] in {"b", "d", "n", "o", "x", "X"}:
+            return int.__format__(self, spec)
+        return format(self.name, spec)
+
+
+# A tensor's type: gguf.GGMLQuantizationType's members, printed by name ("Q4_K", not
+# "12"). Each is still an int (int(t) is the id the kernels take) and equals gguf's
+# member of the same id, in comparisons, sets and dict keys alike.
+GGMLType = _NamedIntEnum(
+    "GGMLType", [(t.name, t.value) for t in gguf.GGMLQuantizationType], module=__name__, qualname="GGMLType"
+)
 
 
 class GGUFError(ValueError):
@@ -546,7 +567,9 @@ def _tensors(path: Path, reader: gguf.GGUFReader, cfg: LlamaConfig) -> dict[str,
                 f"the file has {size}"
             )
         raw = reader.data[start : start + nbytes].reshape(n_rows, rb)
-        tensors[rt.name] = Tensor(name=rt.name, type=rt.tensor_type, shape=shape, raw=raw, offset=start)
+        tensors[rt.name] = Tensor(
+            name=rt.name, type=GGMLType(int(rt.tensor_type)), shape=shape, raw=raw, offset=start
+        )
 
     spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in tensors.values() if t.nbytes)
     for (_, end, a), (start, _, b) in zip(spans, spans[1:], strict=False):

@@ -1,4 +1,5 @@
-"""The realm-ext command: make-model, quantize, inspect (text and --json), errors."""
+"""The realm-ext command: make-model, quantize, inspect (text and --json), generate,
+tokenize, and its errors: one line each, exit 2 for usage errors and 1 for the rest."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from click.testing import CliRunner
+import gguf
+import pytest
+from click.testing import CliRunner, Result
+from gguf_edit import rewrite
 
 from realm_ext.cli import main
 
@@ -15,6 +19,20 @@ from realm_ext.cli import main
 def run(*args: str) -> tuple[int, str]:
     r = CliRunner().invoke(main, list(args))
     return r.exit_code, r.output
+
+
+def error_line(r: Result, code: int) -> str:
+    """The one error line of a command that failed as it should: exit `code`, no
+    exception escaping (CliRunner swallows a traceback: r.exception shows it), and on
+    stderr nothing but notes, the usage lines of a usage error, and that line."""
+    assert r.exit_code == code, r.output
+    assert isinstance(r.exception, SystemExit), repr(r.exception)
+    lines = [line for line in r.stderr.splitlines() if line and not line.startswith("note: ")]
+    if code == 2:  # click's usage error: "Usage: ...", "Try ...", then the error
+        assert lines[0].startswith("Usage: ") and lines[1].startswith("Try "), lines
+        lines = lines[2:]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), lines
+    return lines[0]
 
 
 def test_make_quantize_inspect(tmp_path: Path) -> None:
@@ -99,3 +117,121 @@ def test_generate_and_tokenize(model_path, tmp_path: Path, monkeypatch) -> None:
     assert list((tmp_path / "cache").glob("default-*.gguf"))
     r = CliRunner().invoke(main, ["generate", "-p", "x", "--engine", "nope"])
     assert r.exit_code != 0 and "nope" in r.output
+
+
+def test_make_model_into_a_missing_directory(tmp_path: Path) -> None:
+    r = CliRunner().invoke(main, ["make-model", str(tmp_path / "missing" / "x.gguf"), "-q"])
+    line = error_line(r, 2)
+    assert line == f"Error: Invalid value for 'OUT': the directory '{tmp_path / 'missing'}' does not exist"
+    assert not (tmp_path / "missing").exists()
+    # a directory that exists but cannot be written: a runtime error (exit 1)
+    r = CliRunner().invoke(main, ["make-model", "/proc/x.gguf", "-q"])
+    assert error_line(r, 1).startswith("Error: cannot write /proc/x.gguf: ")
+    src = tmp_path / "m.gguf"
+    assert run("make-model", str(src), "-q")[0] == 0
+    r = CliRunner().invoke(main, ["quantize", str(src), str(tmp_path / "no" / "q.gguf"), "--type", "Q8_0"])
+    assert "the directory" in error_line(r, 2)
+
+
+def test_tokenize_with_a_vocabulary_the_guest_refuses(model_path, tmp_path: Path) -> None:  # noqa: ANN001
+    gpt2 = rewrite(
+        model_path(),
+        tmp_path / "gpt2.gguf",
+        kv={"tokenizer.ggml.model": ("gpt2", gguf.GGUFValueType.STRING)},
+    )
+    want = (
+        "Error: {} failed: invalid argument (-1): "
+        "vocabulary blob: only the SPM (llama) tokenizer is supported"
+    )
+    r = CliRunner().invoke(main, ["tokenize", "--model", str(gpt2), "hello"])
+    assert error_line(r, 1) == want.format("realm_tokenize")
+    r = CliRunner().invoke(main, ["generate", "--model", str(gpt2), "-p", "hello", "-n", "2"])
+    assert error_line(r, 1) == want.format("realm_generate")
+
+
+def test_memory_limit_errors_name_the_limit(model_path) -> None:  # noqa: ANN001
+    path = str(model_path("Q8_0"))
+    # under the guest's own initial memory (2 pages): it cannot even start
+    r = CliRunner().invoke(main, ["generate", "--model", path, "-p", "hi", "--memory-limit", "1KiB"])
+    assert error_line(r, 1) == (
+        "Error: the guest needs 131072 bytes of memory at start, over its memory limit of 1024 bytes; "
+        "raise it with --memory-limit"
+    )
+    # room to start, not for the prompt's activations (about 60 tokens x 256 floats): the
+    # guest's own allocation fails (-7 with no host message), not the host's memory
+    prompt = " ".join(["the king"] * 30)
+    r = CliRunner().invoke(main, ["generate", "--model", path, "-p", prompt, "--memory-limit", "128KiB"])
+    assert error_line(r, 1) == (
+        "Error: realm_generate failed: the guest ran out of its memory limit of 128.00 KiB "
+        "(realm_generate: activations); raise it with --memory-limit (default 256MiB, at most 4GiB)"
+    )
+    # the text itself does not fit in the guest's memory
+    r = CliRunner().invoke(main, ["tokenize", "--model", path, "x" * 200_000, "--memory-limit", "192KiB"])
+    assert error_line(r, 1) == (
+        "Error: realm_tokenize failed: the guest ran out of its memory limit of 192.00 KiB "
+        "(the guest could not allocate 200000 bytes (memory limit 196608)); "
+        "raise it with --memory-limit (default 256MiB, at most 4GiB)"
+    )
+    # the same guest with room enough
+    r = CliRunner().invoke(
+        main, ["generate", "--model", path, "-p", prompt, "-n", "2", "--memory-limit", "1MiB"]
+    )
+    assert r.exit_code == 0, r.output
+
+
+def test_a_host_side_out_of_memory_keeps_the_host_message(model_path) -> None:  # noqa: ANN001
+    """-7 from a host import (here the KV limit) is not the guest's memory limit."""
+    import click
+
+    from realm_ext import Host
+    from realm_ext.cli import _guest_errors
+
+    with (
+        Host(device="cpu") as host,
+        host.guest(models=[host.load(model_path())], kv_limit=1) as g,
+        pytest.raises(click.ClickException) as e,
+        _guest_errors("realm_generate", 2**20, g),
+    ):
+        list(g.generate("the king", max_tokens=2))
+    msg = e.value.message
+    assert msg.startswith("realm_generate failed: out of host or device memory (-7): realm_kv_create: ")
+    assert "exceed this guest's KV limit of 1 bytes" in msg and "--memory-limit" not in msg
+
+
+# generate's numeric options out of range, and click's error for each
+OUT_OF_RANGE = [
+    (["--time-limit", "0"], "'--time-limit': 0.0 is not in the range x>0."),
+    (["--time-limit", "-1"], "'--time-limit': -1.0 is not in the range x>0."),
+    (["--time-limit", "nan"], "'--time-limit': nan is not a finite 32-bit float"),
+    (["-n", "0"], "'-n' / '--max-tokens': 0 is not in the range 1<=x<=4294967295."),
+    (["-n", str(2**32)], "'-n' / '--max-tokens': 4294967296 is not in the range 1<=x<=4294967295."),
+    (["--threads", "0"], "'--threads': 0 is not in the range 1<=x<=1024."),
+    (["--threads", str(2**40)], f"'--threads': {2**40} is not in the range 1<=x<=1024."),
+    (["--memory-limit", "0"], "'--memory-limit': size must be positive, got '0'"),
+    (
+        ["--memory-limit", "-1MiB"],
+        "'--memory-limit': cannot read '-1MiB' as a size (e.g. 64MiB, 1GiB, 65536)",
+    ),
+    (
+        ["--memory-limit", "5GiB"],
+        "'--memory-limit': 5GiB is over 4GiB, the most a wasm32 guest's memory can hold",
+    ),
+    (["--temperature", "nan"], "'--temperature': nan is not a finite 32-bit float"),
+    (["--top-p", "1e39"], "'--top-p': 1e+39 is not a finite 32-bit float"),
+    (["--repeat-penalty", "0"], "'--repeat-penalty': 0.0 is not in the range x>0."),
+    (["--seed", str(2**64)], f"'--seed': {2**64} is not in the range 0<=x<=18446744073709551615."),
+    (["--n-ctx", str(2**32)], f"'--n-ctx': {2**32} is not in the range 0<=x<=4294967295."),
+]
+
+
+@pytest.mark.parametrize(("args", "error"), OUT_OF_RANGE, ids=[" ".join(a) for a, _ in OUT_OF_RANGE])
+def test_numeric_options_out_of_range_are_usage_errors(model_path, args: list[str], error: str) -> None:  # noqa: ANN001
+    r = CliRunner().invoke(main, ["generate", "--model", str(model_path()), "-p", "hi", *args])
+    assert error_line(r, 2) == f"Error: Invalid value for {error}"
+
+
+def test_numeric_options_at_their_limits_run(model_path) -> None:  # noqa: ANN001
+    args = ["--seed", str(2**64 - 1), "--top-k", str(2**40), "--memory-limit", "4GiB", "--time-limit", "60"]
+    r = CliRunner().invoke(main, ["generate", "--model", str(model_path()), "-p", "hi", "-n", "1", *args])
+    assert r.exit_code == 0, r.output
+    assert r.stderr.startswith("1 tokens in ")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from gguf_edit import DROP, rewrite
 
+from realm_ext import quant
 from realm_ext.model import GGUFError, expected_shapes, load_gguf
 from realm_ext.model_maker import PRESETS
 
@@ -46,6 +47,20 @@ def test_tensor_table(model_path) -> None:
         assert not m.tied_output and m.tensor("output.weight").name == "output.weight"
         with pytest.raises(GGUFError, match="no tensor 'blk.9.attn_q.weight'"):
             m.layer(9, "attn_q")
+
+
+def test_tensor_type_prints_its_name(model_path, capsys: pytest.CaptureFixture[str]) -> None:
+    with load_gguf(model_path("Q4_K_M")) as m:
+        t = m.layer(0, "attn_q").type
+        print(t, m.tensor("output_norm.weight").type, m.layer(1, "ffn_down").type)
+        assert capsys.readouterr().out == "Q4_K F32 Q6_K\n"
+        assert f"{t}|{t:>6}|{t:<5}|" == "Q4_K|  Q4_K|Q4_K |" and t.name == "Q4_K"
+        assert repr(t) == "<GGMLType.Q4_K: 12>"
+        # still the kernels' id, and the same key as gguf's own member
+        assert int(t) == 12 and f"{t:d}|{t:03d}" == "12|012" and t == T.Q4_K
+        assert {T.Q4_K: "found"}[t] == "found" and t in quant.SUPPORTED_TYPES
+        for x in m.tensors.values():
+            assert str(x.type) == T(int(x.type)).name, x.name
 
 
 def test_tensor_data_is_memory_mapped_not_copied(model_path) -> None:
