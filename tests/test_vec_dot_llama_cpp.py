@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from llama_cpp_info import cpu_features
 
 from realm_ext import _kernels, quant
 
 llama_cpp = pytest.importorskip("llama_cpp")
-if _kernels.cpu_isa() != "avx512":
-    pytest.skip("our kernels mirror an AVX-512 build of llama.cpp", allow_module_level=True)
+if _kernels.cpu_isa() != "avx512" or "AVX512" not in cpu_features():
+    pytest.skip("our kernels mirror an AVX-512 build of llama.cpp (both sides need AVX-512)",
+                allow_module_level=True)  # fmt: skip
 
 # llama.cpp's activation types: (elements, bytes) per block
 ACT = {"q8_0": (32, 34), "q8_1": (32, 36), "q8_K": (256, 292)}

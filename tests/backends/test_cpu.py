@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ helper
 
 from backend_checks import check_bad_calls_raise  # noqa: E402
 from ggml_emulation import GgmlEmulation  # noqa: E402
+from llama_cpp_info import cpu_features  # noqa: E402
 
 from realm_ext import _kernels, kernels  # noqa: E402
 from realm_ext.backends.cpu import CpuBackend, load_weights, runtime_args  # noqa: E402
@@ -178,6 +179,17 @@ N_PROMPT = 16
 BITWISE_ON_AVX512 = ("BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 
 
+def sums_in_our_order(recipe: str) -> bool:
+    """Whether llama.cpp's dot products for this format sum in our kernels' order: ours
+    follow an AVX-512 build of llama.cpp (vec_dot_x86.h), decided by what that build
+    reports, not by this CPU's flags. A build with AVX512_BF16 takes vdpbf16ps for BF16
+    (ggml_vec_dot_bf16, tinyBLAS), pairs summed in another order, which ours do not follow."""
+    has = cpu_features()
+    if kernels.cpu_isa() != "avx512" or "AVX512" not in has:
+        return False
+    return not (recipe == "BF16" and "AVX512_BF16" in has)
+
+
 @pytest.fixture(scope="module")
 def llama_cpp():
     return pytest.importorskip("llama_cpp")
@@ -202,7 +214,7 @@ def test_prompt_logits_match_llama_cpp(
     after it) can move by up to ~1e-2 when one of the thousands of Q8/f16 roundings lands
     on the other side of its step because the two programs sum in a different order; the
     tiny random models amplify that. So there: 1e-3 on at least one of 4 prompts, exact
-    agreement on most rows, and a bound on every row."""
+    agreement on most rows, and a bound on every row (sums_in_our_order decides which)."""
     path = model_path(recipe, seed=11)
     errs, rows = [], []
     llm = None
@@ -225,15 +237,22 @@ def test_prompt_logits_match_llama_cpp(
     per_prompt = ", ".join(f"{e:.1e}" for e in errs)
     print(f"{recipe}: relative L2 vs llama.cpp per prompt [{per_prompt}]; rows within 1e-5: {exact:.0%}")
     assert rows_all.max() < 5e-2
-    if kernels.cpu_isa() == "avx512":
+    same_order = sums_in_our_order(recipe)
+    if same_order:
         # our kernels follow an AVX-512 llama.cpp build's float order (vec_dot.h,
         # ops.h: its expf), so these agree bit for bit or to ~1e-5, every prompt
         if recipe in BITWISE_ON_AVX512:
             assert rows_all.max() == 0.0
         assert max(errs) <= 1e-3
-    if recipe in ("F32", "F16", "BF16"):
-        # no Q8 step to amplify a flip, but many small ones (f16 probabilities, 11- and
-        # 8-bit activations): few rows are exact, every prompt is close
+    if recipe == "BF16" and not same_order:
+        # bf16 activations keep 8 bits, so in another order a prompt is exact or a flipped
+        # rounding moves it by ~1e-3. Measured (an AVX2 llama.cpp against our AVX2 and
+        # scalar orders, 14 models x 4 prompts): worst prompt 2.3e-3, worst row 3.2e-3,
+        # best of 4 prompts <= 2.3e-4; the median of 4 exceeded 1e-3 on 3 of the 28
+        assert max(errs) <= 5e-3 and min(errs) <= 1e-3
+    elif recipe in ("F32", "F16", "BF16"):
+        # no Q8 step to amplify a flip, but many small ones (f16 probabilities, 11-bit
+        # activations): few rows are exact, every prompt is close
         assert np.median(errs) <= 1e-3
     else:
         assert min(errs) <= 1e-3
