@@ -2,6 +2,7 @@
 #include "llama.h"
 
 #include <stddef.h>
+#include <time.h>
 
 #include "act_quant.h"
 #include "attention.h"
@@ -190,6 +191,104 @@ int realm_llama_lm_head(const realm_llama_dims *d, const float *output_norm, con
         const int64_t n = n_tokens - t0 < s->max_tokens ? n_tokens - t0 : s->max_tokens;
         for (int64_t t = 0; t < n; t++) realm_rmsnorm(x + (t0 + t) * E, output_norm, s->cur + t * E, E, d->rms_eps);
         if (mm(output, s->cur, n, logits + t0 * d->n_vocab, s, n_threads, 0)) return -1;
+    }
+    return 0;
+}
+
+/* ---- long calls in chunks ------------------------------------------------------------ */
+
+void realm_call_cancel(realm_call_control *c) { __atomic_store_n(&c->cancel, 1, __ATOMIC_RELAXED); }
+
+void realm_call_arm(realm_call_control *c, int64_t deadline_ns) {
+    c->deadline_ns = deadline_ns;
+    c->chunks = c->first_grant = c->last_grant = c->max_ahead = 0;
+    __atomic_store_n(&c->cancel, 0, __ATOMIC_RELAXED);
+}
+
+/* the model's lock for one chunk of a call, noted in its control */
+static void take_lock(realm_fair_lock *lock, realm_call_control *c) {
+    uint64_t ahead;
+    const uint64_t ticket = realm_fair_lock_acquire(lock, &ahead);
+    if (!c) return;
+    if (!c->chunks++) c->first_grant = ticket;
+    c->last_grant = ticket;
+    if (ahead > c->max_ahead) c->max_ahead = ahead;
+}
+
+int realm_call_stopped(const realm_call_control *c) {
+    if (!c) return 0;
+    if (__atomic_load_n(&c->cancel, __ATOMIC_RELAXED)) return 1;
+    if (c->deadline_ns > 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        if ((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec >= c->deadline_ns) return 2;
+    }
+    return 0;
+}
+
+static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+/* weight elements of one layer: its matmuls' multiply-adds per token */
+static int64_t layer_weight_elems(const realm_llama_dims *d) {
+    const int64_t E = d->n_embd, q_dim = (int64_t)d->n_head * d->head_dim;
+    const int64_t kv_dim = (int64_t)d->n_head_kv * d->head_dim;
+    return 2 * q_dim * E + 2 * kv_dim * E + 3 * E * (int64_t)d->n_ff;
+}
+
+void realm_llama_chunk_shape(const realm_llama_dims *d, const realm_kv_ring *kv, int64_t max_tokens, int64_t pos,
+                             int64_t n_tokens, int32_t n_layers, int64_t *tokens, int32_t *layers) {
+    const int64_t window = pos + max_tokens < kv->capacity ? pos + max_tokens : kv->capacity;
+    const int64_t attention = REALM_ATTENTION_COST * 2 * (int64_t)d->n_head * d->head_dim * window;
+    const int64_t unit = 1 + attention / layer_weight_elems(d); /* token-layers per token and layer */
+    const int64_t t = clamp64(max_tokens / unit, 1, n_tokens);
+    *tokens = t;
+    *layers = (int32_t)clamp64(max_tokens / (t * unit), 1, n_layers);
+}
+
+int realm_llama_forward_layers(const realm_llama_dims *d, const realm_llama_layer *layers, int32_t first,
+                               int32_t count, realm_kv_ring *kv, int64_t pos, int64_t n_tokens, const float *x,
+                               float *out, realm_llama_scratch *s, int n_threads, realm_fair_lock *lock,
+                               realm_call_control *ctl, int64_t *done) {
+    *done = 0;
+    if (!d || !layers || !kv || !s || !lock || count <= 0 || first < 0 || n_tokens <= 0) return -1;
+    const int64_t E = d->n_embd;
+    for (int64_t t0 = 0, n; t0 < n_tokens; t0 += n) {
+        if (realm_call_stopped(ctl)) return -8;
+        int32_t group;
+        realm_llama_chunk_shape(d, kv, s->max_tokens, pos + t0, n_tokens - t0, count, &n, &group);
+        for (int32_t l0 = first; l0 < first + count; l0 += group) {
+            const int32_t l1 = l0 + group < first + count ? l0 + group : first + count;
+            int rc = 0;
+            take_lock(lock, ctl);
+            for (int32_t l = l0; l < l1 && !rc; l++) {
+                const float *in = l == first ? x + t0 * E : out + t0 * E;
+                rc = realm_llama_layer_forward(d, &layers[l], l, kv, pos + t0, n, in, out + t0 * E, s, n_threads);
+            }
+            realm_fair_lock_release(lock);
+            if (rc) return rc;
+        }
+        *done = t0 + n;
+    }
+    return 0;
+}
+
+int realm_llama_lm_head_chunked(const realm_llama_dims *d, const float *output_norm, const realm_tensor *output,
+                                const float *x, int64_t n_tokens, float *logits, realm_llama_scratch *s,
+                                int n_threads, realm_fair_lock *lock, realm_call_control *ctl,
+                                int64_t *done) {
+    *done = 0;
+    if (!d || !output || !s || !lock || n_tokens <= 0) return -1;
+    const int64_t E = d->n_embd;
+    const int64_t rows = clamp64(s->max_tokens * layer_weight_elems(d) / ((int64_t)d->n_vocab * E), 1, s->max_tokens);
+    for (int64_t t0 = 0, n; t0 < n_tokens; t0 += n) {
+        if (realm_call_stopped(ctl)) return -8;
+        n = n_tokens - t0 < rows ? n_tokens - t0 : rows;
+        take_lock(lock, ctl);
+        const int rc = realm_llama_lm_head(d, output_norm, output, x + t0 * E, n, logits + t0 * d->n_vocab, s,
+                                           n_threads);
+        realm_fair_lock_release(lock);
+        if (rc) return rc;
+        *done = t0 + n;
     }
     return 0;
 }

@@ -10,6 +10,7 @@
 
 #include <stdint.h>
 
+#include "fair_lock.h"
 #include "kv_ring.h"
 
 typedef struct {
@@ -61,5 +62,55 @@ int realm_llama_layer_forward(const realm_llama_dims *d, const realm_llama_layer
 /* Final RMSNorm and output projection: logits f32 [n_tokens][n_vocab]. 0 or -1. */
 int realm_llama_lm_head(const realm_llama_dims *d, const float *output_norm, const realm_tensor *output,
                         const float *x, int64_t n_tokens, float *logits, realm_llama_scratch *s, int n_threads);
+
+/* ---- long calls in chunks --------------------------------------------------------
+ * A guest's one call may carry thousands of tokens. The drivers below run it in chunks,
+ * each under the model's fair lock, so other guests' steps interleave between chunks,
+ * and check the call's control between token chunks. A chunk's work is at most
+ * scratch->max_tokens "token-layers": one token through one layer's matmuls, plus its
+ * attention over a window of W positions counted as REALM_ATTENTION_COST matmul
+ * multiply-adds per attention multiply-add (2 * n_head * head_dim * W of them), since
+ * attention, in f16 and f32 with a softmax, runs that much slower per operation than
+ * the integer dot products; an LM head row counts its weight elements over a layer's. */
+#define REALM_ATTENTION_COST 16
+
+/* A call's stop signals: `cancel` is set from any thread (realm_call_cancel), and
+ * `deadline_ns` is CLOCK_MONOTONIC nanoseconds (0: none). Owned by the guest's host.
+ * The drivers also write what the call's chunks met at the lock, for measurement. */
+typedef struct {
+    int32_t cancel;
+    int64_t deadline_ns;
+    uint64_t chunks;                  /* lock grants the call took */
+    uint64_t first_grant, last_grant; /* their tickets (grant numbers of the model's lock) */
+    uint64_t max_ahead;               /* the most grants queued before one of its chunks */
+} realm_call_control;
+
+void realm_call_cancel(realm_call_control *c);
+void realm_call_arm(realm_call_control *c, int64_t deadline_ns); /* clears cancel and the counts */
+/* 0 (go on), 1 (cancelled) or 2 (past the deadline); c may be NULL (never stops) */
+int realm_call_stopped(const realm_call_control *c);
+
+/* The next chunk of a call at position pos with n_tokens left over n_layers layers:
+ * *tokens tokens through *layers layers at a time. */
+void realm_llama_chunk_shape(const realm_llama_dims *d, const realm_kv_ring *kv, int64_t max_tokens, int64_t pos,
+                             int64_t n_tokens, int32_t n_layers, int64_t *tokens, int32_t *layers);
+
+/* realm_llama_layer_forward for layers first .. first+count-1 (of `layers`, indexed by
+ * layer number) over every token, in chunks under `lock`, tokens outer and layers inner
+ * (as llama.cpp's micro-batches), each token chunk finishing every layer before the
+ * next starts. Between token chunks, a stop of `ctl` ends the call with -8: *done then
+ * says how many tokens every layer in range has taken (the ring holds positions up to
+ * pos + *done - 1 of them; out's rows are unspecified). Other codes as the layer's. */
+int realm_llama_forward_layers(const realm_llama_dims *d, const realm_llama_layer *layers, int32_t first,
+                               int32_t count, realm_kv_ring *kv, int64_t pos, int64_t n_tokens, const float *x,
+                               float *out, realm_llama_scratch *s, int n_threads, realm_fair_lock *lock,
+                               realm_call_control *ctl, int64_t *done);
+
+/* realm_llama_lm_head in chunks of rows under `lock`, checking `ctl` between them
+ * (-8: *done rows were written). */
+int realm_llama_lm_head_chunked(const realm_llama_dims *d, const float *output_norm, const realm_tensor *output,
+                                const float *x, int64_t n_tokens, float *logits, realm_llama_scratch *s,
+                                int n_threads, realm_fair_lock *lock, realm_call_control *ctl,
+                                int64_t *done);
 
 #endif

@@ -9,6 +9,8 @@
 # the raw argument slots (16 bytes each; the i32 result goes back in slot 0). The guest's
 # memory is looked up through the caller on every call (it can grow and move).
 # Python keeps the tables here in step with its own (models granted, KV rings owned).
+# Until the host binds a fully made instance (and again once it unbinds it, before the
+# instance closes) `memory` is NULL and every callback fails with -1.
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport realloc
@@ -34,7 +36,7 @@ cdef struct native_model:
     realm_tensor *token_embd
     const float *output_norm
     realm_llama_scratch *scratch
-    pthread_mutex_t *lock
+    realm_fair_lock *lock
     int n_threads
 
 
@@ -54,6 +56,7 @@ cdef struct native_env:
     int n_models
     native_kv *kvs
     int n_kvs
+    realm_call_control *control  # the running call's stop signals (the guest's CallControl)
     uint64_t calls
     char error[ERROR_BYTES]
     int error_len
@@ -83,6 +86,21 @@ cdef inline void put_result(uint8_t *slots, int32_t r) noexcept nogil:
 cdef int fail(native_env *e, int code, const char *what, const char *why) noexcept nogil:
     e.error_len = snprintf(e.error, ERROR_BYTES, "%s: %s", what, why)
     return code
+
+
+cdef const char *NOT_SET_UP = (b"the guest's instance is not set up yet (an import that touches memory ran "
+                               b"in its start function)")
+
+
+NOT_SET_UP_MESSAGE = (<bytes>NOT_SET_UP).decode()  # host.py's message for the same case
+
+
+cdef inline bint set_up(native_env *e, uint8_t *slots, const char *what) noexcept nogil:
+    """Is an instance bound? If not, the call fails with -1 (host.py's NOT_SET_UP)."""
+    if e.memory != NULL:
+        return True
+    put_result(slots, fail(e, -1, what, NOT_SET_UP))
+    return False
 
 
 cdef guest_mem memory_of(native_env *e, void *caller) noexcept nogil:
@@ -140,6 +158,8 @@ cdef int rows_of(native_env *e, uint64_t length, uint64_t width, const char *wha
 cdef void *cb_forward_embedding(void *env, void *caller, uint8_t *slots, size_t n) noexcept nogil:
     cdef native_env *e = <native_env *>env
     e.calls += 1
+    if not set_up(e, slots, "realm_forward_embedding"):
+        return NULL
     put_result(slots, forward_embedding(e, memory_of(e, caller), arg32(slots, 0), arg32(slots, 1),
                                         arg32(slots, 2), arg32(slots, 3)))
     return NULL
@@ -173,6 +193,8 @@ cdef int32_t forward_embedding(native_env *e, guest_mem m, uint32_t model_id, ui
 cdef void *cb_forward_layer(void *env, void *caller, uint8_t *slots, size_t n) noexcept nogil:
     cdef native_env *e = <native_env *>env
     e.calls += 1
+    if not set_up(e, slots, "realm_forward_layer"):
+        return NULL
     put_result(slots, forward_layers(e, memory_of(e, caller), arg32(slots, 0), arg32(slots, 1), 1, arg32(slots, 2),
                                      arg32(slots, 3), arg32(slots, 4), arg64(slots, 5), arg32(slots, 6),
                                      "realm_forward_layer"))
@@ -182,6 +204,8 @@ cdef void *cb_forward_layer(void *env, void *caller, uint8_t *slots, size_t n) n
 cdef void *cb_forward_layers(void *env, void *caller, uint8_t *slots, size_t n) noexcept nogil:
     cdef native_env *e = <native_env *>env
     e.calls += 1
+    if not set_up(e, slots, "realm_forward_layers"):
+        return NULL
     put_result(slots, forward_layers(e, memory_of(e, caller), arg32(slots, 0), arg32(slots, 1), arg32(slots, 2),
                                      arg32(slots, 3), arg32(slots, 4), arg32(slots, 5), arg64(slots, 6),
                                      arg32(slots, 7), "realm_forward_layers"))
@@ -227,28 +251,32 @@ cdef int32_t forward_layers(native_env *e, guest_mem m, uint32_t model_id, uint3
             e.error_len = snprintf(e.error, ERROR_BYTES, "%s: layer %u: position %u is not the ring's next "
                                    "position %lld", what, layer, position, <long long>ring.n_pos[layer])
             return -5
-    cdef const float *x = <const float *>(m.base + hs_ptr)
-    cdef float *out = <float *>(m.base + out_ptr)
-    pthread_mutex_lock(md.lock)
-    if md.scratch.att_scratch_floats < realm_attention_scratch_floats(ring, md.dims.n_head, md.n_threads):
-        rc = -7  # cannot happen: the scratch is grown when a ring is registered
-    else:
-        for layer in range(first, first + count):
-            rc = realm_llama_layer_forward(md.dims, &md.layers[layer], layer, ring, position, n, x, out,
-                                           md.scratch, md.n_threads)
-            if rc:
-                break
-            x = out
-    pthread_mutex_unlock(md.lock)
+    # the scratch fits the ring: it was reserved for it when the ring was registered
+    cdef int64_t done = 0
+    rc = realm_llama_forward_layers(md.dims, md.layers, first, count, ring, position, n,
+                                    <const float *>(m.base + hs_ptr), <float *>(m.base + out_ptr), md.scratch,
+                                    md.n_threads, md.lock, e.control, &done)
+    if rc == -8:
+        return stopped(e, what, done, n)
     if rc:
         e.error_len = snprintf(e.error, ERROR_BYTES, "%s: the layer kernel failed with code %d", what, rc)
         return rc if -9 <= rc < 0 else -9
     return 0
 
 
+cdef int stopped(native_env *e, const char *what, int64_t done, int64_t total) noexcept nogil:
+    """-8, with CallStopped's message."""
+    e.error_len = snprintf(e.error, ERROR_BYTES, "%s: stopped after %lld of %lld tokens: %s", what,
+                           <long long>done, <long long>total,
+                           "it was cancelled" if realm_call_stopped(e.control) == 1 else "its time limit passed")
+    return -8
+
+
 cdef void *cb_forward_lm_head(void *env, void *caller, uint8_t *slots, size_t n) noexcept nogil:
     cdef native_env *e = <native_env *>env
     e.calls += 1
+    if not set_up(e, slots, "realm_forward_lm_head"):
+        return NULL
     put_result(slots, forward_lm_head(e, memory_of(e, caller), arg32(slots, 0), arg32(slots, 1), arg32(slots, 2),
                                       arg32(slots, 3)))
     return NULL
@@ -271,10 +299,12 @@ cdef int32_t forward_lm_head(native_env *e, guest_mem m, uint32_t model_id, uint
         rc = no_overlap(e, hs_ptr, x_bytes, out_ptr, out_bytes, False, what)
     if rc:
         return rc
-    pthread_mutex_lock(md.lock)
-    rc = realm_llama_lm_head(md.dims, md.output_norm, md.output, <const float *>(m.base + hs_ptr), n,
-                             <float *>(m.base + out_ptr), md.scratch, md.n_threads)
-    pthread_mutex_unlock(md.lock)
+    cdef int64_t done = 0
+    rc = realm_llama_lm_head_chunked(md.dims, md.output_norm, md.output, <const float *>(m.base + hs_ptr), n,
+                                     <float *>(m.base + out_ptr), md.scratch, md.n_threads, md.lock, e.control,
+                                     &done)
+    if rc == -8:
+        return stopped(e, what, done, n)
     return fail(e, -9, what, "the LM head kernel failed") if rc else 0
 
 
@@ -289,6 +319,7 @@ cdef class NativeImports:
     cdef native_env env
     cdef dict runtimes  # model id -> LlamaRuntime (kept alive: env points into them)
     cdef dict rings  # kv id -> KVRing
+    cdef CallControl control  # kept alive: env.control points into it
 
     def __cinit__(self):
         memset(&self.env, 0, sizeof(native_env))
@@ -320,6 +351,19 @@ cdef class NativeImports:
         self.env.caller_context = <caller_context_fn>caller_context
         self.env.memory_data = <memory_data_fn>memory_data
         self.env.memory_size = <memory_size_fn>memory_size
+
+    def set_control(self, CallControl control not None):
+        """The guest's stop signals, checked between the chunks of a long call."""
+        self.control = control
+        self.env.control = control.ptr()
+
+    def unbind_memory(self):
+        """No instance: every callback fails with -1 until the next bind (the memory the
+        old pointers named may be freed)."""
+        self.env.memory = NULL
+        self.env.caller_context = NULL
+        self.env.memory_data = NULL
+        self.env.memory_size = NULL
 
     @property
     def calls(self) -> int:
@@ -392,6 +436,3 @@ cdef class NativeImports:
                 break
         self.rings.pop(kv_id, None)
 
-    def clear_kv(self):
-        self.env.n_kvs = 0
-        self.rings.clear()

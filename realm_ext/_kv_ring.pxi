@@ -72,6 +72,7 @@ cdef class KVRing:
 
     cdef realm_kv_ring *_ring
     cdef object _k, _v  # the numpy storage that _ring borrows
+    cdef object __weakref__  # LlamaRuntime keeps the rings it sized its scratch for weakly
 
     def __cinit__(self, n_layer, capacity, n_head_kv, head_dim):
         dims = {"n_layer": n_layer, "capacity": capacity, "n_head_kv": n_head_kv, "head_dim": head_dim}

@@ -1,14 +1,20 @@
 # The CPU forward pass of a llama model (included by _kernels.pyx, after _kv_ring.pxi).
 from libc.stdlib cimport calloc, free
+from libc.stdint cimport uint64_t
+from libc.string cimport memset
 
 
-cdef extern from "<pthread.h>" nogil:
-    ctypedef struct pthread_mutex_t:
+import weakref
+
+
+cdef extern from "fair_lock.h" nogil:
+    ctypedef struct realm_fair_lock:
         pass
-    int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
-    int pthread_mutex_destroy(pthread_mutex_t *m)
-    int pthread_mutex_lock(pthread_mutex_t *m)
-    int pthread_mutex_unlock(pthread_mutex_t *m)
+    int realm_fair_lock_init(realm_fair_lock *l)
+    void realm_fair_lock_destroy(realm_fair_lock *l)
+    uint64_t realm_fair_lock_acquire(realm_fair_lock *l, uint64_t *ahead)
+    void realm_fair_lock_release(realm_fair_lock *l)
+    uint64_t realm_fair_lock_grants(realm_fair_lock *l)
 
 cdef extern from "ops.h":
     int realm_get_rows(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const int32_t *ids,
@@ -46,6 +52,25 @@ cdef extern from "llama.h":
                             const float *x, int64_t n_tokens, float *logits, realm_llama_scratch *s,
                             int n_threads) nogil
 
+    ctypedef struct realm_call_control:
+        int32_t cancel
+        int64_t deadline_ns
+        uint64_t chunks, first_grant, last_grant, max_ahead
+    void realm_call_cancel(realm_call_control *c) nogil
+    void realm_call_arm(realm_call_control *c, int64_t deadline_ns) nogil
+    int realm_call_stopped(const realm_call_control *c) nogil
+    void realm_llama_chunk_shape(const realm_llama_dims *d, const realm_kv_ring *kv, int64_t max_tokens,
+                                 int64_t pos, int64_t n_tokens, int32_t n_layers, int64_t *tokens,
+                                 int32_t *layers) nogil
+    int realm_llama_forward_layers(const realm_llama_dims *d, const realm_llama_layer *layers, int32_t first,
+                                   int32_t count, realm_kv_ring *kv, int64_t pos, int64_t n_tokens,
+                                   const float *x, float *out, realm_llama_scratch *s, int n_threads,
+                                   realm_fair_lock *lock, realm_call_control *ctl, int64_t *done) nogil
+    int realm_llama_lm_head_chunked(const realm_llama_dims *d, const float *output_norm,
+                                    const realm_tensor *output, const float *x, int64_t n_tokens, float *logits,
+                                    realm_llama_scratch *s, int n_threads, realm_fair_lock *lock,
+                                    realm_call_control *ctl, int64_t *done) nogil
+
 cdef extern from "attention.h":
     int64_t realm_attention_scratch_floats(const realm_kv_ring *kv, int32_t n_head, int n_threads) nogil
 
@@ -56,6 +81,47 @@ class KernelError(RuntimeError):
     def __init__(self, code: int, what: str):
         super().__init__(f"{what} failed with code {code}")
         self.code = code
+
+
+class CallStopped(KernelError):
+    """A chunked call stopped between chunks (code -8): cancelled, or past its deadline.
+    `done`: the tokens (or LM head rows) that every layer finished."""
+
+    def __init__(self, reason: int, done: int, total: int):
+        why = "it was cancelled" if reason == 1 else "its time limit passed"
+        RuntimeError.__init__(self, f"stopped after {done} of {total} tokens: {why}")
+        self.code, self.done = -8, done
+
+
+cdef class CallControl:
+    """One guest's stop signals for its running call (csrc/llama.h's realm_call_control):
+    the host arms it before each call into the guest (clearing `cancel`, setting the
+    deadline), any thread may cancel; the chunked drivers check it between chunks."""
+
+    cdef realm_call_control ctl
+
+    def arm(self, deadline_s=None):
+        """A new call: not cancelled; deadline_s is a time.monotonic() value or None."""
+        realm_call_arm(&self.ctl, 0 if deadline_s is None else max(1, <int64_t>(deadline_s * 1e9)))
+
+    def cancel(self):
+        realm_call_cancel(&self.ctl)
+
+    @property
+    def stopped(self) -> int:
+        """0 (go on), 1 (cancelled) or 2 (past the deadline)."""
+        return realm_call_stopped(&self.ctl)
+
+    @property
+    def chunks(self) -> dict:
+        """What the last call's chunks met at the model's lock: how many it took
+        (`grants`), the first and last grant numbers, and the most grants queued before
+        one of its chunks (`max_ahead`: how many other chunks it waited for)."""
+        c = &self.ctl
+        return {"grants": c.chunks, "first": c.first_grant, "last": c.last_grant, "max_ahead": c.max_ahead}
+
+    cdef realm_call_control *ptr(self):
+        return &self.ctl
 
 
 cdef realm_tensor _tensor(entry, str name) except *:
@@ -80,6 +146,9 @@ cdef realm_tensor _tensor(entry, str name) except *:
     return t
 
 
+SCRATCH_SLACK = 1 << 20  # bytes of attention scratch a closed ring may leave behind
+
+
 cdef class LlamaRuntime:
     """The C view of a loaded llama model for the CPU kernels: borrowed pointers into
     the memory-mapped weights (kept alive by holding the arrays), f32 copies of the
@@ -89,8 +158,10 @@ cdef class LlamaRuntime:
     n_cols); `norms` maps norm names to float32 vectors; `dims` is a dict of
     realm_llama_dims' fields. Built by realm_ext.backends.cpu, not by hand.
 
-    Thread-safe: `lock` (a C mutex, so the host's native imports can take it without
-    the GIL) guards the scratch buffer for every call that uses it."""
+    Thread-safe: `lock` (a C fair lock, csrc/fair_lock.h, so the host's native imports
+    can take it without the GIL) guards the scratch buffer for every call that uses it;
+    long calls take it once per chunk. The scratch's attention part is sized for the
+    largest ring `reserve`d and not yet `release`d (or dropped)."""
 
     cdef realm_llama_dims dims
     cdef realm_llama_layer *layers
@@ -102,11 +173,14 @@ cdef class LlamaRuntime:
     cdef object keep  # the arrays the pointers point into
     cdef object scratch_buf
     cdef int64_t max_tokens
-    cdef pthread_mutex_t lock
+    cdef realm_fair_lock lock
+    cdef object ring_needs  # KVRing -> attention scratch floats it needs (weak keys)
 
     def __cinit__(self):
         self.layers = NULL
-        pthread_mutex_init(&self.lock, NULL)
+        if realm_fair_lock_init(&self.lock):
+            raise MemoryError()
+        self.ring_needs = weakref.WeakKeyDictionary()
 
     def __init__(self, dict dims, int n_layer, dict tensors, dict norms, int max_tokens=64):
         if self.layers != NULL:
@@ -157,11 +231,19 @@ cdef class LlamaRuntime:
 
     def __dealloc__(self):
         free(self.layers)
-        pthread_mutex_destroy(&self.lock)
+        realm_fair_lock_destroy(&self.lock)
 
     cdef void acquire(self):
         with nogil:  # wait without holding the GIL: the holder may need it to finish
-            pthread_mutex_lock(&self.lock)
+            realm_fair_lock_acquire(&self.lock, NULL)
+
+    cdef void release_lock(self):
+        realm_fair_lock_release(&self.lock)
+
+    @property
+    def lock_grants(self) -> int:
+        """How many times the model's lock was taken: once per chunk of every call."""
+        return realm_fair_lock_grants(&self.lock)
 
     cdef int _check_ring(self, KVRing kv) except -1:
         cdef realm_kv_ring *r = kv.ptr()
@@ -177,23 +259,52 @@ cdef class LlamaRuntime:
             raise ValueError("LlamaRuntime is not initialized")
         return 0
 
+    def attention_scratch_bytes(self, int64_t n_ctx, n_threads) -> int:
+        """Bytes of scratch that attention over a ring of n_ctx positions needs."""
+        cdef realm_kv_ring shape  # only the sizes are read
+        memset(&shape, 0, sizeof(shape))
+        shape.n_head_kv, shape.head_dim, shape.capacity = self.dims.n_head_kv, self.dims.head_dim, n_ctx
+        return 4 * realm_attention_scratch_floats(&shape, self.dims.n_head, _threads(n_threads))
+
     def reserve(self, KVRing kv not None, n_threads):
         """Grow the scratch now for attention over kv with n_threads (so calls that
-        cannot allocate, the native imports, find it big enough)."""
+        cannot allocate, the native imports, find it big enough), and keep it so until
+        `release(kv)` or kv is dropped."""
         self._ready()
         cdef int nt = _threads(n_threads)
         self._check_ring(kv)
+        cdef int64_t need = realm_attention_scratch_floats(kv.ptr(), self.dims.n_head, nt)
         self.acquire()
         try:
-            self._ensure_scratch(realm_attention_scratch_floats(kv.ptr(), self.dims.n_head, nt))
+            self._ensure_scratch(need)
+            self.ring_needs[kv] = max(need, self.ring_needs.get(kv, 0))
         finally:
-            pthread_mutex_unlock(&self.lock)
+            self.release_lock()
+
+    def release(self, KVRing kv not None):
+        """kv is closed: when the attention scratch is over twice what the rings still
+        reserved need, and by more than SCRATCH_SLACK bytes, shrink it to that (so a
+        large ring's scratch goes with it, and small rings coming and going cost no
+        reallocation)."""
+        self._ready()
+        self.acquire()
+        try:
+            self.ring_needs.pop(kv, None)
+            need = max(self.ring_needs.values(), default=0)
+            if self.scratch.att_scratch_floats > 2 * need + SCRATCH_SLACK // 4:
+                self._carve_scratch(need)
+        finally:
+            self.release_lock()
 
     cdef int _ensure_scratch(self, int64_t att_floats) except -1:
         """(Re)carve the scratch buffer when attention needs more than it has: this
         allocates only when a ring of a larger capacity (or more threads) shows up."""
         if self.scratch_buf is not None and att_floats <= self.scratch.att_scratch_floats:
             return 0
+        return self._carve_scratch(att_floats)
+
+    cdef int _carve_scratch(self, int64_t att_floats) except -1:
+        """A scratch buffer of exactly what max_tokens and att_floats need (the lock held)."""
         cdef int64_t need = realm_llama_scratch_init(&self.scratch, &self.dims, self.layers, self.n_layer,
                                                      &self.output, self.max_tokens, att_floats, NULL, 0)
         if need < 0:
@@ -207,6 +318,13 @@ cdef class LlamaRuntime:
             raise ValueError("scratch carving failed")
         self.scratch_buf = buf
         return 0
+
+    def chunk_shape(self, KVRing kv not None, int64_t pos, int64_t n_tokens, int32_t n_layers):
+        """(tokens, layers) of the next chunk of a long call at pos (csrc/llama.h)."""
+        cdef int64_t t
+        cdef int32_t g
+        realm_llama_chunk_shape(&self.dims, kv.ptr(), self.max_tokens, pos, n_tokens, n_layers, &t, &g)
+        return t, g
 
     @property
     def scratch_bytes(self) -> int:
@@ -232,51 +350,58 @@ cdef class LlamaRuntime:
     def layer(self, int layer, const float[:, ::1] x, int64_t pos, KVRing kv not None, float[:, ::1] out,
               n_threads):
         """One whole layer on x (n_tokens, n_embd) at positions pos.., into out (may be x)."""
+        self.forward_layers(layer, 1, x, pos, kv, out, n_threads)
+
+    def forward_layers(self, int first, int count, const float[:, ::1] x, int64_t pos, KVRing kv not None,
+                       float[:, ::1] out, n_threads, CallControl control=None):
+        """Layers first .. first+count-1 on x (n_tokens, n_embd) at positions pos.., into
+        out (may be x), in chunks under the lock (csrc/llama.h). With `control`, a stop
+        between chunks raises CallStopped (the ring then holds the tokens it reports)."""
         self._ready()
         cdef int nt = _threads(n_threads)
-        cdef int64_t n = x.shape[0]
+        cdef int64_t n = x.shape[0], done = 0
         if x.shape[1] != self.dims.n_embd or out.shape[0] != n or out.shape[1] != self.dims.n_embd:
             raise ValueError(f"x and out must both be (n_tokens, {self.dims.n_embd})")
-        if layer < 0 or layer >= self.n_layer:
-            raise IndexError(f"layer {layer} outside 0..{self.n_layer - 1}")
+        if count < 1 or first < 0 or first + count > self.n_layer:
+            raise IndexError(f"layers {first}..{first + count - 1} outside 0..{self.n_layer - 1}")
         if pos < 0:
             raise IndexError(f"position {pos} is negative")
         self._check_ring(kv)
         if n == 0:
             return
         cdef realm_kv_ring *ring = kv.ptr()
+        cdef realm_call_control *ctl = NULL if control is None else control.ptr()
         cdef int rc
-        self.acquire()
-        try:
-            self._ensure_scratch(realm_attention_scratch_floats(ring, self.dims.n_head, nt))
-            with nogil:
-                rc = realm_llama_layer_forward(&self.dims, &self.layers[layer], layer, ring, pos, n, &x[0, 0],
-                                               &out[0, 0], &self.scratch, nt)
-        finally:
-            pthread_mutex_unlock(&self.lock)
+        if self.ring_needs.get(kv, -1) < realm_attention_scratch_floats(ring, self.dims.n_head, nt):
+            self.reserve(kv, nt)  # so that no release shrinks the scratch under this call
+        with nogil:
+            rc = realm_llama_forward_layers(&self.dims, self.layers, first, count, ring, pos, n, &x[0, 0],
+                                            &out[0, 0], &self.scratch, nt, &self.lock, ctl, &done)
+        if rc == -8:
+            raise CallStopped(realm_call_stopped(ctl), done, n)
         if rc == -5:
-            raise IndexError(f"layer {layer}, position {pos}: out of range for the KV ring "
-                             f"(next positions {kv.n_pos}, capacity {kv.capacity})")
+            raise IndexError(f"layers {first}..{first + count - 1}, position {pos}: out of range for the KV "
+                             f"ring (next positions {kv.n_pos}, capacity {kv.capacity})")
         if rc:
-            raise KernelError(rc, f"layer {layer}")
+            raise KernelError(rc, f"layers {first}..{first + count - 1}")
 
-    def lm_head(self, const float[:, ::1] x, float[:, ::1] out, n_threads):
-        """Final norm and output projection: out (n_tokens, n_vocab) logits."""
+    def lm_head(self, const float[:, ::1] x, float[:, ::1] out, n_threads, CallControl control=None):
+        """Final norm and output projection: out (n_tokens, n_vocab) logits, in chunks of
+        rows under the lock; a stop of `control` between them raises CallStopped."""
         self._ready()
         cdef int nt = _threads(n_threads)
-        cdef int64_t n = x.shape[0]
+        cdef int64_t n = x.shape[0], done = 0
         if x.shape[1] != self.dims.n_embd or out.shape[0] != n or out.shape[1] != self.dims.n_vocab:
             raise ValueError(f"x must be (n, {self.dims.n_embd}) and out (n, {self.dims.n_vocab})")
         if n == 0:
             return
+        cdef realm_call_control *ctl = NULL if control is None else control.ptr()
         cdef int rc
-        self.acquire()
-        try:
-            with nogil:
-                rc = realm_llama_lm_head(&self.dims, self.output_norm, &self.output, &x[0, 0], n, &out[0, 0],
-                                         &self.scratch, nt)
-        finally:
-            pthread_mutex_unlock(&self.lock)
+        with nogil:
+            rc = realm_llama_lm_head_chunked(&self.dims, self.output_norm, &self.output, &x[0, 0], n, &out[0, 0],
+                                             &self.scratch, nt, &self.lock, ctl, &done)
+        if rc == -8:
+            raise CallStopped(realm_call_stopped(ctl), done, n)
         if rc:
             raise KernelError(rc, "lm_head")
 

@@ -10,7 +10,6 @@ sandboxed WebAssembly instance with its own memory, KV rings and granted models.
 
 from __future__ import annotations
 
-import collections
 import os
 import threading
 import time
@@ -24,12 +23,12 @@ import numpy as np
 from realm_ext import abi
 from realm_ext.backends import make_backend
 from realm_ext.engines import open_instance, resolve_engine
-from realm_ext.engines.base import WASM_PAGE, GuestError, Limits, parse_size
+from realm_ext.engines.base import WASM_PAGE, GuestError, GuestLimitError, Instance, Limits, parse_size
 from realm_ext.host import GrantedModel, GuestImports, GuestState
 from realm_ext.model import Model, load_gguf
+from realm_ext.stream import PieceStream
 
 GUEST_WASM = Path(__file__).parent / "guest" / "realm_guest.wasm"
-WAKE_S = 0.005  # a streaming consumer is woken at most this often (seconds)
 
 
 class RealmError(RuntimeError):
@@ -63,9 +62,8 @@ class Host:
             for g in self._models.values():
                 if g.model is model:
                     return model
-            self._models[self._next_model_id] = GrantedModel(
-                model, threading.Lock(), abi.model_info(model), abi.vocab_blob(model)
-            )
+            info, vocab = abi.model_info(model), abi.vocab_blob(model)
+            self._models[self._next_model_id] = GrantedModel(model, info, vocab)
             self._next_model_id += 1
         self.backend.prepare(model)
         return model
@@ -88,12 +86,10 @@ class Host:
             mid = next((i for i, g in self._models.items() if g.model is model), None)
             if mid is None:
                 raise KeyError(f"{model!r} was not loaded by this host")
-            g = self._models.pop(mid)
+            self._models.pop(mid)
             guests = list(self._guests)
         for guest in guests:  # each waits for its running call
             guest._revoke(mid)
-        with g.lock:  # wait for a running forward step
-            pass
 
     def guest(
         self,
@@ -183,17 +179,45 @@ class Guest:
         self._lock = threading.RLock()
         use_native = native_imports and engine == "wasmtime"
         native = GuestImports.native_for(host.backend, models) if use_native else None
-        self.state = GuestState(models=dict(models), kv_limit=kv_limit, native=native)
+        self.state = GuestState(host.backend, dict(models), kv_limit, native)
         self.imports = GuestImports(host.backend, self.state)
         self.last_stats: GenerateStats | None = None
-        self._instance = None
+        self._instance: Instance | None = None
+        self._closed = "the guest is closed"  # why, once _instance is None
+        self._deadline: float | None = None  # time.monotonic() at which the running call's time is up
         self._runner: ThreadPoolExecutor | None = None  # runs generate()'s guest calls
         self._start()
 
     def _start(self) -> None:
-        imports, native = self.imports.table(), self.state.native
-        self._instance = open_instance(self.engine, self._wasm, imports, self.limits, native)
-        self.imports.memory = self._instance.memory
+        """A fresh instance; the imports serve it only once it is fully made."""
+        inst = open_instance(self.engine, self._wasm, self.imports.table(), self.limits, self.state.native)
+        self.imports.bind(inst)
+        self._instance = inst
+
+    def _drop_instance(self) -> None:
+        """Release the KV rings, unbind the imports, then close the instance."""
+        self.state.free_all_kv()
+        self.imports.unbind()
+        inst, self._instance = self._instance, None
+        if inst is not None:
+            inst.close()
+
+    def _reset(self, cause: GuestError) -> None:
+        """After a trap or a limit: a fresh instance in place of the failed one. When that
+        fails too (say, its start function traps), the guest stays closed, and `cause`,
+        the error the caller sees, says so."""
+        self._drop_instance()
+        try:
+            self._start()
+        except GuestError as e:
+            self._closed = f"the guest is closed: its restart after an error failed: {e}"
+            cause.args = (f"{cause}; the guest could not be restarted ({e}) and is closed",)
+
+    def cancel(self) -> None:
+        """Stop the call running in this guest soon, from any thread: a long forward
+        import returns ERR_CANCELLED at its next chunk, realm_emit refuses the next
+        piece. The next call into the guest is not affected."""
+        self.state.control.cancel()
 
     def _revoke(self, model_id: int) -> None:
         with self._lock:
@@ -206,13 +230,13 @@ class Guest:
         fresh instance) and the error is raised."""
         with self._lock:
             if self._instance is None:
-                raise GuestError("the guest is closed")
+                raise GuestError(self._closed)
+            self._deadline = None if self.limits.time is None else time.monotonic() + self.limits.time
+            self.state.control.arm(self._deadline)  # the long imports stop at it, between chunks
             try:
                 return self._instance.call(name, *args)
-            except GuestError:
-                self.state.free_all_kv()
-                self._instance.close()
-                self._start()
+            except GuestError as e:
+                self._reset(e)
                 raise
 
     # The instance is touched only under the guest's lock: on wasmtime a store is not
@@ -229,7 +253,7 @@ class Guest:
         with self._lock:
             inst = self._instance
             if inst is None:
-                raise GuestError("the guest is closed")
+                raise GuestError(self._closed)
             return inst.run(lambda: fn(inst))
 
     def memory(self) -> np.ndarray:
@@ -348,48 +372,28 @@ class Guest:
         top_k, top_p, min_p, repeat_penalty, repeat_last_n, n_ctx, n_batch, seed,
         add_bos, stop_at_eos, per_layer). Closing the iterator early stops the guest."""
         gp = abi.GenerateParams(**params)  # type: ignore[arg-type]
-        # The guest runs in a worker thread; its pieces wait in `pending`. Waking this
-        # thread costs more than a token of a small model (on a busy machine, far more),
-        # so the worker signals at most every WAKE_S seconds, and at the end.
-        pending: collections.deque = collections.deque()
-        ready, stop = threading.Event(), threading.Event()
-        last_wake = [0.0]
-        done = object()
-
-        def on_emit(piece: str) -> bool:
-            if stop.is_set():
-                return False
-            pending.append(piece)
-            now = time.perf_counter()
-            if now - last_wake[0] >= WAKE_S:
-                last_wake[0] = now
-                ready.set()
-            return True
+        # The guest runs in a worker thread; its pieces wait in a bounded stream, and a
+        # guest that emits faster than this consumer reads waits in realm_emit.
+        stream = PieceStream()
 
         def run() -> None:
             try:
-                self.generate_to(prompt, on_emit, model, gp)
+                self.generate_to(prompt, lambda piece: stream.put(piece, self._deadline), model, gp)
             except BaseException as e:  # handed to the consumer
-                pending.append(e)
-            pending.append(done)
-            ready.set()
+                stream.end(e)
+                return
+            why = f"the consumer did not take the guest's output in its time limit ({self.limits.time} s)"
+            stream.end(GuestLimitError("time", why) if stream.timed_out else None)
 
         if self._runner is None:  # one long-lived thread per guest, not one per call
             self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="realm-guest")
         worker = self._runner.submit(run)
         try:
-            while True:
-                ready.wait()
-                ready.clear()
-                while pending:
-                    item = pending.popleft()
-                    if item is done:
-                        return
-                    if isinstance(item, BaseException):
-                        raise item
-                    yield item
+            while pieces := stream.take():
+                yield from pieces
         finally:
-            stop.set()
+            stream.close()
+            self.cancel()  # a long import in progress stops at its next chunk
             worker.result()
 
     def generate_to(
@@ -432,10 +436,8 @@ class Guest:
     def close(self) -> None:
         """Release the guest's KV rings and its instance."""
         with self._lock:
-            self.state.free_all_kv()
-            if self._instance is not None:
-                self._instance.close()
-                self._instance = None
+            self._drop_instance()
+            self._closed = "the guest is closed"
             if self._runner is not None:
                 self._runner.shutdown(wait=False)
                 self._runner = None

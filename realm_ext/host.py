@@ -14,14 +14,14 @@ returning the guest's memory as a uint8 array) and a backend.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from realm_ext import abi
-from realm_ext._kernels import KernelError, NativeImports
+from realm_ext._kernels import NOT_SET_UP_MESSAGE as NOT_SET_UP
+from realm_ext._kernels import CallControl, KernelError, NativeImports
 from realm_ext.backends import CpuBackend
 from realm_ext.engines.base import ImportSpec
 from realm_ext.model import Model
@@ -31,6 +31,11 @@ log = logging.getLogger("realm_ext.guest")
 U32 = 0xFFFFFFFF
 U64 = 0xFFFFFFFFFFFFFFFF
 MAX_KV_CTX = 1 << 20  # positions per KV ring at most
+MAX_KV_RINGS = 1024  # KV rings one guest may hold at once
+# Host memory per KV ring beyond its K/V and scratch, counted against the guest's
+# kv_limit: the C struct and its per-layer arrays, the KVRing and numpy objects, the
+# tables' entries (tests/test_hostile_lifecycle.py measures it against this bound).
+KV_RING_OVERHEAD = 4096
 MAX_LOG_BYTES = 1 << 16
 
 
@@ -42,11 +47,10 @@ class _Fail(Exception):
 
 @dataclass
 class GrantedModel:
-    """A model as a guest sees it: the host's copy, its lock (the backend's scratch is
-    per model) and the blobs the guest may read."""
+    """A model as a guest sees it: the host's copy and the blobs the guest may read (the
+    backend locks the model's scratch itself, per chunk of a call)."""
 
     model: Model
-    lock: threading.Lock
     info: bytes
     vocab: bytes
 
@@ -60,17 +64,21 @@ class KVEntry:
 
 class GuestState:
     """What one guest owns: granted models (host model id -> model), its KV rings
-    (its own ids, from 1, never reused), its last error, its stream callback. With
-    native imports (CPU backend, wasmtime), the C tables mirror the models and rings,
-    and the last error and the call count live there."""
+    (its own ids, from 1, never reused), its last error, its stream callback, the stop
+    signals of its running call. With native imports (CPU backend, wasmtime), the C
+    tables mirror the models and rings, and the last error and the call count live there."""
 
-    def __init__(self, models: dict[int, GrantedModel], kv_limit: int, native=None):  # noqa: ANN001
+    def __init__(self, backend, models: dict[int, GrantedModel], kv_limit: int, native=None):  # noqa: ANN001
+        self.backend = backend
         self.models = models
-        self.kv_limit = kv_limit  # bytes of KV storage this guest may hold at once
+        self.kv_limit = kv_limit  # bytes of host (or device) memory its KV rings may pin at once
         self.kv: dict[int, KVEntry] = {}
         self.next_kv_id = 1
         self.on_emit: Callable[[str], bool] | None = None  # False back: stop generating
+        self.control = CallControl()
         self.native = native
+        if native is not None:
+            native.set_control(self.control)
         self._calls = 0
         self._last_error = b""
 
@@ -103,31 +111,54 @@ class GuestState:
         return kv_id
 
     def free_kv(self, kv_id: int) -> None:
-        del self.kv[kv_id]
+        e = self.kv.pop(kv_id)
         if self.native is not None:
             self.native.remove_kv(kv_id)
+        self.backend.free_kv(self.models[e.model_id].model, e.ring)
 
     def free_all_kv(self) -> None:
-        self.kv.clear()
-        if self.native is not None:
-            self.native.clear_kv()
+        for kv_id in list(self.kv):
+            self.free_kv(kv_id)
 
     def revoke(self, model_id: int) -> None:
         """The model is gone: forget it and the rings made for it."""
-        self.models.pop(model_id, None)
         for kv_id in [k for k, e in self.kv.items() if e.model_id == model_id]:
             self.free_kv(kv_id)
+        self.models.pop(model_id, None)
         if self.native is not None:
             self.native.remove_model(model_id)
 
 
+
+
+def _no_instance() -> np.ndarray:
+    raise _Fail(abi.ERR_INVALID, NOT_SET_UP)
+
+
 class GuestImports:
-    """The realm_* functions of one guest, bound to a backend and the guest's memory."""
+    """The realm_* functions of one guest, bound to a backend and the guest's memory.
+
+    Until `bind` (and again after `unbind`) there is no instance: every import that
+    touches memory, in Python or in C, returns ERR_INVALID with NOT_SET_UP. The guest
+    binds an instance only once it is fully made (its start function has run), and
+    unbinds it before closing it."""
 
     def __init__(self, backend, state: GuestState):  # noqa: ANN001
         self.backend = backend
         self.state = state
-        self.memory: Callable[[], np.ndarray] = lambda: np.empty(0, np.uint8)
+        self.memory: Callable[[], np.ndarray] = _no_instance
+
+    def bind(self, instance) -> None:  # noqa: ANN001
+        """Serve `instance` (an engine's Instance) from now on."""
+        self.memory = instance.memory
+        if self.state.native is not None:
+            instance.bind_native(self.state.native)
+
+    def unbind(self) -> None:
+        """Back to the no-instance state (before the instance is closed)."""
+        self.memory = _no_instance
+        if self.state.native is not None:
+            self.state.native.unbind_memory()
 
     @staticmethod
     def native_for(backend, models: dict[int, GrantedModel]):  # noqa: ANN001, ANN205
@@ -276,12 +307,14 @@ class GuestImports:
         model = self._model(model_id).model
         if not 1 <= n_ctx <= MAX_KV_CTX:
             raise _Fail(abi.ERR_INVALID, f"n_ctx {n_ctx} is outside 1..{MAX_KV_CTX}")
-        c = model.config
-        nbytes = 2 * 2 * c.n_layer * n_ctx * c.n_head_kv * c.head_dim  # K and V, f16
+        if len(self.state.kv) >= MAX_KV_RINGS:
+            raise _Fail(abi.ERR_NOMEM, f"this guest holds {MAX_KV_RINGS} KV rings, the most it may")
+        nbytes = self.backend.kv_bytes(model, n_ctx) + KV_RING_OVERHEAD
         if self.state.kv_bytes + nbytes > self.state.kv_limit:
             raise _Fail(
                 abi.ERR_NOMEM,
-                f"a {nbytes}-byte KV ring would exceed this guest's KV limit of {self.state.kv_limit} bytes",
+                f"a KV ring pinning {nbytes} bytes would exceed this guest's KV limit of "
+                f"{self.state.kv_limit} bytes ({self.state.kv_bytes} held)",
             )
         return self.state.add_kv(KVEntry(model_id, self.backend.new_kv(model, n_ctx), nbytes))
 
@@ -310,8 +343,7 @@ class GuestImports:
         out = self._array(out_ptr, n_tokens * c.n_embd, np.float32)
         self._no_overlap(ids_ptr, 4 * n_tokens, out_ptr, 4 * out.size, allow_equal=False)
         try:
-            with g.lock:
-                self.backend.forward_embedding(g.model, ids, out)  # checks every id first
+            self.backend.forward_embedding(g.model, ids, out)  # checks every id first
         except IndexError:
             raise _Fail(abi.ERR_INVALID, f"a token id is outside the vocabulary 0..{c.n_vocab - 1}") from None
         return 0
@@ -349,8 +381,8 @@ class GuestImports:
         out = self._array(out_ptr, hs_len, np.float32).reshape(n, c.n_embd)
         self._no_overlap(hs_ptr, 4 * hs_len, out_ptr, 4 * hs_len, allow_equal=True)
         self._check_positions(ring, range(layer_begin, layer_begin + layer_count), position)
-        with g.lock:
-            self.backend.forward_layers(g.model, layer_begin, layer_count, x, position, ring, out)
+        first, count, control = layer_begin, layer_count, self.state.control
+        self.backend.forward_layers(g.model, first, count, x, position, ring, out, control)
         return 0
 
     def forward_lm_head(self, model_id: int, hs_ptr: int, hs_len: int, out_ptr: int) -> int:
@@ -361,8 +393,7 @@ class GuestImports:
         x = self._array(hs_ptr, hs_len, np.float32).reshape(n, c.n_embd)
         out = self._array(out_ptr, n * c.n_vocab, np.float32).reshape(n, c.n_vocab)
         self._no_overlap(hs_ptr, 4 * hs_len, out_ptr, 4 * out.size, allow_equal=False)
-        with g.lock:
-            self.backend.forward_lm_head(g.model, x, out)
+        self.backend.forward_lm_head(g.model, x, out, self.state.control)
         return 0
 
     # -- stream, log, errors ---------------------------------------------------------

@@ -50,7 +50,7 @@ def header_imports() -> dict[str, tuple[str, str]]:
 
 
 def host_imports() -> dict[str, tuple[tuple[str, ...], str]]:
-    state = host_module.GuestState({}, kv_limit=0)
+    state = host_module.GuestState(None, {}, kv_limit=0)
     table = host_module.GuestImports(None, state).table()
     return {name: (params, result) for name, (params, result, _) in table.items()}
 

@@ -30,7 +30,7 @@ import pytest
 from wasm_support import require_engine, wat
 
 from realm_ext import Host, abi
-from realm_ext.host import MAX_KV_CTX, MAX_LOG_BYTES
+from realm_ext.host import KV_RING_OVERHEAD, MAX_KV_CTX, MAX_LOG_BYTES
 from realm_ext.model import load_gguf
 
 SEED = int(os.environ.get("REALM_HOSTILE_SEED", "20261126"))
@@ -105,9 +105,19 @@ class Shadow:
         return self.mem.size
 
 
+N_THREADS = 2  # the hostile test's host runs the kernels on this many threads
+
+
 def ring_bytes(model, n_ctx: int) -> int:  # noqa: ANN001
+    """What a ring pins, as the guest's KV budget counts it: K and V (f16), the attention
+    scratch its model keeps for it (csrc/attention.c: per thread, n_head / n_head_kv
+    rows of n_ctx + head_dim floats and one of head_dim, in 64-byte units), and the
+    host's bookkeeping allowance."""
     c = model.config
-    return 2 * 2 * c.n_layer * n_ctx * c.n_head_kv * c.head_dim  # K and V, f16
+    storage = 2 * 2 * c.n_layer * n_ctx * c.n_head_kv * c.head_dim
+    group = c.n_head // c.n_head_kv
+    scratch = 4 * N_THREADS * ((group * (n_ctx + c.head_dim) + c.head_dim + 15) // 16 * 16)
+    return storage + scratch + KV_RING_OVERHEAD
 
 
 def span_code(sh: Shadow, ptr: int, nbytes: int, aligned: bool = True) -> int:
@@ -548,7 +558,7 @@ def test_hostile_guest(models, engine_name, native, guest_log) -> None:  # noqa:
     print(f"hostile guest: seed {seed}, {N_CALLS} calls, {engine_name}, native imports {native}")
     rng = np.random.default_rng(seed)
     a, b, f16 = models
-    with Host(device="cpu") as host:
+    with Host(device="cpu", n_threads=N_THREADS) as host:
         for m in models:
             host.load(m)
         ids = {m: host.model_id(m) for m in models}

@@ -27,6 +27,7 @@ from realm_ext import _kernels
 from realm_ext.model import LAYER_TENSORS, Model
 
 KVRing = _kernels.KVRing
+CallControl = _kernels.CallControl
 
 
 def _as_rows(a: np.ndarray, width: int, name: str) -> np.ndarray:
@@ -140,9 +141,23 @@ class CpuBackend:
         return _kernels.LlamaRuntime(dims, n_layer, tensors, norms, self.max_batch)
 
     def new_kv(self, model: Model, n_ctx: int) -> KVRing:
-        """A KV ring of n_ctx positions for every layer of the model (f16, host memory)."""
+        """A KV ring of n_ctx positions for every layer of the model (f16, host memory),
+        with the model's scratch grown for attention over it (until free_kv)."""
         c = model.config
-        return KVRing(c.n_layer, n_ctx, c.n_head_kv, c.head_dim)
+        ring = KVRing(c.n_layer, n_ctx, c.n_head_kv, c.head_dim)
+        self.prepare(model).reserve(ring, self.n_threads)
+        return ring
+
+    def free_kv(self, model: Model, kv: KVRing) -> None:
+        """kv is closed: the model's scratch shrinks to what its other rings need."""
+        self.prepare(model).release(kv)
+
+    def kv_bytes(self, model: Model, n_ctx: int) -> int:
+        """Host memory a ring of n_ctx positions pins: its K and V, and the attention
+        scratch the model keeps for it while it lives."""
+        c = model.config
+        storage = 2 * 2 * c.n_layer * n_ctx * c.n_head_kv * c.head_dim  # K and V, f16
+        return storage + self.prepare(model).attention_scratch_bytes(n_ctx, self.n_threads)
 
     # -- the forward steps -------------------------------------------------------------
 
@@ -169,19 +184,22 @@ class CpuBackend:
         position: int,
         kv: KVRing,
         out: np.ndarray,
+        control: CallControl | None = None,
     ) -> None:
-        """forward_layer for layers layer_begin .. layer_begin+layer_count-1, in order."""
+        """forward_layer for layers layer_begin .. layer_begin+layer_count-1, in order, in
+        chunks (csrc/llama.h); a stop of `control` between chunks raises CallStopped."""
         e = model.config.n_embd
-        rt = self.prepare(model)
         xs, os_ = _as_rows(x, e, "x"), _as_rows(out, e, "out")
-        for i in range(layer_begin, layer_begin + layer_count):
-            rt.layer(i, xs, position, kv, os_, self.n_threads)
-            xs = os_
+        rt = self.prepare(model)
+        rt.forward_layers(layer_begin, layer_count, xs, position, kv, os_, self.n_threads, control)
 
-    def forward_lm_head(self, model: Model, x: np.ndarray, out: np.ndarray) -> None:
-        """out (n_tokens, n_vocab) = logits of the final norm of x."""
+    def forward_lm_head(
+        self, model: Model, x: np.ndarray, out: np.ndarray, control: CallControl | None = None
+    ) -> None:
+        """out (n_tokens, n_vocab) = logits of the final norm of x (in chunks of rows)."""
+        c = model.config
         self.prepare(model).lm_head(
-            _as_rows(x, model.config.n_embd, "x"), _as_rows(out, model.config.n_vocab, "out"), self.n_threads
+            _as_rows(x, c.n_embd, "x"), _as_rows(out, c.n_vocab, "out"), self.n_threads, control
         )
 
     # -- convenience -------------------------------------------------------------------
@@ -192,11 +210,15 @@ class CpuBackend:
         """Logits (n_tokens, n_vocab) of tokens at positions position.. through every
         layer, appending to kv (a fresh ring of n_ctx_train positions when None)."""
         c = model.config
-        kv = kv if kv is not None else self.new_kv(model, c.n_ctx_train)
+        ring = kv if kv is not None else self.new_kv(model, c.n_ctx_train)
         tokens = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
         x = np.empty((tokens.size, c.n_embd), np.float32)
-        self.forward_embedding(model, tokens, x)
-        self.forward_layers(model, 0, c.n_layer, x, position, kv, x)
-        logits = np.empty((tokens.size, c.n_vocab), np.float32)
-        self.forward_lm_head(model, x, logits)
+        try:
+            self.forward_embedding(model, tokens, x)
+            self.forward_layers(model, 0, c.n_layer, x, position, ring, x)
+            logits = np.empty((tokens.size, c.n_vocab), np.float32)
+            self.forward_lm_head(model, x, logits)
+        finally:
+            if kv is None:
+                self.free_kv(model, ring)
         return logits

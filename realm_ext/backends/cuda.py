@@ -36,6 +36,7 @@ import cupy
 import cupyx
 import numpy as np
 
+from realm_ext._kernels import CallControl, CallStopped
 from realm_ext.backends.cpu import CpuBackend, _as_rows, token_ids_int32
 from realm_ext.backends.cuda_matmul import DeviceWeight, activation_scratch_bytes, get_rows, matmul
 from realm_ext.backends.cuda_source import load_module
@@ -384,6 +385,15 @@ class CudaBackend:
         c = model.config
         return DeviceKVRing(c.n_layer, n_ctx, c.n_head_kv, c.head_dim)
 
+    def free_kv(self, model: Model, kv: DeviceKVRing) -> None:
+        """Nothing to do: the ring's device memory goes with the ring."""
+
+    def kv_bytes(self, model: Model, n_ctx: int) -> int:
+        """Device memory a ring of n_ctx positions pins: its K and V (the attention
+        scratch is sized by max_batch, not by rings)."""
+        c = model.config
+        return 2 * 2 * c.n_layer * n_ctx * c.n_head_kv * c.head_dim  # K and V, f16
+
     # -- the forward steps -------------------------------------------------------------
 
     def forward_embedding(self, model: Model, token_ids: np.ndarray, out: np.ndarray) -> None:
@@ -417,9 +427,12 @@ class CudaBackend:
         position: int,
         kv: DeviceKVRing,
         out: np.ndarray,
+        control: CallControl | None = None,
     ) -> None:
         """forward_layer for layers layer_begin .. layer_begin+layer_count-1, in order,
-        with the hidden states kept on the device in between."""
+        with the hidden states kept on the device in between; chunks of max_batch tokens
+        take the lock one at a time, and a stop of `control` between them raises
+        CallStopped."""
         c = model.config
         rt = self.prepare(model)
         xs, outs = _as_rows(x, c.n_embd, "x"), _as_rows(out, c.n_embd, "out")
@@ -442,9 +455,11 @@ class CudaBackend:
         n_total = xs.shape[0]
         if not layers or n_total == 0:
             return
-        with rt.lock, rt.stream:
-            t0 = 0
-            while t0 < n_total:
+        t0 = 0
+        while t0 < n_total:
+            if control is not None and control.stopped:
+                raise CallStopped(control.stopped, t0, n_total)
+            with rt.lock, rt.stream:
                 p = position + t0
                 # A chunk appends all its K/V before attending, so it must not overwrite a
                 # slot its own first token attends to: within capacity before the ring
@@ -465,16 +480,21 @@ class CudaBackend:
                 rt.x[:n].get(rt.stream, out=outs[t0 : t0 + n])  # waits for the stream
                 t0 += n
 
-    def forward_lm_head(self, model: Model, x: np.ndarray, out: np.ndarray) -> None:
-        """out (n_tokens, n_vocab) = logits of the final norm of x."""
+    def forward_lm_head(
+        self, model: Model, x: np.ndarray, out: np.ndarray, control: CallControl | None = None
+    ) -> None:
+        """out (n_tokens, n_vocab) = logits of the final norm of x, a chunk of rows at a
+        time under the lock; a stop of `control` between chunks raises CallStopped."""
         c = model.config
         rt = self.prepare(model)
         xs, outs = _as_rows(x, c.n_embd, "x"), _as_rows(out, c.n_vocab, "out")
         if xs.shape[0] != outs.shape[0]:
             raise ValueError(f"x must be (n, {c.n_embd}) and out (n, {c.n_vocab})")
         rows = rt.logits.shape[0]
-        with rt.lock, rt.stream:
-            for t0 in range(0, xs.shape[0], rows):
+        for t0 in range(0, xs.shape[0], rows):
+            if control is not None and control.stopped:
+                raise CallStopped(control.stopped, t0, xs.shape[0])
+            with rt.lock, rt.stream:
                 n = min(xs.shape[0] - t0, rows)
                 rt.x[:n].set(xs[t0 : t0 + n], rt.stream)
                 rt.k.rmsnorm(

@@ -62,7 +62,8 @@ def open_instance(
     """A new instance of wasm with imports bound. native (optional, wasmtime only): C
     implementations of some imports, an object with `functions` (import name -> address
     of a wasmtime unchecked callback), `env_address` (their env pointer) and
-    `bind_wasmtime_memory(memory, caller_context, memory_data, memory_size)`."""
+    `bind_wasmtime_memory(memory, caller_context, memory_data, memory_size)`, which the
+    instance's `bind_native` calls once the host binds it."""
     engine = resolve_engine(name)
     if engine == "wasmtime":
         return _load(engine)(wasm, imports, limits, native)

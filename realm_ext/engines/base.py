@@ -81,6 +81,10 @@ class Instance(Protocol):
 
     def exports(self) -> set[str]: ...
 
+    def bind_native(self, native: object) -> None:
+        """Serve the C imports (wasmtime) from this instance's memory."""
+        ...
+
     def run(self, fn: Callable[[], object]) -> object:
         """fn() where the instance may be touched (wasmer: its own thread)."""
         ...

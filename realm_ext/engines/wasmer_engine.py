@@ -76,6 +76,9 @@ class WasmerInstance:
     def exports(self) -> set[str]:
         return self._exports
 
+    def bind_native(self, native) -> None:  # noqa: ANN001
+        raise GuestError("the wasmer engine has no native imports")
+
     def call(self, name: str, *args: int) -> int:
         return self.run(lambda: self._box[0].call(name, *args))
 

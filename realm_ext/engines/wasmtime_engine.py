@@ -210,8 +210,6 @@ class WasmtimeInstance:
                 raise GuestError("the guest neither imports env.memory nor exports 'memory'")
             self._memory = mem
         self._memory_addr = ctypes.addressof(self._memory._memory)  # the wasmtime_memory_t
-        if native is not None:
-            native.bind_wasmtime_memory(self._memory_addr, *(ctypes.cast(f, _P).value for f in _MEMORY_API))
         self._view_key: tuple[int, int] = (0, 0)
         self._view = np.empty(0, np.uint8)
 
@@ -235,6 +233,11 @@ class WasmtimeInstance:
 
     def exports(self) -> set[str]:
         return set(self._exports)
+
+    def bind_native(self, native) -> None:  # noqa: ANN001
+        """Point the C imports at this instance's memory (once it is fully made; the host
+        unbinds them before close)."""
+        native.bind_wasmtime_memory(self._memory_addr, *(ctypes.cast(f, _P).value for f in _MEMORY_API))
 
     def run(self, fn):  # noqa: ANN001, ANN201
         """fn() (any thread may use a wasmtime store, one at a time)."""
