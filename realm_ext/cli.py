@@ -1,4 +1,4 @@
-"""The `realm-ext` command: generate, tokenize, make-model, quantize, inspect."""
+"""The `realm-ext` command: generate, tokenize, make-model, quantize, inspect, pull."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from realm_ext import abi
+from realm_ext import pull as pull_mod
 from realm_ext._kernels import MAX_THREADS
 from realm_ext.api import Guest, Host, RealmError
 from realm_ext.engines.base import WASM_PAGE, GuestError, GuestLimitError, parse_size
@@ -195,6 +196,25 @@ def inspect_cmd(model_path: Path, as_json: bool) -> None:
     click.echo(
         f"\ntotal tensor data {_human_bytes(info['tensor_bytes'])}, file {_human_bytes(info['file_bytes'])}"
     )
+
+
+@main.command("pull")
+@click.argument("name", type=click.Choice(list(pull_mod.MODELS)), default=pull_mod.DEFAULT)
+@click.option("--list", "list_", is_flag=True, help="List the models it can fetch and exit.")
+@click.option("--verify", is_flag=True, help="Check a cached file's sha256 too (else its size).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def pull_cmd(name: str, list_: bool, verify: bool, quiet: bool) -> None:
+    """Fetch a real GGUF model (default: smollm2) into the user cache; print its path."""
+    if list_:
+        for m in pull_mod.MODELS.values():
+            cached = "  (cached)" if pull_mod.model_path(m.name) else ""
+            click.echo(f"{m.name:<12} {_human_bytes(m.size):>10}  {m.license:<18}  {m.title}{cached}")
+        return
+    try:
+        path = pull_mod.pull(name, progress=not quiet, verify=verify, log=_warn)
+    except pull_mod.PullError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(path)
 
 
 # ---- running guests -------------------------------------------------------------------
