@@ -19,7 +19,7 @@ static int dims_ok(const realm_llama_dims *d) {
     return d->n_embd > 0 && d->n_head > 0 && d->n_head_kv > 0 && d->n_head % d->n_head_kv == 0 &&
            d->head_dim > 0 && d->head_dim % 2 == 0 && d->rope_dim > 0 && d->rope_dim % 2 == 0 &&
            d->rope_dim <= d->head_dim && d->rope_dim <= REALM_ROPE_MAX_DIM && d->n_ff > 0 && d->n_vocab > 0 &&
-           d->rms_eps > 0 && d->rope_base > 0;
+           d->rms_eps > 0 && d->rope_base > 0 && d->rope_freq_scale > 0;
 }
 
 int realm_llama_check_layer(const realm_llama_dims *d, const realm_llama_layer *L) {
@@ -113,8 +113,11 @@ static void rope_rows(void *ctx, int64_t t0, int64_t t1, int thread) {
     const int64_t q_dim = (int64_t)d->n_head * d->head_dim, kv_dim = (int64_t)d->n_head_kv * d->head_dim;
     (void)thread;
     for (int64_t t = t0; t < t1; t++) {
-        realm_rope(j->s->q + t * q_dim, d->n_head, d->head_dim, d->rope_dim, j->pos + t, d->rope_base);
-        realm_rope(j->s->k + t * kv_dim, d->n_head_kv, d->head_dim, d->rope_dim, j->pos + t, d->rope_base);
+        const int64_t p = j->pos + t;
+        realm_rope(j->s->q + t * q_dim, d->n_head, d->head_dim, d->rope_dim, p, d->rope_base, d->rope_freq_scale,
+                   d->rope_freqs);
+        realm_rope(j->s->k + t * kv_dim, d->n_head_kv, d->head_dim, d->rope_dim, p, d->rope_base,
+                   d->rope_freq_scale, d->rope_freqs);
     }
 }
 

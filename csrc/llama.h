@@ -23,6 +23,8 @@ typedef struct {
 typedef struct {
     int32_t n_embd, n_head, n_head_kv, head_dim, n_ff, rope_dim, n_vocab;
     float rms_eps, rope_base;
+    float rope_freq_scale;    /* 1 / linear scaling factor; 1 for none */
+    const float *rope_freqs;  /* rope_dim / 2 per-pair divisors of the angle, or NULL; borrowed */
 } realm_llama_dims;
 
 typedef struct {

@@ -14,15 +14,18 @@ void realm_rmsnorm(const float *x, const float *w, float *out, int64_t n, float 
     for (int64_t i = 0; i < n; i++) out[i] = (x[i] * scale) * w[i];
 }
 
-void realm_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, int64_t pos, float base) {
+void realm_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, int64_t pos, float base,
+                float freq_scale, const float *freq_factors) {
     /* the cos/sin cache of one position, shared by every head */
     float cs[REALM_ROPE_MAX_DIM];
     if (rope_dim > REALM_ROPE_MAX_DIM) rope_dim = REALM_ROPE_MAX_DIM; /* callers validate */
     const float theta_scale = powf(base, -2.0f / (float)rope_dim);
     float theta = (float)pos;
     for (int64_t i = 0; i < rope_dim; i += 2) {
-        cs[i] = cosf(theta);
-        cs[i + 1] = sinf(theta);
+        const float ff = freq_factors ? freq_factors[i / 2] : 1.0f;
+        const float angle = freq_scale * (theta / ff);
+        cs[i] = cosf(angle);
+        cs[i + 1] = sinf(angle);
         theta *= theta_scale;
     }
     for (int64_t h = 0; h < n_heads; h++) {

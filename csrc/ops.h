@@ -12,10 +12,13 @@ void realm_rmsnorm(const float *x, const float *w, float *out, int64_t n, float 
 #define REALM_ROPE_MAX_DIM 1024
 
 /* RoPE on adjacent pairs (x[2i], x[2i+1]) of each of n_heads heads (head_dim apart),
- * for i < rope_dim / 2, at absolute position pos: the angles are pos * base^(-2i/rope_dim)
- * built as ggml's rope cache does (theta *= powf(base, -2/rope_dim) per pair, in f32).
- * rope_dim <= REALM_ROPE_MAX_DIM. */
-void realm_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, int64_t pos, float base);
+ * for i < rope_dim / 2, at absolute position pos, as ggml's rope cache builds the angles
+ * in f32: theta_i = pos * theta_scale^i by repeated multiplication (theta_scale =
+ * powf(base, -2/rope_dim)), then angle_i = freq_scale * (theta_i / freq_factors[i]).
+ * freq_factors: rope_dim / 2 floats (a model's rope_freqs), or NULL for all 1;
+ * freq_scale: 1 / the linear scaling factor (1 for none). rope_dim <= REALM_ROPE_MAX_DIM. */
+void realm_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, int64_t pos, float base,
+                float freq_scale, const float *freq_factors);
 
 /* out = silu(gate) * up, silu(g) = g / (1 + exp(-g)). */
 void realm_swiglu(const float *gate, const float *up, float *out, int64_t n);

@@ -30,6 +30,8 @@ cdef extern from "llama.h":
     ctypedef struct realm_llama_dims:
         int32_t n_embd, n_head, n_head_kv, head_dim, n_ff, rope_dim, n_vocab
         float rms_eps, rope_base
+        float rope_freq_scale
+        const float *rope_freqs
 
     ctypedef struct realm_llama_layer:
         const float *attn_norm
@@ -190,9 +192,15 @@ cdef class LlamaRuntime:
         d.n_embd, d.n_head, d.n_head_kv = dims["n_embd"], dims["n_head"], dims["n_head_kv"]
         d.head_dim, d.n_ff, d.rope_dim, d.n_vocab = dims["head_dim"], dims["n_ff"], dims["rope_dim"], dims["n_vocab"]
         d.rms_eps, d.rope_base = dims["rms_eps"], dims["rope_freq_base"]
+        d.rope_freq_scale = dims.get("rope_freq_scale", 1.0)
+        freqs = _rope_freqs(dims.get("rope_freqs"), d.rope_dim)
+        cdef const float[::1] fv
+        if freqs is not None:
+            fv = freqs
+            d.rope_freqs = &fv[0]
         self.n_layer = n_layer
         self.max_tokens = max_tokens
-        self.keep = [tensors, norms]
+        self.keep = [tensors, norms, freqs]
         if n_layer < 0:
             raise ValueError(f"n_layer must be >= 0, got {n_layer}")
         self.layers = <realm_llama_layer *>calloc(max(n_layer, 1), sizeof(realm_llama_layer))
@@ -408,7 +416,8 @@ cdef class LlamaRuntime:
 
 cdef extern from "ops.h":
     void realm_rmsnorm(const float *x, const float *w, float *out, int64_t n, float eps) nogil
-    void realm_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, int64_t pos, float base) nogil
+    void realm_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, int64_t pos, float base,
+                    float freq_scale, const float *freq_factors) nogil
     void realm_swiglu(const float *gate, const float *up, float *out, int64_t n) nogil
     float realm_expf_ggml(float x) nogil
     int REALM_ROPE_MAX_DIM
@@ -440,17 +449,38 @@ def rmsnorm(const float[:, ::1] x, const float[::1] w, float eps, float[:, ::1] 
     return np.asarray(out)
 
 
-def rope(float[:, :, ::1] x, const int64_t[::1] positions, int rope_dim, float base):
+def _rope_freqs(freqs, int rope_dim):
+    """freqs (None, or rope_dim / 2 positive finite float32 divisors) checked; None or the array."""
+    if freqs is None:
+        return None
+    if not isinstance(freqs, np.ndarray) or freqs.dtype != np.float32 or freqs.shape != (rope_dim // 2,):
+        raise ValueError(f"rope_freqs must be a float32 array of rope_dim / 2 = {rope_dim // 2} values")
+    if not np.all(np.isfinite(freqs) & (freqs > 0)):
+        raise ValueError("rope_freqs must be positive and finite")
+    return np.ascontiguousarray(freqs)
+
+
+def rope(float[:, :, ::1] x, const int64_t[::1] positions, int rope_dim, float base, float freq_scale=1.0,
+         freq_factors=None):
     """RoPE in place on x (n_tokens, n_heads, head_dim): adjacent pairs of the first
-    rope_dim dims of each head, token t at positions[t]."""
+    rope_dim dims of each head, token t at positions[t]; the angle of pair i is
+    freq_scale * (theta_i / freq_factors[i]) (ops.h)."""
     cdef int64_t n = x.shape[0], h = x.shape[1], hd = x.shape[2], t
     if positions.shape[0] != n:
         raise ValueError(f"{positions.shape[0]} positions for {n} tokens")
     if rope_dim <= 0 or rope_dim % 2 or rope_dim > hd or rope_dim > REALM_ROPE_MAX_DIM:
         raise ValueError(f"rope_dim {rope_dim} must be even and at most head_dim {hd}")
+    if not freq_scale > 0:
+        raise ValueError(f"freq_scale {freq_scale} must be > 0")
+    ff = _rope_freqs(freq_factors, rope_dim)
+    cdef const float[::1] fv
+    cdef const float *fp = NULL
+    if ff is not None:
+        fv = ff
+        fp = &fv[0]
     with nogil:
         for t in range(n):
-            realm_rope(&x[t, 0, 0], h, hd, rope_dim, positions[t], base)
+            realm_rope(&x[t, 0, 0], h, hd, rope_dim, positions[t], base, freq_scale, fp)
     return np.asarray(x)
 
 

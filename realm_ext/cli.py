@@ -20,7 +20,7 @@ from realm_ext.api import Guest, Host, RealmError
 from realm_ext.engines.base import WASM_PAGE, GuestError, GuestLimitError, parse_size
 from realm_ext.host import log as guest_log
 from realm_ext.model import GGUFError, Model, load_gguf
-from realm_ext.model_maker import PRESETS, make_model
+from realm_ext.model_maker import PRESETS, llama3_rope_freqs, make_model
 from realm_ext.quantizer import RECIPES, quantize_model
 
 _TYPE_CHOICE = click.Choice(RECIPES, case_sensitive=False)
@@ -81,11 +81,41 @@ def main() -> None:
     is_flag=True,
     help="Random valid quantized blocks instead of encoded values (fast; for speed tests).",
 )
+@click.option(
+    "--rope-freqs",
+    type=click.Choice(["llama3"]),
+    help="Write a rope_freqs tensor: Llama 3.1's (factor 8, low 1, high 4).",
+)
+@click.option(
+    "--rope-orig-ctx",
+    type=click.IntRange(min=1),
+    default=8192,
+    show_default=True,
+    help="The original context --rope-freqs llama3 assumes.",
+)
+@click.option(
+    "--rope-scale-linear",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Linear RoPE scaling: every angle divided by this factor.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def make_model_cmd(
-    out: Path, preset: str, type_: str, seed: int, tied: bool, random_blocks: bool, quiet: bool
+    out: Path,
+    preset: str,
+    type_: str,
+    seed: int,
+    tied: bool,
+    random_blocks: bool,
+    rope_freqs: str | None,
+    rope_orig_ctx: int,
+    rope_scale_linear: float | None,
+    quiet: bool,
 ) -> None:
     """Write a llama GGUF with deterministic random weights and an SPM vocabulary."""
+    freqs = None
+    if rope_freqs == "llama3":
+        c = PRESETS[preset].config
+        freqs = llama3_rope_freqs(c.rope_dim, c.rope_freq_base, original_context=rope_orig_ctx)
     with _writing(out):
         path = make_model(
             out,
@@ -96,6 +126,8 @@ def make_model_cmd(
             progress=not quiet,
             log=_warn,
             random_blocks=random_blocks,
+            rope_freqs=freqs,
+            rope_scale_linear=rope_scale_linear,
         )
     if not quiet:
         click.echo(f"wrote {path} ({_human_bytes(path.stat().st_size)})")

@@ -26,6 +26,7 @@ import numpy as np
 from realm_ext import quant
 
 ARCH = "llama"
+ROPE_FREQS = "rope_freqs.weight"
 
 
 class _NamedIntEnum(enum.IntEnum):
@@ -215,6 +216,7 @@ class LlamaConfig:
 
     rms_eps and rope_freq_base are stored in the file as f32 (and used so by llama.cpp):
     a model made with eps 1e-5 loads with float(np.float32(1e-5)) = 9.99999974738e-06.
+    rope_freq_factors comes from the `rope_freqs.weight` tensor, not a key (f32 values).
     """
 
     n_vocab: int
@@ -228,6 +230,15 @@ class LlamaConfig:
     rms_eps: float
     rope_freq_base: float
     rope_dim: int
+    # linear RoPE scaling (`llama.rope.scaling.factor`, type "linear"): angles / factor; 1 = none
+    rope_scale_linear: float = 1.0
+    # the `rope_freqs.weight` tensor (Llama 3.1/3.2): rope_dim / 2 divisors of pair i's angle
+    rope_freq_factors: tuple[float, ...] | None = None
+
+    @property
+    def rope_freq_scale(self) -> float:
+        """What multiplies every angle: 1 / the linear factor in f32, as llama.cpp takes it."""
+        return float(np.float32(1.0) / np.float32(self.rope_scale_linear))
 
 
 @dataclass(frozen=True)
@@ -486,7 +497,53 @@ def _config(path: Path, md: dict[str, Any], n_tokens: int) -> LlamaConfig:
         rms_eps=eps,
         rope_freq_base=base,
         rope_dim=rope_dim,
+        rope_scale_linear=_rope_scaling(path, md),
     )
+
+
+ROPE_SCALING_TYPES = ("none", "linear")
+
+
+def _rope_scaling(path: Path, md: dict[str, Any]) -> float:
+    """The linear RoPE factor llama.cpp applies (1.0 for none), from `llama.rope.scaling.type`
+    (absent means "linear"), `llama.rope.scaling.factor` or else the older
+    `llama.rope.scale_linear` (absent means 1); type "none" ignores the factor. A factor
+    that is not > 0 is refused (llama.cpp would take 0 as none and a negative as is)."""
+    kind = _get(path, md, f"{ARCH}.rope.scaling.type", str, "linear")
+    if kind not in ROPE_SCALING_TYPES:
+        raise GGUFError(
+            f"{path}: key '{ARCH}.rope.scaling.type' is {kind!r}: not supported (supported: 'none', 'linear')"
+        )
+    attn = _get(path, md, f"{ARCH}.rope.scaling.attn_factor", float, 1.0)
+    if attn != 1.0:
+        raise GGUFError(f"{path}: key '{ARCH}.rope.scaling.attn_factor' is {attn}: only 1.0 is supported")
+    key = f"{ARCH}.rope.scaling.factor"
+    if key not in md:
+        key = f"{ARCH}.rope.scale_linear"
+    factor = _get(path, md, key, float, None)
+    if factor is None or kind == "none":
+        return 1.0
+    if not (factor > 0.0 and np.isfinite(factor)):
+        raise GGUFError(f"{path}: key {key!r} is {factor}: the RoPE scaling factor must be > 0")
+    return factor
+
+
+def _rope_freqs(path: Path, tensors: dict[str, Tensor], cfg: LlamaConfig) -> tuple[float, ...] | None:
+    """The `rope_freqs.weight` divisors: f32, exactly rope_dim / 2 positive finite values."""
+    t = tensors.get(ROPE_FREQS)
+    if t is None:
+        return None
+    want = (cfg.rope_dim // 2,)
+    if t.type != GGMLType.F32 or t.shape != want:
+        raise GGUFError(
+            f"{path}: tensor {ROPE_FREQS!r} is {t.type.name} of shape {t.shape}, expected F32 of shape {want}"
+        )
+    vals = t.dequantize().reshape(-1)
+    bad = ~(np.isfinite(vals) & (vals > 0))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise GGUFError(f"{path}: tensor {ROPE_FREQS!r} has value {vals[i]} at {i}: factors must be > 0")
+    return tuple(float(v) for v in vals)
 
 
 def _tokenizer(path: Path, md: dict[str, Any]) -> TokenizerData:
@@ -600,4 +657,5 @@ def load_gguf(path: str | os.PathLike[str]) -> Model:
     tokenizer = _tokenizer(path, md)
     config = _config(path, md, len(tokenizer.tokens))
     tensors = _tensors(path, reader, config)
+    config = replace(config, rope_freq_factors=_rope_freqs(path, tensors, config))
     return Model(path, reader, md, config, tokenizer, tensors)

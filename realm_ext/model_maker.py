@@ -9,17 +9,18 @@ one tensor in memory.
 
 from __future__ import annotations
 
+import math
 import os
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gguf
 import numpy as np
 
 from realm_ext import quant
-from realm_ext.model import LlamaConfig, expected_shapes
+from realm_ext.model import ROPE_FREQS, LlamaConfig, expected_shapes
 from realm_ext.quantizer import recipe_file_type, tensor_type_for, write_gguf
 
 WEIGHT_STD = 0.02  # std of every matrix
@@ -58,6 +59,39 @@ PRESETS: dict[str, Preset] = {
     # exactly TinyLlama-1.1B's shape
     "tinyllama": Preset(_cfg(32000, 2048, 2048, 22, 32, 4, 5632), "TinyLlama-1.1B's shape"),
 }
+
+# ---- RoPE scaling ----------------------------------------------------------------------
+
+
+def llama3_rope_freqs(
+    rope_dim: int,
+    base: float,
+    factor: float = 8.0,
+    low_freq_factor: float = 1.0,
+    high_freq_factor: float = 4.0,
+    original_context: int = 8192,
+) -> tuple[float, ...]:
+    """Llama 3.1's `rope_freqs` (rope_dim / 2 divisors of the angles), as HF's
+    convert_hf_to_gguf.py computes them from `rope_scaling` (rope_type "llama3"): pairs
+    whose wavelength is under original_context / high_freq_factor keep 1, those over
+    original_context / low_freq_factor get `factor`, those between a smooth mix. The
+    defaults are Llama 3.1's config. Float32, as the converter's torch tensors."""
+    f32 = np.float32
+    freqs = f32(1.0) / np.power(f32(base), np.arange(0, rope_dim, 2, dtype=f32) / f32(rope_dim))
+    low_wavelen = original_context / low_freq_factor
+    high_wavelen = original_context / high_freq_factor
+    out = []
+    for freq in freqs:
+        wavelen = f32(2 * math.pi) / freq
+        if wavelen < high_wavelen:
+            out.append(1.0)
+        elif wavelen > low_wavelen:
+            out.append(factor)
+        else:
+            smooth = (original_context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            out.append(1.0 / ((1.0 - smooth) / factor + smooth))
+    return tuple(float(f32(v)) for v in out)
+
 
 # ---- vocabulary ----------------------------------------------------------------------
 
@@ -145,6 +179,9 @@ def add_llama_metadata(w: gguf.GGUFWriter, cfg: LlamaConfig, name: str) -> None:
     w.add_layer_norm_rms_eps(cfg.rms_eps)
     w.add_rope_freq_base(cfg.rope_freq_base)
     w.add_rope_dimension_count(cfg.rope_dim)
+    if cfg.rope_scale_linear != 1.0:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(cfg.rope_scale_linear)
     w.add_vocab_size(cfg.n_vocab)
 
 
@@ -206,6 +243,8 @@ def make_model(
     log: Callable[[str], None] | None = None,
     random_blocks: bool = False,
     vocab: Vocab | tuple[list[str], list[float], list[int]] | None = None,
+    rope_freqs: tuple[float, ...] | None = None,
+    rope_scale_linear: float | None = None,
 ) -> Path:
     """Write a llama GGUF with random weights; `type` is a single type or a recipe.
 
@@ -214,8 +253,19 @@ def make_model(
     tinyllama shape, for speed measurements only (the values mean nothing).
 
     vocab: write this vocabulary (a Vocab, or (tokens, scores, types) with make_vocab's
-    special ids) instead of make_vocab's; it must have the config's n_vocab tokens."""
+    special ids) instead of make_vocab's; it must have the config's n_vocab tokens.
+
+    rope_freqs (rope_dim / 2 values, e.g. llama3_rope_freqs(...)) and rope_scale_linear
+    override the config's: a `rope_freqs.weight` tensor, linear scaling keys."""
     cfg = PRESETS[preset].config if isinstance(preset, str) else preset
+    if rope_freqs is not None:
+        if len(rope_freqs) != cfg.rope_dim // 2:
+            raise ValueError(f"rope_freqs has {len(rope_freqs)} values, rope_dim / 2 is {cfg.rope_dim // 2}")
+        cfg = replace(cfg, rope_freq_factors=tuple(float(v) for v in rope_freqs))
+    if rope_scale_linear is not None:
+        if not rope_scale_linear > 0:
+            raise ValueError(f"rope_scale_linear must be > 0, got {rope_scale_linear}")
+        cfg = replace(cfg, rope_scale_linear=float(rope_scale_linear))
     name = preset if isinstance(preset, str) else "custom"
     if vocab is None:
         tokens, scores, types = make_vocab(cfg.n_vocab, seed)
@@ -228,6 +278,8 @@ def make_model(
                 f"the vocabulary has {len(tokens)} tokens, the config's n_vocab is {cfg.n_vocab}"
             )
     shapes = expected_shapes(cfg, tied)
+    if cfg.rope_freq_factors is not None:
+        shapes[ROPE_FREQS] = (cfg.rope_dim // 2,)
     plan = {n: tensor_type_for(n, s, type, cfg.n_layer, tied, log) for n, s in shapes.items()}
 
     def add_metadata(w: gguf.GGUFWriter) -> None:
@@ -238,6 +290,8 @@ def make_model(
 
     def make(tname: str) -> np.ndarray:
         shape = shapes[tname]
+        if tname == ROPE_FREQS:
+            return quant.quantize(np.asarray(cfg.rope_freq_factors, np.float32), plan[tname])
         if random_blocks and len(shape) > 1:
             return quant.random_blocks(_tensor_rng(seed, tname), plan[tname], shape)
         return quant.quantize(random_weight(seed, tname, shape), plan[tname])

@@ -13,8 +13,9 @@ Layouts (numpy order, rows first):
 - Q is (n_tokens, n_head, head_dim), K and V are (n_tokens, n_head_kv, head_dim):
   row block h of attn_q (rows h*head_dim .. (h+1)*head_dim-1) is query head h;
 - GGUF's llama tensors need no Q/K un-permutation: RoPE rotates adjacent pairs
-  (x[2i], x[2i+1]) of each head by pos * base^(-2i/rope_dim), for i < rope_dim/2;
-  the dims from rope_dim on are not rotated;
+  (x[2i], x[2i+1]) of each head by pos * base^(-2i/rope_dim), for i < rope_dim/2,
+  divided by rope_freqs[i] when the model has that tensor and by the linear scaling
+  factor when it has one; the dims from rope_dim on are not rotated;
 - grouped-query attention: query head h reads KV head h // (n_head // n_head_kv).
 
 The whole prompt goes through at once (positions 0..n-1, causal mask); there is no
@@ -107,15 +108,27 @@ def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(ms + eps) * weight
 
 
-def rope(x: np.ndarray, positions: np.ndarray, base: float, rope_dim: int) -> np.ndarray:
+def rope(
+    x: np.ndarray,
+    positions: np.ndarray,
+    base: float,
+    rope_dim: int,
+    freq_scale: float = 1.0,
+    freq_factors: tuple[float, ...] | None = None,
+) -> np.ndarray:
     """Rotary position embedding of x (n_tokens, n_heads, head_dim), llama GGUF order.
 
     Pair i of each head, (x[2i], x[2i+1]) for i < rope_dim/2, turns by the angle
-    positions[t] * base^(-2i/rope_dim); dims from rope_dim on pass through.
+    freq_scale * positions[t] * base^(-2i/rope_dim) / freq_factors[i]; dims from rope_dim
+    on pass through.
     """
     half = rope_dim // 2
     inv_freq = base ** (-2.0 * np.arange(half, dtype=np.float64) / rope_dim)  # (half,)
-    angle = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]  # (n_tokens, half)
+    if freq_factors is not None:
+        inv_freq = inv_freq / np.asarray(freq_factors, dtype=np.float64)
+    angle = (
+        freq_scale * np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]
+    )  # (n_tokens, half)
     cos = np.cos(angle)[:, None, :]  # broadcast over heads
     sin = np.sin(angle)[:, None, :]
     x0 = x[..., 0:rope_dim:2]
@@ -164,8 +177,9 @@ def transformer_block(x: np.ndarray, lw: LayerWeights, cfg: LlamaConfig, positio
     q = (h @ lw.wq.T).reshape(n_tokens, cfg.n_head, cfg.head_dim)
     k = (h @ lw.wk.T).reshape(n_tokens, cfg.n_head_kv, cfg.head_dim)
     v = (h @ lw.wv.T).reshape(n_tokens, cfg.n_head_kv, cfg.head_dim)
-    q = rope(q, positions, cfg.rope_freq_base, cfg.rope_dim)
-    k = rope(k, positions, cfg.rope_freq_base, cfg.rope_dim)
+    rot = (cfg.rope_freq_base, cfg.rope_dim, cfg.rope_freq_scale, cfg.rope_freq_factors)
+    q = rope(q, positions, *rot)
+    k = rope(k, positions, *rot)
     att = attention(q, k, v).reshape(n_tokens, cfg.n_head * cfg.head_dim)
     x = x + att @ lw.wo.T
     # feed-forward, pre-norm, with a residual connection

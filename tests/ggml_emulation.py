@@ -66,13 +66,21 @@ def f16(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, np.float32).astype(np.float16).astype(np.float64)
 
 
-def rope_f32_angles(positions: np.ndarray, base: float, rope_dim: int) -> np.ndarray:
-    """(n_tokens, rope_dim/2) angles built as ggml's rope cache: theta *= theta_scale in f32."""
+def rope_f32_angles(
+    positions: np.ndarray,
+    base: float,
+    rope_dim: int,
+    freq_scale: float = 1.0,
+    freq_factors: tuple[float, ...] | None = None,
+) -> np.ndarray:
+    """(n_tokens, rope_dim/2) angles built as ggml's rope cache: theta *= theta_scale in f32,
+    pair i at freq_scale * (theta / freq_factors[i]), each step rounded to f32."""
     theta_scale = np.float32(np.power(np.float32(base), np.float32(-2.0) / np.float32(rope_dim)))
+    ff = np.ones(rope_dim // 2, np.float32) if freq_factors is None else np.asarray(freq_factors, np.float32)
     theta = np.asarray(positions, np.float32).copy()
     out = np.empty((len(positions), rope_dim // 2), np.float32)
     for i in range(rope_dim // 2):
-        out[:, i] = theta
+        out[:, i] = np.float32(freq_scale) * (theta / ff[i])
         theta = (theta * theta_scale).astype(np.float32)
     return out
 
@@ -104,7 +112,7 @@ class GgmlEmulation:
         c, w = self.cfg, self.w
         n = len(tokens)
         pos = np.arange(n)
-        angles = rope_f32_angles(pos, c.rope_freq_base, c.rope_dim)
+        angles = rope_f32_angles(pos, c.rope_freq_base, c.rope_dim, c.rope_freq_scale, c.rope_freq_factors)
         x = w.token_embd[np.asarray(tokens)]
         group = c.n_head // c.n_head_kv
         causal = np.triu(np.ones((n, n), bool), 1)

@@ -235,3 +235,27 @@ def test_numeric_options_at_their_limits_run(model_path) -> None:  # noqa: ANN00
     r = CliRunner().invoke(main, ["generate", "--model", str(model_path()), "-p", "hi", "-n", "1", *args])
     assert r.exit_code == 0, r.output
     assert r.stderr.startswith("1 tokens in ")
+
+
+def test_make_model_with_llama3_rope(tmp_path: Path) -> None:
+    from realm_ext.model import load_gguf
+    from realm_ext.model_maker import llama3_rope_freqs
+
+    out = tmp_path / "r.gguf"
+    code, _ = run(
+        "make-model",
+        str(out),
+        "--rope-freqs",
+        "llama3",
+        "--rope-orig-ctx",
+        "64",
+        "--rope-scale-linear",
+        "2",
+        "-q",
+    )
+    assert code == 0
+    with load_gguf(out) as m:
+        assert m.config.rope_freq_factors == llama3_rope_freqs(64, 10000.0, original_context=64)
+        assert m.config.rope_scale_linear == 2.0
+    code, out_text = run("make-model", str(tmp_path / "x.gguf"), "--rope-scale-linear", "0", "-q")
+    assert code == 2 and "--rope-scale-linear" in out_text

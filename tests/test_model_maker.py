@@ -119,3 +119,20 @@ def test_random_blocks_model(tmp_path: Path) -> None:
         assert np.isfinite(m.layer(0, "attn_q").dequantize()).all()
         n = m.layer(0, "attn_norm").dequantize()  # norms stay 1 + N(0, 0.1)
         assert abs(float(n.mean()) - 1.0) < 0.05
+
+
+def test_llama3_rope_freqs_follow_the_converter() -> None:
+    """Llama 3.1's factors for head_dim 64, base 500000: 1 for short wavelengths, 8 for
+    long ones, 1 / ((1 - s) / 8 + s) between (s from the wavelength), float32 values."""
+    import math
+
+    from realm_ext.model_maker import llama3_rope_freqs
+
+    f = llama3_rope_freqs(64, 500000.0)
+    assert len(f) == 32 and f[0] == 1.0 and f[-1] == 8.0
+    assert all(1.0 <= a <= b <= 8.0 for a, b in zip(f, f[1:], strict=False))
+    for i, v in enumerate(f):
+        wavelen = 2 * math.pi * 500000.0 ** (2 * i / 64)
+        if 2048 * 1.01 < wavelen < 8192 * 0.99:
+            s = (8192 / wavelen - 1) / 3
+            assert v == pytest.approx(1 / ((1 - s) / 8 + s), rel=1e-5)

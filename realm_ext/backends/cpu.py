@@ -48,8 +48,9 @@ def token_ids_int32(token_ids: np.ndarray) -> np.ndarray:
 
 
 def runtime_args(model: Model) -> tuple[dict, int, dict, dict]:
-    """LlamaRuntime's arguments for a model: its dims, n_layer, the 2-D tensors as
-    (raw, ggml type, n_rows, n_cols) and the norm vectors as float32 copies."""
+    """LlamaRuntime's arguments for a model: its dims (with the RoPE factors as a float32
+    array or None), n_layer, the 2-D tensors as (raw, ggml type, n_rows, n_cols) and the
+    norm vectors as float32 copies."""
     c = model.config
     dims = {
         "n_embd": c.n_embd,
@@ -61,6 +62,8 @@ def runtime_args(model: Model) -> tuple[dict, int, dict, dict]:
         "n_vocab": c.n_vocab,
         "rms_eps": c.rms_eps,
         "rope_freq_base": c.rope_freq_base,
+        "rope_freq_scale": c.rope_freq_scale,
+        "rope_freqs": None if c.rope_freq_factors is None else np.array(c.rope_freq_factors, np.float32),
     }
     tensors, norms = {}, {}
     names = ["token_embd.weight", "output.weight", "output_norm.weight"]

@@ -203,6 +203,11 @@ class CudaRuntime:
                 f"the CUDA kernels need n_head a multiple of n_head_kv and even head_dim <= 1024, "
                 f"rope_dim <= head_dim (got {c.n_head}/{c.n_head_kv} heads of {D}, rope_dim {c.rope_dim})"
             )
+        if c.rope_freq_factors is not None or c.rope_scale_linear != 1.0:
+            raise ValueError(
+                "the CUDA kernels do not apply RoPE frequency factors (a rope_freqs tensor) or "
+                f"linear RoPE scaling (factor {c.rope_scale_linear}): use the CPU backend for this model"
+            )
         self.att_shared = attention_shared_bytes(G, D)
         if self.att_shared > MAX_SHARED_BYTES:
             raise ValueError(

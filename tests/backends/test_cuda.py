@@ -372,6 +372,15 @@ def test_gqa8_model_matches_the_cpu(tmp_path_factory, cuda, cpu: CpuBackend, rng
         assert rel(decode_logits(cuda, m, toks, 8), decode_logits(cpu, m, toks, 8)) <= FLIP  # wraps
 
 
+@pytest.mark.parametrize("rope", [{"rope_freqs": (2.0,) * 32}, {"rope_scale_linear": 4.0}])
+def test_rope_scaling_is_refused(tmp_path, cuda, rope: dict) -> None:  # noqa: ANN001
+    """The CUDA kernels apply neither rope_freqs nor linear scaling: such a model is
+    refused when prepared, naming what is missing, rather than run with wrong angles."""
+    path = make_model(tmp_path / "rope.gguf", "tiny", "Q8_0", **rope)
+    with load_gguf(path) as m, pytest.raises(ValueError, match="rope_freqs tensor.*linear RoPE scaling"):
+        cuda.prepare(m)
+
+
 @pytest.mark.parametrize("capacity", [64, 200, 5000])
 @pytest.mark.parametrize("preset", ["tiny", "small"])
 def test_attention_kernels_match_the_cpu(model_path, cuda, rng, preset: str, capacity: int) -> None:

@@ -152,7 +152,8 @@ static void test_encoders_round_trip(void) {
 
 static void test_llama_layer(void) {
     realm_llama_dims d = {.n_embd = 256, .n_head = 4, .n_head_kv = 2, .head_dim = 64, .n_ff = 512,
-                          .rope_dim = 64, .n_vocab = 300, .rms_eps = 1e-5f, .rope_base = 10000.f};
+                          .rope_dim = 64, .n_vocab = 300, .rms_eps = 1e-5f, .rope_base = 10000.f,
+                          .rope_freq_scale = 1.f};
     const int type = REALM_TYPE_Q8_0;
     const int64_t kvd = (int64_t)d.n_head_kv * d.head_dim;
     struct { int64_t r, c; } shapes[7] = {{256, 256}, {kvd, 256}, {kvd, 256}, {256, 256}, {512, 256}, {512, 256}, {256, 512}};
@@ -211,7 +212,23 @@ static void test_llama_layer(void) {
     for (int i = 0; i < 7; i++) free(ws[i]);
 }
 
+static void test_rope_factors(void) {
+    /* dividing every angle by 2 (freq_factors) equals scaling it by 0.5 (freq_scale),
+     * bit for bit; all-1 factors equal none */
+    float a[2 * 64], b[2 * 64], c[2 * 64], ff[32], one[32];
+    for (int i = 0; i < 2 * 64; i++) a[i] = b[i] = c[i] = normal();
+    for (int i = 0; i < 32; i++) ff[i] = 2.0f, one[i] = 1.0f;
+    realm_rope(a, 2, 64, 64, 777, 10000.f, 1.0f, ff);
+    realm_rope(b, 2, 64, 64, 777, 10000.f, 0.5f, NULL);
+    CHECK(memcmp(a, b, sizeof a) == 0);
+    memcpy(a, c, sizeof a);
+    realm_rope(a, 2, 64, 64, 777, 10000.f, 1.0f, one);
+    realm_rope(c, 2, 64, 64, 777, 10000.f, 1.0f, NULL);
+    CHECK(memcmp(a, c, sizeof a) == 0);
+}
+
 int main(void) {
+    test_rope_factors();
     test_matmul_every_type_and_isa();
     test_encoders_round_trip();
     test_llama_layer();
