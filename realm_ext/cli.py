@@ -17,7 +17,7 @@ from realm_ext import abi
 from realm_ext import pull as pull_mod
 from realm_ext._kernels import MAX_THREADS
 from realm_ext.api import Guest, Host, RealmError
-from realm_ext.engines.base import WASM_PAGE, GuestError, GuestLimitError, parse_size
+from realm_ext.engines.base import MAX_MEMORY, GuestError, GuestLimitError, parse_size
 from realm_ext.host import log as guest_log
 from realm_ext.model import GGUFError, Model, load_gguf
 from realm_ext.model_maker import PRESETS, llama3_rope_freqs, make_model
@@ -255,7 +255,6 @@ _ENGINES = click.Choice(["auto", "wasmtime", "wasmer"])
 _DEVICES = click.Choice(["auto", "cpu", "cuda"])
 _U32_MAX, _U64_MAX, _I32_MIN, _I32_MAX = 2**32 - 1, 2**64 - 1, -(2**31), 2**31 - 1
 _F32_MAX = 3.4028234663852886e38  # the largest finite f32
-_MEMORY_MAX = 65536 * WASM_PAGE  # a wasm32 memory's largest size: 4 GiB
 _DEFAULT_MEMORY = "256MiB"
 
 
@@ -269,7 +268,7 @@ class _Size(click.ParamType):
             n = parse_size(value)
         except ValueError as e:
             self.fail(str(e), param, ctx)
-        if n > _MEMORY_MAX:
+        if n > MAX_MEMORY:
             self.fail(f"{value} is over 4GiB, the most a wasm32 guest's memory can hold", param, ctx)
         return n
 

@@ -129,8 +129,6 @@ class GuestState:
             self.native.remove_model(model_id)
 
 
-
-
 def _no_instance() -> np.ndarray:
     raise _Fail(abi.ERR_INVALID, NOT_SET_UP)
 

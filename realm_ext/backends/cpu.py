@@ -114,8 +114,8 @@ class CpuBackend:
 
     def __init__(self, n_threads: int | None = None, max_batch: int = 64, weights: str = "mmap"):
         self.n_threads = n_threads or _kernels.default_threads()
-        if self.n_threads < 1 or max_batch < 1:
-            raise ValueError("n_threads and max_batch must be >= 1")
+        if not 1 <= self.n_threads <= _kernels.MAX_THREADS or max_batch < 1:
+            raise ValueError(f"n_threads must be 1..{_kernels.MAX_THREADS} and max_batch >= 1")
         if weights not in WEIGHTS:
             raise ValueError(f"weights must be 'mmap' or 'load', got {weights!r}")
         self.max_batch = max_batch

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 WASM_PAGE = 65536
+MAX_MEMORY = 65536 * WASM_PAGE  # a wasm32 memory's largest size: 4 GiB
 
 # An import: (parameter types, result type, function). Types are "i32" or "i64"; the
 # function gets the integers as the engine delivers them (signed) and returns an int.
@@ -59,6 +60,14 @@ class Limits:
     memory: int = 64 * 2**20
     time: float | None = None
     fuel: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.memory > MAX_MEMORY:
+            raise ValueError(f"memory limit {self.memory} bytes is over 4 GiB, a wasm32 memory's most")
+        if self.time is not None and not self.time > 0:
+            raise ValueError(f"time limit {self.time} s must be positive")
+        if self.fuel is not None and self.fuel < 1:
+            raise ValueError(f"fuel {self.fuel} must be positive")
 
     @property
     def max_pages(self) -> int:

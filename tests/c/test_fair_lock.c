@@ -70,6 +70,10 @@ int main(void) {
     realm_call_arm(&c, now_ns() - 1);
     CHECK(realm_call_stopped(&c) == 2);
 
-    if (failures) fprintf(stderr, "%d checks failed\n", failures);
-    return failures != 0;
+    if (failures) {
+        fprintf(stderr, "test_fair_lock: %d checks failed\n", failures);
+        return 1;
+    }
+    printf("test_fair_lock: all checks passed\n");
+    return 0;
 }

@@ -295,3 +295,14 @@ def test_tables_and_memories_are_capped(host, tiny, engine) -> None:  # noqa: AN
         host.guest(models=[tiny], engine=engine, wasm=own)
     exported = bytes(wasmtime.wat2wasm('(module (memory (export "memory") 2))'))
     assert host.guest(models=[tiny], engine=engine, wasm=exported).memory_pages == 2  # its one memory: fine
+
+
+def test_limits_out_of_range_are_refused_up_front(host, tiny) -> None:  # noqa: ANN001
+    with pytest.raises(ValueError, match="over 4 GiB"):
+        host.guest(models=[tiny], memory_limit="5GiB")
+    with pytest.raises(ValueError, match="time limit 0 s must be positive"):
+        host.guest(models=[tiny], time_limit=0)
+    with pytest.raises(ValueError, match="fuel 0 must be positive"):
+        host.guest(models=[tiny], fuel=0)
+    with pytest.raises(ValueError, match="n_threads must be 1..1024"):
+        Host(device="cpu", n_threads=100_000)
