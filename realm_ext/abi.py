@@ -6,6 +6,7 @@ it (realm_generate's params) is packed here, little-endian, as the header declar
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -57,6 +58,7 @@ VOCAB_HEADER = struct.Struct("<16I")
 # realm_generate's params
 PARAMS_VERSION = 1
 PARAMS = struct.Struct("<IIfifffIIIIIQ")
+F32_MAX = float(np.finfo(np.float32).max)  # the sampling floats travel as f32
 GEN_ADD_BOS, GEN_STOP_AT_EOS, GEN_PER_LAYER = 1, 2, 4
 
 assert MODEL_INFO.size == 48 and VOCAB_HEADER.size == 64 and PARAMS.size == 56
@@ -163,6 +165,20 @@ class GenerateParams:
     stop_at_eos: bool = True
     per_layer: bool = False
 
+    def __post_init__(self) -> None:
+        u32, i32, u64 = (0, 2**32 - 1), (-(2**31), 2**31 - 1), (0, 2**64 - 1)
+        ranges = {
+            "max_tokens": u32, "top_k": i32, "repeat_last_n": u32, "n_ctx": u32, "n_batch": u32, "seed": u64,
+        }  # fmt: skip
+        for name, (lo, hi) in ranges.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or not lo <= value <= hi:
+                raise ValueError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
+        for name in ("temperature", "top_p", "min_p", "repeat_penalty"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or abs(value) > F32_MAX:
+                raise ValueError(f"{name} must be a finite 32-bit float, got {value!r}")
+
     def pack(self) -> bytes:
         flags = (
             (GEN_ADD_BOS if self.add_bos else 0)
@@ -182,5 +198,5 @@ class GenerateParams:
             self.n_batch,
             flags,
             0,
-            self.seed & 0xFFFFFFFFFFFFFFFF,
+            self.seed,
         )

@@ -254,7 +254,6 @@ def pull_cmd(name: str, list_: bool, verify: bool, quiet: bool) -> None:
 _ENGINES = click.Choice(["auto", "wasmtime", "wasmer"])
 _DEVICES = click.Choice(["auto", "cpu", "cuda"])
 _U32_MAX, _U64_MAX, _I32_MIN, _I32_MAX = 2**32 - 1, 2**64 - 1, -(2**31), 2**31 - 1
-_F32_MAX = 3.4028234663852886e38  # the largest finite f32
 _DEFAULT_MEMORY = "256MiB"
 
 
@@ -284,7 +283,7 @@ class _F32(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         x = click.FLOAT.convert(value, param, ctx)
-        if math.isnan(x) or abs(x) > _F32_MAX:
+        if math.isnan(x) or abs(x) > abi.F32_MAX:
             self.fail(f"{x} is not a finite 32-bit float", param, ctx)
         if self.above is not None and not x > self.above:
             self.fail(f"{x} is not in the range x>{self.above:g}.", param, ctx)

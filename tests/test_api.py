@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from realm_ext import Host, RealmError
+from realm_ext import Host, RealmError, abi
 from realm_ext.backends import CpuBackend
 from realm_ext.model import Model, load_gguf
 
@@ -201,3 +201,13 @@ def test_greedy_through_the_guest_equals_llama_cpp(llama_cpp, host, tiny: Model,
             assert ours.startswith(prefix), (text, ours, prefix)
             checked += len(theirs)
     assert checked >= 24, f"only {checked} steps had a clear margin"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("max_tokens", -1), ("max_tokens", 2**32), ("top_k", 2**31), ("seed", -1), ("seed", 2**64),
+     ("n_batch", 1.5), ("temperature", float("nan")), ("top_p", 1e39)],
+)  # fmt: skip
+def test_generate_params_out_of_range_name_the_field(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=f"^{field} must be"):
+        abi.GenerateParams(**{field: value})
