@@ -71,10 +71,12 @@ int realm_llama_lm_head(const realm_llama_dims *d, const float *output_norm, con
  * and check the call's control between token chunks. A chunk's work is at most
  * scratch->max_tokens "token-layers": one token through one layer's matmuls, plus its
  * attention over a window of W positions counted as REALM_ATTENTION_COST matmul
- * multiply-adds per attention multiply-add (2 * n_head * head_dim * W of them), since
- * attention, in f16 and f32 with a softmax, runs that much slower per operation than
- * the integer dot products; an LM head row counts its weight elements over a layer's. */
-#define REALM_ATTENTION_COST 16
+ * multiply-adds per attention multiply-add (2 * n_head * head_dim * W of them): attention,
+ * in f16 and f32 with a softmax, runs slower per operation than the integer dot
+ * products, and slower still in few-token chunks (each reads the window again). The
+ * factor trades a neighbour's wait against the long call's speed (SECURITY.md). An LM
+ * head row counts its weight elements over a layer's. */
+#define REALM_ATTENTION_COST 8
 
 /* A call's stop signals: `cancel` is set from any thread (realm_call_cancel), and
  * `deadline_ns` is CLOCK_MONOTONIC nanoseconds (0: none). Owned by the guest's host.
