@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one script for a lent GPU machine (H100/H200, see the device tool's KINDS.md):
+# The one GPU check (an H100/H200 machine with no network):
 # build realm-ext, run the GPU tests, benchmark, and leave JSON + a markdown table in
 # $OUT. Every step runs under a hard `timeout` (and all of them within $GPU_CHECK_BUDGET
 # seconds, 450 by default), and a failing step never stops the next: each step's status
@@ -8,7 +8,7 @@
 # Before the call, here (needs the network; the GPU machine has none):
 #     bash scripts/gpu_wheels.sh        # gguf, wasmtime, platformdirs wheels into .whl/
 #
-# The device tool's call (command + carry):
+# Then, on the GPU machine, with .whl/ copied along:
 #     run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=570)
 # What comes back, under files_at: summary.md (steps + tables), steps.tsv, env.txt,
 # pytest.txt, log.txt (every step's output), gpu_kernels.json, gpu.json.
