@@ -89,9 +89,3 @@ class PieceStream:
         with self._cv:
             self._closed = True
             self._cv.notify_all()
-
-    @property
-    def queued(self) -> tuple[int, int]:
-        """(pieces, bytes) waiting now."""
-        with self._cv:
-            return len(self._items), self._bytes

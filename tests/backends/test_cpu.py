@@ -203,6 +203,22 @@ def llama_cpp_logits(llama_cpp, path: Path, toks: list[int]):
     return llm, np.array(llm.scores[: len(toks)], np.float64)
 
 
+def llama_cpp_prompts(llama_cpp, path: Path, n_tokens: int, n_prompts: int = 4):  # noqa: ANN001, ANN201
+    """n_prompts seeded prompts of n_tokens, each with llama.cpp's logits (float64) for
+    it: [(tokens, logits)], from one llama.cpp context reset between prompts."""
+    out, llm = [], None
+    for seed in range(n_prompts):
+        toks = prompt(np.random.default_rng(2024 + seed), n_tokens, 1024)
+        if llm is None:
+            llm, ref = llama_cpp_logits(llama_cpp, path, toks)
+        else:
+            llm.reset()
+            llm.eval(toks)
+            ref = np.array(llm.scores[: len(toks)], np.float64)
+        out.append((toks, ref))
+    return out
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_prompt_logits_match_llama_cpp(
     llama_cpp, model_path, backend: CpuBackend, recipe: str, record_property
@@ -217,16 +233,8 @@ def test_prompt_logits_match_llama_cpp(
     agreement on most rows, and a bound on every row (sums_in_our_order decides which)."""
     path = model_path(recipe, seed=11)
     errs, rows = [], []
-    llm = None
     with load_gguf(path) as m:
-        for seed in range(4):
-            toks = prompt(np.random.default_rng(2024 + seed), N_PROMPT, 1024)
-            if llm is None:
-                llm, ref = llama_cpp_logits(llama_cpp, path, toks)
-            else:
-                llm.reset()
-                llm.eval(toks)
-                ref = np.array(llm.scores[: len(toks)], np.float64)
+        for toks, ref in llama_cpp_prompts(llama_cpp, path, N_PROMPT):
             ours = backend.logits(m, toks).astype(np.float64)
             errs.append(rel(ours, ref))
             rows.append(np.linalg.norm(ours - ref, axis=1) / np.linalg.norm(ref, axis=1))

@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ helpers
 
 from ggml_emulation import GgmlEmulation  # noqa: E402
-from test_cpu import BITWISE_ON_AVX512, llama_cpp_logits, prompt, rel, sums_in_our_order  # noqa: E402
+from test_cpu import BITWISE_ON_AVX512, llama_cpp_prompts, prompt, rel, sums_in_our_order  # noqa: E402
 
 from realm_ext.backends.cpu import CpuBackend  # noqa: E402
 from realm_ext.model import load_gguf  # noqa: E402
@@ -68,16 +68,8 @@ def test_prompt_logits_match_llama_cpp(
     that ignored the factors would fail here."""
     path = models[rope]
     errs, ignored, rows = [], [], []
-    llm = None
     with load_gguf(path) as m, load_gguf(models["plain"]) as plain:
-        for seed in range(4):
-            toks = prompt(np.random.default_rng(2024 + seed), N_PROMPT, 1024)
-            if llm is None:
-                llm, ref = llama_cpp_logits(llama_cpp, path, toks)
-            else:
-                llm.reset()
-                llm.eval(toks)
-                ref = np.array(llm.scores[: len(toks)], np.float64)
+        for toks, ref in llama_cpp_prompts(llama_cpp, path, N_PROMPT):
             ours = backend.logits(m, toks).astype(np.float64)
             errs.append(rel(ours, ref))
             ignored.append(rel(backend.logits(plain, toks), ref))
