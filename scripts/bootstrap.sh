@@ -26,4 +26,7 @@ if [[ "${REALM_SKIP_LLAMA_CPP:-0}" != 1 ]]; then
             "$PY" -m pip install --quiet "llama-cpp-python==$LLAMA_CPP_VERSION"
     fi
 fi
+# the real files the tests read: SmolLM2 (the default model) and llama.cpp's tokenizer
+# test vocabularies
+"$PY" scripts/fetch_test_data.py
 echo "realm-ext is set up: try 'realm-ext generate --prompt \"Once upon a time\" -n 32'"
