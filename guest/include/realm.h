@@ -67,6 +67,14 @@ _Static_assert(sizeof(realm_model_info_t) == 48, "realm_model_info is 12 u32");
 #define REALM_VOCAB_SPM 1  /* tokenizer.ggml.model "llama": SentencePiece BPE */
 #define REALM_VOCAB_GPT2 2 /* "gpt2": byte-level BPE with merges */
 
+/* The pre-tokenizer of a REALM_VOCAB_GPT2 blob (tokenizer.ggml.pre): how text is split
+ * into words before the merges, as llama.cpp's regex_exprs for that value split it. */
+#define REALM_PRE_NONE 0   /* a REALM_VOCAB_SPM blob */
+#define REALM_PRE_GPT2 1   /* "gpt2", "gpt-2" */
+#define REALM_PRE_LLAMA3 2 /* "llama-bpe" (Llama 3) */
+#define REALM_PRE_QWEN2 3  /* "qwen2" */
+#define REALM_PRE_SMOLLM 4 /* "smollm": every digit its own word, then "gpt2" */
+
 /* GGUF token types (tokenizer.ggml.token_type), stored as u32 */
 #define REALM_TOKEN_NORMAL 1
 #define REALM_TOKEN_UNKNOWN 2
