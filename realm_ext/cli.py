@@ -295,7 +295,10 @@ def _model_path(model: Path | None) -> Path:
         return model
     from realm_ext.default_model import default_model_path
 
-    return default_model_path(progress=False)
+    try:
+        return default_model_path(progress=True)
+    except pull_mod.PullError as e:
+        raise click.ClickException(str(e)) from None
 
 
 # a guest log line, "guest: <what failed> (<code>)", without the prefix and the code
@@ -411,7 +414,7 @@ def _engine_options(f):  # noqa: ANN001, ANN202
         "model_path",
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
         default=None,
-        help="A llama GGUF (default: the built-in model, made on first use).",
+        help="A GGUF (default: SmolLM2-135M-Instruct, fetched on first use: realm-ext pull).",
     )(f)
     return f
 
@@ -455,7 +458,8 @@ def generate_cmd(
     import time
 
     if model_path is None:
-        click.echo("note: no --model: using the built-in default model (random weights)", err=True)
+        title = pull_mod.MODELS[pull_mod.DEFAULT].title
+        click.echo(f"note: no --model: using the built-in default model ({title})", err=True)
     host, guest = _open_guest(model_path, engine, device, threads, weights, memory_limit, time_limit)
     with host, guest:
         t0 = time.perf_counter()

