@@ -14,13 +14,19 @@
    presets above and on a TinyLlama-shaped model cut to one layer (vocabulary 32000,
    n_embd 2048: what sizes the guest's tables and buffers), against the size of the
    tokenizer blob it builds its tables from.
+4. a real model (SmolLM2-135M-Instruct from the cache, or --model PATH): prefill and
+   greedy decode tok/s through the shipped guest against llama.cpp (llama-cpp-python) on
+   the same file with the same threads, interleaved in the same run, and the guest's
+   memory with that model's vocabulary.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -34,6 +40,7 @@ from realm_ext.abi import vocab_blob
 from realm_ext.engines import available
 from realm_ext.model import Model
 from realm_ext.model_maker import PRESETS, make_model
+from realm_ext.pull import model_path as pulled_model_path
 
 CALL_LOOP_WAT = """
 (module
@@ -54,6 +61,17 @@ CALL_LOOP_WAT = """
 """
 
 PROMPT = "Once upon a time the king"
+# the real model's prompt: plain prose, about 128 tokens
+REAL_PROMPT = (
+    "The history of the city begins with a small fishing village on the river, where traders "
+    "stopped on their way to the coast. Over the centuries the village grew into a market town, "
+    "then a walled city with a cathedral, a university and a harbour that sent ships across the "
+    "sea. Its people built bridges, canals and wide streets lined with trees, and every spring "
+    "they held a fair that drew visitors from far away. Today the old town is a quiet place of "
+    "museums, cafes and bookshops, while the new districts along the water are busy with offices "
+    "and apartments. Visitors who walk from the station to the old market square"
+)
+REAL_DECODE = 64
 
 
 def host_call_us(host: Host, model: Model, engine: str, n: int, repeat: int) -> dict[str, float]:
@@ -136,6 +154,89 @@ def tinyllama_memory(host: Host, tmp: Path, engine: str) -> dict:
     return {"engine": engine, "memory_pages": pages, "heap_bytes": heap, "vocab_blob_bytes": blob}
 
 
+def _llama_cpp(path: Path, threads: int, n_prompt: int):  # noqa: ANN202
+    import llama_cpp
+
+    return llama_cpp.Llama(
+        str(path),
+        n_ctx=n_prompt + REAL_DECODE + 8,
+        n_batch=n_prompt,
+        n_ubatch=n_prompt,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
+
+
+def llama_cpp_real_s(llm, tokens: list[int]) -> tuple[float, float]:  # noqa: ANN001
+    """llama.cpp's seconds for the prompt and for REAL_DECODE greedy steps after it."""
+    llm.reset()
+    t0 = time.perf_counter()
+    llm.eval(tokens)
+    t1 = time.perf_counter()
+    for _ in range(REAL_DECODE):
+        llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+    return t1 - t0, (time.perf_counter() - t1) / REAL_DECODE
+
+
+def guest_real_s(g, n_prompt: int) -> tuple[float, float]:  # noqa: ANN001
+    """The guest's seconds for the prompt (a 1-token run: tokenize, prefill, one LM head
+    and sample) and per greedy decode step (a longer run minus that)."""
+    kw = dict(temperature=0.0, stop_at_eos=False, n_ctx=n_prompt + REAL_DECODE + 8)
+    list(g.generate(REAL_PROMPT, max_tokens=1, **kw))
+    t_prefill = g.last_stats.seconds
+    list(g.generate(REAL_PROMPT, max_tokens=REAL_DECODE + 1, **kw))
+    return t_prefill, (g.last_stats.seconds - t_prefill) / REAL_DECODE
+
+
+def real_model(path: Path, engine: str, threads: int, repeat: int) -> dict:
+    """Part 4 on the model at `path` (llama.cpp's side only where it is installed)."""
+    with Host(device="cpu", n_threads=threads) as host:
+        model = host.load(path)
+        with host.guest(models=[model], engine=engine, memory_limit="256MiB") as g:
+            tokens = g.tokenize(REAL_PROMPT)
+            n = len(tokens)
+            llm = None
+            with contextlib.suppress(ImportError):  # llama-cpp-python is optional
+                llm = _llama_cpp(path, threads, n)
+            ours, theirs = [], []
+            guest_real_s(g, n)  # warm: the guest builds its tokenizer, the weights page in
+            for _ in range(repeat):  # interleaved, so drift hits both alike
+                ours.append(guest_real_s(g, n))
+                if llm is not None:
+                    theirs.append(llama_cpp_real_s(llm, tokens))
+            s = g.last_stats
+    row: dict = {
+        "model": path.name,
+        "engine": engine,
+        "threads": threads,
+        "prompt_tokens": n,
+        "guest_prefill_tok_s": n / statistics.median(p for p, _ in ours),
+        "guest_decode_tok_s": 1 / statistics.median(d for _, d in ours),
+        "memory_pages": s.memory_pages,
+        "heap_bytes": s.heap_bytes,
+    }
+    if theirs:
+        row["llama_cpp_prefill_tok_s"] = n / statistics.median(p for p, _ in theirs)
+        row["llama_cpp_decode_tok_s"] = 1 / statistics.median(d for _, d in theirs)
+        row["prefill_ratio"] = row["guest_prefill_tok_s"] / row["llama_cpp_prefill_tok_s"]
+        row["decode_ratio"] = row["guest_decode_tok_s"] / row["llama_cpp_decode_tok_s"]
+    if theirs:
+        vs = (
+            f"; llama.cpp prefill {row['llama_cpp_prefill_tok_s']:.0f}, "
+            f"decode {row['llama_cpp_decode_tok_s']:.1f} tok/s; "
+            f"ratios prefill {row['prefill_ratio']:.2f}, decode {row['decode_ratio']:.2f}"
+        )
+    else:
+        vs = " (llama-cpp-python not installed: no baseline)"
+    print(
+        f"{path.name} ({engine}, {threads} threads, {n}-token prompt): guest prefill "
+        f"{row['guest_prefill_tok_s']:.0f} tok/s, decode {row['guest_decode_tok_s']:.1f} tok/s{vs}; "
+        f"guest memory {s.memory_pages} pages, heap {s.heap_bytes / 2**20:.2f} MiB"
+    )
+    return row
+
+
 def run(quick: bool, engines: list[str], threads: int | None, repeat: int | None = None) -> dict:
     """Every part above on each of `engines`; `repeat` runs per figure (median; default
     3 with `quick`, else 5)."""
@@ -195,8 +296,17 @@ def main() -> None:
     ap.add_argument("--engines", default=",".join(e for e in ("wasmtime", "wasmer") if available(e)))
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--model", type=Path, default=None, help="the real model (default: SmolLM2 when cached)")
+    ap.add_argument("--real-only", action="store_true", help="part 4 only")
     args = ap.parse_args()
-    result = run(args.quick, [e for e in args.engines.split(",") if e], args.threads)
+    engines = [e for e in args.engines.split(",") if e]
+    result = {} if args.real_only else run(args.quick, engines, args.threads)
+    real = args.model or pulled_model_path("smollm2")
+    if real is None:
+        print("part 4 skipped: no --model and SmolLM2 is not in the cache (realm-ext pull)")
+    else:
+        threads = args.threads or len(os.sched_getaffinity(0))
+        result["real_model"] = real_model(real, engines[0], threads, 3 if args.quick else 5)
     if args.json:
         args.json.write_text(json.dumps({"machine": machine_facts(), **result}, indent=2))
 
