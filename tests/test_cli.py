@@ -149,6 +149,52 @@ def test_tokenize_with_a_pre_tokenizer_the_guest_cannot_split(model_path, tmp_pa
         assert "not supported (supported: 'llama3'" in line and "'smollm'" in line
 
 
+def test_make_model_vocab_from_carries_the_whole_tokenizer(tmp_path: Path) -> None:
+    """--vocab-from: a tiny model with SmolLM2's tokenizer (tokens, types, merges, pre,
+    special ids, flags, chat template), n_vocab its token count."""
+    from real_files import smollm2
+
+    from realm_ext.model import load_gguf
+
+    src = smollm2()
+    out = tmp_path / "smol-vocab.gguf"
+    args = [
+        "make-model",
+        str(out),
+        "--vocab-from",
+        str(src),
+        "--type",
+        "Q4_0",
+        "--tied",
+        "--random-blocks",
+        "-q",
+    ]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    a, b = load_gguf(src), load_gguf(out)
+    assert b.config.n_vocab == len(a.tokenizer.tokens) == 49152 and b.config.n_layer == 2
+    ta, tb = a.tokenizer, b.tokenizer
+    assert (ta.tokens, ta.merges, ta.pre_name, ta.eog_ids) == (tb.tokens, tb.merges, tb.pre_name, tb.eog_ids)
+    assert (ta.token_types == tb.token_types).all() and (ta.scores == tb.scores).all()
+    assert (ta.bos_id, ta.eos_id, ta.unk_id, ta.pad_id, ta.add_bos) == (
+        tb.bos_id,
+        tb.eos_id,
+        tb.unk_id,
+        tb.pad_id,
+        tb.add_bos,
+    )
+    assert b.metadata["tokenizer.chat_template"] == a.metadata["tokenizer.chat_template"]
+    # a file without a vocabulary: one line naming it
+    empty = tmp_path / "empty.gguf"
+    w = gguf.GGUFWriter(str(empty), "llama")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    r = CliRunner().invoke(main, ["make-model", str(tmp_path / "x.gguf"), "--vocab-from", str(empty)])
+    assert error_line(r, 1) == f"Error: {empty}: no 'tokenizer.ggml.tokens': not a vocabulary"
+
+
 def test_memory_limit_errors_name_the_limit(model_path) -> None:  # noqa: ANN001
     path = str(model_path("Q8_0"))
     # under the guest's own initial memory (2 pages): it cannot even start
