@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from realm_ext.model import Model
+# PRE_* are realm.h's REALM_PRE_*
+from realm_ext.model import PRE_GPT2, PRE_LLAMA3, PRE_NONE, PRE_QWEN2, PRE_SMOLLM, Model  # noqa: F401
 
 # error codes
 OK = 0
@@ -48,12 +49,17 @@ MODEL_INFO = struct.Struct("<12I")
 # keeps working when fields are appended
 MODEL_INFO_MIN_BYTES = 48
 MODEL_ADD_BOS, MODEL_ADD_EOS, MODEL_ADD_SPACE_PREFIX = 1, 2, 4
+MODEL_CLEAN_SPACES, MODEL_IGNORE_MERGES = 8, 16
 
 # the vocabulary blob
 VOCAB_MAGIC = 0x434F5652  # "RVOC"
-VOCAB_VERSION = 1
+VOCAB_VERSION = 2
 VOCAB_SPM, VOCAB_GPT2 = 1, 2
-VOCAB_HEADER = struct.Struct("<16I")
+VOCAB_HEADER = struct.Struct("<20I")
+VOCAB_HEADER_V1_BYTES = 64
+
+# realm_tokenize's flags
+TOKENIZE_SPECIAL = 1
 
 # realm_generate's params
 PARAMS_VERSION = 1
@@ -61,7 +67,7 @@ PARAMS = struct.Struct("<IIfifffIIIIIQ")
 F32_MAX = float(np.finfo(np.float32).max)  # the sampling floats travel as f32
 GEN_ADD_BOS, GEN_STOP_AT_EOS, GEN_PER_LAYER = 1, 2, 4
 
-assert MODEL_INFO.size == 48 and VOCAB_HEADER.size == 64 and PARAMS.size == 56
+assert MODEL_INFO.size == 48 and VOCAB_HEADER.size == 80 and PARAMS.size == 56
 
 
 def _token_id(v: int | None) -> int:
@@ -74,6 +80,8 @@ def _model_flags(model: Model) -> int:
         (MODEL_ADD_BOS if t.add_bos else 0)
         | (MODEL_ADD_EOS if t.add_eos else 0)
         | (MODEL_ADD_SPACE_PREFIX if t.add_space_prefix else 0)
+        | (MODEL_CLEAN_SPACES if t.clean_spaces else 0)
+        | (MODEL_IGNORE_MERGES if t.ignore_merges else 0)
     )
 
 
@@ -101,19 +109,26 @@ def _align4(n: int) -> int:
 
 
 def vocab_blob(model: Model) -> bytes:
-    """The vocabulary blob of realm.h: header, scores, types, ends, text."""
+    """The vocabulary blob of realm.h: header, scores, types, ends, text, EOG ids, attributes."""
     t = model.tokenizer
-    token_text = [s.encode("utf-8") for s in t.tokens]
+    # llama.cpp names an empty token "[EMPTY_<id>]"
+    token_text = [(s or f"[EMPTY_{i}]").encode("utf-8") for i, s in enumerate(t.tokens)]
     merge_text = [s.encode("utf-8") for s in t.merges]
     n, m = len(token_text), len(merge_text)
     lengths = np.fromiter((len(b) for b in token_text + merge_text), np.int64, n + m)
     ends = np.cumsum(lengths, dtype=np.int64)
     text = b"".join(token_text + merge_text)
+    eog = np.asarray(t.eog_ids, "<u4")
+    attrs = np.asarray(t.token_attrs, "<u4")
+    if attrs.shape != (n,):
+        raise ValueError(f"{attrs.shape[0]} token attributes for {n} tokens")
     scores_off = VOCAB_HEADER.size
     types_off = scores_off + 4 * n
     token_ends_off = types_off + 4 * n
     merge_ends_off = token_ends_off + 4 * n
-    text_off = merge_ends_off + 4 * m
+    eog_off = merge_ends_off + 4 * m
+    attrs_off = eog_off + 4 * len(eog)
+    text_off = attrs_off + 4 * n
     total = _align4(text_off + len(text))
     if total >= 2**31:
         raise ValueError("the vocabulary does not fit a 2 GiB blob")
@@ -134,6 +149,10 @@ def vocab_blob(model: Model) -> bytes:
         merge_ends_off,
         text_off,
         len(text),
+        t.pre,
+        eog_off,
+        len(eog),
+        attrs_off,
     )
     parts = [
         header,
@@ -141,6 +160,8 @@ def vocab_blob(model: Model) -> bytes:
         np.asarray(t.token_types, "<u4").tobytes(),
         ends[:n].astype("<u4").tobytes(),
         ends[n:].astype("<u4").tobytes(),
+        eog.tobytes(),
+        attrs.tobytes(),
         text,
     ]
     blob = b"".join(parts)

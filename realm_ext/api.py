@@ -318,9 +318,12 @@ class Guest:
 
     # -- tokenizer ---------------------------------------------------------------------
 
-    def tokenize(self, text: str, model: Model | None = None) -> list[int]:
-        """Token ids of plain text (no BOS), by the guest's tokenizer."""
+    def tokenize(self, text: str, model: Model | None = None, *, special: bool = False) -> list[int]:
+        """Token ids of text (no BOS), by the guest's tokenizer. special: the text of
+        control tokens ("<|im_start|>") becomes those tokens, as llama.cpp's
+        parse_special (user-defined tokens always do)."""
         data = text.encode("utf-8")
+        flags = abi.TOKENIZE_SPECIAL if special else 0
         with self._lock:
             text_ptr = self._put(data)
             cap = len(data) + 2  # enough unless spaces fall back to bytes (then: retry)
@@ -329,7 +332,7 @@ class Guest:
                     out_ptr = self.alloc(4 * cap)
                     try:
                         rc = self.call(
-                            "realm_tokenize", self.model_id(model), text_ptr, len(data), out_ptr, cap
+                            "realm_tokenize", self.model_id(model), text_ptr, len(data), out_ptr, cap, flags
                         )
                         n = self._check("realm_tokenize", rc)
                         if n <= cap:

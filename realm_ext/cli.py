@@ -98,6 +98,12 @@ def main() -> None:
     type=click.FloatRange(min=0, min_open=True),
     help="Linear RoPE scaling: every angle divided by this factor.",
 )
+@click.option(
+    "--vocab-from",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Carry this GGUF's whole tokenizer (tokens, merges, pre, special ids, chat template); "
+    "n_vocab is its token count.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def make_model_cmd(
     out: Path,
@@ -109,26 +115,32 @@ def make_model_cmd(
     rope_freqs: str | None,
     rope_orig_ctx: int,
     rope_scale_linear: float | None,
+    vocab_from: Path | None,
     quiet: bool,
 ) -> None:
-    """Write a llama GGUF with deterministic random weights and an SPM vocabulary."""
+    """Write a llama GGUF with deterministic random weights and an SPM vocabulary (or the
+    tokenizer of --vocab-from)."""
     freqs = None
     if rope_freqs == "llama3":
         c = PRESETS[preset].config
         freqs = llama3_rope_freqs(c.rope_dim, c.rope_freq_base, original_context=rope_orig_ctx)
-    with _writing(out):
-        path = make_model(
-            out,
-            preset,
-            type_.upper(),
-            seed=seed,
-            tied=tied,
-            progress=not quiet,
-            log=_warn,
-            random_blocks=random_blocks,
-            rope_freqs=freqs,
-            rope_scale_linear=rope_scale_linear,
-        )
+    try:
+        with _writing(out):
+            path = make_model(
+                out,
+                preset,
+                type_.upper(),
+                seed=seed,
+                tied=tied,
+                progress=not quiet,
+                log=_warn,
+                random_blocks=random_blocks,
+                rope_freqs=freqs,
+                rope_scale_linear=rope_scale_linear,
+                vocab_from=vocab_from,
+            )
+    except GGUFError as e:
+        raise click.ClickException(str(e)) from None
     if not quiet:
         click.echo(f"wrote {path} ({_human_bytes(path.stat().st_size)})")
 

@@ -257,6 +257,16 @@ class TokenizerData:
     add_bos: bool
     add_eos: bool
     add_space_prefix: bool
+    # byte-level BPE (model "gpt2"): the pre-tokenizer, PRE_* (PRE_NONE for "llama"), and
+    # the `tokenizer.ggml.pre` value it came from ("" when absent)
+    pre: int = 0
+    pre_name: str = ""
+    clean_spaces: bool = False  # detokenizing cleans spaces (clean_up_tokenization_spaces)
+    ignore_merges: bool = False  # a word that is a token is taken whole (Llama 3)
+    # the end-of-generation ids llama.cpp derives (EOS, EOT, EOM, "<|im_end|>" ...), ascending
+    eog_ids: tuple[int, ...] = ()
+    # ATTR_* per token as llama.cpp derives them from the types and the texts (uint32)
+    token_attrs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
 
 
 @dataclass(frozen=True)
@@ -546,6 +556,145 @@ def _rope_freqs(path: Path, tensors: dict[str, Tensor], cfg: LlamaConfig) -> tup
     return tuple(float(v) for v in vals)
 
 
+# The pre-tokenizers of byte-level BPE (realm.h's REALM_PRE_*), and the
+# `tokenizer.ggml.pre` values llama.cpp (llama-vocab.cpp) maps to each of them.
+PRE_NONE, PRE_GPT2, PRE_LLAMA3, PRE_QWEN2, PRE_SMOLLM = 0, 1, 2, 3, 4
+PRE_NAMES: dict[str, int] = {
+    **dict.fromkeys(
+        ["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+         "jina-v5-nano"],
+        PRE_LLAMA3,
+    ),
+    **dict.fromkeys(
+        ["gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "a.x-4.0", "mellum", "exaone4"], PRE_GPT2
+    ),
+    **dict.fromkeys(["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez"], PRE_QWEN2),
+    "smollm": PRE_SMOLLM,
+}  # fmt: skip
+# llama.cpp turns clean_spaces off for these values (on for every other BPE value)
+_NO_CLEAN_SPACES = {"qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "smollm"}
+
+# llama.cpp's token attributes (llama_token_attr; realm.h's REALM_ATTR_*)
+ATTR_UNKNOWN, ATTR_UNUSED, ATTR_NORMAL, ATTR_CONTROL, ATTR_USER_DEFINED, ATTR_BYTE = 1, 2, 4, 8, 16, 32
+ATTR_LSTRIP, ATTR_RSTRIP = 128, 256
+_TYPE_ATTR = {
+    1: ATTR_NORMAL,
+    2: ATTR_UNKNOWN,
+    3: ATTR_CONTROL,
+    4: ATTR_USER_DEFINED,
+    5: ATTR_UNUSED,
+    6: ATTR_BYTE,
+}
+
+# The token texts llama.cpp (llama_vocab::impl::load) looks for when the file names no
+# such token: the first match becomes EOT / EOM / FIM pad, repo, file separator.
+_EOT_TEXTS = {
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>",
+    "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>",
+}  # fmt: skip
+_EOM_TEXTS = {"<|eom_id|>"}
+_FIM_TEXTS = {
+    "pre": {"<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
+            "<|code_prefix|>", "<|prefix|>"},
+    "suf": {"<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
+            "<|code_suffix|>", "<|suffix|>"},
+    "mid": {"<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
+            "<|code_middle|>", "<|middle|>"},
+    "pad": {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"},
+    "rep": {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"},
+    "sep": {"<|file_sep|>"},
+}  # fmt: skip
+# ... and the texts that always end generation
+_EOG_TEXTS = {
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<｜end▁of▁sentence｜>", "[e~[",
+}  # fmt: skip
+
+
+def _pre_tokenizer(path: Path, md: dict[str, Any], kind: str) -> tuple[int, str, bool, bool, bool]:
+    """(PRE_*, the value, clean_spaces, ignore_merges, add_bos default) as llama.cpp sets
+    them for `tokenizer.ggml.pre`; a value this guest cannot split refused."""
+    name = _get(path, md, "tokenizer.ggml.pre", str, "")
+    if kind == "llama":
+        return PRE_NONE, name, False, False, True
+    pre = PRE_NAMES.get(name)
+    if pre is None:
+        supported = ", ".join(repr(n) for n in PRE_NAMES)
+        found = repr(name) if name else "absent"
+        raise GGUFError(
+            f"{path}: key 'tokenizer.ggml.pre' is {found}: that pre-tokenizer is not supported "
+            f"(supported: {supported})"
+        )
+    llama3 = pre == PRE_LLAMA3
+    return pre, name, name not in _NO_CLEAN_SPACES, llama3, llama3
+
+
+def _special_ids(md_id: dict[str, int | None], tokens: list[str], attrs: np.ndarray) -> tuple[int, ...]:
+    """The end-of-generation ids, as llama.cpp derives them; marks the tokens it treats as
+    control in `attrs` on the way (llama_vocab::impl::load, in its order)."""
+    text_ids: dict[str, int] = {}
+    for i, t in enumerate(tokens):
+        text_ids[t] = i  # llama.cpp's token_to_id: the last of equal texts
+    found = dict(md_id)
+
+    def mark(i: int) -> None:
+        attrs[i] |= ATTR_CONTROL
+
+    # the first token with one of these texts (in id order) where the file names none
+    for key, texts in [("eot", _EOT_TEXTS), ("eom", _EOM_TEXTS)] + [
+        (f"fim_{k}", v) for k, v in _FIM_TEXTS.items()
+    ]:
+        if found.get(key) is None:
+            hit = next((i for t, i in sorted(text_ids.items(), key=lambda kv: kv[1]) if t in texts), None)
+            if hit is not None:
+                found[key] = hit
+                mark(hit)
+    for t, i in text_ids.items():  # control tokens named "unused"
+        if attrs[i] & ATTR_CONTROL and "unused" in t:
+            attrs[i] |= ATTR_UNUSED
+    eog = {found[k] for k in ("fim_pad", "fim_rep", "fim_sep") if found.get(k) is not None}
+    for t, i in text_ids.items():
+        if t in _EOG_TEXTS:
+            eog.add(i)
+            mark(i)
+    for t in ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"):
+        if t in text_ids:
+            attrs[text_ids[t]] = ATTR_USER_DEFINED
+    eog |= {found[k] for k in ("eos", "eot", "eom") if found.get(k) is not None}
+    texts = {tokens[i]: i for i in eog}
+    if "<|end|>" in texts and (
+        ("<|return|>" in texts and ("<|call|>" in texts or "<|calls|>" in texts))
+        or ("<|flush|>" in texts and ("<|call|>" in texts or "<|calls|>" in texts))
+    ):
+        eog.discard(texts["<|end|>"])
+        attrs[texts["<|end|>"]] = ATTR_USER_DEFINED
+    if "</s>" in texts and ("<|tool_response>" in texts or "<|plamo:eos|>" in texts):
+        eog.discard(texts["</s>"])
+        attrs[texts["</s>"]] = ATTR_NORMAL
+    return tuple(sorted(eog))
+
+
+def _strip_attrs(md: dict[str, Any], pre_name: str, tokens: list[str], attrs: np.ndarray) -> None:
+    """The LSTRIP / RSTRIP attributes llama.cpp sets by model name or pre-tokenizer."""
+    name = str(md.get("general.name", "")).lower()
+    ids = {t: i for i, t in enumerate(tokens)}
+    if any(k in pre_name for k in ("jina-v2-de", "jina-v2-es", "jina-v2-code")):
+        if "<mask>" in ids:
+            attrs[ids["<mask>"]] |= ATTR_LSTRIP
+    elif "phi-3" in name or "phi3" in name:
+        special = attrs & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN) != 0
+        attrs[special] |= ATTR_RSTRIP
+        if "</s>" in ids:
+            attrs[ids["</s>"]] |= ATTR_RSTRIP
+        for t in ("<unk>", "<s>", "<|endoftext|>"):
+            if t in ids:
+                attrs[ids[t]] &= ~np.uint32(ATTR_RSTRIP)
+    elif "modern-bert" in name and "[MASK]" in ids:
+        attrs[ids["[MASK]"]] |= ATTR_LSTRIP
+
+
 def _tokenizer(path: Path, md: dict[str, Any]) -> TokenizerData:
     kind = _get(path, md, "tokenizer.ggml.model", str)
     if kind not in ("llama", "gpt2"):
@@ -568,7 +717,14 @@ def _tokenizer(path: Path, md: dict[str, Any]) -> TokenizerData:
             raise GGUFError(f"{path}: key {key!r} has a value outside int32")
         arrays[key] = np.asarray(vals, dtype=dtype)
     scores, types = arrays["tokenizer.ggml.scores"], arrays["tokenizer.ggml.token_type"]
-    merges = _get(path, md, "tokenizer.ggml.merges", list, [])
+    merges = [str(m) for m in _get(path, md, "tokenizer.ggml.merges", list, [])]
+    pre, pre_name, clean_spaces, ignore_merges, add_bos_default = _pre_tokenizer(path, md, kind)
+    if kind == "gpt2":
+        if not merges:
+            raise GGUFError(f"{path}: a 'gpt2' tokenizer needs 'tokenizer.ggml.merges'")
+        for i, m in enumerate(merges):
+            if m.find(" ", 1) < 1 or m.find(" ", 1) == len(m) - 1:
+                raise GGUFError(f"{path}: merge {i} ({m!r}) is not two texts separated by a space")
 
     def token_id(key: str) -> int | None:
         tid = _get(path, md, key, int, None)
@@ -576,19 +732,43 @@ def _tokenizer(path: Path, md: dict[str, Any]) -> TokenizerData:
             raise GGUFError(f"{path}: key {key!r} is {tid}, outside the vocabulary of {n} tokens")
         return tid
 
+    ids = {
+        k: token_id(f"tokenizer.ggml.{k}_token_id")
+        for k in (
+            "bos",
+            "eos",
+            "eot",
+            "eom",
+            "fim_pre",
+            "fim_suf",
+            "fim_mid",
+            "fim_pad",
+            "fim_rep",
+            "fim_sep",
+        )
+    }
+    attrs = np.asarray([_TYPE_ATTR.get(int(t), 0) for t in types], np.uint32)
+    eog_ids = _special_ids(ids, tokens, attrs)
+    _strip_attrs(md, pre_name, tokens, attrs)
     return TokenizerData(
         model=kind,
         tokens=tokens,
         scores=scores,
         token_types=types,
-        merges=[str(m) for m in merges],
-        bos_id=token_id("tokenizer.ggml.bos_token_id"),
-        eos_id=token_id("tokenizer.ggml.eos_token_id"),
+        merges=merges,
+        bos_id=ids["bos"],
+        eos_id=ids["eos"],
         unk_id=token_id("tokenizer.ggml.unknown_token_id"),
         pad_id=token_id("tokenizer.ggml.padding_token_id"),
-        add_bos=_get(path, md, "tokenizer.ggml.add_bos_token", bool, True),
+        add_bos=_get(path, md, "tokenizer.ggml.add_bos_token", bool, add_bos_default),
         add_eos=_get(path, md, "tokenizer.ggml.add_eos_token", bool, False),
         add_space_prefix=_get(path, md, "tokenizer.ggml.add_space_prefix", bool, kind == "llama"),
+        pre=pre,
+        pre_name=pre_name,
+        clean_spaces=clean_spaces,
+        ignore_merges=ignore_merges,
+        eog_ids=eog_ids,
+        token_attrs=attrs,
     )
 
 

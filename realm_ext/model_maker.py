@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -233,6 +234,27 @@ def add_spm_tokenizer(
     w.add_add_space_prefix(v.add_space_prefix)
 
 
+def read_tokenizer_keys(path: str | os.PathLike[str]) -> list[tuple[str, Any, gguf.GGUFValueType, Any]]:
+    """Every `tokenizer.*` key of a GGUF file (tokens, types, scores, merges, pre, special
+    ids, flags, chat template ...) as (key, value, type, array element type), to write
+    into another file unchanged. The file must carry a tokenizer llama.cpp can load:
+    its `tokenizer.ggml.tokens`."""
+    from realm_ext.model import GGUFError, _open_reader  # the bounded, fast reader
+
+    path = Path(path)
+    reader = _open_reader(path)
+    keys = []
+    for name, f in reader.fields.items():
+        if not name.startswith("tokenizer."):
+            continue
+        vtype = f.types[0]
+        sub = f.types[1] if vtype == gguf.GGUFValueType.ARRAY and len(f.types) > 1 else None
+        keys.append((name, f.contents(), vtype, sub))
+    if not any(k == "tokenizer.ggml.tokens" for k, *_ in keys):
+        raise GGUFError(f"{path}: no 'tokenizer.ggml.tokens': not a vocabulary")
+    return keys
+
+
 def make_model(
     out: str | os.PathLike[str],
     preset: str | LlamaConfig = "tiny",
@@ -245,6 +267,7 @@ def make_model(
     vocab: Vocab | tuple[list[str], list[float], list[int]] | None = None,
     rope_freqs: tuple[float, ...] | None = None,
     rope_scale_linear: float | None = None,
+    vocab_from: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write a llama GGUF with random weights; `type` is a single type or a recipe.
 
@@ -256,8 +279,18 @@ def make_model(
     special ids) instead of make_vocab's; it must have the config's n_vocab tokens.
 
     rope_freqs (rope_dim / 2 values, e.g. llama3_rope_freqs(...)) and rope_scale_linear
-    override the config's: a `rope_freqs.weight` tensor, linear scaling keys."""
+    override the config's: a `rope_freqs.weight` tensor, linear scaling keys.
+
+    vocab_from: a GGUF whose whole tokenizer (every `tokenizer.*` key) the model carries,
+    n_vocab its token count (e.g. llama.cpp's ggml-vocab-*.gguf files)."""
     cfg = PRESETS[preset].config if isinstance(preset, str) else preset
+    tokenizer_keys = None
+    if vocab_from is not None:
+        if vocab is not None:
+            raise ValueError("vocab and vocab_from are exclusive")
+        tokenizer_keys = read_tokenizer_keys(vocab_from)
+        n_tokens = len(next(v for k, v, *_ in tokenizer_keys if k == "tokenizer.ggml.tokens"))
+        cfg = replace(cfg, n_vocab=n_tokens)
     if rope_freqs is not None:
         if len(rope_freqs) != cfg.rope_dim // 2:
             raise ValueError(f"rope_freqs has {len(rope_freqs)} values, rope_dim / 2 is {cfg.rope_dim // 2}")
@@ -267,7 +300,9 @@ def make_model(
             raise ValueError(f"rope_scale_linear must be > 0, got {rope_scale_linear}")
         cfg = replace(cfg, rope_scale_linear=float(rope_scale_linear))
     name = preset if isinstance(preset, str) else "custom"
-    if vocab is None:
+    if tokenizer_keys is not None:
+        tokens, scores, types = [], [], []
+    elif vocab is None:
         tokens, scores, types = make_vocab(cfg.n_vocab, seed)
     else:
         if not isinstance(vocab, Vocab):
@@ -284,7 +319,11 @@ def make_model(
 
     def add_metadata(w: gguf.GGUFWriter) -> None:
         add_llama_metadata(w, cfg, f"realm-ext {name} seed {seed}")
-        add_spm_tokenizer(w, tokens, scores, types, vocab)
+        if tokenizer_keys is not None:
+            for key, val, vtype, sub in tokenizer_keys:
+                w.add_key_value(key, val, vtype, sub)
+        else:
+            add_spm_tokenizer(w, tokens, scores, types, vocab)
         w.add_file_type(int(recipe_file_type(type)))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 

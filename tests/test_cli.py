@@ -129,20 +129,66 @@ def test_make_model_into_a_missing_directory(tmp_path: Path) -> None:
     assert "the directory" in error_line(r, 2)
 
 
-def test_tokenize_with_a_vocabulary_the_guest_refuses(model_path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_tokenize_with_a_pre_tokenizer_the_guest_cannot_split(model_path, tmp_path: Path) -> None:  # noqa: ANN001
     gpt2 = rewrite(
         model_path(),
         tmp_path / "gpt2.gguf",
-        kv={"tokenizer.ggml.model": ("gpt2", gguf.GGUFValueType.STRING)},
+        kv={
+            "tokenizer.ggml.model": ("gpt2", gguf.GGUFValueType.STRING),
+            "tokenizer.ggml.pre": ("made-up", gguf.GGUFValueType.STRING),
+        },
     )
-    want = (
-        "Error: {} failed: invalid argument (-1): "
-        "vocabulary blob: only the SPM (llama) tokenizer is supported"
+    for args in (["tokenize", "--model", str(gpt2), "hello"], ["generate", "--model", str(gpt2), "-p", "hi"]):
+        r = CliRunner().invoke(main, args)
+        line = error_line(r, 1)
+        assert line.startswith(f"Error: {gpt2}: key 'tokenizer.ggml.pre' is 'made-up': "), line
+        assert "not supported (supported: 'llama3'" in line and "'smollm'" in line
+
+
+def test_make_model_vocab_from_carries_the_whole_tokenizer(tmp_path: Path) -> None:
+    """--vocab-from: a tiny model with SmolLM2's tokenizer (tokens, types, merges, pre,
+    special ids, flags, chat template), n_vocab its token count."""
+    from real_files import smollm2
+
+    from realm_ext.model import load_gguf
+
+    src = smollm2()
+    out = tmp_path / "smol-vocab.gguf"
+    args = [
+        "make-model",
+        str(out),
+        "--vocab-from",
+        str(src),
+        "--type",
+        "Q4_0",
+        "--tied",
+        "--random-blocks",
+        "-q",
+    ]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    a, b = load_gguf(src), load_gguf(out)
+    assert b.config.n_vocab == len(a.tokenizer.tokens) == 49152 and b.config.n_layer == 2
+    ta, tb = a.tokenizer, b.tokenizer
+    assert (ta.tokens, ta.merges, ta.pre_name, ta.eog_ids) == (tb.tokens, tb.merges, tb.pre_name, tb.eog_ids)
+    assert (ta.token_types == tb.token_types).all() and (ta.scores == tb.scores).all()
+    assert (ta.bos_id, ta.eos_id, ta.unk_id, ta.pad_id, ta.add_bos) == (
+        tb.bos_id,
+        tb.eos_id,
+        tb.unk_id,
+        tb.pad_id,
+        tb.add_bos,
     )
-    r = CliRunner().invoke(main, ["tokenize", "--model", str(gpt2), "hello"])
-    assert error_line(r, 1) == want.format("realm_tokenize")
-    r = CliRunner().invoke(main, ["generate", "--model", str(gpt2), "-p", "hello", "-n", "2"])
-    assert error_line(r, 1) == want.format("realm_generate")
+    assert b.metadata["tokenizer.chat_template"] == a.metadata["tokenizer.chat_template"]
+    # a file without a vocabulary: one line naming it
+    empty = tmp_path / "empty.gguf"
+    w = gguf.GGUFWriter(str(empty), "llama")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    r = CliRunner().invoke(main, ["make-model", str(tmp_path / "x.gguf"), "--vocab-from", str(empty)])
+    assert error_line(r, 1) == f"Error: {empty}: no 'tokenizer.ggml.tokens': not a vocabulary"
 
 
 def test_memory_limit_errors_name_the_limit(model_path) -> None:  # noqa: ANN001
@@ -153,12 +199,12 @@ def test_memory_limit_errors_name_the_limit(model_path) -> None:  # noqa: ANN001
         "Error: the guest needs 131072 bytes of memory at start, over its memory limit of 1024 bytes; "
         "raise it with --memory-limit"
     )
-    # room to start, not for the prompt's activations (about 60 tokens x 256 floats): the
-    # guest's own allocation fails (-7 with no host message), not the host's memory
-    prompt = " ".join(["the king"] * 30)
-    r = CliRunner().invoke(main, ["generate", "--model", path, "-p", prompt, "--memory-limit", "128KiB"])
+    # room to start and tokenize, not for the prompt's activations (about 120 tokens x 256
+    # floats): the guest's own allocation fails (-7 with no host message), not the host's
+    prompt = " ".join(["the king"] * 60)
+    r = CliRunner().invoke(main, ["generate", "--model", path, "-p", prompt, "--memory-limit", "192KiB"])
     assert error_line(r, 1) == (
-        "Error: realm_generate failed: the guest ran out of its memory limit of 128.00 KiB "
+        "Error: realm_generate failed: the guest ran out of its memory limit of 192.00 KiB "
         "(realm_generate: activations); raise it with --memory-limit (default 256MiB, at most 4GiB)"
     )
     # the text itself does not fit in the guest's memory

@@ -43,6 +43,10 @@ extern "C" {
 #define REALM_MODEL_ADD_BOS 1u          /* the tokenizer prepends BOS to a prompt */
 #define REALM_MODEL_ADD_EOS 2u          /* ... and appends EOS */
 #define REALM_MODEL_ADD_SPACE_PREFIX 4u /* SentencePiece's dummy prefix ("hi" -> "▁hi") */
+#define REALM_MODEL_CLEAN_SPACES 8u     /* detokenizing removes the spaces before ? ! . , and
+                                           some apostrophes (clean_up_tokenization_spaces) */
+#define REALM_MODEL_IGNORE_MERGES 16u   /* byte-level BPE: a word that is a token is taken
+                                           whole, without merges (Llama 3) */
 
 typedef struct realm_model_info {
     uint32_t version; /* REALM_MODEL_INFO_VERSION */
@@ -63,7 +67,7 @@ _Static_assert(sizeof(realm_model_info_t) == 48, "realm_model_info is 12 u32");
 /* ---- the vocabulary blob (realm_vocab_size / realm_vocab_read) ----------------- */
 
 #define REALM_VOCAB_MAGIC 0x434F5652u /* "RVOC" */
-#define REALM_VOCAB_VERSION 1
+#define REALM_VOCAB_VERSION 2
 #define REALM_VOCAB_SPM 1  /* tokenizer.ggml.model "llama": SentencePiece BPE */
 #define REALM_VOCAB_GPT2 2 /* "gpt2": byte-level BPE with merges */
 
@@ -74,6 +78,19 @@ _Static_assert(sizeof(realm_model_info_t) == 48, "realm_model_info is 12 u32");
 #define REALM_PRE_LLAMA3 2 /* "llama-bpe" (Llama 3) */
 #define REALM_PRE_QWEN2 3  /* "qwen2" */
 #define REALM_PRE_SMOLLM 4 /* "smollm": every digit its own word, then "gpt2" */
+
+/* Token attributes (llama.cpp's llama_token_attr), a u32 per token in a version 2
+ * blob: the GGUF type's bit, plus what llama.cpp derives from the vocabulary (CONTROL
+ * on end-of-generation tokens such as "<|im_end|>" of any type, UNUSED on control
+ * tokens named "unused", LSTRIP / RSTRIP for some models). */
+#define REALM_ATTR_UNKNOWN 1u
+#define REALM_ATTR_UNUSED 2u
+#define REALM_ATTR_NORMAL 4u
+#define REALM_ATTR_CONTROL 8u
+#define REALM_ATTR_USER_DEFINED 16u
+#define REALM_ATTR_BYTE 32u
+#define REALM_ATTR_LSTRIP 128u /* a special token eats the whitespace before it */
+#define REALM_ATTR_RSTRIP 256u /* ... and after it */
 
 /* GGUF token types (tokenizer.ggml.token_type), stored as u32 */
 #define REALM_TOKEN_NORMAL 1
@@ -91,7 +108,13 @@ _Static_assert(sizeof(realm_model_info_t) == 48, "realm_model_info is 12 u32");
  *            text[token_ends[i-1] .. token_ends[i]) (token_ends[-1] = 0), no NUL
  *   uint32_t merge_ends[n_merges]      at merge_ends_off: the same for the merges
  *            ("a b" strings), whose text follows the tokens' in the text area
- *   uint8_t  text[text_bytes]          at text_off */
+ *   uint8_t  text[text_bytes]          at text_off
+ * and from version 2 on:
+ *   uint32_t eog_ids[n_eog]            at eog_off: the end-of-generation tokens (EOS,
+ *            EOT, EOM and the others llama.cpp marks), ascending
+ *   uint32_t attrs[n_tokens]           at attrs_off (REALM_ATTR_*)
+ * A version 1 blob has pre REALM_PRE_NONE, the attributes of its types, and EOS as
+ * its only end-of-generation token. */
 typedef struct realm_vocab_header {
     uint32_t magic;   /* REALM_VOCAB_MAGIC */
     uint32_t version; /* REALM_VOCAB_VERSION */
@@ -102,15 +125,21 @@ typedef struct realm_vocab_header {
     uint32_t bos_id, eos_id, unk_id; /* REALM_NO_TOKEN when absent */
     uint32_t flags;                  /* REALM_MODEL_* */
     uint32_t scores_off, types_off, token_ends_off, merge_ends_off, text_off, text_bytes;
+    /* version 2 */
+    uint32_t pre; /* REALM_PRE_*: REALM_PRE_NONE for SPM, never for GPT2 */
+    uint32_t eog_off, n_eog;
+    uint32_t attrs_off;
 } realm_vocab_header_t;
-_Static_assert(sizeof(realm_vocab_header_t) == 64, "realm_vocab_header is 16 u32");
+_Static_assert(sizeof(realm_vocab_header_t) == 80, "realm_vocab_header is 20 u32");
+#define REALM_VOCAB_HEADER_V1_BYTES 64 /* what a version 1 blob's header holds */
 
 /* ---- realm_generate's parameters ----------------------------------------------- */
 
 #define REALM_PARAMS_VERSION 1
 
 /* flags */
-#define REALM_GEN_ADD_BOS 1u     /* prepend BOS when the model's tokenizer asks for it */
+#define REALM_GEN_ADD_BOS 1u     /* add the model's special tokens to the prompt: BOS
+                                    first (and EOS last) when its tokenizer asks for it */
 #define REALM_GEN_STOP_AT_EOS 2u /* stop when EOS is sampled (not emitted) */
 #define REALM_GEN_PER_LAYER 4u   /* call realm_forward_layer per layer instead of
                                     realm_forward_layers once (same results) */
@@ -188,6 +217,9 @@ REALM_IMPORT(realm_log) int32_t realm_log(uint32_t level, uint32_t ptr, uint32_t
  * the message's full length (0: no error yet). */
 REALM_IMPORT(realm_last_error) int32_t realm_last_error(uint32_t out_ptr, uint32_t out_len);
 
+/* realm_tokenize's flags */
+#define REALM_TOKENIZE_SPECIAL 1u
+
 /* ---- what the shipped guest exports --------------------------------------------
  *   void    *realm_alloc(uint32_t n);                 16-byte aligned, 0 on failure
  *   void     realm_free(void *p);
@@ -195,13 +227,16 @@ REALM_IMPORT(realm_last_error) int32_t realm_last_error(uint32_t out_ptr, uint32
  *                           const realm_params_t *params, uint32_t params_len);
  *              tokens generated, or an error code
  *   int32_t  realm_tokenize(uint32_t model_id, const char *text, uint32_t text_len,
- *                           uint32_t *out, uint32_t out_cap);
- *              ids of plain text (no BOS, control tokens never produced); returns the
- *              count, writing only the first out_cap
+ *                           uint32_t *out, uint32_t out_cap, uint32_t flags);
+ *              ids of text (no BOS); returns the count, writing only the first
+ *              out_cap. flags: REALM_TOKENIZE_SPECIAL to turn the text of control
+ *              tokens ("<|im_start|>") into those tokens; without it only user-defined
+ *              tokens are matched and control tokens are never produced
  *   int32_t  realm_detokenize(uint32_t model_id, const uint32_t *ids, uint32_t n_ids,
  *                             char *out, uint32_t out_cap);
  *              the text of ids (control tokens skipped, the dummy prefix's space
- *              removed); returns its byte length, writing only the first out_cap
+ *              removed, spaces cleaned under REALM_MODEL_CLEAN_SPACES); returns its
+ *              byte length, writing only the first out_cap
  *   int32_t  realm_sample(const float *logits, uint32_t n_vocab, const realm_params_t *p,
  *                         uint32_t params_len, const uint32_t *history,
  *                         uint32_t n_history, uint64_t *rng_state);

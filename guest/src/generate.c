@@ -67,17 +67,22 @@ static void *alloc_bytes(uint64_t n) { return n > 0x7FFFFFFFu ? 0 : realm_alloc(
 /* Everything before the first sample: the prompt's tokens, the buffers, the KV ring
  * and the prompt's logits. */
 static int32_t setup(gen_t *g, const tokenizer_t *t, const uint8_t *text, uint32_t text_len) {
+    /* as llama.cpp's CLI tokenizes a prompt: special tokens parsed, BOS / EOS added
+       where the model's tokenizer asks for them */
     int add_bos = (g->p.flags & REALM_GEN_ADD_BOS) && (g->info.flags & REALM_MODEL_ADD_BOS) &&
                   g->info.bos_id != REALM_NO_TOKEN;
-    int32_t n_text = tokenizer_encode(t, text, text_len, 0, 0);
+    int add_eos = (g->p.flags & REALM_GEN_ADD_BOS) && (g->info.flags & REALM_MODEL_ADD_EOS) &&
+                  g->info.eos_id != REALM_NO_TOKEN;
+    int32_t n_text = tokenizer_encode(t, text, text_len, 0, 0, 1);
     if (n_text < 0) return fail("tokenize", n_text);
-    g->n_prompt = (uint32_t)n_text + (add_bos ? 1 : 0);
+    g->n_prompt = (uint32_t)n_text + (add_bos ? 1 : 0) + (add_eos ? 1 : 0);
     if (g->n_prompt == 0) return fail("empty prompt", REALM_ERR_INVALID);
     g->prompt = alloc_bytes((uint64_t)g->n_prompt * 4);
     if (!g->prompt) return fail("prompt tokens", REALM_ERR_NOMEM);
     if (add_bos) g->prompt[0] = g->info.bos_id;
-    int32_t r = tokenizer_encode(t, text, text_len, g->prompt + add_bos, (uint32_t)n_text);
+    int32_t r = tokenizer_encode(t, text, text_len, g->prompt + add_bos, (uint32_t)n_text, 1);
     if (r < 0) return fail("tokenize", r);
+    if (add_eos) g->prompt[g->n_prompt - 1] = g->info.eos_id;
 
     uint32_t n_ctx = g->p.n_ctx ? g->p.n_ctx : g->info.n_ctx_train;
     if (n_ctx == 0) return fail("n_ctx is 0", REALM_ERR_INVALID);
@@ -125,7 +130,7 @@ static int32_t loop(gen_t *g, const tokenizer_t *t) {
     while (n < g->p.max_tokens) {
         int32_t id = sampler_sample(g->logits, g->info.n_vocab, &g->p, g->hist, g->n_hist, &rng);
         if (id < 0) return fail("sample", id);
-        if ((g->p.flags & REALM_GEN_STOP_AT_EOS) && (uint32_t)id == g->info.eos_id) break;
+        if ((g->p.flags & REALM_GEN_STOP_AT_EOS) && tokenizer_is_eog(t, (uint32_t)id)) break;
         n++;
         hist_push(g, (uint32_t)id);
         uint32_t ready = detok_stream_add(&g->stream, t, (uint32_t)id);

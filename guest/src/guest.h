@@ -40,6 +40,8 @@ int mem_in_bounds(uint32_t addr, uint64_t len);
 
 /* Logs "<what>: <detail> (<code>)"; detail may be 0. Returns code. */
 int32_t guest_log_error(const char *what, const char *detail, int32_t code);
+/* Logs "<what> <num> <detail> (<code>)"; detail may be 0. Returns code. */
+int32_t guest_log_error_num(const char *what, uint32_t num, const char *detail, int32_t code);
 
 /* ---- mathx.c ------------------------------------------------------------------- */
 

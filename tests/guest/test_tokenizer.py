@@ -229,14 +229,14 @@ def test_tokenize_out_cap_and_bounds(spm_guest) -> None:
     try:
         # a short buffer: the count back, only the first out_cap written
         g.write(out_ptr, b"\xff" * 4 * len(full))
-        n = g.call("realm_tokenize", g.model_id(), text_ptr, len(data), out_ptr, 2)
+        n = g.call("realm_tokenize", g.model_id(), text_ptr, len(data), out_ptr, 2, 0)
         assert n == len(full)
         got = np.frombuffer(g.read(out_ptr, 4 * len(full)), "<u4")
         assert got[:2].tolist() == full[:2] and (got[2:] == 0xFFFFFFFF).all()
         mem = g.memory_pages * 65536
-        assert g.call("realm_tokenize", g.model_id(), mem - 2, 10, out_ptr, 4) == -2
-        assert g.call("realm_tokenize", g.model_id(), text_ptr, len(data), mem - 4, 4) == -2
-        assert g.call("realm_tokenize", 12345, text_ptr, len(data), out_ptr, 4) == -3
+        assert g.call("realm_tokenize", g.model_id(), mem - 2, 10, out_ptr, 4, 0) == -2
+        assert g.call("realm_tokenize", g.model_id(), text_ptr, len(data), mem - 4, 4, 0) == -2
+        assert g.call("realm_tokenize", 12345, text_ptr, len(data), out_ptr, 4, 0) == -3
     finally:
         g.free(text_ptr)
         g.free(out_ptr)
@@ -280,7 +280,7 @@ def test_revoked_model(spm_case) -> None:
             mid = g.model_id()
             host.unload(model)
             ptr, out = put(g, b"hello"), g.alloc(64)
-            assert g.call("realm_tokenize", mid, ptr, 5, out, 16) == ERR_MODEL
+            assert g.call("realm_tokenize", mid, ptr, 5, out, 16, 0) == ERR_MODEL
 
 
 def corrupt(blob: bytes, field: int, value: int) -> bytes:
