@@ -13,9 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ helper
 
 from backend_checks import check_bad_calls_raise  # noqa: E402
 from ggml_emulation import GgmlEmulation  # noqa: E402
-from llama_cpp_info import cpu_features  # noqa: E402
+from llama_cpp_info import BITWISE_ON_AVX512, sums_in_our_order  # noqa: E402
 
-from realm_ext import _kernels, kernels  # noqa: E402
+from realm_ext import _kernels  # noqa: E402
 from realm_ext.backends.cpu import CpuBackend, load_weights, runtime_args  # noqa: E402
 from realm_ext.model import load_gguf  # noqa: E402
 from realm_ext.quantizer import RECIPES  # noqa: E402
@@ -173,21 +173,6 @@ def test_bad_calls_raise(model_path, backend: CpuBackend) -> None:
 # ---- llama.cpp parity ----------------------------------------------------------------------
 
 N_PROMPT = 16
-# Measured on this project's machine (AVX-512, llama-cpp-python 0.3.36 built native):
-# bit-identical prompt logits for these; the others within ~1e-7 on most prompts (the
-# K-quants llama.cpp repacks, Q2_K and Q4_K, sum in an order not mirrored here; f16 K·Q).
-BITWISE_ON_AVX512 = ("BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
-
-
-def sums_in_our_order(recipe: str) -> bool:
-    """Whether llama.cpp's dot products for this format sum in our kernels' order: ours
-    follow an AVX-512 build of llama.cpp (vec_dot_x86.h), decided by what that build
-    reports, not by this CPU's flags. A build with AVX512_BF16 takes vdpbf16ps for BF16
-    (ggml_vec_dot_bf16, tinyBLAS), pairs summed in another order, which ours do not follow."""
-    has = cpu_features()
-    if kernels.cpu_isa() != "avx512" or "AVX512" not in has:
-        return False
-    return not (recipe == "BF16" and "AVX512_BF16" in has)
 
 
 @pytest.fixture(scope="module")

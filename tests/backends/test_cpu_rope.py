@@ -12,7 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ helpers
 
 from ggml_emulation import GgmlEmulation  # noqa: E402
-from test_cpu import BITWISE_ON_AVX512, llama_cpp_prompts, prompt, rel, sums_in_our_order  # noqa: E402
+from llama_cpp_info import BITWISE_ON_AVX512, sums_in_our_order  # noqa: E402
+from test_cpu import llama_cpp_prompts, prompt, rel  # noqa: E402
 
 from realm_ext.backends.cpu import CpuBackend  # noqa: E402
 from realm_ext.model import load_gguf  # noqa: E402
