@@ -245,6 +245,7 @@ def make_model(
     vocab: Vocab | tuple[list[str], list[float], list[int]] | None = None,
     rope_freqs: tuple[float, ...] | None = None,
     rope_scale_linear: float | None = None,
+    chat_template: str | None = None,
 ) -> Path:
     """Write a llama GGUF with random weights; `type` is a single type or a recipe.
 
@@ -256,7 +257,11 @@ def make_model(
     special ids) instead of make_vocab's; it must have the config's n_vocab tokens.
 
     rope_freqs (rope_dim / 2 values, e.g. llama3_rope_freqs(...)) and rope_scale_linear
-    override the config's: a `rope_freqs.weight` tensor, linear scaling keys."""
+    override the config's: a `rope_freqs.weight` tensor, linear scaling keys.
+
+    chat_template: a `tokenizer.chat_template` to write: a Jinja2 template's text, or a
+    name in realm_ext.chat_template.BUILTIN ("chatml": its markers are spelled by the
+    vocabulary's byte tokens, since an SPM tokenizer never parses control text)."""
     cfg = PRESETS[preset].config if isinstance(preset, str) else preset
     if rope_freqs is not None:
         if len(rope_freqs) != cfg.rope_dim // 2:
@@ -267,6 +272,11 @@ def make_model(
             raise ValueError(f"rope_scale_linear must be > 0, got {rope_scale_linear}")
         cfg = replace(cfg, rope_scale_linear=float(rope_scale_linear))
     name = preset if isinstance(preset, str) else "custom"
+    if chat_template is not None:
+        from realm_ext.chat_template import BUILTIN, ChatTemplate
+
+        chat_template = BUILTIN.get(chat_template, chat_template)
+        ChatTemplate(chat_template)  # a template that does not parse fails here, not at use
     if vocab is None:
         tokens, scores, types = make_vocab(cfg.n_vocab, seed)
     else:
@@ -285,6 +295,8 @@ def make_model(
     def add_metadata(w: gguf.GGUFWriter) -> None:
         add_llama_metadata(w, cfg, f"realm-ext {name} seed {seed}")
         add_spm_tokenizer(w, tokens, scores, types, vocab)
+        if chat_template is not None:
+            w.add_chat_template(chat_template)
         w.add_file_type(int(recipe_file_type(type)))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
