@@ -4,9 +4,10 @@ tokenizes, from the model's `tokenizer.chat_template` (a Jinja2 template).
 The template comes from the GGUF file, so it is untrusted: it runs in jinja2's
 ImmutableSandboxedEnvironment, which refuses access to Python internals (attributes
 starting with "_", functions' globals, mutation of the values passed in) and bounds
-`range`. The environment and the variables are those of llama-cpp-python's
-Jinja2ChatFormatter (and HF transformers' chat templates): trim_blocks and
-lstrip_blocks, the loopcontrols extension, a pass-through `{% generation %}` tag,
+`range`; here an unsafe attribute fails the rendering at once (ChatTemplateError).
+The environment and the variables are those of llama-cpp-python's Jinja2ChatFormatter
+(and HF transformers' chat templates): trim_blocks and lstrip_blocks, the loopcontrols
+extension, a pass-through `{% generation %}` tag,
 `tojson` as json.dumps (ensure_ascii off), `raise_exception(message)`,
 `strftime_now(format)`, `bos_token` / `eos_token` as the tokens' text, and
 `add_generation_prompt` (True: the text ends where the assistant's reply begins).
@@ -31,6 +32,7 @@ from typing import Any
 import jinja2
 import jinja2.ext
 import jinja2.parser
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from realm_ext.model import Model
@@ -86,8 +88,17 @@ def _raise_exception(message: str) -> None:
     raise ChatTemplateError(f"the chat template refused the conversation: {message}")
 
 
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """jinja2's immutable sandbox, where an unsafe attribute is an error at once (the
+    sandbox's own answer is an undefined value that fails only when used, so that
+    `{{ x.__class__ }}` would render as nothing)."""
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
+        raise SecurityError(f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is unsafe")
+
+
 def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = _Sandbox(
         loader=jinja2.BaseLoader(),
         trim_blocks=True,
         lstrip_blocks=True,
@@ -146,7 +157,7 @@ class ChatTemplate:
             )
         except ChatTemplateError:
             raise
-        except jinja2.exceptions.SecurityError as e:
+        except SecurityError as e:
             raise ChatTemplateError(f"the chat template tried something the sandbox forbids: {e}") from None
         except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
             raise ChatTemplateError(f"the chat template failed: {type(e).__name__}: {e}") from None

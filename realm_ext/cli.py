@@ -585,7 +585,9 @@ def chat_cmd(
             reply: list[str] = []
             try:
                 with _guest_errors("realm_chat_generate", memory_limit, guest):
-                    for piece in guest.chat(messages, max_tokens=max_tokens, **params):
+                    for piece in guest.chat(
+                        messages, chat_template=template, max_tokens=max_tokens, **params
+                    ):
                         click.echo(piece, nl=False)
                         reply.append(piece)
             except ChatTemplateError as e:
