@@ -485,3 +485,16 @@ def test_chat_exports_refuse_bad_arguments(host: Host, model: Model, tmp_path: P
             g.state.last_error
         )
         assert g.state.kv == {}
+
+
+def test_on_every_engine(host: Host, model: Model, engine: str) -> None:
+    kw = dict(GREEDY, max_tokens=6, n_ctx=256)
+    template = ChatTemplate.for_model(model)
+    with host.guest(models=[model], engine=engine) as g:
+        messages: list[dict[str, str]] = []
+        for user in CONVERSATIONS[1]:
+            messages.append({"role": "user", "content": user})
+            reply = "".join(g.chat(messages, **kw))
+            assert reply == fresh_generate(host, model, template.prompt(messages), **kw)
+            messages.append({"role": "assistant", "content": reply})
+        assert g.last_stats.cached_tokens > 0
