@@ -1,7 +1,8 @@
 """The host ABI's constants and byte layouts, mirroring guest/include/realm.h.
 
 Everything a guest reads from the host (model info, the vocabulary blob) or passes to
-it (realm_generate's params) is packed here, little-endian, as the header declares.
+it (realm_generate's params), and what the shipped guest reports back (a chat call's
+statistics), is packed here, little-endian, as the header declares.
 """
 
 from __future__ import annotations
@@ -67,7 +68,12 @@ PARAMS = struct.Struct("<IIfifffIIIIIQ")
 F32_MAX = float(np.finfo(np.float32).max)  # the sampling floats travel as f32
 GEN_ADD_BOS, GEN_STOP_AT_EOS, GEN_PER_LAYER = 1, 2, 4
 
-assert MODEL_INFO.size == 48 and VOCAB_HEADER.size == 80 and PARAMS.size == 56
+# realm_chat_generate's statistics
+CHAT_STATS_VERSION = 1
+CHAT_STATS = struct.Struct("<8I")
+CHAT_RESTARTED = 1
+
+assert MODEL_INFO.size == 48 and VOCAB_HEADER.size == 80 and PARAMS.size == 56 and CHAT_STATS.size == 32
 
 
 def _token_id(v: int | None) -> int:
@@ -221,3 +227,27 @@ class GenerateParams:
             0,
             self.seed,
         )
+
+
+@dataclass(frozen=True)
+class ChatStats:
+    """realm_chat_stats_t in realm.h: what one realm_chat_generate call did."""
+
+    version: int
+    n_prompt: int
+    n_cached: int
+    n_evaluated: int
+    n_generated: int
+    n_held: int
+    flags: int
+
+    @property
+    def restarted(self) -> bool:
+        """The ring could not be rewound (it had wrapped past the common prefix) and
+        started over at position 0."""
+        return bool(self.flags & CHAT_RESTARTED)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> ChatStats:
+        v = CHAT_STATS.unpack(data)
+        return cls(*v[:7])

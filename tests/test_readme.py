@@ -52,6 +52,14 @@ def check_guests(out: str) -> None:
     assert 1 <= int(stats[1]) <= 32 and 2 <= int(stats[2]) <= 1024, lines[-1]  # 64 MiB: 1024 pages
 
 
+def check_chat(out: str) -> None:
+    turns = [line.split() for line in out.splitlines()]
+    assert len(turns) == 2, out
+    (p1, c1, e1, _, _), (p2, c2, e2, _, _) = turns
+    assert int(c1) == 0 and int(e1) == int(p1)  # turn 1: everything is new
+    assert int(c2) >= int(p1) and int(e2) == int(p2) - int(c2)  # turn 2: turn 1 reused
+
+
 def check_quant_and_model(out: str) -> None:
     error, model = out.splitlines()
     assert 0.05 < float(error) < 0.09  # Q4_K's relative error on N(0, 0.02) weights: 0.0714
@@ -66,6 +74,7 @@ def check_backend(out: str) -> None:
 # what each snippet prints, by a piece of its code
 CHECKS: dict[str, Callable[[str], None]] = {
     "host.guest(": check_guests,
+    "guest.chat(": check_chat,
     "quant.quantize(": check_quant_and_model,
     "CpuBackend(": check_backend,
 }

@@ -162,6 +162,28 @@ typedef struct realm_params {
 } realm_params_t;
 _Static_assert(sizeof(realm_params_t) == 56, "realm_params is 12 u32 + u64");
 
+/* ---- realm_chat_generate's statistics ------------------------------------------ */
+
+#define REALM_CHAT_STATS_VERSION 1
+
+/* flags */
+#define REALM_CHAT_RESTARTED 1u /* the ring could not be rewound to the common prefix (it
+                                   had wrapped past it) and started over at position 0 */
+
+/* What one realm_chat_generate call did (realm_generate's calls do the same steps on a
+ * ring of their own, with nothing to reuse). */
+typedef struct realm_chat_stats {
+    uint32_t version;     /* REALM_CHAT_STATS_VERSION */
+    uint32_t n_prompt;    /* tokens of this call's prompt, BOS included */
+    uint32_t n_cached;    /* of them, reused from the conversation's ring (not evaluated) */
+    uint32_t n_evaluated; /* prompt positions evaluated: n_prompt - n_cached on success */
+    uint32_t n_generated; /* tokens generated (the stop token not counted) */
+    uint32_t n_held;      /* positions the ring holds for the next call */
+    uint32_t flags;       /* REALM_CHAT_* */
+    uint32_t reserved;    /* 0 */
+} realm_chat_stats_t;
+_Static_assert(sizeof(realm_chat_stats_t) == 32, "realm_chat_stats is 8 u32");
+
 /* ---- the imports (module "env") ----------------------------------------------- */
 
 #define REALM_IMPORT(name) __attribute__((import_module("env"), import_name(#name)))
@@ -226,6 +248,21 @@ REALM_IMPORT(realm_last_error) int32_t realm_last_error(uint32_t out_ptr, uint32
  *   int32_t  realm_generate(uint32_t model_id, const char *prompt, uint32_t prompt_len,
  *                           const realm_params_t *params, uint32_t params_len);
  *              tokens generated, or an error code
+ *   int32_t  realm_chat_open(uint32_t model_id, uint32_t n_ctx);
+ *              a conversation: a KV ring of n_ctx positions (0: the model's n_ctx_train)
+ *              that stays open across calls; a handle > 0, or an error code
+ *   int32_t  realm_chat_generate(uint32_t handle, const char *prompt, uint32_t prompt_len,
+ *                                const realm_params_t *params, uint32_t params_len,
+ *                                realm_chat_stats_t *stats, uint32_t stats_len);
+ *              realm_generate on the conversation's ring: prompt is the whole
+ *              conversation so far (rendered); the ring keeps the longest common prefix
+ *              of its tokens and the tokens it holds, evaluates the rest, generates, and
+ *              keeps the prompt and the generated tokens fed back for the next call.
+ *              params->n_ctx is 0 or the conversation's. Writes the first
+ *              min(stats_len, 32) bytes of stats (stats_len 0: none). Tokens generated,
+ *              or an error code; after an error the conversation holds only positions
+ *              computed in full (the next call re-evaluates the rest)
+ *   int32_t  realm_chat_close(uint32_t handle);  frees the conversation and its ring
  *   int32_t  realm_tokenize(uint32_t model_id, const char *text, uint32_t text_len,
  *                           uint32_t *out, uint32_t out_cap, uint32_t flags);
  *              ids of text (no BOS); returns the count, writing only the first

@@ -71,12 +71,16 @@ def test_header_lists() -> None:
         "realm_alloc",
         "realm_free",
         "realm_generate",
+        "realm_chat_open",
+        "realm_chat_generate",
+        "realm_chat_close",
         "realm_tokenize",
         "realm_detokenize",
         "realm_sample",
         "realm_heap_bytes",
     }
     assert exports["realm_sample"] == (["i32"] * 7, ["i32"])
+    assert exports["realm_chat_generate"] == (["i32"] * 7, ["i32"])
     assert header_imports()["realm_kv_create"] == (["i32", "i32"], ["i64"])
 
 
