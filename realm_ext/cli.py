@@ -326,7 +326,7 @@ def _model_path(model: Path | None) -> Path:
     from realm_ext.default_model import default_model_path
 
     try:
-        return default_model_path(progress=True)
+        return default_model_path(progress=True, log=_warn)
     except pull_mod.PullError as e:
         raise click.ClickException(str(e)) from None
 
