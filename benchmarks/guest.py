@@ -174,8 +174,10 @@ def llama_cpp_real_s(llm, tokens: list[int]) -> tuple[float, float]:  # noqa: AN
     t0 = time.perf_counter()
     llm.eval(tokens)
     t1 = time.perf_counter()
-    for _ in range(REAL_DECODE):
-        llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+    n_vocab = llm.n_vocab()
+    for _ in range(REAL_DECODE):  # the last row's logits, read in place (no logits_all)
+        last = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))
+        llm.eval([int(np.argmax(last))])
     return t1 - t0, (time.perf_counter() - t1) / REAL_DECODE
 
 

@@ -53,11 +53,12 @@ def check_guests(out: str) -> None:
 
 
 def check_chat(out: str) -> None:
-    turns = [line.split() for line in out.splitlines()]
+    turns = [line.split(maxsplit=5) for line in out.splitlines()]
     assert len(turns) == 2, out
-    (p1, c1, e1, _, _), (p2, c2, e2, _, _) = turns
+    (p1, c1, e1, _, _, r1), (p2, c2, e2, _, _, r2) = turns
     assert int(c1) == 0 and int(e1) == int(p1)  # turn 1: everything is new
     assert int(c2) >= int(p1) and int(e2) == int(p2) - int(c2)  # turn 2: turn 1 reused
+    assert "Paris" in r1 and "Rome" in r2, out  # the default model, greedy
 
 
 def check_quant_and_model(out: str) -> None:
