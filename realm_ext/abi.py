@@ -14,7 +14,7 @@ import numpy as np
 
 from realm_ext.model import Model
 
-# error codes
+# error codes: csrc/realm_errors.h is their C definition (tests/test_abi_doc.py holds the two equal)
 OK = 0
 ERR_INVALID = -1
 ERR_BOUNDS = -2
