@@ -80,7 +80,7 @@ def _weights(rng: np.random.Generator, t: str, rows: int, cols: int, min_bytes: 
     """Copies on the device of one random valid weight, together >= min_bytes."""
     import cupy
 
-    from realm_ext.backends.cuda_matmul import DeviceWeight
+    from realm_ext.backends.cuda.matmul import DeviceWeight
 
     first = DeviceWeight.upload(quant.random_blocks(rng, t, (rows, cols)), quant.parse_type(t), rows, cols)
     n = max(1, -(-min_bytes // first.nbytes))
@@ -92,7 +92,7 @@ def matvec_row(
 ) -> dict:
     import cupy
 
-    from realm_ext.backends import cuda_matmul as cm
+    from realm_ext.backends.cuda import matmul as cm
 
     ws = _weights(rng, t, rows, cols, CYCLE_BYTES)
     x = cupy.asarray(rng.standard_normal((1, cols), dtype=np.float32))
@@ -139,7 +139,7 @@ def matvec_row(
 def prefill_row(rng: np.random.Generator, t: str, rows: int, cols: int, stream, repeat: int) -> dict:
     import cupy
 
-    from realm_ext.backends import cuda_matmul as cm
+    from realm_ext.backends.cuda import matmul as cm
 
     (w,) = _weights(rng, t, rows, cols, 0)
     x = cupy.asarray(rng.standard_normal((PREFILL_TOKENS, cols), dtype=np.float32))

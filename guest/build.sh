@@ -36,7 +36,7 @@ ZIG_GLOBAL_CACHE_DIR="$tmp/zig-cache" ZIG_LOCAL_CACHE_DIR="$tmp/zig-cache" \
     "$python" -m ziglang cc \
     --target=wasm32-freestanding -mcpu=mvp -O2 -std=c11 \
     -nostdlib -ffreestanding -fno-builtin -Wall -Wextra -Werror \
-    -Iguest/include -Iguest/src \
+    -Iguest/include -Icsrc -Iguest/src \
     -Wl,--no-entry -Wl,--import-memory -Wl,-z,stack-size=65536 -Wl,--strip-all \
     -o "$tmp/realm_guest.wasm" "${sources[@]}"
 

@@ -80,4 +80,27 @@ def quantize_rows_k(const float[:, ::1] src, int ggml_type, uint8_t[:, ::1] dst)
 include "_matmul.pxi"
 include "_kv_ring.pxi"
 include "_llama.pxi"
-include "_host_native.pxi"
+
+
+# ---- the C-API table of _kernels.pxd, for realm_ext/_host_native.pyx ----------------
+
+cdef int kernel_get_rows(const realm_tensor *w, const int32_t *ids, int64_t n_ids, float *out) noexcept nogil:
+    return realm_get_rows(w.data, w.type, w.n_rows, w.n_cols, ids, n_ids, out)
+
+
+cdef int kernel_forward_layers(const realm_llama_dims *d, const realm_llama_layer *layers, int32_t first,
+                               int32_t count, realm_kv_ring *kv, int64_t pos, int64_t n_tokens, const float *x,
+                               float *out, realm_llama_scratch *s, int n_threads, realm_fair_lock *lock,
+                               realm_call_control *ctl, int64_t *done) noexcept nogil:
+    return realm_llama_forward_layers(d, layers, first, count, kv, pos, n_tokens, x, out, s, n_threads, lock, ctl,
+                                      done)
+
+
+cdef int kernel_lm_head(const realm_llama_dims *d, const float *output_norm, const realm_tensor *output,
+                        const float *x, int64_t n_tokens, float *logits, realm_llama_scratch *s, int n_threads,
+                        realm_fair_lock *lock, realm_call_control *ctl, int64_t *done) noexcept nogil:
+    return realm_llama_lm_head_chunked(d, output_norm, output, x, n_tokens, logits, s, n_threads, lock, ctl, done)
+
+
+cdef int kernel_call_stopped(const realm_call_control *c) noexcept nogil:
+    return realm_call_stopped(c)

@@ -4,7 +4,8 @@
 # (n_layer, capacity, n_head_kv, head_dim), and the C struct (realm_kv_create /
 # realm_kv_free) that borrows them. The struct's rules (kv_ring.h) are the only rules:
 # the wrappers check types, shapes and contiguity, let C decide the rest, and turn its
-# error codes into exceptions: -1 -> ValueError, -5 -> IndexError, -7 -> MemoryError.
+# error codes into exceptions: REALM_ERR_INVALID -> ValueError, REALM_ERR_RANGE ->
+# IndexError, REALM_ERR_NOMEM -> MemoryError.
 # A ring is not thread-safe: one conversation, one thread at a time.
 from libc.stdint cimport int32_t, uint16_t, uintptr_t
 
@@ -14,17 +15,7 @@ import os
 import numpy as np
 
 
-cdef extern from "kv_ring.h":
-    ctypedef uint16_t realm_f16
-    ctypedef struct realm_kv_ring:
-        int32_t n_layer
-        int32_t n_head_kv
-        int32_t head_dim
-        int64_t capacity
-        realm_f16 *k
-        realm_f16 *v
-        int64_t *n_pos
-        int64_t *held_from
+cdef extern from "kv_ring.h":  # realm_kv_ring: _kernels.pxd
     const int64_t REALM_KV_RING_MAX_CAPACITY
     realm_kv_ring *realm_kv_create(int32_t n_layer, int64_t capacity, int32_t n_head_kv, int32_t head_dim,
                                    realm_f16 *k, realm_f16 *v) nogil
@@ -70,9 +61,7 @@ cdef class KVRing:
     one); truncate(n) forgets positions >= n in every layer.
     """
 
-    cdef realm_kv_ring *_ring
-    cdef object _k, _v  # the numpy storage that _ring borrows
-    cdef object __weakref__  # LlamaRuntime keeps the rings it sized its scratch for weakly
+    # attributes: _kernels.pxd
 
     def __cinit__(self, n_layer, capacity, n_head_kv, head_dim):
         dims = {"n_layer": n_layer, "capacity": capacity, "n_head_kv": n_head_kv, "head_dim": head_dim}
@@ -173,7 +162,7 @@ cdef class KVRing:
         cdef int64_t c_pos = pos, c_n = n_tokens
         with nogil:
             rc = realm_kv_append(self._ring, c_layer, c_pos, c_n, &k[0, 0], &v[0, 0])
-        if rc == -5:
+        if rc == REALM_ERR_RANGE:
             n = self._ring.n_pos[c_layer]
             raise IndexError(
                 f"cannot append at position {pos} of layer {layer}: the next position is n_pos={n} "
@@ -193,7 +182,7 @@ cdef class KVRing:
             raise ValueError(f"n_pos must be >= 0, got {n_pos}")
         cdef int64_t c_n = min(n_pos, _INT64_MAX)
         cdef int rc = realm_kv_truncate(self._ring, c_n)
-        if rc == -5:
+        if rc == REALM_ERR_RANGE:
             start = realm_kv_window_start(self._ring, c_n)
             for layer, (n, held) in enumerate(zip(self.n_pos, self.held_from)):
                 if c_n < n and start < held:
@@ -262,7 +251,7 @@ def attention(KVRing kv not None, int layer, int64_t pos, q, out=None, n_threads
     with nogil:
         rc = realm_attention(ring, layer, pos, c_n_tokens, c_n_head, &q_mv[0, 0, 0], &out_mv[0, 0, 0],
                              &scratch_mv[0], c_threads)
-    if rc == -5:
+    if rc == REALM_ERR_RANGE:
         if not 0 <= layer < ring.n_layer:
             raise IndexError(f"layer {layer} out of range: the ring has {ring.n_layer} layers")
         n, held = ring.n_pos[layer], ring.held_from[layer]

@@ -7,9 +7,7 @@ from libc.string cimport memset
 import weakref
 
 
-cdef extern from "fair_lock.h" nogil:
-    ctypedef struct realm_fair_lock:
-        pass
+cdef extern from "fair_lock.h" nogil:  # realm_fair_lock: _kernels.pxd
     int realm_fair_lock_init(realm_fair_lock *l)
     void realm_fair_lock_destroy(realm_fair_lock *l)
     uint64_t realm_fair_lock_acquire(realm_fair_lock *l, uint64_t *ahead)
@@ -20,28 +18,7 @@ cdef extern from "ops.h":
     int realm_get_rows(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const int32_t *ids,
                        int64_t n_ids, float *out) nogil
 
-cdef extern from "llama.h":
-    ctypedef struct realm_tensor:
-        const void *data
-        int32_t type
-        int64_t n_rows
-        int64_t n_cols
-
-    ctypedef struct realm_llama_dims:
-        int32_t n_embd, n_head, n_head_kv, head_dim, n_ff, rope_dim, n_vocab
-        float rms_eps, rope_base
-        float rope_freq_scale
-        const float *rope_freqs
-
-    ctypedef struct realm_llama_layer:
-        const float *attn_norm
-        const float *ffn_norm
-        realm_tensor wq, wk, wv, wo, w_gate, w_up, w_down
-
-    ctypedef struct realm_llama_scratch:
-        int64_t max_tokens
-        int64_t att_scratch_floats
-
+cdef extern from "llama.h":  # the structs: _kernels.pxd
     int realm_llama_check_layer(const realm_llama_dims *d, const realm_llama_layer *L) nogil
     int64_t realm_llama_scratch_init(realm_llama_scratch *s, const realm_llama_dims *d,
                                      const realm_llama_layer *layers, int32_t n_layer,
@@ -54,10 +31,6 @@ cdef extern from "llama.h":
                             const float *x, int64_t n_tokens, float *logits, realm_llama_scratch *s,
                             int n_threads) nogil
 
-    ctypedef struct realm_call_control:
-        int32_t cancel
-        int64_t deadline_ns
-        uint64_t chunks, first_grant, last_grant, max_ahead
     void realm_call_cancel(realm_call_control *c) nogil
     void realm_call_arm(realm_call_control *c, int64_t deadline_ns) nogil
     int realm_call_stopped(const realm_call_control *c) nogil
@@ -86,21 +59,21 @@ class KernelError(RuntimeError):
 
 
 class CallStopped(KernelError):
-    """A chunked call stopped between chunks (code -8): cancelled, or past its deadline.
+    """A chunked call stopped between chunks (REALM_ERR_CANCELLED): cancelled, or past its deadline.
     `done`: the tokens (or LM head rows) that every layer finished."""
 
     def __init__(self, reason: int, done: int, total: int):
         why = "it was cancelled" if reason == 1 else "its time limit passed"
         RuntimeError.__init__(self, f"stopped after {done} of {total} tokens: {why}")
-        self.code, self.done = -8, done
+        self.code, self.done = REALM_ERR_CANCELLED, done
 
 
 cdef class CallControl:
-    """One guest's stop signals for its running call (csrc/llama.h's realm_call_control):
+    """One guest's stop signals for its running call (csrc/cpu/llama.h's realm_call_control):
     the host arms it before each call into the guest (clearing `cancel`, setting the
     deadline), any thread may cancel; the chunked drivers check it between chunks."""
 
-    cdef realm_call_control ctl
+    # attributes: _kernels.pxd
 
     def arm(self, deadline_s=None):
         """A new call: not cancelled; deadline_s is a time.monotonic() value or None."""
@@ -160,23 +133,12 @@ cdef class LlamaRuntime:
     n_cols); `norms` maps norm names to float32 vectors; `dims` is a dict of
     realm_llama_dims' fields. Built by realm_ext.backends.cpu, not by hand.
 
-    Thread-safe: `lock` (a C fair lock, csrc/fair_lock.h, so the host's native imports
+    Thread-safe: `lock` (a C fair lock, csrc/cpu/fair_lock.h, so the host's native imports
     can take it without the GIL) guards the scratch buffer for every call that uses it;
     long calls take it once per chunk. The scratch's attention part is sized for the
     largest ring `reserve`d and not yet `release`d (or dropped)."""
 
-    cdef realm_llama_dims dims
-    cdef realm_llama_layer *layers
-    cdef int32_t n_layer
-    cdef realm_tensor output
-    cdef realm_tensor token_embd
-    cdef const float *output_norm
-    cdef realm_llama_scratch scratch
-    cdef object keep  # the arrays the pointers point into
-    cdef object scratch_buf
-    cdef int64_t max_tokens
-    cdef realm_fair_lock lock
-    cdef object ring_needs  # KVRing -> attention scratch floats it needs (weak keys)
+    # attributes: _kernels.pxd
 
     def __cinit__(self):
         self.layers = NULL
@@ -328,7 +290,7 @@ cdef class LlamaRuntime:
         return 0
 
     def chunk_shape(self, KVRing kv not None, int64_t pos, int64_t n_tokens, int32_t n_layers):
-        """(tokens, layers) of the next chunk of a long call at pos (csrc/llama.h)."""
+        """(tokens, layers) of the next chunk of a long call at pos (csrc/cpu/llama.h)."""
         cdef int64_t t
         cdef int32_t g
         realm_llama_chunk_shape(&self.dims, kv.ptr(), self.max_tokens, pos, n_tokens, n_layers, &t, &g)
@@ -350,7 +312,7 @@ cdef class LlamaRuntime:
         with nogil:
             rc = realm_get_rows(self.token_embd.data, self.token_embd.type, self.token_embd.n_rows,
                                 self.token_embd.n_cols, &token_ids[0], n, &out[0, 0])
-        if rc == -5:
+        if rc == REALM_ERR_RANGE:
             raise IndexError(f"a token id is outside the vocabulary 0..{self.dims.n_vocab - 1}")
         if rc:
             raise KernelError(rc, "embedding")
@@ -363,7 +325,7 @@ cdef class LlamaRuntime:
     def forward_layers(self, int first, int count, const float[:, ::1] x, int64_t pos, KVRing kv not None,
                        float[:, ::1] out, n_threads, CallControl control=None):
         """Layers first .. first+count-1 on x (n_tokens, n_embd) at positions pos.., into
-        out (may be x), in chunks under the lock (csrc/llama.h). With `control`, a stop
+        out (may be x), in chunks under the lock (csrc/cpu/llama.h). With `control`, a stop
         between chunks raises CallStopped (the ring then holds the tokens it reports)."""
         self._ready()
         cdef int nt = _threads(n_threads)
@@ -385,9 +347,9 @@ cdef class LlamaRuntime:
         with nogil:
             rc = realm_llama_forward_layers(&self.dims, self.layers, first, count, ring, pos, n, &x[0, 0],
                                             &out[0, 0], &self.scratch, nt, &self.lock, ctl, &done)
-        if rc == -8:
+        if rc == REALM_ERR_CANCELLED:
             raise CallStopped(realm_call_stopped(ctl), done, n)
-        if rc == -5:
+        if rc == REALM_ERR_RANGE:
             raise IndexError(f"layers {first}..{first + count - 1}, position {pos}: out of range for the KV "
                              f"ring (next positions {kv.n_pos}, capacity {kv.capacity})")
         if rc:
@@ -408,7 +370,7 @@ cdef class LlamaRuntime:
         with nogil:
             rc = realm_llama_lm_head_chunked(&self.dims, self.output_norm, &self.output, &x[0, 0], n, &out[0, 0],
                                              &self.scratch, nt, &self.lock, ctl, &done)
-        if rc == -8:
+        if rc == REALM_ERR_CANCELLED:
             raise CallStopped(realm_call_stopped(ctl), done, n)
         if rc:
             raise KernelError(rc, "lm_head")

@@ -16,7 +16,7 @@ import numpy as np
 # PRE_* are realm.h's REALM_PRE_*
 from realm_ext.model import PRE_GPT2, PRE_LLAMA3, PRE_NONE, PRE_QWEN2, PRE_SMOLLM, Model  # noqa: F401
 
-# error codes
+# error codes: csrc/realm_errors.h is their C definition (tests/test_abi_doc.py holds the two equal)
 OK = 0
 ERR_INVALID = -1
 ERR_BOUNDS = -2

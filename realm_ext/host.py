@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from realm_ext import abi
-from realm_ext._kernels import NOT_SET_UP_MESSAGE as NOT_SET_UP
-from realm_ext._kernels import CallControl, KernelError, NativeImports
-from realm_ext.backends import CpuBackend
+from realm_ext._host_native import NOT_SET_UP_MESSAGE as NOT_SET_UP
+from realm_ext._host_native import GuestTable
+from realm_ext._kernels import CallControl, KernelError
 from realm_ext.engines.base import ImportSpec
 from realm_ext.model import Model
 
@@ -65,38 +65,39 @@ class KVEntry:
 class GuestState:
     """What one guest owns: granted models (host model id -> model), its KV rings
     (its own ids, from 1, never reused), its last error, its stream callback, the stop
-    signals of its running call. With native imports (CPU backend, wasmtime), the C
-    tables mirror the models and rings, and the last error and the call count live there."""
+    signals of its running call. The rings, the last error and the call count live in
+    one GuestTable (realm_ext/_host_native.pyx), which both import paths read: `native`
+    when the backend serves the forward imports in C (the engine binds its callbacks),
+    else a table of this guest's own."""
 
     def __init__(self, backend, models: dict[int, GrantedModel], kv_limit: int, native=None):  # noqa: ANN001
         self.backend = backend
         self.models = models
         self.kv_limit = kv_limit  # bytes of host (or device) memory its KV rings may pin at once
-        self.kv: dict[int, KVEntry] = {}
         self.next_kv_id = 1
         self.on_emit: Callable[[str], bool] | None = None  # False back: stop generating
         self.control = CallControl()
         self.native = native
-        if native is not None:
-            native.set_control(self.control)
-        self._calls = 0
-        self._last_error = b""
+        self.table = native if native is not None else GuestTable()
+        self.table.set_control(self.control)
+
+    @property
+    def kv(self) -> dict[int, KVEntry]:
+        """Its KV rings by id (read only: add_kv and free_kv change them)."""
+        return self.table.kv
 
     @property
     def last_error(self) -> bytes:
-        return self.native.last_error if self.native is not None else self._last_error
+        return self.table.last_error
 
     @last_error.setter
     def last_error(self, message: bytes) -> None:
-        if self.native is not None:
-            self.native.last_error = message
-        else:
-            self._last_error = message
+        self.table.last_error = message
 
     @property
     def calls(self) -> int:
         """Imports served (Python and native)."""
-        return self._calls + (self.native.calls if self.native is not None else 0)
+        return self.table.calls
 
     @property
     def kv_bytes(self) -> int:
@@ -105,15 +106,11 @@ class GuestState:
     def add_kv(self, entry: KVEntry) -> int:
         kv_id = self.next_kv_id
         self.next_kv_id += 1
-        self.kv[kv_id] = entry
-        if self.native is not None:
-            self.native.add_kv(kv_id, entry.model_id, entry.ring)
+        self.table.add_kv(kv_id, entry)
         return kv_id
 
     def free_kv(self, kv_id: int) -> None:
-        e = self.kv.pop(kv_id)
-        if self.native is not None:
-            self.native.remove_kv(kv_id)
+        e = self.table.remove_kv(kv_id)
         self.backend.free_kv(self.models[e.model_id].model, e.ring)
 
     def free_all_kv(self) -> None:
@@ -125,8 +122,7 @@ class GuestState:
         for kv_id in [k for k, e in self.kv.items() if e.model_id == model_id]:
             self.free_kv(kv_id)
         self.models.pop(model_id, None)
-        if self.native is not None:
-            self.native.remove_model(model_id)
+        self.table.remove_model(model_id)
 
 
 def _no_instance() -> np.ndarray:
@@ -159,14 +155,16 @@ class GuestImports:
             self.state.native.unbind_memory()
 
     @staticmethod
-    def native_for(backend, models: dict[int, GrantedModel]):  # noqa: ANN001, ANN205
-        """The C versions of the forward imports for these models, when the backend's
-        kernels have them (the CPU backend), else None."""
-        if not isinstance(backend, CpuBackend):
+    def native_for(backend, models: dict[int, GrantedModel]) -> GuestTable | None:  # noqa: ANN001
+        """A guest's table serving the forward imports of these models in C, when the
+        backend offers native imports (the optional `native_runtime` of the backend
+        contract, realm_ext/backends/base.py), else None."""
+        native_runtime = getattr(backend, "native_runtime", None)
+        if native_runtime is None:
             return None
-        native = NativeImports()
+        native = GuestTable()
         for mid, g in models.items():
-            native.add_model(mid, backend.prepare(g.model), backend.n_threads)
+            native.add_model(mid, *native_runtime(g.model))
         return native
 
     # -- the table the engines bind -------------------------------------------------
@@ -193,10 +191,10 @@ class GuestImports:
         }
 
     def _guarded(self, name: str, fn: Callable[..., int]) -> Callable[..., int]:
-        state = self.state
+        count_call = self.state.table.count_call
 
         def call(*args: int) -> int:
-            state._calls += 1
+            count_call()
             try:
                 return fn(*args)
             except _Fail as e:

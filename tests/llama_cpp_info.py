@@ -32,7 +32,7 @@ BITWISE_ON_AVX512 = ("BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 
 def sums_in_our_order(recipe: str) -> bool:
     """Whether llama.cpp's dot products for this format sum in our kernels' order: ours
-    follow an AVX-512 build of llama.cpp (vec_dot_x86.h), decided by what that build
+    follow an AVX-512 build of llama.cpp (vec_dot_x86.inc), decided by what that build
     reports, not by this CPU's flags. A build with AVX512_BF16 takes vdpbf16ps for BF16
     (ggml_vec_dot_bf16, tinyBLAS), pairs summed in another order, which ours do not follow."""
     has = cpu_features()

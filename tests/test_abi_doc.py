@@ -1,6 +1,7 @@
 """docs/ABI.md says what the code does: its import table against realm_ext/host.py's
 import table and guest/include/realm.h's declarations, its error codes against
-realm_ext/abi.py and realm.h, its struct offsets against realm.h's structs and
+realm_ext/abi.py and csrc/realm_errors.h (the one C definition, which realm.h
+includes), its struct offsets against realm.h's structs and
 abi.py's packers, its export list against the shipped guest, its limits against the
 constants that set them."""
 
@@ -23,6 +24,7 @@ from realm_ext.engines.base import parse_size
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "ABI.md").read_text()
 HEADER = (ROOT / "guest" / "include" / "realm.h").read_text()
+ERRORS = (ROOT / "csrc" / "realm_errors.h").read_text()
 C_WASM = {"uint32_t": "i32", "int32_t": "i32", "uint64_t": "i64", "int64_t": "i64"}
 C_SIZE = {"uint32_t": 4, "int32_t": 4, "float": 4, "uint64_t": 8}
 STRUCT_CHAR = {"I": "uint32_t", "i": "int32_t", "f": "float", "Q": "uint64_t"}
@@ -79,7 +81,9 @@ def test_import_table_matches_host_and_header() -> None:
 
 def test_error_codes_match_abi_and_header() -> None:
     rows = re.findall(r"^\| (-?\d+) \| `(REALM_\w+)` \| `(\w+)` \|", section("3. Error codes"), re.M)
-    defines = {n: int(v) for n, v in re.findall(r"#define (REALM_(?:OK|ERR_\w+))\s+\(?(-?\d+)\)?", HEADER)}
+    defines = {n: int(v) for n, v in re.findall(r"#define (REALM_(?:OK|ERR_\w+))\s+\(?(-?\d+)\)?", ERRORS)}
+    assert '#include "realm_errors.h"' in HEADER
+    assert not re.search(r"#define REALM_(OK|ERR_)", HEADER), "realm.h defines an error code of its own"
     codes = {n: getattr(abi, n) for n in dir(abi) if n == "OK" or n.startswith("ERR_")}
     assert {c_name for _, c_name, _ in rows} == set(defines)
     assert {py_name for _, _, py_name in rows} == set(codes)

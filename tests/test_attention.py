@@ -1,4 +1,4 @@
-"""attention() over a KVRing against float64 references written here (csrc/attention.c).
+"""attention() over a KVRing against float64 references written here (csrc/cpu/attention.c).
 
 Two references, both from the K/V rows as appended (not from the ring's storage):
 - `emulated`: ggml's CPU steps (q, K, V and the probabilities rounded to f16, f32
@@ -234,7 +234,7 @@ def test_vectorized_expf_ggml_is_the_scalar_one(rng) -> None:
 
 @pytest.mark.parametrize("head_dim", [64, 48, 20])
 def test_every_isa_gives_the_same_bits(rng, head_dim):
-    """attend_group is compiled per ISA (csrc/attention.c): the portable build, forced
+    """attend_group is compiled per ISA (csrc/cpu/attention.c): the portable build, forced
     through set_isa, must give the SIMD builds' bits, across a wrap and with head_dim
     tails that are not whole vectors."""
     from realm_ext import kernels

@@ -4,7 +4,7 @@ configuration (wasmtime with the forward imports in C and in Python, wasmer).
 
 Every call's result is checked against a code computed here, from the arguments and a
 shadow of the guest's state (its memory, KV rings and their positions), in the check
-order of realm_ext/host.py (the C imports of _host_native.pxi keep the same order).
+order of realm_ext/host.py (the C imports of _host_native.pyx keep the same order).
 After every call the hostile guest's memory equals the shadow outside the output
 region the call named; at the end the other guests' memory and KV rings, and the
 models' weights, are byte-identical to what they were before; and a neighbour that
@@ -110,7 +110,7 @@ N_THREADS = 2  # the hostile test's host runs the kernels on this many threads
 
 def ring_bytes(model, n_ctx: int) -> int:  # noqa: ANN001
     """What a ring pins, as the guest's KV budget counts it: K and V (f16), the attention
-    scratch its model keeps for it (csrc/attention.c: per thread, n_head / n_head_kv
+    scratch its model keeps for it (csrc/cpu/attention.c: per thread, n_head / n_head_kv
     rows of n_ctx + head_dim floats and one of head_dim, in 64-byte units), and the
     host's bookkeeping allowance."""
     c = model.config

@@ -73,7 +73,7 @@ DECODE_KERNELS = ("x86_dot_8r_q4_K", "x86_dot_8r_q4_0", "x86_dot_nx_q6_K", "x86_
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 kernels only")
 def test_decode_kernels_prefetch() -> None:
     """Every build (AVX2, AVX-512) of the main decode kernels holds prefetch instructions
-    (csrc/vec_dot_x86.h): GCC once dropped them all without a word, which cost about a
+    (csrc/cpu/vec_dot_x86.inc): GCC once dropped them all without a word, which cost about a
     third of the decode speed."""
     objdump = shutil.which("objdump")
     if objdump is None:

@@ -1,4 +1,4 @@
-"""KVRing: positions, slots, wrap and truncate rules, f16 storage (csrc/kv_ring.c)."""
+"""KVRing: positions, slots, wrap and truncate rules, f16 storage (csrc/cpu/kv_ring.c)."""
 
 from __future__ import annotations
 

@@ -40,14 +40,17 @@ def test_wheel_installs_into_a_new_venv(tmp_path: Path) -> None:
     (Path(site) / "parent_env.pth").write_text("".join(f"{d}\n" for d in ours))
     run([py, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet", wheels[0]])
     probe = (
-        "import pathlib, realm_ext, realm_ext._kernels as k, realm_ext.quant as q; "
+        "import pathlib, realm_ext, realm_ext._kernels as k, realm_ext._host_native, realm_ext.quant as q; "
+        "from realm_ext.backends.cuda import source; "
         "root = pathlib.Path(realm_ext.__file__).parent; "
         "print(root); print(k.block_bytes(12)); "
-        "print((root / 'csrc' / 'ggml_blocks.h').is_file())"
+        "print(source.csrc_dir() == root / 'csrc'); "
+        "print(all((root / 'csrc' / f).is_file() for f in "
+        "('ggml_blocks.h', 'realm_errors.h', 'cpu/llama.h', 'cpu/vec_dot_x86.inc', 'cuda/matmul.cu')))"
     )
     out = run([py, "-c", probe], cwd=tmp_path).stdout.split()
     assert out[0].startswith(str(env_dir)), f"imported {out[0]}, not the venv's copy"
-    assert out[1:] == ["144", "True"]
+    assert out[1:] == ["144", "True", "True"]
     # the console script works from the installed wheel
     model = tmp_path / "m.gguf"
     exe = env_dir / "bin" / "realm-ext"

@@ -1,7 +1,7 @@
 /* attention.cu: RoPE, the K/V append into the device KV ring, and grouped-query
- * attention over the ring (csrc/attention.h's semantics, flash-decoding's schedule).
+ * attention over the ring (csrc/cpu/attention.h's semantics, flash-decoding's schedule).
  *
- * The ring (DESIGN.md, csrc/kv_ring.h): k, v are f16 [n_layer][capacity][n_head_kv]
+ * The ring (DESIGN.md, csrc/cpu/kv_ring.h): k, v are f16 [n_layer][capacity][n_head_kv]
  * [head_dim]; position p of a layer is in slot p % capacity, and attention at p sees
  * the window max(0, p - capacity + 1) .. p. The bookkeeping (which positions are held)
  * stays on the host; these kernels only read and write slots.
@@ -238,7 +238,7 @@ extern "C" __global__ void __launch_bounds__(ATT_TILE)
  * p = f16(e^(s - M) * (float)(1 / S)) and acc = sum p V (f32, positions in order),
  * into part[..][0 .. D).
  * Dynamic shared memory (floats): q16 [G][D] | acc [G][D] | p [G][ATT_TILE] |
- * M, inv [G] | slots [ATT_TILE]: attention_shared_bytes() in realm_ext/backends/cuda.py. */
+ * M, inv [G] | slots [ATT_TILE]: attention_shared_bytes() in realm_ext/backends/cuda/backend.py. */
 extern "C" __global__ void __launch_bounds__(ATT_TILE)
     attention_weigh(const float *q, int q_stride, const long long *ring, int layer, long long capacity, int n_head,
                     int n_head_kv, int head_dim, float scale, float *part) {

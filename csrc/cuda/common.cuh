@@ -1,5 +1,5 @@
 /* common.cuh: what every kernel file includes. NVRTC compiles each .cu on its own,
- * with csrc/ and csrc/cuda/ on the include path (realm_ext/backends/cuda_source.py).
+ * with csrc/ and csrc/cuda/ on the include path (realm_ext/backends/cuda/source.py).
  *
  * The block structs are ggml_blocks.h's, the same ones the C kernels use; f16 scales
  * are raw IEEE half bits (uint16_t), converted here by PTX cvt instructions.

@@ -1,5 +1,5 @@
 /* ggml_math.cuh: the float arithmetic of ggml's CPU kernels that the CUDA kernels
- * repeat bit for bit (see csrc/ops.c), so that the GPU path rounds where the CPU path
+ * repeat bit for bit (see csrc/cpu/ops.c), so that the GPU path rounds where the CPU path
  * rounds: on quantized models a 1-ulp difference that flips a later 8-bit or f16
  * rounding moves the logits by ~1e-2.
  *
@@ -9,7 +9,7 @@
 #ifndef REALM_CUDA_GGML_MATH_CUH
 #define REALM_CUDA_GGML_MATH_CUH
 
-/* e^x as realm_expf_ggml (ggml's vectorized expf, csrc/ops.c): n = round(x log2 e),
+/* e^x as realm_expf_ggml (ggml's vectorized expf, csrc/cpu/ops.c): n = round(x log2 e),
  * b = x - n ln 2 in two parts, a degree-5 polynomial in FMAs, scaled by 2^n; 0 or
  * infinity when |n| > 192. Every step is one IEEE operation, so the bits are the CPU's. */
 static __device__ __forceinline__ float expf_ggml(float x) {

@@ -1,6 +1,6 @@
 /* matmul.cu: out = x W^T for a GGUF weight W in its raw blocks, and row lookups.
  *
- * Layouts every kernel here assumes (realm_ext/backends/cuda_matmul.py checks them):
+ * Layouts every kernel here assumes (realm_ext/backends/cuda/matmul.py checks them):
  *   W    n_rows rows, each n_cols / QK blocks back to back (exactly the GGUF bytes);
  *        float weights: n_rows x n_cols elements, row-major
  *   x    float32 (n_tokens, n_cols), row-major
@@ -34,7 +34,7 @@
 #define MM_THREADS 256
 #define MM_CHUNK 256   /* prefill: columns staged in shared memory per step */
 
-/* ---- activations, rounded as the CPU backend rounds them (csrc/act_quant.c) ----------
+/* ---- activations, rounded as the CPU backend rounds them (csrc/cpu/act_quant.c) ----------
  * quantize_q8_1: one thread per element, one warp per block of 32 (n % 32 == 0, so a
  * warp is either wholly in range or wholly out): d = max|x| / 127, q = rint(x * (127 /
  * max|x|)) (nearest, ties to even: lrintf), s = d * sum(q) with d before its rounding

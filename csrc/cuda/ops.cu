@@ -1,4 +1,4 @@
-/* ops.cu: the small per-token steps of a llama layer on the GPU (csrc/ops.c's, with the
+/* ops.cu: the small per-token steps of a llama layer on the GPU (csrc/cpu/ops.c's, with the
  * same float semantics where it is cheap): RMSNorm, the residual add fused with the
  * RMSNorm that follows it, and SwiGLU over the gate and up projections.
  *

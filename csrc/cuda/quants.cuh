@@ -10,12 +10,12 @@
  *   dot(b, y, part)   partial dot product of weight block b with the QK / QK_ACT
  *                activation blocks y[0 ..] that cover the same columns; summed over
  *                part = 0 .. NPART-1 it is the whole block's dot product
- *   decode(b, i) element i of block b as float, bit-exact with csrc/dequant.c (and
+ *   decode(b, i) element i of block b as float, bit-exact with csrc/cpu/dequant.c (and
  *                ggml): the same float operations in the same order, never fused
  *                (__fmul_rn / __fadd_rn are never contracted into an FMA)
  *
  * The activations are quantized once per call, rounded exactly as the CPU backend
- * (csrc/act_quant.c, llama.cpp's CPU backend) rounds them for the weight's type:
+ * (csrc/cpu/act_quant.c, llama.cpp's CPU backend) rounds them for the weight's type:
  *   Q4_0 Q5_0 Q8_0   Q8_0 blocks of 32: d = f16(max|x| / 127), q = rint(x * 127 / max|x|)
  *   Q4_1 Q5_1        Q8_1: the same d and q, and s = f16(d * sum(q)) from d before rounding
  *   K-quants         Q8_K blocks of 256: float d, q, and int16 bsums of 16 q each

@@ -32,13 +32,14 @@ from realm_ext.model_maker import make_model
 
 HERE = Path(__file__).resolve().parent
 INCLUDE = HERE.parents[1] / "guest" / "include"  # realm.h
+ERRORS = HERE.parents[1] / "csrc"  # realm_errors.h, which realm.h includes
 
 
 def build(out: Path) -> Path:
     """Compile perplexity.c to a wasm32 module with zig's clang (as guest/build.sh does).
     --import-memory: the host creates the memory, capped at the guest's memory_limit."""
     cmd = [sys.executable, "-m", "ziglang", "cc", "--target=wasm32-freestanding", "-mcpu=mvp", "-O2",
-           "-nostdlib", "-ffreestanding", "-Wall", "-Wextra", "-Werror", f"-I{INCLUDE}",
+           "-nostdlib", "-ffreestanding", "-Wall", "-Wextra", "-Werror", f"-I{INCLUDE}", f"-I{ERRORS}",
            "-Wl,--no-entry", "-Wl,--import-memory", "-Wl,-z,stack-size=65536",
            "-Wl,--export=ppl_tokens", "-Wl,--export=ppl_nll",
            "-o", str(out), str(HERE / "perplexity.c")]  # fmt: skip

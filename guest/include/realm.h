@@ -23,16 +23,9 @@ extern "C" {
 
 /* ---- error codes --------------------------------------------------------------- */
 
-#define REALM_OK 0
-#define REALM_ERR_INVALID (-1)   /* invalid argument */
-#define REALM_ERR_BOUNDS (-2)    /* pointer or length outside guest memory */
-#define REALM_ERR_MODEL (-3)     /* model unknown or not granted to this guest */
-#define REALM_ERR_KV (-4)        /* KV cache unknown or not owned by this guest */
-#define REALM_ERR_RANGE (-5)     /* layer or position out of range */
-#define REALM_ERR_ROWS (-6)      /* length not a whole number of rows */
-#define REALM_ERR_NOMEM (-7)     /* out of host or device memory */
-#define REALM_ERR_CANCELLED (-8) /* cancelled (e.g. the host's stream was closed) */
-#define REALM_ERR_INTERNAL (-9)  /* internal error; see realm_last_error */
+/* REALM_OK and REALM_ERR_INVALID .. REALM_ERR_INTERNAL, the one definition that the
+ * host's kernels share: csrc/realm_errors.h (build with -I<realm-ext>/csrc). */
+#include "realm_errors.h"
 
 /* ---- realm_model_info ---------------------------------------------------------- */
 

@@ -2,8 +2,8 @@
 never knows about WASM; it reads and writes caller-provided float32 arrays.
 
 `make_backend(device)` picks one: "cpu", "cuda", or "auto" (CUDA when cupy imports and
-sees a GPU, else the CPU). realm_ext.backends.cuda imports cupy, so it is imported
-only when chosen."""
+sees a GPU, else the CPU). The CUDA backend (realm_ext/backends/cuda/) imports cupy, so
+it is imported only when chosen. What every backend offers: realm_ext/backends/base.py."""
 
 from __future__ import annotations
 

@@ -6,9 +6,8 @@ token. The weights stay quantized either way; `weights` says where the kernels r
 - "mmap" (default): borrowed pointers into the file's memory map; no second copy.
 - "load": one copy per model in anonymous memory advised for 2 MiB pages, as llama.cpp
   holds the weights it repacks (Q4_0, Q4_K, ... on x86): for a machine whose page cache
-  reads slower than fresh memory. On the development VM an old file's page cache read
-  10-20% slower before the decode kernels' prefetch worked; with it, 0-15% depending on
-  the run (benchmarks.cpu measures both: cpu.decode.<type>.load_vs_mmap).
+  reads slower than fresh memory (benchmarks.cpu measures both:
+  cpu.decode.<type>.load_vs_mmap; docs/PERF.md has the development VM's figures).
 Only the small norm vectors are converted, to f32, in both cases.
 
 Every forward method writes into an array the caller provides (later: a view of guest
@@ -18,33 +17,16 @@ memory); `out` may be the input array.
 from __future__ import annotations
 
 import mmap
-import threading
-import weakref
 
 import numpy as np
 
 from realm_ext import _kernels
+from realm_ext.backends import base
+from realm_ext.backends.base import as_rows, token_ids_int32
 from realm_ext.model import LAYER_TENSORS, Model
 
 KVRing = _kernels.KVRing
 CallControl = _kernels.CallControl
-
-
-def _as_rows(a: np.ndarray, width: int, name: str) -> np.ndarray:
-    """a as a C-contiguous float32 (n, width) view (no copy), or a ValueError."""
-    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be a C-contiguous float32 array")
-    if a.size % width:
-        raise ValueError(f"{name} has {a.size} floats, not a whole number of rows of {width}")
-    return a.reshape(-1, width)
-
-
-def token_ids_int32(token_ids: np.ndarray) -> np.ndarray:
-    """token_ids as a C-contiguous 1-D int32 array (a view when it already is one)."""
-    ids = np.asarray(token_ids)
-    if ids.dtype != np.int32 or not ids.flags.c_contiguous or ids.ndim != 1:
-        ids = np.ascontiguousarray(ids, dtype=np.int32).reshape(-1)
-    return ids
 
 
 def runtime_args(model: Model) -> tuple[dict, int, dict, dict]:
@@ -101,7 +83,7 @@ def load_weights(tensors: dict) -> dict:
     return {name: (copies[id(r)], *rest) for name, (r, *rest) in tensors.items()}
 
 
-class CpuBackend:
+class CpuBackend(base.BackendBase):
     """Forward steps of llama models on the CPU.
 
     n_threads: threads per kernel call (default: every core this process may use).
@@ -113,6 +95,7 @@ class CpuBackend:
     name = "cpu"
 
     def __init__(self, n_threads: int | None = None, max_batch: int = 64, weights: str = "mmap"):
+        super().__init__()
         self.n_threads = n_threads or _kernels.default_threads()
         if not 1 <= self.n_threads <= _kernels.MAX_THREADS or max_batch < 1:
             raise ValueError(f"n_threads must be 1..{_kernels.MAX_THREADS} and max_batch >= 1")
@@ -120,28 +103,22 @@ class CpuBackend:
             raise ValueError(f"weights must be 'mmap' or 'load', got {weights!r}")
         self.max_batch = max_batch
         self.weights = weights
-        self._runtimes: weakref.WeakKeyDictionary[Model, _kernels.LlamaRuntime] = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
 
     # -- per model -------------------------------------------------------------------
 
-    def prepare(self, model: Model) -> _kernels.LlamaRuntime:
-        """The model's runtime, built on first use and shared afterwards."""
-        rt = self._runtimes.get(model)
-        if rt is not None:
-            return rt
-        with self._lock:
-            rt = self._runtimes.get(model)
-            if rt is None:
-                rt = self._build(model)
-                self._runtimes[model] = rt
-            return rt
+    # prepare(model) -> LlamaRuntime: the model's runtime, built by _build on first use
+    # (base.BackendBase)
 
     def _build(self, model: Model) -> _kernels.LlamaRuntime:
         dims, n_layer, tensors, norms = runtime_args(model)
         if self.weights == "load":
             tensors = load_weights(tensors)
         return _kernels.LlamaRuntime(dims, n_layer, tensors, norms, self.max_batch)
+
+    def native_runtime(self, model: Model) -> tuple[_kernels.LlamaRuntime, int]:
+        """The model's C runtime and the threads its kernels use: what the host's native
+        imports (realm_ext/_host_native.pyx) run the forward steps with, without Python."""
+        return self.prepare(model), self.n_threads
 
     def new_kv(self, model: Model, n_ctx: int) -> KVRing:
         """A KV ring of n_ctx positions for every layer of the model (f16, host memory),
@@ -167,7 +144,7 @@ class CpuBackend:
     def forward_embedding(self, model: Model, token_ids: np.ndarray, out: np.ndarray) -> None:
         """out (n_tokens, n_embd) = embedding rows of token_ids."""
         ids = token_ids_int32(token_ids)
-        self.prepare(model).embedding(ids, _as_rows(out, model.config.n_embd, "out"))
+        self.prepare(model).embedding(ids, as_rows(out, model.config.n_embd, "out"))
 
     def forward_layer(
         self, model: Model, layer: int, x: np.ndarray, position: int, kv: KVRing, out: np.ndarray
@@ -175,7 +152,7 @@ class CpuBackend:
         """One whole layer on hidden states x (n_tokens x n_embd) at positions position.."""
         e = model.config.n_embd
         self.prepare(model).layer(
-            layer, _as_rows(x, e, "x"), position, kv, _as_rows(out, e, "out"), self.n_threads
+            layer, as_rows(x, e, "x"), position, kv, as_rows(out, e, "out"), self.n_threads
         )
 
     def forward_layers(
@@ -190,9 +167,9 @@ class CpuBackend:
         control: CallControl | None = None,
     ) -> None:
         """forward_layer for layers layer_begin .. layer_begin+layer_count-1, in order, in
-        chunks (csrc/llama.h); a stop of `control` between chunks raises CallStopped."""
+        chunks (csrc/cpu/llama.h); a stop of `control` between chunks raises CallStopped."""
         e = model.config.n_embd
-        xs, os_ = _as_rows(x, e, "x"), _as_rows(out, e, "out")
+        xs, os_ = as_rows(x, e, "x"), as_rows(out, e, "out")
         rt = self.prepare(model)
         rt.forward_layers(layer_begin, layer_count, xs, position, kv, os_, self.n_threads, control)
 
@@ -202,7 +179,7 @@ class CpuBackend:
         """out (n_tokens, n_vocab) = logits of the final norm of x (in chunks of rows)."""
         c = model.config
         self.prepare(model).lm_head(
-            _as_rows(x, c.n_embd, "x"), _as_rows(out, c.n_vocab, "out"), self.n_threads, control
+            as_rows(x, c.n_embd, "x"), as_rows(out, c.n_vocab, "out"), self.n_threads, control
         )
 
     # -- convenience -------------------------------------------------------------------
@@ -212,16 +189,4 @@ class CpuBackend:
     ) -> np.ndarray:
         """Logits (n_tokens, n_vocab) of tokens at positions position.. through every
         layer, appending to kv (a fresh ring of n_ctx_train positions when None)."""
-        c = model.config
-        ring = kv if kv is not None else self.new_kv(model, c.n_ctx_train)
-        tokens = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
-        x = np.empty((tokens.size, c.n_embd), np.float32)
-        try:
-            self.forward_embedding(model, tokens, x)
-            self.forward_layers(model, 0, c.n_layer, x, position, ring, x)
-            logits = np.empty((tokens.size, c.n_vocab), np.float32)
-            self.forward_lm_head(model, x, logits)
-        finally:
-            if kv is None:
-                self.free_kv(model, ring)
-        return logits
+        return base.logits(self, model, tokens, kv, position)

@@ -1,13 +1,13 @@
 """The KV ring's bookkeeping in Python, for rings whose storage is not host memory.
 
-`RingBook` keeps what csrc/kv_ring.c keeps in its C struct (n_pos and held_from per
+`RingBook` keeps what csrc/cpu/kv_ring.c keeps in its C struct (n_pos and held_from per
 layer) and applies the same rules with the same errors as the Cython `KVRing`: append
 positions in order, truncate only where every shortened layer still holds the window of
 the new end. The CUDA backend's `DeviceKVRing` is a RingBook plus device storage; the
 rules are restated here rather than called in C because the C struct insists on host
 storage for appends (and this is a handful of integer comparisons per layer call).
 
-See csrc/kv_ring.c's header for why held_from is stored, not derived.
+See csrc/cpu/kv_ring.c's header for why held_from is stored, not derived.
 """
 
 from __future__ import annotations

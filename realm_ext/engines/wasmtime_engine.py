@@ -10,9 +10,9 @@ thread advances the epoch every EPOCH_TICK seconds); fuel, when asked for, bound
 executed instructions.
 
 Imports are bound through wasmtime's *unchecked* function API (raw argument slots,
-no per-call Val conversion): wasmtime-py's checked path costs ~20 µs a call, this one
-a few. The slots are read with ctypes at the address wasmtime passes. This reaches
-into wasmtime-py's ctypes bindings, hence the pinned wasmtime version.
+no per-call Val conversion), several times cheaper a call than wasmtime-py's checked
+path (docs/PERF.md). The slots are read with ctypes at the address wasmtime passes.
+This reaches into wasmtime-py's ctypes bindings, hence the pinned wasmtime version.
 """
 
 from __future__ import annotations
@@ -141,60 +141,86 @@ class WasmtimeInstance:
 
     def __init__(self, wasm: bytes, imports: dict[str, ImportSpec], limits: Limits, native: object = None):
         self.limits = limits
-        natives = native.functions if native is not None else {}
         use_fuel = limits.fuel is not None
         module = _SHARED.module(wasm, use_fuel)
-        self._store = wasmtime.Store(_SHARED.engine(use_fuel))
+        self._store = self._new_store(module, use_fuel)
+        self._callbacks = []  # the C callbacks must outlive the instance
+        self._ctx = None  # the caller's store context (an address) while an import runs
+        self._view_now = None  # the memory view derived during the running import
+        self._memory: wasmtime.Memory | None = None  # env.memory, or else the exported one
+        linker = wasmtime.Linker(self._store.engine)
+        natives = native.functions if native is not None else {}
+        for imp in module.imports:
+            if imp.module != "env":
+                raise GuestError(f"the guest imports {imp.module}.{imp.name}: only 'env' is provided")
+            if isinstance(imp.type, wasmtime.MemoryType):
+                self._define_memory(linker, imp)
+            elif isinstance(imp.type, wasmtime.FuncType):
+                spec = imports.get(imp.name)
+                if spec is None:
+                    raise GuestError(f"the guest imports env.{imp.name}, which the host does not provide")
+                if imp.name in natives:  # a C callback: env is the native state
+                    cb, env = _UNCHECKED_CB(natives[imp.name]), native.env_address
+                else:
+                    cb, env = _raw_callback(self, *spec), None
+                self._define_function(linker, imp, spec, cb, env)
+            else:
+                raise GuestError(f"the guest imports env.{imp.name}, which is not a function or the memory")
+        self._instantiate(linker, module)
+        self._memory_addr = ctypes.addressof(self._memory._memory)  # the wasmtime_memory_t
+        self._view_key: tuple[int, int] = (0, 0)
+        self._view = np.empty(0, np.uint8)
+
+    def _new_store(self, module: wasmtime.Module, use_fuel: bool) -> wasmtime.Store:
+        """A store of this guest's own, with the limits of the module's docstring."""
+        store = wasmtime.Store(_SHARED.engine(use_fuel))
         imports_memory = any(isinstance(imp.type, wasmtime.MemoryType) for imp in module.imports)
-        self._store.set_limits(
-            memory_size=limits.max_pages * WASM_PAGE,
+        store.set_limits(
+            memory_size=self.limits.max_pages * WASM_PAGE,
             table_elements=MAX_TABLE_ELEMENTS,
             tables=MAX_TABLES,
             memories=0 if imports_memory else 1,  # one memory in all (the host's does not count)
             instances=1,
         )
-        linker = wasmtime.Linker(self._store.engine)
-        self._callbacks = []  # the C callbacks must outlive the instance
-        self._ctx = None  # the caller's store context (an address) while an import runs
-        self._view_now = None  # the memory view derived during the running import
-        self._memory: wasmtime.Memory | None = None
-        for imp in module.imports:
-            if imp.module != "env":
-                raise GuestError(f"the guest imports {imp.module}.{imp.name}: only 'env' is provided")
-            if isinstance(imp.type, wasmtime.MemoryType):
-                if imp.name != "memory":
-                    raise GuestError(f"the guest imports a memory named {imp.name!r}, not 'memory'")
-                lim = imp.type.limits
-                required_pages(lim.min, limits)
-                top = limits.max_pages if lim.max is None else min(lim.max, limits.max_pages)
-                self._memory = wasmtime.Memory(
-                    self._store, wasmtime.MemoryType(wasmtime.Limits(lim.min, top))
-                )
-                linker.define(self._store, "env", "memory", self._memory)
-            elif isinstance(imp.type, wasmtime.FuncType):
-                spec = imports.get(imp.name)
-                if spec is None:
-                    raise GuestError(f"the guest imports env.{imp.name}, which the host does not provide")
-                params, result, fn = spec
-                want = wasmtime.FuncType([_VALTYPES[p]() for p in params], [_VALTYPES[result]()])
-                got = imp.type
-                if [str(t) for t in got.params] != [str(t) for t in want.params] or [
-                    str(t) for t in got.results
-                ] != [str(t) for t in want.results]:
-                    raise GuestError(f"the guest imports env.{imp.name} with the wrong signature")
-                if imp.name in natives:  # a C callback: env is the native state
-                    cb, env = _UNCHECKED_CB(natives[imp.name]), native.env_address
-                else:
-                    cb, env = _raw_callback(self, params, result, fn), None
-                self._callbacks.append(cb)
-                name = imp.name.encode()
-                linker_p, type_p = ctypes.cast(linker.ptr(), _P), ctypes.cast(want.ptr(), _P)
-                err = _define_func_unchecked(linker_p, b"env", 3, name, len(name), type_p, cb, env, None)
-                if err:
-                    ptr = ctypes.cast(err, ctypes.POINTER(ffi.wasmtime_error_t))
-                    raise GuestError(f"cannot bind env.{imp.name}: {wasmtime.WasmtimeError._from_ptr(ptr)}")
-            else:
-                raise GuestError(f"the guest imports env.{imp.name}, which is not a function or the memory")
+        return store
+
+    def _define_memory(self, linker: wasmtime.Linker, imp: wasmtime.ImportType) -> None:
+        """env.memory: created by the host, its maximum capped at the guest's limit."""
+        if imp.name != "memory":
+            raise GuestError(f"the guest imports a memory named {imp.name!r}, not 'memory'")
+        lim, limits = imp.type.limits, self.limits
+        required_pages(lim.min, limits)
+        top = limits.max_pages if lim.max is None else min(lim.max, limits.max_pages)
+        self._memory = wasmtime.Memory(self._store, wasmtime.MemoryType(wasmtime.Limits(lim.min, top)))
+        linker.define(self._store, "env", "memory", self._memory)
+
+    def _define_function(
+        self,
+        linker: wasmtime.Linker,
+        imp: wasmtime.ImportType,
+        spec: ImportSpec,
+        cb: _UNCHECKED_CB,
+        env: int | None,
+    ) -> None:
+        """env.<name> as the unchecked callback cb (with its env pointer), once the
+        guest's import has the signature of the host's spec."""
+        params, result, _ = spec
+        want = wasmtime.FuncType([_VALTYPES[p]() for p in params], [_VALTYPES[result]()])
+        got = imp.type
+        same_params = [str(t) for t in got.params] == [str(t) for t in want.params]
+        if not same_params or [str(t) for t in got.results] != [str(t) for t in want.results]:
+            raise GuestError(f"the guest imports env.{imp.name} with the wrong signature")
+        self._callbacks.append(cb)
+        name = imp.name.encode()
+        linker_p, type_p = ctypes.cast(linker.ptr(), _P), ctypes.cast(want.ptr(), _P)
+        err = _define_func_unchecked(linker_p, b"env", 3, name, len(name), type_p, cb, env, None)
+        if err:
+            ptr = ctypes.cast(err, ctypes.POINTER(ffi.wasmtime_error_t))
+            raise GuestError(f"cannot bind env.{imp.name}: {wasmtime.WasmtimeError._from_ptr(ptr)}")
+
+    def _instantiate(self, linker: wasmtime.Linker, module: wasmtime.Module) -> None:
+        """Instantiate (running the start function under the call limits) and find the
+        guest's exports and its memory."""
         self._arm()  # a start function runs inside instantiate: the same bounds as a call
         try:
             self._instance = linker.instantiate(self._store, module)
@@ -209,9 +235,6 @@ class WasmtimeInstance:
             if not isinstance(mem, wasmtime.Memory):
                 raise GuestError("the guest neither imports env.memory nor exports 'memory'")
             self._memory = mem
-        self._memory_addr = ctypes.addressof(self._memory._memory)  # the wasmtime_memory_t
-        self._view_key: tuple[int, int] = (0, 0)
-        self._view = np.empty(0, np.uint8)
 
     def memory(self) -> np.ndarray:
         """The memory as it is now: derived once per import call (and on every call from

@@ -3,13 +3,13 @@
 `emulated_cuda()` installs, for the duration of a `with`, fake `cupy` / `cupyx`
 modules (device arrays are numpy arrays; streams, stream capture and graph replay keep
 their ordering semantics: a launch on a capturing stream is recorded, and runs when its
-graph is launched), a fake `realm_ext.backends.cuda_matmul` (the contract's matmul, by
+graph is launched), a fake `realm_ext.backends.cuda.matmul` (the contract's matmul, by
 the CPU backend's matmul or, given an Emulator, by matmul.cu's own kernels run on the
 CPU (tests/backends/cuda_emulator.py); get_rows in numpy), and numpy versions of the
 kernels of csrc/cuda/ops.cu and attention.cu. It yields a freshly imported
 `realm_ext.backends.cuda` module bound to them.
 
-What this checks: realm_ext/backends/cuda.py itself (buffers, offsets and strides,
+What this checks: realm_ext/backends/cuda/backend.py itself (buffers, offsets and strides,
 the chunking, the ring bookkeeping and descriptor, graph capture and replay, the
 guest path) and the kernels' algorithms as written in the .cu files (the chunked
 two-pass softmax of attention_max / attention_weigh, the RoPE angles), which the numpy kernels below
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from realm_ext import _kernels, kernels, quant
-from realm_ext.backends.cuda_matmul import activation_scratch_bytes, matmul_plan
+from realm_ext.backends.cuda.matmul import activation_scratch_bytes, matmul_plan
 
 if TYPE_CHECKING:
     from cuda_emulator import Emulator
@@ -411,7 +411,7 @@ def load_module(name: str) -> _Module:
     return _Module(name)
 
 
-# ---- the matmul contract (realm_ext.backends.cuda_matmul) --------------------------------
+# ---- the matmul contract (realm_ext.backends.cuda.matmul) --------------------------------
 
 
 class DeviceWeight:
@@ -528,27 +528,28 @@ def _fake_modules() -> dict[str, types.ModuleType]:
     )
     cupyx = _module("cupyx", empty_pinned=lambda shape, dtype=np.float32: np.empty(shape, dtype))
     matmul_mod = _module(
-        "realm_ext.backends.cuda_matmul",
+        "realm_ext.backends.cuda.matmul",
         DeviceWeight=DeviceWeight,
         activation_scratch_bytes=activation_scratch_bytes,
         matmul=matmul,
         get_rows=get_rows,
     )
-    return {"cupy": cupy, "cupy.cuda": cuda_ns, "cupyx": cupyx, "realm_ext.backends.cuda_matmul": matmul_mod}
+    return {"cupy": cupy, "cupy.cuda": cuda_ns, "cupyx": cupyx, "realm_ext.backends.cuda.matmul": matmul_mod}
 
 
 @contextlib.contextmanager
 def emulated_cuda(kernel_runner: Emulator | None = None) -> Iterator[types.ModuleType]:
     """realm_ext.backends.cuda over the numpy stand-ins, while the `with` lasts; its
     matmuls run matmul.cu's kernels on kernel_runner when one is given."""
-    names = ["cupy", "cupy.cuda", "cupyx", "realm_ext.backends.cuda_matmul", "realm_ext.backends.cuda"]
+    backend = "realm_ext.backends.cuda.backend"
+    names = ["cupy", "cupy.cuda", "cupyx", "realm_ext.backends.cuda.matmul", backend]
     saved = {name: sys.modules.get(name) for name in names}
     _runner[0] = kernel_runner
     kernel_errors.clear()
     try:
         sys.modules.update(_fake_modules())
-        sys.modules.pop("realm_ext.backends.cuda", None)
-        mod = importlib.import_module("realm_ext.backends.cuda")
+        sys.modules.pop(backend, None)
+        mod = importlib.import_module(backend)
         mod.load_module = load_module
         yield mod
     finally:

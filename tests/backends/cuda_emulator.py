@@ -1,5 +1,5 @@
 """csrc/cuda/matmul.cu run on the CPU: cuda_host_harness.cpp built by the host C++
-compiler and driven by ctypes, launching exactly the plans realm_ext.backends.cuda_matmul
+compiler and driven by ctypes, launching exactly the plans realm_ext.backends.cuda.matmul
 launches on a GPU (same kernels, grids, blocks and arguments), on numpy buffers."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from realm_ext.backends import cuda_source
-from realm_ext.backends.cuda_matmul import Launch, activation_scratch_bytes, get_rows_plan, matmul_plan
+from realm_ext.backends.cuda import source as cuda_source
+from realm_ext.backends.cuda.matmul import Launch, activation_scratch_bytes, get_rows_plan, matmul_plan
 
 HARNESS = Path(__file__).resolve().parent / "cuda_host_harness.cpp"
 

@@ -29,7 +29,7 @@ from test_api import backend_greedy, piece_bytes, prompt_ids  # noqa: E402
 from realm_ext import Host, kernels  # noqa: E402
 from realm_ext.backends import cuda_unavailable_reason, make_backend  # noqa: E402
 from realm_ext.backends.cpu import CpuBackend  # noqa: E402
-from realm_ext.backends.cuda_source import ARCHS_CHECKED, nvrtc_compile  # noqa: E402
+from realm_ext.backends.cuda.source import ARCHS_CHECKED, nvrtc_compile  # noqa: E402
 from realm_ext.backends.kv_book import RingBook  # noqa: E402
 from realm_ext.model import load_gguf  # noqa: E402
 from realm_ext.model_maker import PRESETS, make_model  # noqa: E402

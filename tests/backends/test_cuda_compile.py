@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from realm_ext.backends import cuda_source
+from realm_ext.backends.cuda import source as cuda_source
 
 
 def _nvrtc_or_skip() -> None:

@@ -23,7 +23,7 @@ from act_ref import device_acts, unread_mask
 from cuda_emulator import Emulator, guarded
 
 from realm_ext import kernels, quant
-from realm_ext.backends.cuda_matmul import FLOAT_TYPES, activation_scratch_bytes, matmul_plan
+from realm_ext.backends.cuda.matmul import FLOAT_TYPES, activation_scratch_bytes, matmul_plan
 
 T = quant.GGMLType
 QUANTIZED = [t for t in quant.SUPPORTED_TYPES if t not in FLOAT_TYPES]

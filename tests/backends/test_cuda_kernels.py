@@ -1,4 +1,4 @@
-"""csrc/cuda/matmul.cu through realm_ext.backends.cuda_matmul, on a GPU.
+"""csrc/cuda/matmul.cu through realm_ext.backends.cuda.matmul, on a GPU.
 
 Every format's matmul (decode kernels for n_tokens <= 8, the tiled prefill kernel
 above) against float64 references built from gguf's decoders of the same blocks, on
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/backends helpe
 
 from realm_ext import kernels as cpu_kernels  # noqa: E402
 from realm_ext import quant  # noqa: E402
-from realm_ext.backends.cuda_matmul import (  # noqa: E402
+from realm_ext.backends.cuda.matmul import (  # noqa: E402
     DeviceWeight,
     activation_scratch_bytes,
     get_rows,

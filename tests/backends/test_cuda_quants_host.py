@@ -24,7 +24,7 @@ from act_ref import device_acts  # noqa: E402
 from cuda_emulator import Emulator  # noqa: E402
 
 from realm_ext import kernels, quant  # noqa: E402
-from realm_ext.backends import cuda_source  # noqa: E402
+from realm_ext.backends.cuda import source as cuda_source  # noqa: E402
 
 T = quant.GGMLType
 QUANTIZED = [t for t in quant.SUPPORTED_TYPES if t not in (T.F32, T.F16, T.BF16)]
@@ -78,7 +78,7 @@ def test_dot_products(harness: ctypes.CDLL, rng: np.random.Generator, t: T, enco
 
 
 def test_every_kernel_cuda_matmul_launches_is_defined() -> None:
-    """The names realm_ext.backends.cuda_matmul fetches are entry points of matmul.cu
+    """The names realm_ext.backends.cuda.matmul fetches are entry points of matmul.cu
     (checked in NVRTC's PTX, no GPU needed)."""
     try:
         from cupy_backends.cuda.libs import nvrtc
@@ -86,7 +86,7 @@ def test_every_kernel_cuda_matmul_launches_is_defined() -> None:
         nvrtc.getVersion()
     except Exception as e:
         pytest.skip(f"NVRTC is not available here ({type(e).__name__}: {e})")
-    from realm_ext.backends import cuda_matmul
+    from realm_ext.backends.cuda import matmul as cuda_matmul
 
     prog = nvrtc.createProgram(cuda_source.source_text("matmul"), "matmul.cu", (), ())
     try:
@@ -103,7 +103,7 @@ def test_every_kernel_cuda_matmul_launches_is_defined() -> None:
 
 def test_upload_rejects_bad_weights(rng: np.random.Generator) -> None:
     pytest.importorskip("cupy")
-    from realm_ext.backends.cuda_matmul import DeviceWeight, activation_scratch_bytes
+    from realm_ext.backends.cuda.matmul import DeviceWeight, activation_scratch_bytes
 
     raw = quant.quantize(rng.standard_normal((4, 256), dtype=np.float32), "Q4_K")
     with pytest.raises(ValueError, match="needs 576 bytes"):

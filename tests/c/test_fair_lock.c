@@ -1,6 +1,6 @@
-/* test_fair_lock.c: the model's lock (csrc/fair_lock.c) grants in the order threads
+/* test_fair_lock.c: the model's lock (csrc/cpu/fair_lock.c) grants in the order threads
  * asked, counts its grants and what each waiter found ahead of it; a call's control
- * (csrc/llama.c) stops on cancel and on its deadline. */
+ * (csrc/cpu/llama.c) stops on cancel and on its deadline. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <time.h>

@@ -1,4 +1,4 @@
-/* test_threadpool.c: the kernels' pool (csrc/threadpool.c): every index of a loop is
+/* test_threadpool.c: the kernels' pool (csrc/cpu/threadpool.c): every index of a loop is
  * run exactly once, by the thread its static range names, for any thread count (more
  * than the machine's cores too), from several calling threads at once. */
 #include <pthread.h>

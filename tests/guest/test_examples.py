@@ -19,7 +19,8 @@ def test_first_logit_example(model_path, tmp_path: Path, rng) -> None:  # noqa: 
     pytest.importorskip("ziglang", reason="ziglang (the guest toolchain) is not installed")
     out = tmp_path / "first_logit.wasm"
     cmd = [sys.executable, "-m", "ziglang", "cc", "--target=wasm32-freestanding", "-O2", "-nostdlib",
-           f"-I{ROOT / 'guest/include'}", "-Wl,--no-entry", "-Wl,--import-memory", "-Wl,--export=first_logit",
+           f"-I{ROOT / 'guest/include'}", f"-I{ROOT / 'csrc'}",
+           "-Wl,--no-entry", "-Wl,--import-memory", "-Wl,--export=first_logit",
            "-o", str(out), str(ROOT / "guest/examples/first_logit.c")]  # fmt: skip
     subprocess.run(cmd, check=True)
     model = load_gguf(model_path("Q6_K"))

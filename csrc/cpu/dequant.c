@@ -2,6 +2,7 @@
  * Each follows ggml's dequantize_row_* exactly, including the order of the float
  * operations (built with -ffp-contract=off so no multiply-add is fused). */
 #include "dequant.h"
+#include "realm_errors.h"
 
 #include "fp16.h"
 #include "ggml_blocks.h"
@@ -178,7 +179,7 @@ static void decode_q6_K(const block_q6_K *x, float *y, int64_t nb) {
 
 int realm_dequantize_row(int type, const void *src, float *dst, int64_t n) {
     const int qk = realm_type_block_elems(type);
-    if (qk == 0 || n < 0 || n % qk != 0) return -1;
+    if (qk == 0 || n < 0 || n % qk != 0) return REALM_ERR_INVALID;
     const int64_t nb = n / qk;
     switch (type) {
     case REALM_TYPE_F32: decode_f32(src, dst, n); return 0;
@@ -194,6 +195,6 @@ int realm_dequantize_row(int type, const void *src, float *dst, int64_t n) {
     case REALM_TYPE_Q4_K: decode_q4_K(src, dst, nb); return 0;
     case REALM_TYPE_Q5_K: decode_q5_K(src, dst, nb); return 0;
     case REALM_TYPE_Q6_K: decode_q6_K(src, dst, nb); return 0;
-    default: return -1; /* Q8_1 / Q8_K are activation formats, never stored in a file */
+    default: return REALM_ERR_INVALID; /* Q8_1 / Q8_K are activation formats, never stored in a file */
     }
 }

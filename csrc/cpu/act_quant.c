@@ -1,5 +1,6 @@
 /* act_quant.c: see act_quant.h. */
 #include "act_quant.h"
+#include "realm_errors.h"
 
 #include <math.h>
 #include <string.h>
@@ -77,7 +78,7 @@ static void quantize_q8_K(const float *x, block_q8_K *y, int64_t nb) {
 }
 
 int realm_quantize_act_row(int act_type, const float *x, void *dst, int64_t n) {
-    if (realm_act_row_bytes(act_type, n) < 0) return -1;
+    if (realm_act_row_bytes(act_type, n) < 0) return REALM_ERR_INVALID;
     switch (act_type) {
     case REALM_TYPE_F32: memcpy(dst, x, (size_t)n * sizeof(float)); return 0;
     case REALM_TYPE_F16:
@@ -89,6 +90,6 @@ int realm_quantize_act_row(int act_type, const float *x, void *dst, int64_t n) {
     case REALM_TYPE_Q8_0: quantize_q8_0(x, dst, n / QK8_0); return 0;
     case REALM_TYPE_Q8_1: quantize_q8_1(x, dst, n / QK8_1); return 0;
     case REALM_TYPE_Q8_K: quantize_q8_K(x, dst, n / QK_K); return 0;
-    default: return -1;
+    default: return REALM_ERR_INVALID;
     }
 }

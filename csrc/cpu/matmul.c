@@ -1,5 +1,6 @@
 /* matmul.c: see matmul.h. */
 #include "matmul.h"
+#include "realm_errors.h"
 
 #include <stdatomic.h>
 #include <stddef.h>
@@ -56,10 +57,10 @@ static void round_rows(void *ctx, int64_t t0, int64_t t1, int thread) {
 
 int realm_quantize_acts(int wtype, const float *x, int64_t n_cols, int64_t n_tokens, void *xq, int n_threads) {
     const int64_t rb = realm_matmul_scratch_bytes(wtype, n_cols, 1);
-    if (rb < 0 || n_tokens < 0) return -1;
+    if (rb < 0 || n_tokens < 0) return REALM_ERR_INVALID;
     struct round_job j = {realm_vec_dot_type(wtype), x, n_cols, rb, xq, 0};
     realm_parallel_for(n_tokens, n_threads, round_rows, &j);
-    return atomic_load(&j.failed) ? -1 : 0;
+    return atomic_load(&j.failed) ? REALM_ERR_INVALID : 0;
 }
 
 struct kernels {
@@ -114,9 +115,9 @@ static void matmul_blocks(void *ctx, int64_t b0, int64_t b1, int thread) {
  * fixed range, so a thread the VM or the OS slows down does not hold the others up at
  * the end (a block is 64 rows x every token: the counter's cost is nothing beside it).
  * A block's result does not depend on which thread computes it. Decode keeps the fixed
- * ranges: there a block is only 16 rows, and dealt blocks decoded 20.7 tok/s against
- * 27.0 (tinyllama Q4_K_M, 2 threads): the threads' blocks interleave, and each one's
- * prefetch of the next rows runs into the other's. */
+ * ranges: there a block is only 16 rows, and dealt blocks decoded slower (docs/PERF.md):
+ * the threads' blocks interleave, and each one's prefetch of the next rows runs into
+ * the other's. */
 static void matmul_blocks_dealt(void *ctx, int64_t b0, int64_t b1, int thread) {
     struct matmul_job *j = ctx;
     (void)b0, (void)b1;
@@ -130,7 +131,7 @@ int realm_matmul_q(const void *w, int wtype, int64_t n_rows, int64_t n_cols, con
     const int isa = realm_active_isa();
     struct kernels k = {realm_get_vec_dot(wtype, isa), realm_get_vec_dot_nx(wtype, isa),
                         realm_get_vec_dot_8r(wtype, isa)};
-    if (wrb < 0 || arb < 0 || !k.dot || n_rows < 0 || n_tokens < 0 || ldy < n_rows) return -1;
+    if (wrb < 0 || arb < 0 || !k.dot || n_rows < 0 || n_tokens < 0 || ldy < n_rows) return REALM_ERR_INVALID;
     const realm_vec_dot_fn gemm = realm_get_vec_dot_gemm(wtype, isa);
     if (gemm && n_tokens >= realm_vec_dot_gemm_min_tokens(wtype) && n_cols % 16 == 0)
         k = (struct kernels){gemm, realm_get_vec_dot_gemm_nx(wtype, isa), NULL}; /* llama.cpp's batched order */
@@ -143,6 +144,6 @@ int realm_matmul_q(const void *w, int wtype, int64_t n_rows, int64_t n_cols, con
 
 int realm_matmul(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const float *x, int64_t n_tokens,
                  float *y, int64_t ldy, void *scratch, int n_threads) {
-    if (realm_quantize_acts(wtype, x, n_cols, n_tokens, scratch, n_threads)) return -1;
+    if (realm_quantize_acts(wtype, x, n_cols, n_tokens, scratch, n_threads)) return REALM_ERR_INVALID;
     return realm_matmul_q(w, wtype, n_rows, n_cols, scratch, n_tokens, y, ldy, n_threads);
 }

@@ -1,15 +1,15 @@
 """The CUDA backend: device-resident weights and KV rings, kernels compiled by NVRTC.
 
-The same interface as `CpuBackend` (realm_ext/backends/cpu.py). What lives where:
+The backend contract of realm_ext/backends/base.py, as `CpuBackend` has it. What lives where:
 
 - weights: uploaded once per model on first use (`prepare`), raw GGUF blocks in device
-  memory (`DeviceWeight`, realm_ext/backends/cuda_matmul.py), shared by every guest;
+  memory (`DeviceWeight`, realm_ext/backends/cuda/matmul.py), shared by every guest;
   Q/K/V and gate/up of a layer are stacked into one matrix where their types agree, so
   each is one matmul. Norm vectors become f32 device arrays.
 - scratch: one set of device buffers per model (`CudaRuntime`), sized for max_batch
   tokens, reused by every call under the runtime's lock: nothing is allocated per token.
 - KV rings (`DeviceKVRing`): f16 K/V in device memory, the bookkeeping on the host
-  (realm_ext/backends/kv_book.py, the rules of csrc/kv_ring.c).
+  (realm_ext/backends/kv_book.py, the rules of csrc/cpu/kv_ring.c).
 - hidden states: copied from the caller's array (a view of guest memory) straight into
   a device buffer, and back into the caller's `out` (cupy set/get, no host copies in
   between); forward_layers keeps them on the device between layers and synchronizes
@@ -29,7 +29,6 @@ the second captures.
 from __future__ import annotations
 
 import threading
-import weakref
 from dataclasses import dataclass
 
 import cupy
@@ -37,9 +36,17 @@ import cupyx
 import numpy as np
 
 from realm_ext._kernels import CallControl, CallStopped
-from realm_ext.backends.cpu import CpuBackend, _as_rows, token_ids_int32
-from realm_ext.backends.cuda_matmul import DeviceWeight, activation_scratch_bytes, get_rows, matmul
-from realm_ext.backends.cuda_source import load_module
+from realm_ext.backends import base
+from realm_ext.backends.base import (
+    as_rows,
+    check_layers,
+    check_position,
+    check_token_ids,
+    prefill_chunk,
+    token_ids_int32,
+)
+from realm_ext.backends.cuda.matmul import DeviceWeight, activation_scratch_bytes, get_rows, matmul
+from realm_ext.backends.cuda.source import load_module
 from realm_ext.backends.kv_book import RingBook
 from realm_ext.model import Model, Tensor
 
@@ -359,7 +366,7 @@ class CudaRuntime:
         graph.launch(self.stream)
 
 
-class CudaBackend:
+class CudaBackend(base.BackendBase):
     """Forward steps of llama models on a CUDA GPU (see the module docstring).
 
     max_batch: tokens per pass through the layers (sizes the scratch); longer inputs
@@ -371,16 +378,14 @@ class CudaBackend:
     def __init__(self, max_batch: int = 512, use_graphs: bool = True):
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
+        super().__init__()
         self.max_batch = max_batch
         self.use_graphs = use_graphs
-        self._runtimes: weakref.WeakKeyDictionary[Model, CudaRuntime] = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
 
     # -- per model -------------------------------------------------------------------
 
     # prepare(model) -> CudaRuntime: the model's runtime (weights on the device), built
-    # by _build on first use under the backend's lock and shared afterwards (as the CPU's)
-    prepare = CpuBackend.prepare
+    # by _build on first use (base.BackendBase)
 
     def _build(self, model: Model) -> CudaRuntime:
         return CudaRuntime(model, self.max_batch)
@@ -405,11 +410,10 @@ class CudaBackend:
         """out (n_tokens, n_embd) = embedding rows of token_ids."""
         ids = token_ids_int32(token_ids)
         rt = self.prepare(model)
-        outs = _as_rows(out, model.config.n_embd, "out")
+        outs = as_rows(out, model.config.n_embd, "out")
         if outs.shape[0] != ids.size:
             raise ValueError(f"out has {outs.shape[0]} rows for {ids.size} token ids")
-        if ids.size and (ids.min() < 0 or ids.max() >= model.config.n_vocab):
-            raise IndexError(f"a token id is outside the vocabulary 0..{model.config.n_vocab - 1}")
+        check_token_ids(ids, model.config.n_vocab)
         with rt.lock, rt.stream:
             for t0 in range(0, ids.size, rt.max_tokens):
                 n = min(ids.size - t0, rt.max_tokens)
@@ -440,13 +444,10 @@ class CudaBackend:
         CallStopped."""
         c = model.config
         rt = self.prepare(model)
-        xs, outs = _as_rows(x, c.n_embd, "x"), _as_rows(out, c.n_embd, "out")
+        xs, outs = as_rows(x, c.n_embd, "x"), as_rows(out, c.n_embd, "out")
         if xs.shape != outs.shape:
             raise ValueError(f"x and out must both be (n_tokens, {c.n_embd})")
-        if layer_begin < 0 or layer_count < 0 or layer_begin + layer_count > c.n_layer:
-            raise IndexError(
-                f"layers {layer_begin}..{layer_begin + layer_count - 1} outside 0..{c.n_layer - 1}"
-            )
+        check_layers(layer_begin, layer_count, c.n_layer)
         if not isinstance(kv, DeviceKVRing):
             raise TypeError(f"kv must be a DeviceKVRing (from CudaBackend.new_kv), got {type(kv).__name__}")
         if kv.n_head_kv != c.n_head_kv or kv.head_dim != c.head_dim:
@@ -454,8 +455,7 @@ class CudaBackend:
                 f"the KV ring holds {kv.n_head_kv} heads of {kv.head_dim}, "
                 f"the model {c.n_head_kv} of {c.head_dim}"
             )
-        if position < 0:
-            raise IndexError(f"position {position} is negative")
+        check_position(position)
         layers = range(layer_begin, layer_begin + layer_count)
         n_total = xs.shape[0]
         if not layers or n_total == 0:
@@ -466,12 +466,7 @@ class CudaBackend:
                 raise CallStopped(control.stopped, t0, n_total)
             with rt.lock, rt.stream:
                 p = position + t0
-                # A chunk appends all its K/V before attending, so it must not overwrite a
-                # slot its own first token attends to: within capacity before the ring
-                # wraps, one token at a time after (csrc/llama.c's rule).
-                n = min(n_total - t0, rt.max_tokens)
-                if p + n > kv.capacity:
-                    n = kv.capacity - p if p < kv.capacity else 1
+                n = prefill_chunk(p, n_total - t0, rt.max_tokens, kv.capacity)
                 kv.check_reserve(layers, p, n)
                 for i in layers:
                     kv.reserve(i, p, n)
@@ -492,7 +487,7 @@ class CudaBackend:
         time under the lock; a stop of `control` between chunks raises CallStopped."""
         c = model.config
         rt = self.prepare(model)
-        xs, outs = _as_rows(x, c.n_embd, "x"), _as_rows(out, c.n_vocab, "out")
+        xs, outs = as_rows(x, c.n_embd, "x"), as_rows(out, c.n_vocab, "out")
         if xs.shape[0] != outs.shape[0]:
             raise ValueError(f"x must be (n, {c.n_embd}) and out (n, {c.n_vocab})")
         rows = rt.logits.shape[0]
@@ -510,5 +505,9 @@ class CudaBackend:
 
     # -- convenience -------------------------------------------------------------------
 
-    # logits(model, tokens, kv=None, position=0): the CPU backend's, over these steps
-    logits = CpuBackend.logits
+    def logits(
+        self, model: Model, tokens: np.ndarray, kv: DeviceKVRing | None = None, position: int = 0
+    ) -> np.ndarray:
+        """Logits (n_tokens, n_vocab) of tokens at positions position.. through every
+        layer, appending to kv (a fresh ring of n_ctx_train positions when None)."""
+        return base.logits(self, model, tokens, kv, position)

@@ -16,6 +16,7 @@
  * slice_floats() floats, see attend_group.
  */
 #include "attention.h"
+#include "realm_errors.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -183,8 +184,7 @@ static inline __attribute__((always_inline)) void attend_group_body(
 /* attend_group compiled twice, portable and AVX2 + F16C (the same arithmetic: the 16
  * lanes are two ymm registers), picked by realm_active_isa() so that tests can force
  * the portable one. AVX-512 machines take the AVX2 build too: a zmm build was slower
- * here (11.7 against 9.3 ms for 128 tokens x 32 heads) and, by lowering the core's
- * clock, slowed the ymm matmuls around it (Q8_0 decode ~8%). */
+ * and, by lowering the core's clock, slowed the ymm matmuls around it (docs/PERF.md). */
 typedef void (*attend_group_fn)(const realm_kv_ring *, int32_t, int64_t, int32_t, int32_t, const float *, float *,
                                 float *);
 
@@ -245,16 +245,17 @@ static void attend_items(void *ctx, int64_t i0, int64_t i1, int thread) {
 
 int realm_attention(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens, int32_t n_head,
                     const float *q, float *out, float *scratch, int n_threads) {
-    if (kv == NULL || kv->k == NULL || kv->v == NULL || q == NULL || out == NULL || scratch == NULL) return -1;
-    if (n_tokens < 1 || n_threads < 1 || n_head < 1 || n_head % kv->n_head_kv != 0) return -1;
+    if (kv == NULL || kv->k == NULL || kv->v == NULL || q == NULL || out == NULL || scratch == NULL)
+        return REALM_ERR_INVALID;
+    if (n_tokens < 1 || n_threads < 1 || n_head < 1 || n_head % kv->n_head_kv != 0) return REALM_ERR_INVALID;
     const int64_t hd = kv->head_dim;
-    if (n_tokens > INT64_MAX / n_head / hd / (int64_t)sizeof(float)) return -1;
+    if (n_tokens > INT64_MAX / n_head / hd / (int64_t)sizeof(float)) return REALM_ERR_INVALID;
     const int64_t n_pairs = n_tokens * n_head, bytes = n_pairs * hd * (int64_t)sizeof(float);
-    if (overlaps(q, bytes, out, bytes)) return -1;
-    if (layer < 0 || layer >= kv->n_layer) return -5;
+    if (overlaps(q, bytes, out, bytes)) return REALM_ERR_INVALID;
+    if (layer < 0 || layer >= kv->n_layer) return REALM_ERR_RANGE;
     /* every position appended, and every window still intact (windows only move up) */
-    if (pos < 0 || pos > kv->n_pos[layer] - n_tokens) return -5;
-    if (realm_kv_window_start(kv, pos) < kv->held_from[layer]) return -5;
+    if (pos < 0 || pos > kv->n_pos[layer] - n_tokens) return REALM_ERR_RANGE;
+    if (realm_kv_window_start(kv, pos) < kv->held_from[layer]) return REALM_ERR_RANGE;
 
     const int32_t group = n_head / kv->n_head_kv; /* query heads per KV head */
     /* work item i: token i / n_head_kv, KV head i % n_head_kv, whose query heads

@@ -1,9 +1,9 @@
-/* vec_dot_avx2.c: the dot kernels for AVX2 + FMA + F16C (see vec_dot_x86.h, where
+/* vec_dot_avx2.c: the dot kernels for AVX2 + FMA + F16C (see vec_dot_x86.inc, where
  * they are written once for this file and vec_dot_avx512.c). */
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC target("avx2,fma,f16c")
 #define REALM_X86_VNNI 0
-#include "vec_dot_x86.h"
+#include "vec_dot_x86.inc"
 
 REALM_X86_DEFINE_TABLES(avx2)
 #else

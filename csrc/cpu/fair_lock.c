@@ -1,12 +1,13 @@
 /* fair_lock.c: see fair_lock.h. */
 #include "fair_lock.h"
+#include "realm_errors.h"
 
 int realm_fair_lock_init(realm_fair_lock *l) {
     l->next = l->serving = 0;
-    if (pthread_mutex_init(&l->mutex, NULL)) return -7;
+    if (pthread_mutex_init(&l->mutex, NULL)) return REALM_ERR_NOMEM;
     if (pthread_cond_init(&l->turn, NULL)) {
         pthread_mutex_destroy(&l->mutex);
-        return -7;
+        return REALM_ERR_NOMEM;
     }
     return 0;
 }

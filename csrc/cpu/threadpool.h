@@ -3,7 +3,8 @@
  * Why not OpenMP: libgomp keeps a team of threads per calling thread, and once more
  * teams exist than the machine has cores (any second Python thread that ran a kernel:
  * a guest's runner thread next to the main thread) it stops spinning between parallel
- * regions and every region pays a futex wake-up, which made a decode step ~1.8x slower.
+ * regions and every region pays a futex wake-up, which made decode much slower
+ * (docs/PERF.md).
  * This pool is shared by every caller (one loop at a time; others wait their turn);
  * between loops its workers spin a little, then spin yielding, then sleep.
  *

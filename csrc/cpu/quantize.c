@@ -1,5 +1,6 @@
 /* quantize.c: K-quant encoders. See quantize.h. */
 #include "quantize.h"
+#include "realm_errors.h"
 
 #include <math.h>
 #include <string.h>
@@ -389,7 +390,7 @@ static void quantize_q6_K(const float *x, block_q6_K *y, int64_t nb) {
 }
 
 int realm_quantize_row_k(int type, const float *src, void *dst, int64_t n) {
-    if (n < 0 || n % QK_K != 0) return -1;
+    if (n < 0 || n % QK_K != 0) return REALM_ERR_INVALID;
     const int64_t nb = n / QK_K;
     switch (type) {
     case REALM_TYPE_Q2_K: quantize_q2_K(src, dst, nb); return 0;
@@ -397,6 +398,6 @@ int realm_quantize_row_k(int type, const float *src, void *dst, int64_t n) {
     case REALM_TYPE_Q4_K: quantize_q4_K(src, dst, nb); return 0;
     case REALM_TYPE_Q5_K: quantize_q5_K(src, dst, nb); return 0;
     case REALM_TYPE_Q6_K: quantize_q6_K(src, dst, nb); return 0;
-    default: return -1;
+    default: return REALM_ERR_INVALID;
     }
 }

@@ -1,10 +1,10 @@
 /* vec_dot_avx512.c: the dot kernels for AVX-512 F/BW/VL/DQ + VNNI: the 256-bit
- * kernels of vec_dot_x86.h with vpdpbusd / vpdpwssd (and 512-bit paths where they pay). */
+ * kernels of vec_dot_x86.inc with vpdpbusd / vpdpwssd (and 512-bit paths where they pay). */
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")
 #define REALM_X86_VNNI 1
 #define REALM_X86_GGML16 1 /* float rows in an AVX-512 llama.cpp build's order */
-#include "vec_dot_x86.h"
+#include "vec_dot_x86.inc"
 
 REALM_X86_DEFINE_TABLES(avx512)
 #else

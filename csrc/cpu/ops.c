@@ -1,5 +1,6 @@
 /* ops.c: see ops.h. */
 #include "ops.h"
+#include "realm_errors.h"
 
 #include <math.h>
 
@@ -125,11 +126,12 @@ void realm_add(const float *a, const float *b, float *out, int64_t n) {
 int realm_get_rows(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const int32_t *ids, int64_t n_ids,
                    float *out) {
     const int qk = realm_type_block_elems(wtype);
-    if (qk == 0 || n_cols <= 0 || n_cols % qk) return -1;
+    if (qk == 0 || n_cols <= 0 || n_cols % qk) return REALM_ERR_INVALID;
     const int64_t rb = n_cols / qk * realm_type_block_bytes(wtype);
     for (int64_t i = 0; i < n_ids; i++)
-        if (ids[i] < 0 || ids[i] >= n_rows) return -5;
+        if (ids[i] < 0 || ids[i] >= n_rows) return REALM_ERR_RANGE;
     for (int64_t i = 0; i < n_ids; i++)
-        if (realm_dequantize_row(wtype, (const char *)w + ids[i] * rb, out + i * n_cols, n_cols)) return -1;
+        if (realm_dequantize_row(wtype, (const char *)w + ids[i] * rb, out + i * n_cols, n_cols))
+            return REALM_ERR_INVALID;
     return 0;
 }

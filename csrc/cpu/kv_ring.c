@@ -22,6 +22,7 @@
  * has wrapped, only the newest position can be dropped (n = n_pos - 1), once.
  */
 #include "kv_ring.h"
+#include "realm_errors.h"
 
 #include <stdlib.h>
 
@@ -77,11 +78,11 @@ int64_t realm_kv_storage_elems(const realm_kv_ring *kv) {
 }
 
 int realm_kv_reserve(realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens) {
-    if (kv == NULL) return -1;
-    if (layer < 0 || layer >= kv->n_layer) return -5;
-    if (n_tokens < 1 || n_tokens > kv->capacity) return -1;
-    if (pos != kv->n_pos[layer]) return -5; /* no gap, no rewrite without truncate */
-    if (pos > INT64_MAX - n_tokens) return -5;
+    if (kv == NULL) return REALM_ERR_INVALID;
+    if (layer < 0 || layer >= kv->n_layer) return REALM_ERR_RANGE;
+    if (n_tokens < 1 || n_tokens > kv->capacity) return REALM_ERR_INVALID;
+    if (pos != kv->n_pos[layer]) return REALM_ERR_RANGE; /* no gap, no rewrite without truncate */
+    if (pos > INT64_MAX - n_tokens) return REALM_ERR_RANGE;
     kv->n_pos[layer] = pos + n_tokens;
     kv->held_from[layer] = max_i64(kv->held_from[layer], pos + n_tokens - kv->capacity);
     return 0;
@@ -89,7 +90,7 @@ int realm_kv_reserve(realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_to
 
 int realm_kv_append(realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens, const float *k_rows,
                     const float *v_rows) {
-    if (kv == NULL || kv->k == NULL || kv->v == NULL || k_rows == NULL || v_rows == NULL) return -1;
+    if (kv == NULL || kv->k == NULL || kv->v == NULL || k_rows == NULL || v_rows == NULL) return REALM_ERR_INVALID;
     int rc = realm_kv_reserve(kv, layer, pos, n_tokens);
     if (rc != 0) return rc;
     const int64_t n = row_elems(kv);
@@ -109,12 +110,12 @@ int64_t realm_kv_window_start(const realm_kv_ring *kv, int64_t pos) {
 }
 
 int realm_kv_truncate(realm_kv_ring *kv, int64_t n_pos) {
-    if (kv == NULL || n_pos < 0) return -1;
+    if (kv == NULL || n_pos < 0) return REALM_ERR_INVALID;
     /* check every layer first, so that a failure changes nothing */
     const int64_t need_from = realm_kv_window_start(kv, n_pos);
     for (int32_t l = 0; l < kv->n_layer; l++) {
         const int window_empty = n_pos == 0; /* need_from .. n_pos-1 */
-        if (n_pos < kv->n_pos[l] && !window_empty && need_from < kv->held_from[l]) return -5;
+        if (n_pos < kv->n_pos[l] && !window_empty && need_from < kv->held_from[l]) return REALM_ERR_RANGE;
     }
     for (int32_t l = 0; l < kv->n_layer; l++) {
         kv->n_pos[l] = min_i64(kv->n_pos[l], n_pos);

@@ -1,20 +1,50 @@
-# The hot host imports in C: realm_forward_embedding, realm_forward_layer(s) and
-# realm_forward_lm_head for CPU-backend models on the wasmtime engine (included by
-# _kernels.pyx, after _llama.pxi).
-#
-# realm_ext/host.py defines every import in Python; these four are the same functions
-# (the same checks, in the same order, with the same codes) as wasmtime "unchecked"
-# callbacks that never touch Python: no GIL, no objects, ~0.3 µs a crossing instead of
-# several µs. wasmtime calls them with `env` = this guest's native_env, the caller, and
-# the raw argument slots (16 bytes each; the i32 result goes back in slot 0). The guest's
-# memory is looked up through the caller on every call (it can grow and move).
-# Python keeps the tables here in step with its own (models granted, KV rings owned).
-# Until the host binds a fully made instance (and again once it unbinds it, before the
-# instance closes) `memory` is NULL and every callback fails with -1.
-from libc.stdint cimport uint32_t, uint64_t, uintptr_t
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""One guest's import state, and the hot host imports in C.
+
+`GuestTable` holds what both import paths read and write: the guest's KV rings, its
+last error and its call count (realm_ext/host.py's GuestState keeps them here, one
+table for both paths). When the backend offers native imports (`native_runtime`, the
+CPU backend), the table also holds the granted models' C runtimes, and four imports,
+realm_forward_embedding, realm_forward_layer(s) and realm_forward_lm_head, run as the C
+functions below: the same checks, in the same order, with the same codes as host.py's
+Python versions, as wasmtime "unchecked" callbacks that never touch Python (no GIL, no
+objects: a fraction of a Python import's crossing, docs/PERF.md).
+
+wasmtime calls them with `env` = this table's native_env, the caller, and the raw
+argument slots (16 bytes each; the i32 result goes back in slot 0). The guest's memory
+is looked up through the caller on every call (it can grow and move). Until the host
+binds a fully made instance (and again once it unbinds it, before the instance closes)
+`memory` is NULL and every callback fails with REALM_ERR_INVALID.
+"""
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t, uintptr_t
 from libc.stdio cimport snprintf
-from libc.stdlib cimport realloc
+from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memset
+
+from realm_ext._kernels cimport (
+    REALM_ERR_BOUNDS,
+    REALM_ERR_CANCELLED,
+    REALM_ERR_INTERNAL,
+    REALM_ERR_INVALID,
+    REALM_ERR_KV,
+    REALM_ERR_MODEL,
+    REALM_ERR_RANGE,
+    REALM_ERR_ROWS,
+    CallControl,
+    KVRing,
+    LlamaRuntime,
+    kernel_call_stopped,
+    kernel_forward_layers,
+    kernel_get_rows,
+    kernel_lm_head,
+    realm_call_control,
+    realm_fair_lock,
+    realm_kv_ring,
+    realm_llama_dims,
+    realm_llama_layer,
+    realm_llama_scratch,
+    realm_tensor,
+)
 
 
 ctypedef void *(*caller_context_fn)(void *caller) noexcept nogil
@@ -58,8 +88,8 @@ cdef struct native_env:
     int n_kvs
     realm_call_control *control  # the running call's stop signals (the guest's CallControl)
     uint64_t calls
-    char error[ERROR_BYTES]
-    int error_len
+    char error[ERROR_BYTES]  # the C imports' last error (truncated to ERROR_BYTES - 1)
+    int error_len  # its length; -1 when the Python path set the last error (GuestTable.py_error)
 
 
 cdef struct guest_mem:
@@ -96,10 +126,10 @@ NOT_SET_UP_MESSAGE = (<bytes>NOT_SET_UP).decode()  # host.py's message for the s
 
 
 cdef inline bint set_up(native_env *e, uint8_t *slots, const char *what) noexcept nogil:
-    """Is an instance bound? If not, the call fails with -1 (host.py's NOT_SET_UP)."""
+    """Is an instance bound? If not, the call fails with REALM_ERR_INVALID (host.py's NOT_SET_UP)."""
     if e.memory != NULL:
         return True
-    put_result(slots, fail(e, -1, what, NOT_SET_UP))
+    put_result(slots, fail(e, REALM_ERR_INVALID, what, NOT_SET_UP))
     return False
 
 
@@ -116,10 +146,10 @@ cdef int span(native_env *e, guest_mem *m, uint64_t ptr, uint64_t nbytes, const 
     if ptr + nbytes > m.size:
         e.error_len = snprintf(e.error, ERROR_BYTES, "%s: [%llu, %llu) is outside guest memory (%llu bytes)",
                                what, <ull>ptr, <ull>(ptr + nbytes), <ull>m.size)
-        return -2
+        return REALM_ERR_BOUNDS
     if ptr % 4:
         e.error_len = snprintf(e.error, ERROR_BYTES, "%s: pointer %llu is not 4-byte aligned", what, <ull>ptr)
-        return -1
+        return REALM_ERR_INVALID
     return 0
 
 
@@ -128,7 +158,7 @@ cdef int no_overlap(native_env *e, uint64_t a, uint64_t na, uint64_t b, uint64_t
     if allow_equal and a == b and na == nb:
         return 0
     if a < b + nb and b < a + na:
-        return fail(e, -1, what, "the output overlaps the input (only out == input is allowed)")
+        return fail(e, REALM_ERR_INVALID, what, "the output overlaps the input (only out == input is allowed)")
     return 0
 
 
@@ -145,11 +175,11 @@ cdef native_model *find_model(native_env *e, uint32_t model_id, const char *what
 cdef int rows_of(native_env *e, uint64_t length, uint64_t width, const char *what) noexcept nogil:
     """length / width, or a negative code when empty or not whole rows."""
     if length == 0:
-        return fail(e, -1, what, "hidden_states_len is empty")
+        return fail(e, REALM_ERR_INVALID, what, "hidden_states_len is empty")
     if length % width:
         e.error_len = snprintf(e.error, ERROR_BYTES, "%s: hidden_states_len %llu is not a whole number of rows of %llu",
                                what, <ull>length, <ull>width)
-        return -6
+        return REALM_ERR_ROWS
     return <int>(length // width)
 
 
@@ -170,9 +200,9 @@ cdef int32_t forward_embedding(native_env *e, guest_mem m, uint32_t model_id, ui
     cdef const char *what = "realm_forward_embedding"
     cdef native_model *md = find_model(e, model_id, what)
     if md == NULL:
-        return -3
+        return REALM_ERR_MODEL
     if n_tokens == 0:
-        return fail(e, -1, what, "n_tokens is 0")
+        return fail(e, REALM_ERR_INVALID, what, "n_tokens is 0")
     cdef uint64_t out_bytes = 4 * <uint64_t>n_tokens * md.dims.n_embd
     cdef int rc = span(e, &m, ids_ptr, 4 * <uint64_t>n_tokens, what)
     if rc == 0:
@@ -181,13 +211,12 @@ cdef int32_t forward_embedding(native_env *e, guest_mem m, uint32_t model_id, ui
         rc = no_overlap(e, ids_ptr, 4 * <uint64_t>n_tokens, out_ptr, out_bytes, False, what)
     if rc:
         return rc
-    rc = realm_get_rows(md.token_embd.data, md.token_embd.type, md.token_embd.n_rows, md.token_embd.n_cols,
-                        <const int32_t *>(m.base + ids_ptr), n_tokens, <float *>(m.base + out_ptr))
-    if rc == -5:
+    rc = kernel_get_rows(md.token_embd, <const int32_t *>(m.base + ids_ptr), n_tokens, <float *>(m.base + out_ptr))
+    if rc == REALM_ERR_RANGE:
         e.error_len = snprintf(e.error, ERROR_BYTES, "%s: a token id is outside the vocabulary 0..%d", what,
                                md.dims.n_vocab - 1)
-        return -1
-    return fail(e, -9, what, "the embedding kernel failed") if rc else 0
+        return REALM_ERR_INVALID
+    return fail(e, REALM_ERR_INTERNAL, what, "the embedding kernel failed") if rc else 0
 
 
 cdef void *cb_forward_layer(void *env, void *caller, uint8_t *slots, size_t n) noexcept nogil:
@@ -217,13 +246,13 @@ cdef int32_t forward_layers(native_env *e, guest_mem m, uint32_t model_id, uint3
                             const char *what) noexcept nogil:
     cdef native_model *md = find_model(e, model_id, what)
     if md == NULL:
-        return -3
+        return REALM_ERR_MODEL
     if count == 0:
-        return fail(e, -1, what, "layer_count is 0")
+        return fail(e, REALM_ERR_INVALID, what, "layer_count is 0")
     if first >= <uint32_t>md.n_layer or count > <uint32_t>md.n_layer - first:
         e.error_len = snprintf(e.error, ERROR_BYTES, "%s: layers %u..%llu are outside 0..%d", what, first,
                                <ull>first + count - 1, md.n_layer - 1)
-        return -5
+        return REALM_ERR_RANGE
     cdef int n = rows_of(e, hs_len, md.dims.n_embd, what)
     if n < 0:
         return n
@@ -236,7 +265,7 @@ cdef int32_t forward_layers(native_env *e, guest_mem m, uint32_t model_id, uint3
     if ring == NULL:
         e.error_len = snprintf(e.error, ERROR_BYTES, "%s: KV cache %llu is unknown, not owned by this guest, "
                                "or of another model", what, <ull>kv_id)
-        return -4
+        return REALM_ERR_KV
     cdef uint64_t nbytes = 4 * <uint64_t>hs_len
     cdef int rc = span(e, &m, hs_ptr, nbytes, what)
     if rc == 0:
@@ -250,26 +279,26 @@ cdef int32_t forward_layers(native_env *e, guest_mem m, uint32_t model_id, uint3
         if ring.n_pos[layer] != position:
             e.error_len = snprintf(e.error, ERROR_BYTES, "%s: layer %u: position %u is not the ring's next "
                                    "position %lld", what, layer, position, <long long>ring.n_pos[layer])
-            return -5
+            return REALM_ERR_RANGE
     # the scratch fits the ring: it was reserved for it when the ring was registered
     cdef int64_t done = 0
-    rc = realm_llama_forward_layers(md.dims, md.layers, first, count, ring, position, n,
-                                    <const float *>(m.base + hs_ptr), <float *>(m.base + out_ptr), md.scratch,
-                                    md.n_threads, md.lock, e.control, &done)
-    if rc == -8:
+    rc = kernel_forward_layers(md.dims, md.layers, first, count, ring, position, n,
+                               <const float *>(m.base + hs_ptr), <float *>(m.base + out_ptr), md.scratch,
+                               md.n_threads, md.lock, e.control, &done)
+    if rc == REALM_ERR_CANCELLED:
         return stopped(e, what, done, n)
     if rc:
         e.error_len = snprintf(e.error, ERROR_BYTES, "%s: the layer kernel failed with code %d", what, rc)
-        return rc if -9 <= rc < 0 else -9
+        return rc if REALM_ERR_INTERNAL <= rc < 0 else REALM_ERR_INTERNAL
     return 0
 
 
 cdef int stopped(native_env *e, const char *what, int64_t done, int64_t total) noexcept nogil:
-    """-8, with CallStopped's message."""
+    """REALM_ERR_CANCELLED, with CallStopped's message."""
     e.error_len = snprintf(e.error, ERROR_BYTES, "%s: stopped after %lld of %lld tokens: %s", what,
                            <long long>done, <long long>total,
-                           "it was cancelled" if realm_call_stopped(e.control) == 1 else "its time limit passed")
-    return -8
+                           "it was cancelled" if kernel_call_stopped(e.control) == 1 else "its time limit passed")
+    return REALM_ERR_CANCELLED
 
 
 cdef void *cb_forward_lm_head(void *env, void *caller, uint8_t *slots, size_t n) noexcept nogil:
@@ -287,7 +316,7 @@ cdef int32_t forward_lm_head(native_env *e, guest_mem m, uint32_t model_id, uint
     cdef const char *what = "realm_forward_lm_head"
     cdef native_model *md = find_model(e, model_id, what)
     if md == NULL:
-        return -3
+        return REALM_ERR_MODEL
     cdef int n = rows_of(e, hs_len, md.dims.n_embd, what)
     if n < 0:
         return n
@@ -300,31 +329,33 @@ cdef int32_t forward_lm_head(native_env *e, guest_mem m, uint32_t model_id, uint
     if rc:
         return rc
     cdef int64_t done = 0
-    rc = realm_llama_lm_head_chunked(md.dims, md.output_norm, md.output, <const float *>(m.base + hs_ptr), n,
-                                     <float *>(m.base + out_ptr), md.scratch, md.n_threads, md.lock, e.control,
-                                     &done)
-    if rc == -8:
+    rc = kernel_lm_head(md.dims, md.output_norm, md.output, <const float *>(m.base + hs_ptr), n,
+                        <float *>(m.base + out_ptr), md.scratch, md.n_threads, md.lock, e.control, &done)
+    if rc == REALM_ERR_CANCELLED:
         return stopped(e, what, done, n)
-    return fail(e, -9, what, "the LM head kernel failed") if rc else 0
+    return fail(e, REALM_ERR_INTERNAL, what, "the LM head kernel failed") if rc else 0
 
 
 # ---- the Python side --------------------------------------------------------------------
 
-cdef class NativeImports:
-    """One guest's native import state: the granted models' runtimes, its KV rings,
-    its last error. realm_ext.host keeps it in step and hands `functions` and `env`
-    to the wasmtime engine, which calls `bind_wasmtime_memory` once the guest's memory
-    exists."""
+cdef class GuestTable:
+    """One guest's import state, read by both import paths: its KV rings (`kv`: its
+    own ids -> host.KVEntry), its last error, its call count, its stop signals; and, for
+    native imports, its granted models' C runtimes. realm_ext.host changes it through
+    these methods only, so the C arrays the callbacks read and the `kv` dict Python
+    reads are one table. The wasmtime engine takes `functions` and `env_address`, and
+    calls `bind_wasmtime_memory` once the guest's memory exists."""
 
     cdef native_env env
     cdef dict runtimes  # model id -> LlamaRuntime (kept alive: env points into them)
-    cdef dict rings  # kv id -> KVRing
+    cdef readonly dict kv  # kv id -> KVEntry (its ring kept alive: env may point into it)
     cdef CallControl control  # kept alive: env.control points into it
+    cdef bytes py_error  # the last error when the Python path set it (whole, not truncated)
 
     def __cinit__(self):
         memset(&self.env, 0, sizeof(native_env))
         self.runtimes = {}
-        self.rings = {}
+        self.kv = {}
 
     def __dealloc__(self):
         free(self.env.models)
@@ -358,8 +389,8 @@ cdef class NativeImports:
         self.env.control = control.ptr()
 
     def unbind_memory(self):
-        """No instance: every callback fails with -1 until the next bind (the memory the
-        old pointers named may be freed)."""
+        """No instance: every callback fails with REALM_ERR_INVALID until the next bind
+        (the memory the old pointers named may be freed)."""
         self.env.memory = NULL
         self.env.caller_context = NULL
         self.env.memory_data = NULL
@@ -367,20 +398,29 @@ cdef class NativeImports:
 
     @property
     def calls(self) -> int:
+        """Imports served, by either path."""
         return self.env.calls
+
+    def count_call(self):
+        """One import served by the Python path."""
+        self.env.calls += 1
 
     @property
     def last_error(self) -> bytes:
+        """The message of the guest's last failed call, from either path."""
+        if self.env.error_len < 0:
+            return self.py_error
         return self.env.error[:min(self.env.error_len, ERROR_BYTES - 1)]
 
     @last_error.setter
-    def last_error(self, bytes msg):
-        cdef int n = min(len(msg), ERROR_BYTES - 1)
-        memcpy(self.env.error, <const char *>msg, n)
-        self.env.error[n] = 0
-        self.env.error_len = n
+    def last_error(self, bytes msg not None):
+        self.py_error = msg
+        self.env.error_len = -1
+
+    # -- models (native imports only) --------------------------------------------------
 
     def add_model(self, uint32_t model_id, LlamaRuntime rt not None, int n_threads):
+        """Serve model_id's forward imports in C, from rt with n_threads."""
         if model_id in self.runtimes:
             return
         cdef native_model *grown = <native_model *>realloc(self.env.models, (self.env.n_models + 1) * sizeof(native_model))
@@ -410,9 +450,20 @@ cdef class NativeImports:
                 break
         self.runtimes.pop(model_id, None)
 
-    def add_kv(self, uint64_t kv_id, uint32_t model_id, KVRing ring not None):
-        """Register a ring (growing the model's scratch for it first)."""
-        cdef LlamaRuntime rt = self.runtimes[model_id]
+    # -- KV rings ----------------------------------------------------------------------
+
+    def add_kv(self, uint64_t kv_id, entry):
+        """Hold entry (a host.KVEntry) as kv_id. A ring of a model served in C must be a
+        KVRing: it is registered for the callbacks too (the model's scratch grown for it
+        first)."""
+        cdef LlamaRuntime rt = self.runtimes.get(entry.model_id)
+        if rt is not None:
+            self._add_native_kv(kv_id, entry.model_id, rt, entry.ring)
+        self.kv[kv_id] = entry
+
+    cdef _add_native_kv(self, uint64_t kv_id, uint32_t model_id, LlamaRuntime rt, KVRing ring):
+        if ring is None:
+            raise TypeError("a natively served model's KV ring must be a KVRing")
         cdef int i
         for i in range(self.env.n_models):
             if self.env.models[i].id == model_id:
@@ -425,14 +476,13 @@ cdef class NativeImports:
         grown[self.env.n_kvs].model_id = model_id
         grown[self.env.n_kvs].ring = ring.ptr()
         self.env.n_kvs += 1
-        self.rings[kv_id] = ring
 
     def remove_kv(self, uint64_t kv_id):
+        """Forget kv_id; returns its entry."""
         cdef int i
         for i in range(self.env.n_kvs):
             if self.env.kvs[i].id == kv_id:
                 self.env.kvs[i] = self.env.kvs[self.env.n_kvs - 1]
                 self.env.n_kvs -= 1
                 break
-        self.rings.pop(kv_id, None)
-
+        return self.kv.pop(kv_id)

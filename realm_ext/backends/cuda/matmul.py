@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from realm_ext import quant
-from realm_ext.backends import cuda_source
+from realm_ext.backends.cuda import source as cuda_source
 
 if TYPE_CHECKING:
     import cupy

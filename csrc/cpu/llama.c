@@ -1,5 +1,6 @@
 /* llama.c: see llama.h. Read realm_llama_layer_forward top to bottom: it is the layer. */
 #include "llama.h"
+#include "realm_errors.h"
 
 #include <stddef.h>
 #include <time.h>
@@ -23,7 +24,7 @@ static int dims_ok(const realm_llama_dims *d) {
 }
 
 int realm_llama_check_layer(const realm_llama_dims *d, const realm_llama_layer *L) {
-    if (!d || !L || !dims_ok(d) || !L->attn_norm || !L->ffn_norm) return -1;
+    if (!d || !L || !dims_ok(d) || !L->attn_norm || !L->ffn_norm) return REALM_ERR_INVALID;
     const int64_t q_dim = (int64_t)d->n_head * d->head_dim, kv_dim = (int64_t)d->n_head_kv * d->head_dim;
     const int ok = tensor_ok(&L->wq, q_dim, d->n_embd) && tensor_ok(&L->wk, kv_dim, d->n_embd) &&
                    tensor_ok(&L->wv, kv_dim, d->n_embd) && tensor_ok(&L->wo, d->n_embd, q_dim) &&
@@ -81,7 +82,7 @@ int64_t realm_llama_scratch_init(realm_llama_scratch *s, const realm_llama_dims 
 /* y[t] = W x[t] for the chunk, activations already rounded in s->xq when `rounded`. */
 static int mm(const realm_tensor *w, const float *x, int64_t n, float *y, realm_llama_scratch *s, int nt,
               int rounded) {
-    if (!rounded && realm_quantize_acts(w->type, x, w->n_cols, n, s->xq, nt)) return -1;
+    if (!rounded && realm_quantize_acts(w->type, x, w->n_cols, n, s->xq, nt)) return REALM_ERR_INVALID;
     return realm_matmul_q(w->data, w->type, w->n_rows, w->n_cols, s->xq, n, y, w->n_rows, nt);
 }
 
@@ -141,13 +142,13 @@ static int layer_chunk(const realm_llama_dims *d, const realm_llama_layer *L, in
     /* wk and wv reuse the activations wq rounded when their vec dot types agree */
     if (!rc) rc = mm(&L->wk, s->cur, n, s->k, s, nt, same_rounding(&L->wq, &L->wk));
     if (!rc) rc = mm(&L->wv, s->cur, n, s->v, s, nt, same_rounding(&L->wk, &L->wv));
-    if (rc) return -1;
+    if (rc) return REALM_ERR_INVALID;
     realm_parallel_for(n, nt, rope_rows, &tj);
     rc = realm_kv_append(kv, layer, pos, n, s->k, s->v);
     if (rc) return rc;
     rc = realm_attention(kv, layer, pos, n, d->n_head, s->q, s->att, s->att_scratch, nt);
     if (rc) return rc;
-    if (mm(&L->wo, s->att, n, s->tmp, s, nt, 0)) return -1;
+    if (mm(&L->wo, s->att, n, s->tmp, s, nt, 0)) return REALM_ERR_INVALID;
     realm_add(s->tmp, x, out, n * E); /* out = x + attention (the residual) */
 
     /* feed-forward block: cur = norm(out); out += down(silu(gate cur) * up cur) */
@@ -156,9 +157,9 @@ static int layer_chunk(const realm_llama_dims *d, const realm_llama_layer *L, in
     realm_parallel_for(n, nt, norm_rows, &tj);
     rc = mm(&L->w_gate, s->cur, n, s->gate, s, nt, 0);
     if (!rc) rc = mm(&L->w_up, s->cur, n, s->up, s, nt, same_rounding(&L->w_gate, &L->w_up));
-    if (rc) return -1;
+    if (rc) return REALM_ERR_INVALID;
     realm_parallel_for(n, nt, swiglu_rows, &tj);
-    if (mm(&L->w_down, s->gate, n, s->tmp, s, nt, 0)) return -1;
+    if (mm(&L->w_down, s->gate, n, s->tmp, s, nt, 0)) return REALM_ERR_INVALID;
     realm_add(s->tmp, out, out, n * E);
     return 0;
 }
@@ -166,11 +167,11 @@ static int layer_chunk(const realm_llama_dims *d, const realm_llama_layer *L, in
 int realm_llama_layer_forward(const realm_llama_dims *d, const realm_llama_layer *L, int32_t layer,
                               realm_kv_ring *kv, int64_t pos, int64_t n_tokens, const float *x, float *out,
                               realm_llama_scratch *s, int n_threads) {
-    if (!d || !L || !kv || !x || !out || !s || n_tokens <= 0 || pos < 0 || n_threads <= 0) return -1;
-    if (realm_llama_check_layer(d, L)) return -1;
-    if (kv->n_head_kv != d->n_head_kv || kv->head_dim != d->head_dim || !kv->k || !kv->v) return -1;
-    if (layer < 0 || layer >= kv->n_layer) return -5;
-    if (s->att_scratch_floats < realm_attention_scratch_floats(kv, d->n_head, n_threads)) return -7;
+    if (!d || !L || !kv || !x || !out || !s || n_tokens <= 0 || pos < 0 || n_threads <= 0) return REALM_ERR_INVALID;
+    if (realm_llama_check_layer(d, L)) return REALM_ERR_INVALID;
+    if (kv->n_head_kv != d->n_head_kv || kv->head_dim != d->head_dim || !kv->k || !kv->v) return REALM_ERR_INVALID;
+    if (layer < 0 || layer >= kv->n_layer) return REALM_ERR_RANGE;
+    if (s->att_scratch_floats < realm_attention_scratch_floats(kv, d->n_head, n_threads)) return REALM_ERR_NOMEM;
     for (int64_t t0 = 0, n; t0 < n_tokens; t0 += n) {
         const int64_t p = pos + t0;
         n = n_tokens - t0 < s->max_tokens ? n_tokens - t0 : s->max_tokens;
@@ -187,13 +188,13 @@ int realm_llama_layer_forward(const realm_llama_dims *d, const realm_llama_layer
 int realm_llama_lm_head(const realm_llama_dims *d, const float *output_norm, const realm_tensor *output,
                         const float *x, int64_t n_tokens, float *logits, realm_llama_scratch *s, int n_threads) {
     if (!d || !dims_ok(d) || !output_norm || !output || !x || !logits || !s || n_tokens <= 0 || n_threads <= 0)
-        return -1;
-    if (!tensor_ok(output, d->n_vocab, d->n_embd)) return -1;
+        return REALM_ERR_INVALID;
+    if (!tensor_ok(output, d->n_vocab, d->n_embd)) return REALM_ERR_INVALID;
     const int64_t E = d->n_embd;
     for (int64_t t0 = 0; t0 < n_tokens; t0 += s->max_tokens) {
         const int64_t n = n_tokens - t0 < s->max_tokens ? n_tokens - t0 : s->max_tokens;
         for (int64_t t = 0; t < n; t++) realm_rmsnorm(x + (t0 + t) * E, output_norm, s->cur + t * E, E, d->rms_eps);
-        if (mm(output, s->cur, n, logits + t0 * d->n_vocab, s, n_threads, 0)) return -1;
+        if (mm(output, s->cur, n, logits + t0 * d->n_vocab, s, n_threads, 0)) return REALM_ERR_INVALID;
     }
     return 0;
 }
@@ -253,10 +254,10 @@ int realm_llama_forward_layers(const realm_llama_dims *d, const realm_llama_laye
                                float *out, realm_llama_scratch *s, int n_threads, realm_fair_lock *lock,
                                realm_call_control *ctl, int64_t *done) {
     *done = 0;
-    if (!d || !layers || !kv || !s || !lock || count <= 0 || first < 0 || n_tokens <= 0) return -1;
+    if (!d || !layers || !kv || !s || !lock || count <= 0 || first < 0 || n_tokens <= 0) return REALM_ERR_INVALID;
     const int64_t E = d->n_embd;
     for (int64_t t0 = 0, n; t0 < n_tokens; t0 += n) {
-        if (realm_call_stopped(ctl)) return -8;
+        if (realm_call_stopped(ctl)) return REALM_ERR_CANCELLED;
         int32_t group;
         realm_llama_chunk_shape(d, kv, s->max_tokens, pos + t0, n_tokens - t0, count, &n, &group);
         for (int32_t l0 = first; l0 < first + count; l0 += group) {
@@ -280,11 +281,11 @@ int realm_llama_lm_head_chunked(const realm_llama_dims *d, const float *output_n
                                 int n_threads, realm_fair_lock *lock, realm_call_control *ctl,
                                 int64_t *done) {
     *done = 0;
-    if (!d || !output || !s || !lock || n_tokens <= 0) return -1;
+    if (!d || !output || !s || !lock || n_tokens <= 0) return REALM_ERR_INVALID;
     const int64_t E = d->n_embd;
     const int64_t rows = clamp64(s->max_tokens * layer_weight_elems(d) / ((int64_t)d->n_vocab * E), 1, s->max_tokens);
     for (int64_t t0 = 0, n; t0 < n_tokens; t0 += n) {
-        if (realm_call_stopped(ctl)) return -8;
+        if (realm_call_stopped(ctl)) return REALM_ERR_CANCELLED;
         n = n_tokens - t0 < rows ? n_tokens - t0 : rows;
         take_lock(lock, ctl);
         const int rc = realm_llama_lm_head(d, output_norm, output, x + t0 * E, n, logits + t0 * d->n_vocab, s,
