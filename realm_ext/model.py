@@ -18,12 +18,13 @@ import struct
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gguf
 import numpy as np
 
 from realm_ext import quant
+from realm_ext.errors import RealmExtError
 
 ARCH = "llama"
 ROPE_FREQS = "rope_freqs.weight"
@@ -45,12 +46,18 @@ class _NamedIntEnum(enum.IntEnum):
 # A tensor's type: gguf.GGMLQuantizationType's members, printed by name ("Q4_K", not
 # "12"). Each is still an int (int(t) is the id the kernels take) and equals gguf's
 # member of the same id, in comparisons, sets and dict keys alike.
-GGMLType = _NamedIntEnum(
-    "GGMLType", [(t.name, t.value) for t in gguf.GGMLQuantizationType], module=__name__, qualname="GGMLType"
-)
+if TYPE_CHECKING:  # the type checker sees gguf's enum: the same members and values
+    GGMLType = gguf.GGMLQuantizationType
+else:
+    GGMLType = _NamedIntEnum(
+        "GGMLType",
+        [(t.name, t.value) for t in gguf.GGMLQuantizationType],
+        module=__name__,
+        qualname="GGMLType",
+    )
 
 
-class GGUFError(ValueError):
+class GGUFError(RealmExtError, ValueError):
     """A GGUF file that cannot be used: the message says which file and why."""
 
 
@@ -86,9 +93,10 @@ class _StringArray(gguf.gguf_reader.ReaderField):
         return ">" if bo == ">" or (bo == "=" and sys.byteorder == "big") else "<"
 
     @staticmethod
-    def walk(buf, offs: int, n: int, order: str, out: list[str] | None = None) -> int:  # noqa: ANN001
+    def walk(buf: Any, offs: int, n: int, order: str, out: list[str] | None = None) -> int:
         """The end of n strings from offs in buf (checked against its size); appends them
-        decoded to `out` when given."""
+        decoded to `out` when given. buf: bytes or a uint8 ndarray view of the map (Any:
+        numpy's stubs make an ndarray a Buffer from Python 3.12 on only)."""
         unpack, size = struct.Struct(order + "Q").unpack_from, len(buf)
         for _ in range(n):
             if offs + 8 > size:
@@ -126,7 +134,7 @@ class _BoundedReader(gguf.GGUFReader):
 
     _plain: np.ndarray | None = None
 
-    def _get(self, offset, dtype, count=1, override_order=None):  # noqa: ANN001, ANN202
+    def _get(self, offset: Any, dtype: Any, count: Any = 1, override_order: str | None = None) -> np.ndarray:
         offset, count = int(offset), int(count)
         dt = np.dtype(dtype)
         end = offset + dt.itemsize * count
@@ -141,7 +149,9 @@ class _BoundedReader(gguf.GGUFReader):
     def _remaining(self, offs: int) -> int:
         return len(self.data) - int(offs)
 
-    def _get_field_parts(self, orig_offs, raw_type):  # noqa: ANN001, ANN202
+    def _get_field_parts(
+        self, orig_offs: int, raw_type: Any
+    ) -> tuple[int, list[np.ndarray], list[int], list[Any]]:
         if _V(int(raw_type)) != _V.ARRAY:
             return super()._get_field_parts(orig_offs, raw_type)
         offs = int(orig_offs)
@@ -163,7 +173,7 @@ class _BoundedReader(gguf.GGUFReader):
         end = _StringArray.walk(self._plain, offs, n, _StringArray.order(alen))
         return end - orig_offs, [raw_itype, alen, self._plain[offs:end]], [2], [_V.ARRAY, itype]
 
-    def _build_fields(self, offs, count):  # noqa: ANN001, ANN202
+    def _build_fields(self, offs: int, count: Any) -> int:
         # the stock loop, with a count check first and _StringArray for arrays of strings
         count = int(count)
         if count * _MIN_KV_BYTES > self._remaining(offs):
@@ -187,14 +197,14 @@ class _BoundedReader(gguf.GGUFReader):
             offs += size
         return offs
 
-    def _build_tensor_info(self, offs, count):  # noqa: ANN001, ANN202
+    def _build_tensor_info(self, offs: int, count: Any) -> tuple[int, list[Any]]:
         if int(count) * _MIN_TENSOR_INFO_BYTES > self._remaining(offs):
             raise ValueError(
                 f"{int(count)} tensor infos cannot fit in the {self._remaining(offs)} bytes left"
             )
         return super()._build_tensor_info(offs, count)
 
-    def _build_tensors(self, start_offs, fields):  # noqa: ANN001, ANN202
+    def _build_tensors(self, start_offs: int, fields: list[Any]) -> None:
         for f in fields:
             name = bytes(f.parts[1]).decode("utf-8")
             dims = [int(d) for d in f.parts[3]]
@@ -654,7 +664,7 @@ def _special_ids(md_id: dict[str, int | None], tokens: list[str], attrs: np.ndar
     for t, i in text_ids.items():  # control tokens named "unused"
         if attrs[i] & ATTR_CONTROL and "unused" in t:
             attrs[i] |= ATTR_UNUSED
-    eog = {found[k] for k in ("fim_pad", "fim_rep", "fim_sep") if found.get(k) is not None}
+    eog = {tid for k in ("fim_pad", "fim_rep", "fim_sep") if (tid := found.get(k)) is not None}
     for t, i in text_ids.items():
         if t in _EOG_TEXTS:
             eog.add(i)
@@ -662,17 +672,17 @@ def _special_ids(md_id: dict[str, int | None], tokens: list[str], attrs: np.ndar
     for t in ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"):
         if t in text_ids:
             attrs[text_ids[t]] = ATTR_USER_DEFINED
-    eog |= {found[k] for k in ("eos", "eot", "eom") if found.get(k) is not None}
-    texts = {tokens[i]: i for i in eog}
-    if "<|end|>" in texts and (
-        ("<|return|>" in texts and ("<|call|>" in texts or "<|calls|>" in texts))
-        or ("<|flush|>" in texts and ("<|call|>" in texts or "<|calls|>" in texts))
+    eog |= {tid for k in ("eos", "eot", "eom") if (tid := found.get(k)) is not None}
+    eog_texts = {tokens[i]: i for i in eog}
+    if "<|end|>" in eog_texts and (
+        ("<|return|>" in eog_texts and ("<|call|>" in eog_texts or "<|calls|>" in eog_texts))
+        or ("<|flush|>" in eog_texts and ("<|call|>" in eog_texts or "<|calls|>" in eog_texts))
     ):
-        eog.discard(texts["<|end|>"])
-        attrs[texts["<|end|>"]] = ATTR_USER_DEFINED
-    if "</s>" in texts and ("<|tool_response>" in texts or "<|plamo:eos|>" in texts):
-        eog.discard(texts["</s>"])
-        attrs[texts["</s>"]] = ATTR_NORMAL
+        eog.discard(eog_texts["<|end|>"])
+        attrs[eog_texts["<|end|>"]] = ATTR_USER_DEFINED
+    if "</s>" in eog_texts and ("<|tool_response>" in eog_texts or "<|plamo:eos|>" in eog_texts):
+        eog.discard(eog_texts["</s>"])
+        attrs[eog_texts["</s>"]] = ATTR_NORMAL
     return tuple(sorted(eog))
 
 
@@ -778,7 +788,7 @@ def _tensors(path: Path, reader: gguf.GGUFReader, cfg: LlamaConfig) -> dict[str,
     tensors: dict[str, Tensor] = {}
     for rt in reader.tensors:
         # sizes and offsets from the file's own fields, in Python ints (no uint64 wrap)
-        _, _, _, dims, _, rel = rt.field.parts
+        _, _, _, dims, _, rel_part = rt.field.parts
         shape = tuple(int(d) for d in reversed(dims.tolist()))
         if rt.tensor_type not in quant.SUPPORTED_TYPES:
             names = ", ".join(t.name for t in quant.SUPPORTED_TYPES)
@@ -792,7 +802,7 @@ def _tensors(path: Path, reader: gguf.GGUFReader, cfg: LlamaConfig) -> dict[str,
         n_rows = 1
         for d in shape[:-1]:
             n_rows *= d
-        rel = int(rel[0])
+        rel = int(rel_part[0])
         start, nbytes = int(reader.data_offset) + rel, n_rows * rb
         if rel % align:
             raise GGUFError(
