@@ -461,6 +461,29 @@ def _config(path: Path, md: dict[str, Any], n_tokens: int) -> LlamaConfig:
     arch = _get(path, md, "general.architecture", str)
     if arch != ARCH:
         raise GGUFError(f"{path}: architecture {arch!r} is not supported (expected 'llama')")
+    n_embd, n_head, n_head_kv, n_layer, n_ff, n_ctx = _counts(path, md)
+    head_dim, rope_dim = _head_dims(path, md, n_embd, n_head)
+    n_vocab = _vocab_size(path, md, n_tokens)
+    eps, base = _norm_eps_and_rope_base(path, md)
+    return LlamaConfig(
+        n_vocab=n_vocab,
+        n_ctx_train=n_ctx,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim=head_dim,
+        n_ff=n_ff,
+        rms_eps=eps,
+        rope_freq_base=base,
+        rope_dim=rope_dim,
+        rope_scale_linear=_rope_scaling(path, md),
+    )
+
+
+def _counts(path: Path, md: dict[str, Any]) -> tuple[int, int, int, int, int, int]:
+    """n_embd, n_head, n_head_kv, n_layer, n_ff, n_ctx: positive 32-bit counts, the
+    heads dividing the embedding and the KV heads dividing the heads."""
     n_embd = _get(path, md, "llama.embedding_length", int)
     n_head = _get(path, md, "llama.attention.head_count", int)
     n_head_kv = _get(path, md, "llama.attention.head_count_kv", int, n_head)
@@ -483,6 +506,11 @@ def _config(path: Path, md: dict[str, Any], n_tokens: int) -> LlamaConfig:
         raise GGUFError(
             f"{path}: inconsistent config: n_head {n_head} is not a multiple of n_head_kv {n_head_kv}"
         )
+    return n_embd, n_head, n_head_kv, n_layer, n_ff, n_ctx
+
+
+def _head_dims(path: Path, md: dict[str, Any], n_embd: int, n_head: int) -> tuple[int, int]:
+    """head_dim (even, the keys' and the values' alike) and rope_dim (even, <= head_dim)."""
     head_dim = _get(path, md, "llama.attention.key_length", int, n_embd // n_head)
     v_dim = _get(path, md, "llama.attention.value_length", int, head_dim)
     if v_dim != head_dim or head_dim <= 0 or head_dim % 2:
@@ -495,30 +523,27 @@ def _config(path: Path, md: dict[str, Any], n_tokens: int) -> LlamaConfig:
         raise GGUFError(
             f"{path}: inconsistent config: rope dimension {rope_dim} must be even and <= head_dim {head_dim}"
         )
+    return head_dim, rope_dim
+
+
+def _vocab_size(path: Path, md: dict[str, Any], n_tokens: int) -> int:
+    """llama.vocab_size, which must be the tokenizer's token count (the default)."""
     n_vocab = _get(path, md, "llama.vocab_size", int, n_tokens)
     if n_vocab != n_tokens:
         raise GGUFError(
             f"{path}: inconsistent config: llama.vocab_size is {n_vocab} "
             f"but the tokenizer has {n_tokens} tokens"
         )
+    return n_vocab
+
+
+def _norm_eps_and_rope_base(path: Path, md: dict[str, Any]) -> tuple[float, float]:
+    """The RMSNorm epsilon and the RoPE base, both > 0."""
     eps = _get(path, md, "llama.attention.layer_norm_rms_epsilon", float)
     base = _get(path, md, "llama.rope.freq_base", float, 10000.0)
     if not (eps > 0 and base > 0):
         raise GGUFError(f"{path}: inconsistent config: rms epsilon {eps} and rope base {base} must be > 0")
-    return LlamaConfig(
-        n_vocab=n_vocab,
-        n_ctx_train=n_ctx,
-        n_embd=n_embd,
-        n_layer=n_layer,
-        n_head=n_head,
-        n_head_kv=n_head_kv,
-        head_dim=head_dim,
-        n_ff=n_ff,
-        rms_eps=eps,
-        rope_freq_base=base,
-        rope_dim=rope_dim,
-        rope_scale_linear=_rope_scaling(path, md),
-    )
+    return eps, base
 
 
 ROPE_SCALING_TYPES = ("none", "linear")
