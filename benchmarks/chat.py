@@ -55,7 +55,7 @@ USERS = [
 MARK_TURNS = (1, 4, 16)
 
 
-def _turn(guest, messages: list[dict], template: str | None, kw: dict, fresh: bool) -> tuple[str, dict]:  # noqa: ANN001
+def _turn(guest, messages: list[dict], template: str | None, kw: dict, fresh: bool) -> tuple[str, dict]:
     if fresh:
         guest.reset_chat()
     reply = "".join(guest.chat(messages, chat_template=template, **kw))
@@ -71,7 +71,7 @@ def _turn(guest, messages: list[dict], template: str | None, kw: dict, fresh: bo
     }
 
 
-def conversation(host: Host, model, turns: int, template: str | None, kw: dict) -> list[dict]:  # noqa: ANN001
+def conversation(host: Host, model, turns: int, template: str | None, kw: dict) -> list[dict]:
     """One run: per turn, the reuse and fresh figures and whether their replies agree."""
     rows = []
     with host.guest(models=[model]) as reuse, host.guest(models=[model]) as fresh:

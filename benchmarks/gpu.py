@@ -63,7 +63,7 @@ def model_file(models_dir: Path, preset: str, t: str) -> Path:
     return path
 
 
-def decode_direct(backend, model: Model, prompt: list[int], n: int):  # noqa: ANN001, ANN201
+def decode_direct(backend, model: Model, prompt: list[int], n: int):
     """Seconds for n greedy tokens after the prompt, the backend driven directly; and
     the ring (its decode graph stays captured in it)."""
     c = model.config
@@ -86,7 +86,7 @@ def decode_direct(backend, model: Model, prompt: list[int], n: int):  # noqa: AN
     return time.perf_counter() - t0, kv
 
 
-def prefill_seconds(backend, model: Model, tokens: list[int], repeat: int) -> float:  # noqa: ANN001
+def prefill_seconds(backend, model: Model, tokens: list[int], repeat: int) -> float:
     c = model.config
     kv = backend.new_kv(model, c.n_ctx_train)
     x = np.empty((len(tokens), c.n_embd), np.float32)

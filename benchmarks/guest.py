@@ -101,7 +101,7 @@ def host_call_us(host: Host, model: Model, engine: str, n: int, repeat: int) -> 
     return out
 
 
-def _per_call(f, n: int) -> float:  # noqa: ANN001
+def _per_call(f, n: int) -> float:
     t0 = time.perf_counter()
     f()
     return (time.perf_counter() - t0) / n * 1e6
@@ -154,7 +154,7 @@ def tinyllama_memory(host: Host, tmp: Path, engine: str) -> dict:
     return {"engine": engine, "memory_pages": pages, "heap_bytes": heap, "vocab_blob_bytes": blob}
 
 
-def _llama_cpp(path: Path, threads: int, n_prompt: int):  # noqa: ANN202
+def _llama_cpp(path: Path, threads: int, n_prompt: int):
     import llama_cpp
 
     return llama_cpp.Llama(
@@ -168,7 +168,7 @@ def _llama_cpp(path: Path, threads: int, n_prompt: int):  # noqa: ANN202
     )
 
 
-def llama_cpp_real_s(llm, tokens: list[int]) -> tuple[float, float]:  # noqa: ANN001
+def llama_cpp_real_s(llm, tokens: list[int]) -> tuple[float, float]:
     """llama.cpp's seconds for the prompt and for REAL_DECODE greedy steps after it."""
     llm.reset()
     t0 = time.perf_counter()
@@ -181,7 +181,7 @@ def llama_cpp_real_s(llm, tokens: list[int]) -> tuple[float, float]:  # noqa: AN
     return t1 - t0, (time.perf_counter() - t1) / REAL_DECODE
 
 
-def guest_real_s(g, n_prompt: int) -> tuple[float, float]:  # noqa: ANN001
+def guest_real_s(g, n_prompt: int) -> tuple[float, float]:
     """The guest's seconds for the prompt (a 1-token run: tokenize, prefill, one LM head
     and sample) and per greedy decode step (a longer run minus that)."""
     kw = dict(temperature=0.0, stop_at_eos=False, n_ctx=n_prompt + REAL_DECODE + 8)

@@ -21,7 +21,7 @@ TOK_S = re.compile(r"^cpu\.(prefill|decode)\.([^.]+)\.tok_s$")
 MATVEC = re.compile(r"^cpu\.matvec\.([^.]+)\.(\d+x\d+)\.gb_s$")
 
 
-def _pyplot():  # noqa: ANN202 - matplotlib is an optional dependency (the bench and test extras)
+def _pyplot():  # matplotlib is an optional dependency (the bench and test extras)
     import matplotlib
 
     matplotlib.use("Agg")

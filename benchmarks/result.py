@@ -110,7 +110,7 @@ def baseline_problems(baseline: object) -> list[str]:
     return problems
 
 
-def _load(path: Path, check) -> dict:  # noqa: ANN001
+def _load(path: Path, check) -> dict:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:

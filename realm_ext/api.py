@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -26,20 +26,42 @@ from realm_ext.backends import make_backend
 from realm_ext.chat_template import ChatTemplate, check_messages
 from realm_ext.engines import open_instance, resolve_engine
 from realm_ext.engines.base import WASM_PAGE, GuestError, GuestLimitError, Instance, Limits, parse_size
+from realm_ext.errors import RealmExtError
 from realm_ext.host import GrantedModel, GuestImports, GuestState
 from realm_ext.model import Model, load_gguf
 from realm_ext.stream import PieceStream
 
 GUEST_WASM = Path(__file__).parent / "guest" / "realm_guest.wasm"
 
+T = TypeVar("T")
 
-class RealmError(RuntimeError):
+
+class RealmError(RealmExtError, RuntimeError):
     """A guest export returned one of the ABI's error codes."""
 
     def __init__(self, what: str, code: int, detail: str = ""):
         name = abi.ERROR_NAMES.get(code, "unknown error")
         super().__init__(f"{what} failed: {name} ({code})" + (f": {detail}" if detail else ""))
         self.code = code
+
+
+class ModelNotGrantedError(RealmExtError, KeyError, ValueError):
+    """A model this host has not loaded (or has unloaded), or one not granted to the
+    guest it is asked of. Both a KeyError and a ValueError, as these cases were."""
+
+    __str__ = ValueError.__str__  # the message as given, not KeyError's repr of it
+
+
+_DEFAULT_PARAMS = abi.GenerateParams()
+
+
+def _choose_params(params: abi.GenerateParams | None, keywords: abi.GenerateParams) -> abi.GenerateParams:
+    """`params` when given (the keywords then stay at their defaults), else the keywords'."""
+    if params is None:
+        return keywords
+    if keywords != _DEFAULT_PARAMS:
+        raise TypeError("give the generation settings as keywords or as one GenerateParams, not both")
+    return params
 
 
 class Host:
@@ -79,7 +101,7 @@ class Host:
             for mid, g in self._models.items():
                 if g.model is model:
                     return mid
-        raise KeyError(f"{model!r} was not loaded by this host")
+        raise ModelNotGrantedError(f"{model!r} was not loaded by this host")
 
     def unload(self, model: Model) -> None:
         """Forget a model; guests granted it get 'model unknown' from then on (a call
@@ -87,7 +109,7 @@ class Host:
         with self._lock:
             mid = next((i for i, g in self._models.items() if g.model is model), None)
             if mid is None:
-                raise KeyError(f"{model!r} was not loaded by this host")
+                raise ModelNotGrantedError(f"{model!r} was not loaded by this host")
             self._models.pop(mid)
             guests = list(self._guests)
         for guest in guests:  # each waits for its running call
@@ -118,7 +140,7 @@ class Host:
             for m in models:
                 mid = next((i for i, g in self._models.items() if g.model is m), None)
                 if mid is None:
-                    raise KeyError(f"{m!r} was not loaded by this host")
+                    raise ModelNotGrantedError(f"{m!r} was not loaded by this host")
                 granted[mid] = self._models[mid]
         limits = Limits(memory=parse_size(memory_limit), time=time_limit, fuel=fuel)
         guest = Guest(
@@ -279,7 +301,7 @@ class Guest:
     # safe to use from two threads at once (and while an import runs, the memory is
     # reached through that call's caller context, valid only until it returns).
 
-    def _touch(self, fn):  # noqa: ANN001, ANN202
+    def _touch(self, fn: Callable[[Instance], T]) -> T:
         """fn(instance), run where the instance may be touched, under the lock."""
         inst = self._instance
         if inst is not None and inst.serves_imports_here():
@@ -313,7 +335,7 @@ class Guest:
         """Copy data into guest memory at ptr."""
         buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data.reshape(-1).view(np.uint8)
 
-        def put(inst) -> None:  # noqa: ANN001
+        def put(inst: Instance) -> None:
             mem = inst.memory()
             if ptr < 0 or ptr + buf.size > mem.size:
                 raise IndexError(f"[{ptr}, {ptr + buf.size}) is outside guest memory ({mem.size} bytes)")
@@ -324,7 +346,7 @@ class Guest:
     def read(self, ptr: int, n: int) -> bytes:
         """n bytes of guest memory at ptr."""
 
-        def get(inst) -> bytes:  # noqa: ANN001
+        def get(inst: Instance) -> bytes:
             mem = inst.memory()
             if ptr < 0 or ptr + n > mem.size:
                 raise IndexError(f"[{ptr}, {ptr + n}) is outside guest memory ({mem.size} bytes)")
@@ -333,13 +355,15 @@ class Guest:
         return self._touch(get)
 
     def model_id(self, model: Model | None = None) -> int:
+        """The host's id of `model` (default: the first granted); ModelNotGrantedError
+        when the host has not loaded it or this guest was not granted it."""
         if model is None:
             if not self.state.models:
-                raise ValueError("this guest has no model granted")
+                raise ModelNotGrantedError("this guest has no model granted")
             return next(iter(self.state.models))
         mid = self.host.model_id(model)
         if mid not in self.state.models:
-            raise ValueError(f"{model!r} is not granted to this guest")
+            raise ModelNotGrantedError(f"{model!r} is not granted to this guest")
         return mid
 
     def _put(self, data: bytes) -> int:
@@ -431,15 +455,53 @@ class Guest:
             self.cancel()  # a long import in progress stops at its next chunk
             worker.result()
 
-    def generate(self, prompt: str, model: Model | None = None, **params: object) -> Iterator[str]:
+    def generate(
+        self,
+        prompt: str,
+        model: Model | None = None,
+        *,
+        max_tokens: int = 64,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        n_ctx: int = 0,
+        n_batch: int = 512,
+        seed: int = 0,
+        add_bos: bool = True,
+        stop_at_eos: bool = True,
+        per_layer: bool = False,
+        params: abi.GenerateParams | None = None,
+    ) -> Iterator[str]:
         """Stream the text pieces the guest emits while it generates from `prompt`.
-        params: the fields of realm_ext.abi.GenerateParams (max_tokens, temperature,
-        top_k, top_p, min_p, repeat_penalty, repeat_last_n, n_ctx, n_batch, seed,
-        add_bos, stop_at_eos, per_layer). Closing the iterator early stops the guest."""
-        gp = abi.GenerateParams(**params)  # type: ignore[arg-type]
+        The keywords are the fields of realm_ext.abi.GenerateParams, with its defaults;
+        or pass one GenerateParams as `params` (and no other keyword). Closing the
+        iterator early stops the guest."""
+        gp = _choose_params(
+            params,
+            abi.GenerateParams(
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                min_p=min_p,
+                repeat_penalty=repeat_penalty,
+                repeat_last_n=repeat_last_n,
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                seed=seed,
+                add_bos=add_bos,
+                stop_at_eos=stop_at_eos,
+                per_layer=per_layer,
+            ),
+        )
         yield from self._stream(lambda emit: self.generate_to(prompt, emit, model, gp))
 
-    def _timed_emit(self, on_emit: Callable[[str], bool], t0: float, first: list[float]):  # noqa: ANN202
+    def _timed_emit(
+        self, on_emit: Callable[[str], bool], t0: float, first: list[float]
+    ) -> Callable[[str], bool]:
         def emit(piece: str) -> bool:
             if not first:
                 first.append(time.perf_counter() - t0)
@@ -467,13 +529,45 @@ class Guest:
     def generate_to(
         self,
         prompt: str,
-        on_emit,
-        model: Model | None = None,  # noqa: ANN001
+        on_emit: Callable[[str], bool],
+        model: Model | None = None,
         params: abi.GenerateParams | None = None,
+        *,
+        max_tokens: int = 64,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        n_ctx: int = 0,
+        n_batch: int = 512,
+        seed: int = 0,
+        add_bos: bool = True,
+        stop_at_eos: bool = True,
+        per_layer: bool = False,
     ) -> int:
         """Run realm_generate, handing each piece to on_emit (False back stops it);
-        returns the number of tokens generated. Stats land in self.last_stats."""
-        gp = params or abi.GenerateParams()
+        returns the number of tokens generated. Stats land in self.last_stats. The
+        settings: as generate's (keywords, or one GenerateParams)."""
+        gp = _choose_params(
+            params,
+            abi.GenerateParams(
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                min_p=min_p,
+                repeat_penalty=repeat_penalty,
+                repeat_last_n=repeat_last_n,
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                seed=seed,
+                add_bos=add_bos,
+                stop_at_eos=stop_at_eos,
+                per_layer=per_layer,
+            ),
+        )
         data = prompt.encode("utf-8")
         packed = gp.pack()
         with self._lock:
@@ -509,19 +603,50 @@ class Guest:
         messages: Sequence[Mapping[str, Any]],
         model: Model | None = None,
         chat_template: str | None = None,
-        **params: object,
+        *,
+        max_tokens: int = 64,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        n_ctx: int = 0,
+        n_batch: int = 512,
+        seed: int = 0,
+        add_bos: bool = True,
+        stop_at_eos: bool = True,
+        per_layer: bool = False,
+        params: abi.GenerateParams | None = None,
     ) -> Iterator[str]:
         """Stream the assistant's reply to `messages` (the whole conversation so far, each
         {"role": ..., "content": ...}), rendered with the model's chat template (or
         `chat_template`). The guest keeps one conversation: the tokens of the previous
         call's prompt and reply stay in its KV ring, and only what follows the longest
         common prefix with this call's is evaluated (last_stats.cached_tokens says how
-        many were reused). params: as generate's; n_ctx is the conversation's ring size
+        many were reused). The settings: as generate's; n_ctx is the conversation's ring size
         (a change, or another model, starts a new conversation). Generation stops at the
         tokenizer's end-of-generation token. A reset of the guest (a trap, a limit)
         loses the conversation; the next call starts a new one and evaluates it all."""
         check_messages(messages)
-        gp = abi.GenerateParams(**params)  # type: ignore[arg-type]
+        gp = _choose_params(
+            params,
+            abi.GenerateParams(
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                min_p=min_p,
+                repeat_penalty=repeat_penalty,
+                repeat_last_n=repeat_last_n,
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                seed=seed,
+                add_bos=add_bos,
+                stop_at_eos=stop_at_eos,
+                per_layer=per_layer,
+            ),
+        )
         text = self.chat_template(model, chat_template).prompt(messages)
         yield from self._stream(lambda emit: self.chat_to(text, emit, model, gp))
 
@@ -551,11 +676,43 @@ class Guest:
         on_emit: Callable[[str], bool],
         model: Model | None = None,
         params: abi.GenerateParams | None = None,
+        *,
+        max_tokens: int = 64,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        n_ctx: int = 0,
+        n_batch: int = 512,
+        seed: int = 0,
+        add_bos: bool = True,
+        stop_at_eos: bool = True,
+        per_layer: bool = False,
     ) -> int:
         """Run realm_chat_generate on the guest's conversation with `prompt`, the whole
         conversation already rendered, handing each piece to on_emit (False back stops
-        it); returns the number of tokens generated. Stats land in self.last_stats."""
-        gp = params or abi.GenerateParams()
+        it); returns the number of tokens generated. Stats land in self.last_stats. The
+        settings: as generate's (keywords, or one GenerateParams)."""
+        gp = _choose_params(
+            params,
+            abi.GenerateParams(
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                min_p=min_p,
+                repeat_penalty=repeat_penalty,
+                repeat_last_n=repeat_last_n,
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                seed=seed,
+                add_bos=add_bos,
+                stop_at_eos=stop_at_eos,
+                per_layer=per_layer,
+            ),
+        )
         data = prompt.encode("utf-8")
         packed = gp.pack()
         with self._lock:

@@ -35,6 +35,7 @@ import jinja2.parser
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from realm_ext.errors import RealmExtError
 from realm_ext.model import Model
 
 TEMPLATE_KEY = "tokenizer.chat_template"
@@ -51,7 +52,7 @@ BUILTIN = {"chatml": CHATML}
 Message = Mapping[str, Any]
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(RealmExtError, ValueError):
     """A chat template failed to parse or to render (its message says why)."""
 
 

@@ -8,9 +8,9 @@ import logging
 import math
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -23,6 +23,8 @@ from realm_ext.host import log as guest_log
 from realm_ext.model import GGUFError, Model, load_gguf
 from realm_ext.model_maker import PRESETS, llama3_rope_freqs, make_model
 from realm_ext.quantizer import RECIPES, quantize_model
+
+_F = TypeVar("_F", bound=Callable[..., Any])  # a command, decorated with options
 
 _TYPE_CHOICE = click.Choice(RECIPES, case_sensitive=False)
 
@@ -416,7 +418,7 @@ def _open_guest(
     return host, guest
 
 
-def _engine_options(f):  # noqa: ANN001, ANN202
+def _engine_options(f: _F) -> _F:
     f = click.option(
         "--memory-limit",
         type=_Size(),
@@ -449,7 +451,7 @@ def _engine_options(f):  # noqa: ANN001, ANN202
     return f
 
 
-def _sampling_options(f):  # noqa: ANN001, ANN202
+def _sampling_options(f: _F) -> _F:
     """-n and the sampling, context and time options of generate and chat."""
     options = [
         click.option("-n", "--max-tokens", type=click.IntRange(1, _U32_MAX), default=64, show_default=True),
@@ -511,7 +513,8 @@ def generate_cmd(
         printed = False
         try:
             with _guest_errors("realm_generate", memory_limit, guest):
-                for piece in guest.generate(prompt, max_tokens=max_tokens, **params):
+                gp = abi.GenerateParams(max_tokens=max_tokens, **params)
+                for piece in guest.generate(prompt, params=gp):
                     click.echo(piece, nl=False)
                     printed = True
         except click.ClickException:
@@ -598,9 +601,8 @@ def chat_cmd(
             reply: list[str] = []
             try:
                 with _guest_errors("realm_chat_generate", memory_limit, guest):
-                    for piece in guest.chat(
-                        messages, chat_template=template, max_tokens=max_tokens, **params
-                    ):
+                    gp = abi.GenerateParams(max_tokens=max_tokens, **params)
+                    for piece in guest.chat(messages, chat_template=template, params=gp):
                         click.echo(piece, nl=False)
                         reply.append(piece)
             except ChatTemplateError as e:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,8 +24,11 @@ from realm_ext import abi
 from realm_ext._host_native import NOT_SET_UP_MESSAGE as NOT_SET_UP
 from realm_ext._host_native import GuestTable
 from realm_ext._kernels import CallControl, KernelError
-from realm_ext.engines.base import ImportSpec
+from realm_ext.engines.base import ImportSpec, Instance
 from realm_ext.model import Model
+
+if TYPE_CHECKING:
+    from realm_ext.backends.base import Backend
 
 log = logging.getLogger("realm_ext.guest")
 
@@ -58,7 +62,7 @@ class GrantedModel:
 @dataclass
 class KVEntry:
     model_id: int
-    ring: object  # the backend's KV ring
+    ring: Any  # the backend's KV ring
     nbytes: int
 
 
@@ -70,7 +74,13 @@ class GuestState:
     when the backend serves the forward imports in C (the engine binds its callbacks),
     else a table of this guest's own."""
 
-    def __init__(self, backend, models: dict[int, GrantedModel], kv_limit: int, native=None):  # noqa: ANN001
+    def __init__(
+        self,
+        backend: Backend,
+        models: dict[int, GrantedModel],
+        kv_limit: int,
+        native: GuestTable | None = None,
+    ):
         self.backend = backend
         self.models = models
         self.kv_limit = kv_limit  # bytes of host (or device) memory its KV rings may pin at once
@@ -137,12 +147,12 @@ class GuestImports:
     binds an instance only once it is fully made (its start function has run), and
     unbinds it before closing it."""
 
-    def __init__(self, backend, state: GuestState):  # noqa: ANN001
+    def __init__(self, backend: Backend, state: GuestState):
         self.backend = backend
         self.state = state
         self.memory: Callable[[], np.ndarray] = _no_instance
 
-    def bind(self, instance) -> None:  # noqa: ANN001
+    def bind(self, instance: Instance) -> None:
         """Serve `instance` (an engine's Instance) from now on."""
         self.memory = instance.memory
         if self.state.native is not None:
@@ -155,7 +165,7 @@ class GuestImports:
             self.state.native.unbind_memory()
 
     @staticmethod
-    def native_for(backend, models: dict[int, GrantedModel]) -> GuestTable | None:  # noqa: ANN001
+    def native_for(backend: Backend, models: dict[int, GrantedModel]) -> GuestTable | None:
         """A guest's table serving the forward imports of these models in C, when the
         backend offers native imports (the optional `native_runtime` of the backend
         contract, realm_ext/backends/base.py), else None."""
@@ -171,7 +181,7 @@ class GuestImports:
 
     def table(self) -> dict[str, ImportSpec]:
         i32, i64 = "i32", "i64"
-        spec = {
+        spec: dict[str, ImportSpec] = {
             "realm_model_info": ((i32, i32, i32), i32, self.model_info),
             "realm_vocab_size": ((i32,), i32, self.vocab_size),
             "realm_vocab_read": ((i32, i32, i32), i32, self.vocab_read),
@@ -263,7 +273,7 @@ class GuestImports:
         if a < b + nb and b < a + na:
             raise _Fail(abi.ERR_INVALID, "the output overlaps the input (only out == input is allowed)")
 
-    def _check_positions(self, ring, layers: range, position: int) -> None:  # noqa: ANN001
+    def _check_positions(self, ring: Any, layers: range, position: int) -> None:
         n_pos = ring.n_pos
         for layer in layers:
             if position != n_pos[layer]:

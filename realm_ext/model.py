@@ -18,12 +18,13 @@ import struct
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gguf
 import numpy as np
 
 from realm_ext import quant
+from realm_ext.errors import RealmExtError
 
 ARCH = "llama"
 ROPE_FREQS = "rope_freqs.weight"
@@ -45,12 +46,18 @@ class _NamedIntEnum(enum.IntEnum):
 # A tensor's type: gguf.GGMLQuantizationType's members, printed by name ("Q4_K", not
 # "12"). Each is still an int (int(t) is the id the kernels take) and equals gguf's
 # member of the same id, in comparisons, sets and dict keys alike.
-GGMLType = _NamedIntEnum(
-    "GGMLType", [(t.name, t.value) for t in gguf.GGMLQuantizationType], module=__name__, qualname="GGMLType"
-)
+if TYPE_CHECKING:  # the type checker sees gguf's enum: the same members and values
+    GGMLType = gguf.GGMLQuantizationType
+else:
+    GGMLType = _NamedIntEnum(
+        "GGMLType",
+        [(t.name, t.value) for t in gguf.GGMLQuantizationType],
+        module=__name__,
+        qualname="GGMLType",
+    )
 
 
-class GGUFError(ValueError):
+class GGUFError(RealmExtError, ValueError):
     """A GGUF file that cannot be used: the message says which file and why."""
 
 
@@ -86,9 +93,10 @@ class _StringArray(gguf.gguf_reader.ReaderField):
         return ">" if bo == ">" or (bo == "=" and sys.byteorder == "big") else "<"
 
     @staticmethod
-    def walk(buf, offs: int, n: int, order: str, out: list[str] | None = None) -> int:  # noqa: ANN001
+    def walk(buf: Any, offs: int, n: int, order: str, out: list[str] | None = None) -> int:
         """The end of n strings from offs in buf (checked against its size); appends them
-        decoded to `out` when given."""
+        decoded to `out` when given. buf: bytes or a uint8 ndarray view of the map (Any:
+        numpy's stubs make an ndarray a Buffer from Python 3.12 on only)."""
         unpack, size = struct.Struct(order + "Q").unpack_from, len(buf)
         for _ in range(n):
             if offs + 8 > size:
@@ -126,7 +134,7 @@ class _BoundedReader(gguf.GGUFReader):
 
     _plain: np.ndarray | None = None
 
-    def _get(self, offset, dtype, count=1, override_order=None):  # noqa: ANN001, ANN202
+    def _get(self, offset: Any, dtype: Any, count: Any = 1, override_order: str | None = None) -> np.ndarray:
         offset, count = int(offset), int(count)
         dt = np.dtype(dtype)
         end = offset + dt.itemsize * count
@@ -141,7 +149,9 @@ class _BoundedReader(gguf.GGUFReader):
     def _remaining(self, offs: int) -> int:
         return len(self.data) - int(offs)
 
-    def _get_field_parts(self, orig_offs, raw_type):  # noqa: ANN001, ANN202
+    def _get_field_parts(
+        self, orig_offs: int, raw_type: Any
+    ) -> tuple[int, list[np.ndarray], list[int], list[Any]]:
         if _V(int(raw_type)) != _V.ARRAY:
             return super()._get_field_parts(orig_offs, raw_type)
         offs = int(orig_offs)
@@ -163,7 +173,7 @@ class _BoundedReader(gguf.GGUFReader):
         end = _StringArray.walk(self._plain, offs, n, _StringArray.order(alen))
         return end - orig_offs, [raw_itype, alen, self._plain[offs:end]], [2], [_V.ARRAY, itype]
 
-    def _build_fields(self, offs, count):  # noqa: ANN001, ANN202
+    def _build_fields(self, offs: int, count: Any) -> int:
         # the stock loop, with a count check first and _StringArray for arrays of strings
         count = int(count)
         if count * _MIN_KV_BYTES > self._remaining(offs):
@@ -187,14 +197,14 @@ class _BoundedReader(gguf.GGUFReader):
             offs += size
         return offs
 
-    def _build_tensor_info(self, offs, count):  # noqa: ANN001, ANN202
+    def _build_tensor_info(self, offs: int, count: Any) -> tuple[int, list[Any]]:
         if int(count) * _MIN_TENSOR_INFO_BYTES > self._remaining(offs):
             raise ValueError(
                 f"{int(count)} tensor infos cannot fit in the {self._remaining(offs)} bytes left"
             )
         return super()._build_tensor_info(offs, count)
 
-    def _build_tensors(self, start_offs, fields):  # noqa: ANN001, ANN202
+    def _build_tensors(self, start_offs: int, fields: list[Any]) -> None:
         for f in fields:
             name = bytes(f.parts[1]).decode("utf-8")
             dims = [int(d) for d in f.parts[3]]
@@ -451,6 +461,29 @@ def _config(path: Path, md: dict[str, Any], n_tokens: int) -> LlamaConfig:
     arch = _get(path, md, "general.architecture", str)
     if arch != ARCH:
         raise GGUFError(f"{path}: architecture {arch!r} is not supported (expected 'llama')")
+    n_embd, n_head, n_head_kv, n_layer, n_ff, n_ctx = _counts(path, md)
+    head_dim, rope_dim = _head_dims(path, md, n_embd, n_head)
+    n_vocab = _vocab_size(path, md, n_tokens)
+    eps, base = _norm_eps_and_rope_base(path, md)
+    return LlamaConfig(
+        n_vocab=n_vocab,
+        n_ctx_train=n_ctx,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim=head_dim,
+        n_ff=n_ff,
+        rms_eps=eps,
+        rope_freq_base=base,
+        rope_dim=rope_dim,
+        rope_scale_linear=_rope_scaling(path, md),
+    )
+
+
+def _counts(path: Path, md: dict[str, Any]) -> tuple[int, int, int, int, int, int]:
+    """n_embd, n_head, n_head_kv, n_layer, n_ff, n_ctx: positive 32-bit counts, the
+    heads dividing the embedding and the KV heads dividing the heads."""
     n_embd = _get(path, md, "llama.embedding_length", int)
     n_head = _get(path, md, "llama.attention.head_count", int)
     n_head_kv = _get(path, md, "llama.attention.head_count_kv", int, n_head)
@@ -473,6 +506,11 @@ def _config(path: Path, md: dict[str, Any], n_tokens: int) -> LlamaConfig:
         raise GGUFError(
             f"{path}: inconsistent config: n_head {n_head} is not a multiple of n_head_kv {n_head_kv}"
         )
+    return n_embd, n_head, n_head_kv, n_layer, n_ff, n_ctx
+
+
+def _head_dims(path: Path, md: dict[str, Any], n_embd: int, n_head: int) -> tuple[int, int]:
+    """head_dim (even, the keys' and the values' alike) and rope_dim (even, <= head_dim)."""
     head_dim = _get(path, md, "llama.attention.key_length", int, n_embd // n_head)
     v_dim = _get(path, md, "llama.attention.value_length", int, head_dim)
     if v_dim != head_dim or head_dim <= 0 or head_dim % 2:
@@ -485,30 +523,27 @@ def _config(path: Path, md: dict[str, Any], n_tokens: int) -> LlamaConfig:
         raise GGUFError(
             f"{path}: inconsistent config: rope dimension {rope_dim} must be even and <= head_dim {head_dim}"
         )
+    return head_dim, rope_dim
+
+
+def _vocab_size(path: Path, md: dict[str, Any], n_tokens: int) -> int:
+    """llama.vocab_size, which must be the tokenizer's token count (the default)."""
     n_vocab = _get(path, md, "llama.vocab_size", int, n_tokens)
     if n_vocab != n_tokens:
         raise GGUFError(
             f"{path}: inconsistent config: llama.vocab_size is {n_vocab} "
             f"but the tokenizer has {n_tokens} tokens"
         )
+    return n_vocab
+
+
+def _norm_eps_and_rope_base(path: Path, md: dict[str, Any]) -> tuple[float, float]:
+    """The RMSNorm epsilon and the RoPE base, both > 0."""
     eps = _get(path, md, "llama.attention.layer_norm_rms_epsilon", float)
     base = _get(path, md, "llama.rope.freq_base", float, 10000.0)
     if not (eps > 0 and base > 0):
         raise GGUFError(f"{path}: inconsistent config: rms epsilon {eps} and rope base {base} must be > 0")
-    return LlamaConfig(
-        n_vocab=n_vocab,
-        n_ctx_train=n_ctx,
-        n_embd=n_embd,
-        n_layer=n_layer,
-        n_head=n_head,
-        n_head_kv=n_head_kv,
-        head_dim=head_dim,
-        n_ff=n_ff,
-        rms_eps=eps,
-        rope_freq_base=base,
-        rope_dim=rope_dim,
-        rope_scale_linear=_rope_scaling(path, md),
-    )
+    return eps, base
 
 
 ROPE_SCALING_TYPES = ("none", "linear")
@@ -654,7 +689,7 @@ def _special_ids(md_id: dict[str, int | None], tokens: list[str], attrs: np.ndar
     for t, i in text_ids.items():  # control tokens named "unused"
         if attrs[i] & ATTR_CONTROL and "unused" in t:
             attrs[i] |= ATTR_UNUSED
-    eog = {found[k] for k in ("fim_pad", "fim_rep", "fim_sep") if found.get(k) is not None}
+    eog = {tid for k in ("fim_pad", "fim_rep", "fim_sep") if (tid := found.get(k)) is not None}
     for t, i in text_ids.items():
         if t in _EOG_TEXTS:
             eog.add(i)
@@ -662,17 +697,17 @@ def _special_ids(md_id: dict[str, int | None], tokens: list[str], attrs: np.ndar
     for t in ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"):
         if t in text_ids:
             attrs[text_ids[t]] = ATTR_USER_DEFINED
-    eog |= {found[k] for k in ("eos", "eot", "eom") if found.get(k) is not None}
-    texts = {tokens[i]: i for i in eog}
-    if "<|end|>" in texts and (
-        ("<|return|>" in texts and ("<|call|>" in texts or "<|calls|>" in texts))
-        or ("<|flush|>" in texts and ("<|call|>" in texts or "<|calls|>" in texts))
+    eog |= {tid for k in ("eos", "eot", "eom") if (tid := found.get(k)) is not None}
+    eog_texts = {tokens[i]: i for i in eog}
+    if "<|end|>" in eog_texts and (
+        ("<|return|>" in eog_texts and ("<|call|>" in eog_texts or "<|calls|>" in eog_texts))
+        or ("<|flush|>" in eog_texts and ("<|call|>" in eog_texts or "<|calls|>" in eog_texts))
     ):
-        eog.discard(texts["<|end|>"])
-        attrs[texts["<|end|>"]] = ATTR_USER_DEFINED
-    if "</s>" in texts and ("<|tool_response>" in texts or "<|plamo:eos|>" in texts):
-        eog.discard(texts["</s>"])
-        attrs[texts["</s>"]] = ATTR_NORMAL
+        eog.discard(eog_texts["<|end|>"])
+        attrs[eog_texts["<|end|>"]] = ATTR_USER_DEFINED
+    if "</s>" in eog_texts and ("<|tool_response>" in eog_texts or "<|plamo:eos|>" in eog_texts):
+        eog.discard(eog_texts["</s>"])
+        attrs[eog_texts["</s>"]] = ATTR_NORMAL
     return tuple(sorted(eog))
 
 
@@ -778,7 +813,7 @@ def _tensors(path: Path, reader: gguf.GGUFReader, cfg: LlamaConfig) -> dict[str,
     tensors: dict[str, Tensor] = {}
     for rt in reader.tensors:
         # sizes and offsets from the file's own fields, in Python ints (no uint64 wrap)
-        _, _, _, dims, _, rel = rt.field.parts
+        _, _, _, dims, _, rel_part = rt.field.parts
         shape = tuple(int(d) for d in reversed(dims.tolist()))
         if rt.tensor_type not in quant.SUPPORTED_TYPES:
             names = ", ".join(t.name for t in quant.SUPPORTED_TYPES)
@@ -792,7 +827,7 @@ def _tensors(path: Path, reader: gguf.GGUFReader, cfg: LlamaConfig) -> dict[str,
         n_rows = 1
         for d in shape[:-1]:
             n_rows *= d
-        rel = int(rel[0])
+        rel = int(rel_part[0])
         start, nbytes = int(reader.data_offset) + rel, n_rows * rb
         if rel % align:
             raise GGUFError(

@@ -311,6 +311,10 @@ def make_model(
 
         chat_template = BUILTIN.get(chat_template, chat_template)
         ChatTemplate(chat_template)  # a template that does not parse fails here, not at use
+    tokens: list[str]
+    scores: list[float]
+    types: list[int]
+    spm_vocab: Vocab | None = None
     if tokenizer_keys is not None:
         tokens, scores, types = [], [], []
         if chat_template is not None:
@@ -318,9 +322,12 @@ def make_model(
     elif vocab is None:
         tokens, scores, types = make_vocab(cfg.n_vocab, seed)
     else:
-        if not isinstance(vocab, Vocab):
-            vocab = Vocab(*vocab)
-        tokens, scores, types = list(vocab.tokens), [float(x) for x in vocab.scores], list(vocab.types)
+        spm_vocab = vocab if isinstance(vocab, Vocab) else Vocab(*vocab)
+        tokens, scores, types = (
+            list(spm_vocab.tokens),
+            [float(x) for x in spm_vocab.scores],
+            list(spm_vocab.types),
+        )
         if len(tokens) != cfg.n_vocab:
             raise ValueError(
                 f"the vocabulary has {len(tokens)} tokens, the config's n_vocab is {cfg.n_vocab}"
@@ -336,7 +343,7 @@ def make_model(
             for key, val, vtype, sub in tokenizer_keys:
                 w.add_key_value(key, val, vtype, sub)
         else:
-            add_spm_tokenizer(w, tokens, scores, types, vocab)
+            add_spm_tokenizer(w, tokens, scores, types, spm_vocab)
         if chat_template is not None:
             w.add_chat_template(chat_template)
         w.add_file_type(int(recipe_file_type(type)))

@@ -25,6 +25,7 @@ from typing import IO
 from tqdm import tqdm
 
 from realm_ext.default_model import cache_dir
+from realm_ext.errors import RealmExtError
 
 # how pip is run; a test points it at a stand-in that fails like pip does
 PIP_COMMAND: tuple[str, ...] = (sys.executable, "-m", "pip")
@@ -33,7 +34,7 @@ _PIP_LINES = 3  # how many of pip's last stderr lines an error quotes
 _HINT = "or get the GGUF some other way and pass it with --model PATH"
 
 
-class PullError(RuntimeError):
+class PullError(RealmExtError, RuntimeError):
     """A model could not be fetched: what failed, and --model PATH as the way around."""
 
 

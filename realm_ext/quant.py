@@ -59,7 +59,7 @@ _ROWS_PER_TASK = 64
 def parse_type(t: str | int | GGMLType) -> GGMLType:
     """A supported GGMLType from its name ('Q4_K', 'q4_k') or id; ValueError otherwise."""
     try:
-        gt = GGMLType[t.upper()] if isinstance(t, str) else GGMLType(int(t))
+        gt = GGMLType.__members__[t.upper()] if isinstance(t, str) else GGMLType(int(t))
     except (KeyError, ValueError):
         raise ValueError(f"unknown tensor type {t!r}") from None
     if gt not in SUPPORTED_TYPES:

@@ -104,7 +104,7 @@ def tensor_type_for(
         if is_output or more_bits:
             t = GGMLType.Q6_K
     else:
-        t = GGMLType[r]
+        t = GGMLType.__members__[r]
     n_cols = shape[-1]
     if not _fits(t, n_cols):
         fallback = _FALLBACK.get(t, GGMLType.F16)

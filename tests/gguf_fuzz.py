@@ -309,7 +309,7 @@ def make_case(seed: int, case: int, bases: list[bytes], layouts: list[Layout]) -
 # ---- checking one load ---------------------------------------------------------------
 
 
-def touch(model) -> int:  # noqa: ANN001 - a realm_ext.model.Model
+def touch(model) -> int:  # model: a realm_ext.model.Model
     """Read every tensor's bytes where they lie in the map and decode its first and last
     rows; fails if a view is not the file's bytes at the tensor's offset."""
     from realm_ext import quant
@@ -333,7 +333,7 @@ def touch(model) -> int:  # noqa: ANN001 - a realm_ext.model.Model
     return total
 
 
-def _load(path):  # noqa: ANN001, ANN202
+def _load(path):
     from realm_ext.model import load_gguf
 
     return load_gguf(path)

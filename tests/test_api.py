@@ -17,12 +17,12 @@ PROMPTS = ["Once upon a time", " the king and the queen", "héllo wörld 123", "
 
 
 @pytest.fixture(scope="module")
-def tiny(model_path) -> Model:  # noqa: ANN001
+def tiny(model_path) -> Model:
     return load_gguf(model_path("Q4_K_M", seed=11))
 
 
 @pytest.fixture
-def host(tiny: Model):  # noqa: ANN201
+def host(tiny: Model):
     with Host(device="cpu") as h:
         h.load(tiny)
         yield h
@@ -63,7 +63,7 @@ def backend_greedy(backend: CpuBackend, model: Model, ids: list[int], n: int, n_
     return out
 
 
-def prompt_ids(guest, model: Model, text: str) -> list[int]:  # noqa: ANN001
+def prompt_ids(guest, model: Model, text: str) -> list[int]:
     bos = [model.tokenizer.bos_id] if model.tokenizer.add_bos else []
     return bos + guest.tokenize(text)
 
@@ -120,7 +120,7 @@ def test_two_guests_in_threads_equal_one_by_one(host, tiny: Model, engine: str) 
     jobs = [(text, seed) for text in PROMPTS for seed in (1, 2)]
     kw = dict(max_tokens=16, temperature=0.9, top_k=20, n_ctx=64)
 
-    def run(guest, text: str, seed: int) -> str:  # noqa: ANN001
+    def run(guest, text: str, seed: int) -> str:
         return "".join(guest.generate(text, seed=seed, **kw))
 
     with host.guest(models=[tiny], engine=engine) as g:
@@ -153,11 +153,11 @@ def test_guest_memory_stays_small(host, tiny: Model, engine: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def llama_cpp():  # noqa: ANN201
+def llama_cpp():
     return pytest.importorskip("llama_cpp")
 
 
-def test_tokenize_equals_llama_cpp(llama_cpp, host, tiny: Model, model_path) -> None:  # noqa: ANN001
+def test_tokenize_equals_llama_cpp(llama_cpp, host, tiny: Model, model_path) -> None:
     llm = llama_cpp.Llama(str(model_path("Q4_K_M", seed=11)), n_ctx=64, verbose=False, vocab_only=True)
     with host.guest(models=[tiny]) as g:
         for text in PROMPTS + [
@@ -170,7 +170,7 @@ def test_tokenize_equals_llama_cpp(llama_cpp, host, tiny: Model, model_path) -> 
             assert g.tokenize(text) == llm.tokenize(text.encode(), add_bos=False, special=False), text
 
 
-def test_greedy_through_the_guest_equals_llama_cpp(llama_cpp, host, tiny: Model, model_path) -> None:  # noqa: ANN001
+def test_greedy_through_the_guest_equals_llama_cpp(llama_cpp, host, tiny: Model, model_path) -> None:
     """llama.cpp's greedy tokens, as text, up to its first step with a top-2 margin
     below 1e-2, are a prefix of what the guest streams."""
     llm = llama_cpp.Llama(
@@ -211,3 +211,42 @@ def test_greedy_through_the_guest_equals_llama_cpp(llama_cpp, host, tiny: Model,
 def test_generate_params_out_of_range_name_the_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"^{field} must be"):
         abi.GenerateParams(**{field: value})
+
+
+def test_generate_takes_keywords_or_one_generate_params(host, tiny: Model) -> None:
+    kw = dict(max_tokens=12, temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, seed=3, stop_at_eos=False)
+    with host.guest(models=[tiny]) as g:
+        by_keywords = "".join(g.generate("the", **kw))
+        assert "".join(g.generate("the", params=abi.GenerateParams(**kw))) == by_keywords
+        pieces: list[str] = []
+        assert g.generate_to("the", pieces.append, params=abi.GenerateParams(**kw)) == 12
+        assert "".join(pieces) == by_keywords
+        with pytest.raises(TypeError, match="not both"):
+            list(g.generate("the", max_tokens=4, params=abi.GenerateParams()))
+
+
+def test_errors_share_one_base(host, tiny: Model, model_path) -> None:
+    from realm_ext import (
+        ChatTemplateError,
+        GGUFError,
+        GuestError,
+        GuestLimitError,
+        ModelNotGrantedError,
+        PullError,
+        RealmExtError,
+    )
+
+    for cls in (RealmError, GuestError, GuestLimitError, GGUFError, ChatTemplateError, PullError):
+        assert issubclass(cls, RealmExtError)
+    other = load_gguf(model_path("F16"))
+    with host.guest(models=[tiny]) as g:
+        # not loaded by the host, not granted to the guest: the same error
+        with pytest.raises(ModelNotGrantedError, match="was not loaded by this host"):
+            g.model_id(other)
+        host.load(other)
+        with pytest.raises(ModelNotGrantedError, match="is not granted to this guest"):
+            g.model_id(other)
+    # what callers caught before: KeyError from the host, ValueError from a guest
+    assert issubclass(ModelNotGrantedError, KeyError) and issubclass(ModelNotGrantedError, ValueError)
+    with pytest.raises(KeyError):
+        host.unload(load_gguf(model_path("F16", seed=1)))

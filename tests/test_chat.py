@@ -70,7 +70,7 @@ def forwards(monkeypatch: pytest.MonkeyPatch) -> Forwards:
     rec = Forwards()
     real = GuestImports.forward_layers
 
-    def spy(self, model_id, layer_begin, layer_count, hs_ptr, hs_len, position, kv_id, out_ptr):  # noqa: ANN001, ANN202
+    def spy(self, model_id, layer_begin, layer_count, hs_ptr, hs_len, position, kv_id, out_ptr):
         n_embd = self.state.models[model_id & 0xFFFFFFFF].model.config.n_embd
         call = (layer_begin & 0xFFFFFFFF, layer_count & 0xFFFFFFFF, position & 0xFFFFFFFF)
         rows = (hs_len & 0xFFFFFFFF) // n_embd

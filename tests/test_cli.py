@@ -78,7 +78,7 @@ def test_console_script_entry_point(tmp_path: Path) -> None:
         assert cmd in out
 
 
-def test_generate_and_tokenize(model_path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_generate_and_tokenize(model_path, tmp_path: Path, monkeypatch) -> None:
     from realm_ext import Host
 
     path = model_path("Q8_0")
@@ -130,7 +130,7 @@ def test_make_model_into_a_missing_directory(tmp_path: Path) -> None:
     assert "the directory" in error_line(r, 2)
 
 
-def test_tokenize_with_a_pre_tokenizer_the_guest_cannot_split(model_path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_tokenize_with_a_pre_tokenizer_the_guest_cannot_split(model_path, tmp_path: Path) -> None:
     gpt2 = rewrite(
         model_path(),
         tmp_path / "gpt2.gguf",
@@ -192,7 +192,7 @@ def test_make_model_vocab_from_carries_the_whole_tokenizer(tmp_path: Path) -> No
     assert error_line(r, 1) == f"Error: {empty}: no 'tokenizer.ggml.tokens': not a vocabulary"
 
 
-def test_memory_limit_errors_name_the_limit(model_path) -> None:  # noqa: ANN001
+def test_memory_limit_errors_name_the_limit(model_path) -> None:
     path = str(model_path("Q8_0"))
     # under the guest's own initial memory (2 pages): it cannot even start
     r = CliRunner().invoke(main, ["generate", "--model", path, "-p", "hi", "--memory-limit", "1KiB"])
@@ -222,7 +222,7 @@ def test_memory_limit_errors_name_the_limit(model_path) -> None:  # noqa: ANN001
     assert r.exit_code == 0, r.output
 
 
-def test_a_host_side_out_of_memory_keeps_the_host_message(model_path) -> None:  # noqa: ANN001
+def test_a_host_side_out_of_memory_keeps_the_host_message(model_path) -> None:
     """-7 from a host import (here the KV limit) is not the guest's memory limit."""
     import click
 
@@ -268,12 +268,12 @@ OUT_OF_RANGE = [
 
 
 @pytest.mark.parametrize(("args", "error"), OUT_OF_RANGE, ids=[" ".join(a) for a, _ in OUT_OF_RANGE])
-def test_numeric_options_out_of_range_are_usage_errors(model_path, args: list[str], error: str) -> None:  # noqa: ANN001
+def test_numeric_options_out_of_range_are_usage_errors(model_path, args: list[str], error: str) -> None:
     r = CliRunner().invoke(main, ["generate", "--model", str(model_path()), "-p", "hi", *args])
     assert error_line(r, 2) == f"Error: Invalid value for {error}"
 
 
-def test_numeric_options_at_their_limits_run(model_path) -> None:  # noqa: ANN001
+def test_numeric_options_at_their_limits_run(model_path) -> None:
     args = ["--seed", str(2**64 - 1), "--top-k", str(2**40), "--memory-limit", "4GiB", "--time-limit", "60"]
     r = CliRunner().invoke(main, ["generate", "--model", str(model_path()), "-p", "hi", "-n", "1", *args])
     assert r.exit_code == 0, r.output

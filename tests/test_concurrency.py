@@ -19,7 +19,7 @@ from realm_ext.model import load_gguf
 
 
 @pytest.fixture(scope="module")
-def tiny(model_path):  # noqa: ANN001, ANN201
+def tiny(model_path):
     return load_gguf(model_path("Q8_0"))
 
 
@@ -56,7 +56,7 @@ JOBS = [
 ]
 
 
-def run(guest, job: Job) -> tuple[int, list[str]]:  # noqa: ANN001
+def run(guest, job: Job) -> tuple[int, list[str]]:
     """(tokens generated, pieces) of one job on a guest."""
     if job.stream:
         pieces = list(guest.generate(job.prompt, **job.params))
@@ -66,7 +66,7 @@ def run(guest, job: Job) -> tuple[int, list[str]]:  # noqa: ANN001
     return n, pieces
 
 
-def threads(targets: list) -> list:  # noqa: ANN001
+def threads(targets: list) -> list:
     """Run each target in its own thread, all released at once; their results or
     exceptions, in order."""
     barrier = threading.Barrier(len(targets))
@@ -88,11 +88,11 @@ def threads(targets: list) -> list:  # noqa: ANN001
     return out
 
 
-def test_eight_guests_in_parallel_equal_one_by_one(tiny, engine, device) -> None:  # noqa: ANN001
+def test_eight_guests_in_parallel_equal_one_by_one(tiny, engine, device) -> None:
     with Host(device=device) as host:
         host.load(tiny)
 
-        def guest(job: Job):  # noqa: ANN202
+        def guest(job: Job):
             return host.guest(models=[tiny], engine=engine, native_imports=job.native)
 
         alone = []
@@ -115,7 +115,7 @@ def test_eight_guests_in_parallel_equal_one_by_one(tiny, engine, device) -> None
             g.close()
 
 
-def test_load_unload_and_close_while_guests_run(tiny, model_path, engine) -> None:  # noqa: ANN001
+def test_load_unload_and_close_while_guests_run(tiny, model_path, engine) -> None:
     """Guests on model A generate in threads while the main thread loads model B, runs a
     guest on it, unloads B under that guest's feet, closes guests, and finally closes
     the host under A's guests. Every output is right, or a clean error."""
@@ -167,7 +167,7 @@ def test_load_unload_and_close_while_guests_run(tiny, model_path, engine) -> Non
                 outcome: list = []
                 first = threading.Event()
 
-                def guest_b(gb=gb, outcome=outcome, first=first) -> None:  # noqa: ANN001
+                def guest_b(gb=gb, outcome=outcome, first=first) -> None:
                     try:
                         while True:
                             outcome.append(run(gb, job_b))
@@ -239,7 +239,7 @@ def test_load_unload_and_close_while_guests_run(tiny, model_path, engine) -> Non
         sys.setswitchinterval(interval)
 
 
-def test_model_lookups_while_models_load_and_unload(model_path) -> None:  # noqa: ANN001
+def test_model_lookups_while_models_load_and_unload(model_path) -> None:
     """Regression: Host.model_id iterated the model table unlocked, so a lookup (every
     Guest.generate(model=...), every Host.guest) racing a load or unload raised
     'dictionary changed size during iteration'."""
@@ -284,7 +284,7 @@ def test_model_lookups_while_models_load_and_unload(model_path) -> None:  # noqa
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_unload_while_a_guest_is_being_made(tiny, model_path, engine, native, monkeypatch) -> None:  # noqa: ANN001
+def test_unload_while_a_guest_is_being_made(tiny, model_path, engine, native, monkeypatch) -> None:
     """Regression: a model unloaded between Host.guest granting it and the guest being
     registered stayed granted to that guest for good."""
     with Host(device="cpu") as host:
@@ -293,7 +293,7 @@ def test_unload_while_a_guest_is_being_made(tiny, model_path, engine, native, mo
         mid = host.model_id(other)
         real_open = realm_ext.api.open_instance
 
-        def open_racing_an_unload(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        def open_racing_an_unload(*args, **kwargs):
             host.unload(other)  # another thread, as it were, while the instance is made
             return real_open(*args, **kwargs)
 
@@ -308,7 +308,7 @@ def test_unload_while_a_guest_is_being_made(tiny, model_path, engine, native, mo
         g.close()
 
 
-def test_memory_access_waits_for_a_running_call(tiny, engine) -> None:  # noqa: ANN001
+def test_memory_access_waits_for_a_running_call(tiny, engine) -> None:
     """Regression: Guest.memory/read/write/memory_pages did not take the guest's lock, so
     on wasmtime another thread used the store during a call (while an import ran, through
     that call's caller context, which dies when the import returns). Now they wait for

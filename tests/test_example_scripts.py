@@ -61,7 +61,7 @@ def test_stream_generate_prints_what_generate_returns(tmp_path: Path, rng: np.ra
     assert 0 < tokens <= n
 
 
-def test_many_tenants_memory_per_guest(model_path, rng: np.random.Generator) -> None:  # noqa: ANN001
+def test_many_tenants_memory_per_guest(model_path, rng: np.random.Generator) -> None:
     path = model_path(DEFAULT_MODEL["type"])
     n_guests, n_ctx = int(rng.integers(3, 7)), int(rng.integers(16, 600))
     out = run_example(
@@ -94,7 +94,7 @@ def _mean_nll(logits: np.ndarray, ids: list[int]) -> float:
     return float(np.mean(lse - x[np.arange(len(ids) - 1), ids[1:]]))
 
 
-def test_custom_guest_scores_text_as_the_backend_does(model_path, rng: np.random.Generator) -> None:  # noqa: ANN001
+def test_custom_guest_scores_text_as_the_backend_does(model_path, rng: np.random.Generator) -> None:
     pytest.importorskip("ziglang", reason="ziglang (the guest toolchain) is not installed")
     path = model_path(DEFAULT_MODEL["type"])
     words = "the king queen cat dog ran home little story night moon".split()
@@ -119,7 +119,7 @@ def test_custom_guest_scores_text_as_the_backend_does(model_path, rng: np.random
 
 
 @pytest.mark.parametrize("wtype", [None, "Q8_0", "Q5_1"])
-def test_kernels_on_gguf_errors_are_small(wtype: str | None, model_path) -> None:  # noqa: ANN001
+def test_kernels_on_gguf_errors_are_small(wtype: str | None, model_path) -> None:
     path = model_path(wtype or DEFAULT_MODEL["type"])
     out = run_example("kernels_on_gguf.py", *(["--model", path] if wtype else []), "--seed", 7)
     rows = re.findall(

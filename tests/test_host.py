@@ -20,19 +20,19 @@ U32 = 2**32
 
 
 @pytest.fixture(scope="module")
-def tiny(model_path):  # noqa: ANN001, ANN201
+def tiny(model_path):
     return load_gguf(model_path("Q8_0"))
 
 
 @pytest.fixture
-def host(tiny):  # noqa: ANN001, ANN201
+def host(tiny):
     with Host(device="cpu") as h:
         h.load(tiny)
         yield h
 
 
 @pytest.fixture(params=["native", "python"])
-def guest(host, tiny, engine, request):  # noqa: ANN001, ANN201
+def guest(host, tiny, engine, request):
     """The proxy guest; on wasmtime both with the forward imports in C (native) and in
     Python (wasmer always uses the Python ones)."""
     if engine == "wasmer" and request.param == "native":
@@ -50,19 +50,19 @@ def signed(v: int) -> int:
     return v - U32 if v >= 2**31 else v
 
 
-def call(g, name: str, *args: int) -> int:  # noqa: ANN001
+def call(g, name: str, *args: int) -> int:
     return g.call(name, *args)
 
 
-def write_f32(g, ptr: int, a: np.ndarray) -> None:  # noqa: ANN001
+def write_f32(g, ptr: int, a: np.ndarray) -> None:
     g.write(ptr, np.ascontiguousarray(a, np.float32))
 
 
-def read_f32(g, ptr: int, n: int) -> np.ndarray:  # noqa: ANN001
+def read_f32(g, ptr: int, n: int) -> np.ndarray:
     return np.frombuffer(g.read(ptr, 4 * n), np.float32).copy()
 
 
-def test_model_info_and_vocab(guest, tiny) -> None:  # noqa: ANN001
+def test_model_info_and_vocab(guest, tiny) -> None:
     mid = guest.model_id()
     assert call(guest, "model_info", mid, 64, 48) == 48
     fields = abi.MODEL_INFO.unpack(guest.read(64, 48))
@@ -89,7 +89,7 @@ def test_model_info_and_vocab(guest, tiny) -> None:  # noqa: ANN001
         assert text[start : ends[i]].decode() == t.tokens[i]
 
 
-def test_bad_model_ids(host, guest, tiny, model_path) -> None:  # noqa: ANN001
+def test_bad_model_ids(host, guest, tiny, model_path) -> None:
     other = host.load(load_gguf(model_path("F16")))  # loaded, but not granted to this guest
     for mid in (0, host.model_id(other), 99, signed(2**31 + guest.model_id())):
         assert call(guest, "model_info", mid, 64, 48) == abi.ERR_MODEL
@@ -98,7 +98,7 @@ def test_bad_model_ids(host, guest, tiny, model_path) -> None:  # noqa: ANN001
     assert b"not granted" in guest.state.last_error
 
 
-def test_model_info_grows_compatibly(guest, monkeypatch) -> None:  # noqa: ANN001
+def test_model_info_grows_compatibly(guest, monkeypatch) -> None:
     """When fields are appended to the struct, a guest that asks for version 1's 48
     bytes gets them (a prefix), and one that asks for more gets the whole struct."""
     mid = guest.model_id()
@@ -112,7 +112,7 @@ def test_model_info_grows_compatibly(guest, monkeypatch) -> None:  # noqa: ANN00
     assert guest.read(64, 52) == longer
 
 
-def test_blob_bounds_and_sizes(guest) -> None:  # noqa: ANN001
+def test_blob_bounds_and_sizes(guest) -> None:
     mid = guest.model_id()
     size = guest.memory().size
     before = guest.memory().copy()
@@ -125,7 +125,7 @@ def test_blob_bounds_and_sizes(guest) -> None:  # noqa: ANN001
     np.testing.assert_array_equal(guest.memory(), before)  # nothing written by a failed call
 
 
-def test_logits_through_the_imports_equal_the_backend(guest, tiny, rng) -> None:  # noqa: ANN001
+def test_logits_through_the_imports_equal_the_backend(guest, tiny, rng) -> None:
     c = tiny.config
     mid = guest.model_id()
     n = int(rng.integers(1, 9))
@@ -151,7 +151,7 @@ def test_logits_through_the_imports_equal_the_backend(guest, tiny, rng) -> None:
     np.testing.assert_array_equal(got, want)
 
 
-def test_forward_argument_errors(guest, tiny) -> None:  # noqa: ANN001
+def test_forward_argument_errors(guest, tiny) -> None:
     c = tiny.config
     e = c.n_embd
     mid = guest.model_id()
@@ -205,7 +205,7 @@ def test_forward_argument_errors(guest, tiny) -> None:  # noqa: ANN001
     assert call(guest, "layers", mid, 0, c.n_layer, 4096, e, 0, kv, 4096) == 0
 
 
-def test_kv_lifecycle_and_namespaces(host, guest, tiny, engine) -> None:  # noqa: ANN001
+def test_kv_lifecycle_and_namespaces(host, guest, tiny, engine) -> None:
     mid = guest.model_id()
     a, b = call(guest, "kv_create", mid, 16), call(guest, "kv_create", mid, 16)
     assert (a, b) == (1, 2)
@@ -238,7 +238,7 @@ def test_kv_lifecycle_and_namespaces(host, guest, tiny, engine) -> None:  # noqa
         assert b"KV limit" in small.state.last_error
 
 
-def test_emit_log_and_last_error(guest) -> None:  # noqa: ANN001
+def test_emit_log_and_last_error(guest) -> None:
     got: list[str] = []
     guest.state.on_emit = lambda s: got.append(s) or len(got) < 2
     guest.write(100, "héllo ✓".encode())

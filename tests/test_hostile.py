@@ -69,11 +69,11 @@ def digest(*arrays: np.ndarray | bytes) -> str:
     return h.hexdigest()
 
 
-def weights_digest(model) -> str:  # noqa: ANN001
+def weights_digest(model) -> str:
     return digest(*(model.tensors[name].raw for name in sorted(model.tensors)))
 
 
-def rings_digest(guest) -> dict[int, tuple[str, tuple[int, ...]]]:  # noqa: ANN001
+def rings_digest(guest) -> dict[int, tuple[str, tuple[int, ...]]]:
     return {kv: (digest(e.ring.k, e.ring.v), e.ring.n_pos) for kv, e in guest.state.kv.items()}
 
 
@@ -108,7 +108,7 @@ class Shadow:
 N_THREADS = 2  # the hostile test's host runs the kernels on this many threads
 
 
-def ring_bytes(model, n_ctx: int) -> int:  # noqa: ANN001
+def ring_bytes(model, n_ctx: int) -> int:
     """What a ring pins, as the guest's KV budget counts it: K and V (f16), the attention
     scratch its model keeps for it (csrc/cpu/attention.c: per thread, n_head / n_head_kv
     rows of n_ctx + head_dim floats and one of head_dim, in 64-byte units), and the
@@ -142,16 +142,16 @@ class Oracle:
         self.info = info
         self.vocab = vocab
 
-    def _model(self, model_id: int):  # noqa: ANN202
+    def _model(self, model_id: int):
         return self.sh.models.get(model_id & U32)
 
-    def model_info(self, mid: int, out: int, out_len: int):  # noqa: ANN201
+    def model_info(self, mid: int, out: int, out_len: int):
         return self._blob(mid, out, out_len, self.info)
 
-    def vocab_read(self, mid: int, out: int, out_len: int):  # noqa: ANN201
+    def vocab_read(self, mid: int, out: int, out_len: int):
         return self._blob(mid, out, out_len, self.vocab)
 
-    def _blob(self, mid: int, out: int, out_len: int, blobs: dict[int, bytes]):  # noqa: ANN202
+    def _blob(self, mid: int, out: int, out_len: int, blobs: dict[int, bytes]):
         if self._model(mid) is None:
             return abi.ERR_MODEL, None
         blob = blobs[mid & U32]
@@ -162,12 +162,12 @@ class Oracle:
             return abi.ERR_BOUNDS, None
         return len(blob), (out, len(blob))
 
-    def vocab_size(self, mid: int):  # noqa: ANN201
+    def vocab_size(self, mid: int):
         if self._model(mid) is None:
             return abi.ERR_MODEL, None
         return len(self.vocab[mid & U32]), None
 
-    def kv_create(self, mid: int, n_ctx: int):  # noqa: ANN201
+    def kv_create(self, mid: int, n_ctx: int):
         model, n_ctx = self._model(mid), n_ctx & U32
         if model is None:
             return abi.ERR_MODEL, None
@@ -177,10 +177,10 @@ class Oracle:
             return abi.ERR_NOMEM, None
         return self.sh.next_kv, None
 
-    def kv_free(self, kv: int):  # noqa: ANN201
+    def kv_free(self, kv: int):
         return (0 if kv & U64 in self.sh.rings else abi.ERR_KV), None
 
-    def kv_truncate(self, kv: int, n_pos: int):  # noqa: ANN201
+    def kv_truncate(self, kv: int, n_pos: int):
         ring = self.sh.rings.get(kv & U64)
         if ring is None:
             return abi.ERR_KV, None
@@ -191,7 +191,7 @@ class Oracle:
                 return abi.ERR_RANGE, None
         return 0, None
 
-    def embedding(self, mid: int, ids: int, n_tokens: int, out: int):  # noqa: ANN201
+    def embedding(self, mid: int, ids: int, n_tokens: int, out: int):
         model = self._model(mid)
         if model is None:
             return abi.ERR_MODEL, None
@@ -209,10 +209,10 @@ class Oracle:
             return abi.ERR_INVALID, None
         return 0, (out, 4 * n * e)
 
-    def layer(self, mid: int, layer: int, hs: int, hs_len: int, pos: int, kv: int, out: int):  # noqa: ANN201
+    def layer(self, mid: int, layer: int, hs: int, hs_len: int, pos: int, kv: int, out: int):
         return self.layers(mid, layer, 1, hs, hs_len, pos, kv, out)
 
-    def layers(self, mid, first, count, hs, hs_len, pos, kv, out):  # noqa: ANN001, ANN201
+    def layers(self, mid, first, count, hs, hs_len, pos, kv, out):
         model = self._model(mid)
         if model is None:
             return abi.ERR_MODEL, None
@@ -238,7 +238,7 @@ class Oracle:
             return abi.ERR_RANGE, None
         return 0, (out, 4 * hs_len)
 
-    def lm_head(self, mid: int, hs: int, hs_len: int, out: int):  # noqa: ANN201
+    def lm_head(self, mid: int, hs: int, hs_len: int, out: int):
         model = self._model(mid)
         if model is None:
             return abi.ERR_MODEL, None
@@ -255,25 +255,25 @@ class Oracle:
             return abi.ERR_INVALID, None
         return 0, (out, n_out)
 
-    def emit(self, ptr: int, length: int, accept: bool):  # noqa: ANN201
+    def emit(self, ptr: int, length: int, accept: bool):
         if (ptr & U32) + (length & U32) > self.sh.size:
             return abi.ERR_BOUNDS, None
         return (0 if accept else abi.ERR_CANCELLED), None
 
-    def log(self, level: int, ptr: int, length: int):  # noqa: ANN201
+    def log(self, level: int, ptr: int, length: int):
         if level & U32 > 3:
             return abi.ERR_INVALID, None
         if (ptr & U32) + min(length & U32, MAX_LOG_BYTES) > self.sh.size:
             return abi.ERR_BOUNDS, None
         return 0, None
 
-    def last_error(self, ptr: int, out_len: int, msg: bytes):  # noqa: ANN201
+    def last_error(self, ptr: int, out_len: int, msg: bytes):
         n = min(out_len & U32, len(msg))
         if (ptr & U32) + n > self.sh.size:
             return abi.ERR_BOUNDS, None
         return len(msg), (ptr & U32, n)
 
-    def grow(self, pages: int):  # noqa: ANN201
+    def grow(self, pages: int):
         now = self.sh.size // PAGE
         if now + (pages & U32) > MAX_PAGES:
             return -1, None
@@ -295,7 +295,7 @@ class Fuzzer:
         self.n_layer, self.e, self.n_vocab = n_layer, e, n_vocab
         self.tags: Counter = Counter()
 
-    def pick(self, options: list):  # noqa: ANN201
+    def pick(self, options: list):
         return options[int(self.rng.integers(len(options)))]
 
     def chance(self, p: float) -> bool:
@@ -500,7 +500,7 @@ class Fuzzer:
 
 
 @pytest.fixture(scope="module")
-def models(model_path):  # noqa: ANN001, ANN201
+def models(model_path):
     """Three tiny models: two granted to the hostile guest, one to a victim only."""
     return load_gguf(model_path("Q8_0")), load_gguf(model_path("Q4_0")), load_gguf(model_path("F16"))
 
@@ -515,7 +515,7 @@ class LogRecords(logging.Handler):
 
 
 @pytest.fixture
-def guest_log():  # noqa: ANN201
+def guest_log():
     """The realm_ext.guest log, kept here (not printed): 10,000 calls log a lot."""
     logger = logging.getLogger("realm_ext.guest")
     handler, level, propagate = LogRecords(), logger.level, logger.propagate
@@ -528,7 +528,7 @@ def guest_log():  # noqa: ANN201
     logger.propagate = propagate
 
 
-def make_victim(host, models, engine: str, native: bool, seed: int):  # noqa: ANN001, ANN201
+def make_victim(host, models, engine: str, native: bool, seed: int):
     """A proxy guest holding 3 KV rings with positions in them (ids 998..1000: the
     first 997 ids are made and freed, so its live ids are numbers the hostile guest
     never reaches), and random bytes in its memory."""
@@ -552,7 +552,7 @@ def make_victim(host, models, engine: str, native: bool, seed: int):  # noqa: AN
 @pytest.mark.parametrize(
     ("engine_name", "native"), CONFIGS, ids=["wasmtime-native", "wasmtime-python", "wasmer"]
 )
-def test_hostile_guest(models, engine_name, native, guest_log) -> None:  # noqa: ANN001, C901
+def test_hostile_guest(models, engine_name, native, guest_log) -> None:  # noqa: C901
     require_engine(engine_name)
     seed = SEED + CONFIGS.index((engine_name, native))
     print(f"hostile guest: seed {seed}, {N_CALLS} calls, {engine_name}, native imports {native}")

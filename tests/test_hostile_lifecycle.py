@@ -112,7 +112,7 @@ NOT_SET_UP = "not set up yet"
 
 
 @pytest.mark.parametrize(("engine_name", "native"), CONFIGS, ids=CONFIG_IDS)
-def test_start_function_imports_before_and_after_a_reset(model_path, engine_name, native) -> None:  # noqa: ANN001
+def test_start_function_imports_before_and_after_a_reset(model_path, engine_name, native) -> None:
     require_engine(engine_name)
     r = run_child(str(model_path("Q8_0")), engine_name, native, trap_after=100)
     assert r["native"] == (native and engine_name == "wasmtime")
@@ -127,7 +127,7 @@ def test_start_function_imports_before_and_after_a_reset(model_path, engine_name
 
 
 @pytest.mark.parametrize(("engine_name", "native"), CONFIGS, ids=CONFIG_IDS)
-def test_a_failed_reset_leaves_a_closed_guest(model_path, engine_name, native) -> None:  # noqa: ANN001
+def test_a_failed_reset_leaves_a_closed_guest(model_path, engine_name, native) -> None:
     require_engine(engine_name)
     r = run_child(str(model_path("Q8_0")), engine_name, native, trap_after=1)
     assert r["first"] == [1, -1, -1] and r["embed"] == 0
@@ -143,7 +143,7 @@ def test_a_failed_reset_leaves_a_closed_guest(model_path, engine_name, native) -
 # ---- a consumer that reads slowly ------------------------------------------------------
 
 
-def test_a_slow_consumer_holds_the_guest_in_realm_emit(model_path, engine) -> None:  # noqa: ANN001
+def test_a_slow_consumer_holds_the_guest_in_realm_emit(model_path, engine) -> None:
     piece = sys.getsizeof("\0" * 65536)  # what one of emitter.wat's pieces holds in the host
     fits = MAX_BYTES // piece + 1  # pieces the stream holds at most
     with Host(device="cpu") as host:
@@ -171,7 +171,7 @@ def test_a_slow_consumer_holds_the_guest_in_realm_emit(model_path, engine) -> No
     assert held < 2 * MAX_BYTES + 4 * piece + (1 << 20), held
 
 
-def test_a_consumer_slower_than_the_time_limit_gets_the_limit(model_path) -> None:  # noqa: ANN001
+def test_a_consumer_slower_than_the_time_limit_gets_the_limit(model_path) -> None:
     with Host(device="cpu") as host:
         model = host.load(model_path("Q8_0"))
         with host.guest(models=[model], engine="wasmtime", wasm=wat("emitter"), time_limit=0.5) as g:
@@ -189,7 +189,7 @@ def test_a_consumer_slower_than_the_time_limit_gets_the_limit(model_path) -> Non
 LONG = 2048  # tokens of the hostile batch (small preset)
 
 
-def chunk_plan(rt, ring, n_tokens: int, n_layers: int) -> tuple[list[int], int]:  # noqa: ANN001
+def chunk_plan(rt, ring, n_tokens: int, n_layers: int) -> tuple[list[int], int]:
     """The token-chunk boundaries and the lock grants of a call of n_tokens from
     position 0, by the runtime's chunk rule."""
     bounds, grants, t0 = [], 0, 0
@@ -201,7 +201,7 @@ def chunk_plan(rt, ring, n_tokens: int, n_layers: int) -> tuple[list[int], int]:
     return bounds, grants
 
 
-def start_long_call(host, model, engine_name: str, native: bool, time_limit: float | None = None):  # noqa: ANN001, ANN201
+def start_long_call(host, model, engine_name: str, native: bool, time_limit: float | None = None):
     """A proxy guest with a LONG-token batch in its memory, its call to every layer
     running in a thread; returns (guest, kv id, thread, result list)."""
     c = model.config
@@ -224,7 +224,7 @@ def start_long_call(host, model, engine_name: str, native: bool, time_limit: flo
 
 
 @pytest.mark.parametrize(("engine_name", "native"), CONFIGS, ids=CONFIG_IDS)
-def test_a_neighbours_step_waits_one_chunk_of_a_long_call(model_path, engine_name, native) -> None:  # noqa: ANN001
+def test_a_neighbours_step_waits_one_chunk_of_a_long_call(model_path, engine_name, native) -> None:
     require_engine(engine_name)
     with Host(device="cpu") as host:
         model = host.load(model_path("Q8_0", preset="small"))
@@ -254,7 +254,7 @@ def test_a_neighbours_step_waits_one_chunk_of_a_long_call(model_path, engine_nam
 
 
 @pytest.mark.parametrize(("engine_name", "native"), CONFIGS, ids=CONFIG_IDS)
-def test_a_long_call_stops_between_chunks_when_cancelled(model_path, engine_name, native) -> None:  # noqa: ANN001
+def test_a_long_call_stops_between_chunks_when_cancelled(model_path, engine_name, native) -> None:
     require_engine(engine_name)
     with Host(device="cpu") as host:
         model = host.load(model_path("Q8_0", preset="small"))
@@ -273,7 +273,7 @@ def test_a_long_call_stops_between_chunks_when_cancelled(model_path, engine_name
         assert g.call("layers", g.model_id(), 0, c.n_layer, 0x10000, c.n_embd, done, kv, 0x10000) == 0
 
 
-def test_a_long_call_stops_at_the_time_limit(model_path) -> None:  # noqa: ANN001
+def test_a_long_call_stops_at_the_time_limit(model_path) -> None:
     with Host(device="cpu") as host:
         model = host.load(model_path("Q8_0", preset="small"))
         g, kv, thread, result = start_long_call(host, model, "wasmtime", True, time_limit=0.05)
@@ -287,7 +287,7 @@ def test_a_long_call_stops_at_the_time_limit(model_path) -> None:  # noqa: ANN00
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
-def test_a_rings_host_bookkeeping_fits_its_allowance(model_path, native) -> None:  # noqa: ANN001
+def test_a_rings_host_bookkeeping_fits_its_allowance(model_path, native) -> None:
     with Host(device="cpu") as host:
         model = host.load(model_path("Q8_0"))
         c = model.config
@@ -315,7 +315,7 @@ def test_a_rings_host_bookkeeping_fits_its_allowance(model_path, native) -> None
         assert f"holds {MAX_KV_RINGS} KV rings" in g.state.last_error.decode()
 
 
-def test_the_attention_scratch_shrinks_when_a_large_ring_closes(model_path) -> None:  # noqa: ANN001
+def test_the_attention_scratch_shrinks_when_a_large_ring_closes(model_path) -> None:
     with Host(device="cpu") as host:
         model = host.load(model_path("Q8_0"))
         rt = host.backend.prepare(model)

@@ -30,7 +30,7 @@ GUARD = 64  # elements of guard on each side
 class Guarded:
     """A C-contiguous array of `shape` inside a buffer with GUARD elements either side."""
 
-    def __init__(self, shape: tuple[int, ...], dtype=np.float32, fill=SENTINEL):  # noqa: ANN001
+    def __init__(self, shape: tuple[int, ...], dtype=np.float32, fill=SENTINEL):
         n = int(np.prod(shape))
         self.buf = np.full(n + 2 * GUARD, fill, dtype=dtype)
         self.fill = self.buf[0].copy()
@@ -425,7 +425,7 @@ def tiny(model_path):
     return model, backend, backend.prepare(model)
 
 
-def _runtime_args(model):  # noqa: ANN001, ANN202
+def _runtime_args(model):
     """CpuBackend's arguments for LlamaRuntime, to break one at a time."""
     return runtime_args(model)
 

@@ -260,7 +260,7 @@ def q4(model_path):
     return path, layout_of(path)
 
 
-def _slot(slots, what: str):  # noqa: ANN001, ANN202
+def _slot(slots, what: str):
     return next(s for s in slots if s.what == what)
 
 

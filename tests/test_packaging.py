@@ -46,11 +46,13 @@ def test_wheel_installs_into_a_new_venv(tmp_path: Path) -> None:
         "print(root); print(k.block_bytes(12)); "
         "print(source.csrc_dir() == root / 'csrc'); "
         "print(all((root / 'csrc' / f).is_file() for f in "
-        "('ggml_blocks.h', 'realm_errors.h', 'cpu/llama.h', 'cpu/vec_dot_x86.inc', 'cuda/matmul.cu')))"
+        "('ggml_blocks.h', 'realm_errors.h', 'cpu/llama.h', 'cpu/vec_dot_x86.inc', 'cuda/matmul.cu'))); "
+        # typed: the marker and the extensions' stubs (PEP 561)
+        "print(all((root / f).is_file() for f in ('py.typed', '_kernels.pyi', '_host_native.pyi')))"
     )
     out = run([py, "-c", probe], cwd=tmp_path).stdout.split()
     assert out[0].startswith(str(env_dir)), f"imported {out[0]}, not the venv's copy"
-    assert out[1:] == ["144", "True", "True"]
+    assert out[1:] == ["144", "True", "True", "True"]
     # the console script works from the installed wheel
     model = tmp_path / "m.gguf"
     exe = env_dir / "bin" / "realm-ext"

@@ -91,7 +91,7 @@ def margins(logits: np.ndarray) -> np.ndarray:
     return top2[..., 1] - top2[..., 0]
 
 
-def backend_greedy(host: Host, model, tokens: list[int], steps: int) -> list[int]:  # noqa: ANN001
+def backend_greedy(host: Host, model, tokens: list[int], steps: int) -> list[int]:
     """Greedy tokens from the CPU backend driven from Python (no guest), stopping at EOS
     as the guest does."""
     be, c = host.backend, model.config

@@ -110,6 +110,98 @@ static void apply_penalty(uint32_t n, const realm_params_t *p, const uint32_t *h
     }
 }
 
+/* The survivors of the stages so far, as llama.cpp's llama_token_data_array: c[0 .. m),
+ * best first once `sorted`. Each stage narrows them; the last one draws. */
+typedef struct {
+    cand_t *c;
+    uint32_t m;
+    int sorted;
+} survivors_t;
+
+/* greedy: the first of the largest */
+static int32_t sample_greedy(uint32_t n) {
+    uint32_t best = 0;
+    for (uint32_t i = 1; i < n; i++) {
+        if (cands[i].logit > cands[best].logit) best = i;
+    }
+    return (int32_t)best;
+}
+
+/* the k best, best first (s holds all n candidates, unsorted) */
+static void sample_top_k(survivors_t *s, uint32_t k) {
+    uint32_t n = s->m, h = n;
+    heapify(cands, h);
+    for (uint32_t i = 0; i < k; i++) heap_pop(cands, &h);
+    s->c = cands + n - k;
+    s->m = k;
+    reverse(s->c, s->m);
+    s->sorted = 1;
+}
+
+/* the softmax over the survivors (at temperature 1), then the smallest best-first
+ * prefix whose probability reaches top_p */
+static void sample_top_p(survivors_t *s, float top_p) {
+    cand_t *c = s->c;
+    uint32_t m = s->m;
+    float max = c[0].logit;
+    for (uint32_t i = 1; i < m; i++) max = c[i].logit > max ? c[i].logit : max;
+    double sum = 0;
+    for (uint32_t i = 0; i < m; i++) sum += gexp((double)c[i].logit - max);
+    double target = (double)top_p * sum, cum = 0;
+    uint32_t keep = 0;
+    if (s->sorted) {
+        while (keep < m) {
+            cum += gexp((double)c[keep++].logit - max);
+            if (cum >= target) break;
+        }
+    } else {
+        uint32_t h = m;
+        heapify(c, h);
+        while (keep < m) {
+            heap_pop(c, &h);
+            cum += gexp((double)c[h].logit - max);
+            keep++;
+            if (cum >= target) break;
+        }
+        s->c = c + m - keep;
+        reverse(s->c, keep);
+        s->sorted = 1;
+    }
+    s->m = keep ? keep : 1;
+}
+
+/* keep p >= min_p * p_max, i.e. e^(logit - max) >= min_p (in place, order kept) */
+static void sample_min_p(survivors_t *s, float min_p) {
+    cand_t *c = s->c;
+    float max = c[0].logit;
+    for (uint32_t i = 1; i < s->m; i++) max = c[i].logit > max ? c[i].logit : max;
+    uint32_t keep = 0;
+    for (uint32_t i = 0; i < s->m; i++) {
+        if (c[i].logit == max || gexp((double)c[i].logit - max) >= min_p) c[keep++] = c[i];
+    }
+    s->m = keep;
+}
+
+/* temperature, softmax, draw */
+static int32_t sample_dist(const survivors_t *s, float temperature, uint64_t *rng) {
+    const cand_t *c = s->c;
+    uint32_t m = s->m;
+    float max = c[0].logit;
+    uint32_t arg = 0;
+    for (uint32_t i = 1; i < m; i++) {
+        if (c[i].logit > max) max = c[i].logit, arg = i;
+    }
+    if (max == __builtin_inff() || max == -__builtin_inff() || is_nan(max)) return (int32_t)c[arg].id;
+    double inv_t = 1.0 / temperature, sum = 0;
+    for (uint32_t i = 0; i < m; i++) sum += gexp(((double)c[i].logit - max) * inv_t);
+    double u = uniform(rng) * sum, cum = 0;
+    for (uint32_t i = 0; i < m; i++) {
+        cum += gexp(((double)c[i].logit - max) * inv_t);
+        if (u < cum) return (int32_t)c[i].id;
+    }
+    return (int32_t)c[arg].id; /* rounding left u past the end */
+}
+
 int32_t sampler_sample(const float *logits, uint32_t n, const realm_params_t *p,
                        const uint32_t *hist, uint32_t nh, uint64_t *rng) {
     if (n == 0) return REALM_ERR_INVALID;
@@ -120,84 +212,13 @@ int32_t sampler_sample(const float *logits, uint32_t n, const realm_params_t *p,
         cands[i].logit = logits[i];
     }
     apply_penalty(n, p, hist, nh);
+    if (!(p->temperature > 0)) return sample_greedy(n);
 
-    if (!(p->temperature > 0)) { /* greedy: the first of the largest */
-        uint32_t best = 0;
-        for (uint32_t i = 1; i < n; i++) {
-            if (cands[i].logit > cands[best].logit) best = i;
-        }
-        return (int32_t)best;
-    }
-
-    cand_t *c = cands; /* survivors: c[0 .. m) */
-    uint32_t m = n;
-    int sorted = 0;    /* c[0 .. m) best first */
-
-    if (p->top_k > 0 && (uint32_t)p->top_k < n) {
-        uint32_t k = (uint32_t)p->top_k, h = n;
-        heapify(cands, h);
-        for (uint32_t i = 0; i < k; i++) heap_pop(cands, &h);
-        c = cands + n - k;
-        m = k;
-        reverse(c, m);
-        sorted = 1;
-    }
-
-    if (p->top_p < 1.0f) {
-        /* the softmax over the survivors (at temperature 1), then the smallest best-first
-         * prefix whose probability reaches top_p */
-        float max = c[0].logit;
-        for (uint32_t i = 1; i < m; i++) max = c[i].logit > max ? c[i].logit : max;
-        double sum = 0;
-        for (uint32_t i = 0; i < m; i++) sum += gexp((double)c[i].logit - max);
-        double target = (double)p->top_p * sum, cum = 0;
-        uint32_t keep = 0;
-        if (sorted) {
-            while (keep < m) {
-                cum += gexp((double)c[keep++].logit - max);
-                if (cum >= target) break;
-            }
-        } else {
-            uint32_t h = m;
-            heapify(c, h);
-            while (keep < m) {
-                heap_pop(c, &h);
-                cum += gexp((double)c[h].logit - max);
-                keep++;
-                if (cum >= target) break;
-            }
-            c = c + m - keep;
-            reverse(c, keep);
-            sorted = 1;
-        }
-        m = keep ? keep : 1;
-    }
-
-    if (p->min_p > 0.0f) { /* keep p >= min_p * p_max, i.e. e^(logit - max) >= min_p */
-        float max = c[0].logit;
-        for (uint32_t i = 1; i < m; i++) max = c[i].logit > max ? c[i].logit : max;
-        uint32_t keep = 0;
-        for (uint32_t i = 0; i < m; i++) {
-            if (c[i].logit == max || gexp((double)c[i].logit - max) >= p->min_p) c[keep++] = c[i];
-        }
-        m = keep;
-    }
-
-    /* temperature, softmax, draw */
-    float max = c[0].logit;
-    uint32_t arg = 0;
-    for (uint32_t i = 1; i < m; i++) {
-        if (c[i].logit > max) max = c[i].logit, arg = i;
-    }
-    if (max == __builtin_inff() || max == -__builtin_inff() || is_nan(max)) return (int32_t)c[arg].id;
-    double inv_t = 1.0 / p->temperature, sum = 0;
-    for (uint32_t i = 0; i < m; i++) sum += gexp(((double)c[i].logit - max) * inv_t);
-    double u = uniform(rng) * sum, cum = 0;
-    for (uint32_t i = 0; i < m; i++) {
-        cum += gexp(((double)c[i].logit - max) * inv_t);
-        if (u < cum) return (int32_t)c[i].id;
-    }
-    return (int32_t)c[arg].id; /* rounding left u past the end */
+    survivors_t s = {cands, n, 0};
+    if (p->top_k > 0 && (uint32_t)p->top_k < n) sample_top_k(&s, (uint32_t)p->top_k);
+    if (p->top_p < 1.0f) sample_top_p(&s, p->top_p);
+    if (p->min_p > 0.0f) sample_min_p(&s, p->min_p);
+    return sample_dist(&s, p->temperature, rng);
 }
 
 int32_t realm_sample(uint32_t logits, uint32_t n_vocab, uint32_t params, uint32_t params_len,

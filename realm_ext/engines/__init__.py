@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from realm_ext.engines.base import GuestError, GuestLimitError, ImportSpec, Instance, Limits
+from realm_ext.engines.base import GuestError, GuestLimitError, ImportSpec, Instance, Limits, NativeImports
 
 ENGINES = {
     "wasmtime": ("realm_ext.engines.wasmtime_engine", "WasmtimeInstance"),
@@ -57,13 +57,15 @@ def resolve_engine(name: str) -> str:
 
 
 def open_instance(
-    name: str, wasm: bytes, imports: dict[str, ImportSpec], limits: Limits, native: object = None
+    name: str,
+    wasm: bytes,
+    imports: dict[str, ImportSpec],
+    limits: Limits,
+    native: NativeImports | None = None,
 ) -> Instance:
     """A new instance of wasm with imports bound. native (optional, wasmtime only): C
-    implementations of some imports, an object with `functions` (import name -> address
-    of a wasmtime unchecked callback), `env_address` (their env pointer) and
-    `bind_wasmtime_memory(memory, caller_context, memory_data, memory_size)`, which the
-    instance's `bind_native` calls once the host binds it."""
+    implementations of some imports (engines.base.NativeImports), whose
+    `bind_wasmtime_memory` the instance's `bind_native` calls once the host binds it."""
     engine = resolve_engine(name)
     if engine == "wasmtime":
         return _load(engine)(wasm, imports, limits, native)

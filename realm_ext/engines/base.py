@@ -9,9 +9,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
+
+from realm_ext.errors import RealmExtError
 
 WASM_PAGE = 65536
 MAX_MEMORY = 65536 * WASM_PAGE  # a wasm32 memory's largest size: 4 GiB
@@ -22,7 +24,7 @@ ImportFn = Callable[..., int]
 ImportSpec = tuple[tuple[str, ...], str, ImportFn]
 
 
-class GuestError(RuntimeError):
+class GuestError(RealmExtError, RuntimeError):
     """The guest trapped, or could not be instantiated."""
 
 
@@ -74,6 +76,25 @@ class Limits:
         return max(1, self.memory // WASM_PAGE)
 
 
+T = TypeVar("T")
+
+
+class NativeImports(Protocol):
+    """C implementations of some imports (realm_ext._host_native.GuestTable): `functions`
+    (import name -> address of a wasmtime unchecked callback), `env_address` (their env
+    pointer), and where the guest's memory is, once the instance exists."""
+
+    @property
+    def functions(self) -> dict[str, int]: ...
+
+    @property
+    def env_address(self) -> int: ...
+
+    def bind_wasmtime_memory(
+        self, memory: int, caller_context: int, memory_data: int, memory_size: int
+    ) -> None: ...
+
+
 class Instance(Protocol):
     """One instantiated guest: its memory and its exports."""
 
@@ -90,11 +111,11 @@ class Instance(Protocol):
 
     def exports(self) -> set[str]: ...
 
-    def bind_native(self, native: object) -> None:
+    def bind_native(self, native: NativeImports) -> None:
         """Serve the C imports (wasmtime) from this instance's memory."""
         ...
 
-    def run(self, fn: Callable[[], object]) -> object:
+    def run(self, fn: Callable[[], T]) -> T:
         """fn() where the instance may be touched (wasmer: its own thread)."""
         ...
 

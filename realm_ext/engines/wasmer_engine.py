@@ -26,7 +26,7 @@ from wasmer import Function, FunctionType, ImportObject, Memory, MemoryType, Mod
 from wasmer import Instance as _WasmerInstance
 from wasmer_compiler_cranelift import Compiler
 
-from realm_ext.engines.base import GuestError, ImportSpec, Limits, required_pages
+from realm_ext.engines.base import GuestError, ImportFn, ImportSpec, Limits, NativeImports, required_pages
 
 _TYPES = {"i32": Type.I32, "i64": Type.I64}
 
@@ -76,7 +76,7 @@ class WasmerInstance:
     def exports(self) -> set[str]:
         return self._exports
 
-    def bind_native(self, native) -> None:  # noqa: ANN001
+    def bind_native(self, native: NativeImports) -> None:
         raise GuestError("the wasmer engine has no native imports")
 
     def call(self, name: str, *args: int) -> int:
@@ -121,7 +121,7 @@ class _Wasmer:
         except Exception as e:
             raise GuestError(f"the guest module does not compile: {e}") from None
         env: dict[str, object] = {}
-        self._memory: Memory | None = None
+        memory: Memory | None = None
         for imp in module.imports:
             if imp.module != "env":
                 raise GuestError(f"the guest imports {imp.module}.{imp.name}: only 'env' is provided")
@@ -132,8 +132,8 @@ class _Wasmer:
                 top = (
                     limits.max_pages if imp.type.maximum is None else min(imp.type.maximum, limits.max_pages)
                 )
-                self._memory = Memory(store, MemoryType(minimum=imp.type.minimum, maximum=top, shared=False))
-                env["memory"] = self._memory
+                memory = Memory(store, MemoryType(minimum=imp.type.minimum, maximum=top, shared=False))
+                env["memory"] = memory
             elif isinstance(imp.type, FunctionType):
                 spec = imports.get(imp.name)
                 if spec is None:
@@ -145,10 +145,11 @@ class _Wasmer:
                 env[imp.name] = Function(store, _guarded(fn), want)
             else:
                 raise GuestError(f"the guest imports env.{imp.name}, which is not a function or the memory")
-        if self._memory is None:
+        if memory is None:
             raise GuestError(
                 "on wasmer the guest must import env.memory (the host caps it); it exports its own"
             )
+        self._memory = memory
         io = ImportObject()
         io.register("env", env)
         try:
@@ -176,7 +177,7 @@ class _Wasmer:
             raise GuestError(f"the guest trapped in {name}: {e}") from None
 
 
-def _guarded(fn):  # noqa: ANN001, ANN202
+def _guarded(fn: ImportFn) -> ImportFn:
     def call(*args: int) -> int:
         try:
             return fn(*args)

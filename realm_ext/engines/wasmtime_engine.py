@@ -22,17 +22,25 @@ import hashlib
 import struct
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import wasmtime
 from wasmtime import _ffi as ffi
 
+if TYPE_CHECKING:
+    from _ctypes import CFuncPtr
+
 from realm_ext.engines.base import (
     WASM_PAGE,
     GuestError,
     GuestLimitError,
+    ImportFn,
     ImportSpec,
     Limits,
+    NativeImports,
+    T,
     required_pages,
 )
 
@@ -110,7 +118,7 @@ class _Engines:
 _SHARED = _Engines()
 
 
-def _raw_callback(inst: WasmtimeInstance, params: tuple[str, ...], result: str, fn) -> _UNCHECKED_CB:  # noqa: ANN001
+def _raw_callback(inst: WasmtimeInstance, params: tuple[str, ...], result: str, fn: ImportFn) -> CFuncPtr:
     """A C callback reading the raw argument slots, calling fn, writing its result.
     While fn runs, inst reaches its memory through the caller's store context."""
     unpack = struct.Struct("<" + "".join("i12x" if p == "i32" else "q8x" for p in params)).unpack
@@ -118,7 +126,7 @@ def _raw_callback(inst: WasmtimeInstance, params: tuple[str, ...], result: str, 
     result_at = ctypes.c_int64.from_address if result == "i64" else ctypes.c_int32.from_address
     string_at = ctypes.string_at
 
-    def callback(env, caller, slots, n):  # noqa: ANN001, ANN202
+    def callback(env: int | None, caller: int, slots: int, n: int) -> int:
         # Nothing may raise out of here: ctypes would hand wasmtime a garbage trap pointer.
         outer = inst._ctx, inst._view_now
         try:
@@ -139,35 +147,40 @@ def _raw_callback(inst: WasmtimeInstance, params: tuple[str, ...], result: str, 
 class WasmtimeInstance:
     engine = "wasmtime"
 
-    def __init__(self, wasm: bytes, imports: dict[str, ImportSpec], limits: Limits, native: object = None):
+    def __init__(
+        self, wasm: bytes, imports: dict[str, ImportSpec], limits: Limits, native: NativeImports | None = None
+    ):
         self.limits = limits
         use_fuel = limits.fuel is not None
         module = _SHARED.module(wasm, use_fuel)
         self._store = self._new_store(module, use_fuel)
-        self._callbacks = []  # the C callbacks must outlive the instance
-        self._ctx = None  # the caller's store context (an address) while an import runs
-        self._view_now = None  # the memory view derived during the running import
+        self._callbacks: list[CFuncPtr] = []  # the C callbacks must outlive the instance
+        self._ctx: int | None = None  # the caller's store context (an address) while an import runs
+        self._view_now: np.ndarray | None = None  # the memory view derived during the running import
         self._memory: wasmtime.Memory | None = None  # env.memory, or else the exported one
+        self._instance: wasmtime.Instance | None = None
         linker = wasmtime.Linker(self._store.engine)
-        natives = native.functions if native is not None else {}
+        natives, native_env = (native.functions, native.env_address) if native is not None else ({}, None)
         for imp in module.imports:
+            name, typ = imp.name or "", imp.type  # a core module's imports all have names
             if imp.module != "env":
-                raise GuestError(f"the guest imports {imp.module}.{imp.name}: only 'env' is provided")
-            if isinstance(imp.type, wasmtime.MemoryType):
-                self._define_memory(linker, imp)
-            elif isinstance(imp.type, wasmtime.FuncType):
-                spec = imports.get(imp.name)
+                raise GuestError(f"the guest imports {imp.module}.{name}: only 'env' is provided")
+            if isinstance(typ, wasmtime.MemoryType):
+                self._define_memory(linker, name, typ)
+            elif isinstance(typ, wasmtime.FuncType):
+                spec = imports.get(name)
                 if spec is None:
-                    raise GuestError(f"the guest imports env.{imp.name}, which the host does not provide")
-                if imp.name in natives:  # a C callback: env is the native state
-                    cb, env = _UNCHECKED_CB(natives[imp.name]), native.env_address
+                    raise GuestError(f"the guest imports env.{name}, which the host does not provide")
+                cb: CFuncPtr
+                if name in natives:  # a C callback: env is the native state
+                    cb, env = _UNCHECKED_CB(natives[name]), native_env
                 else:
                     cb, env = _raw_callback(self, *spec), None
-                self._define_function(linker, imp, spec, cb, env)
+                self._define_function(linker, name, typ, spec, cb, env)
             else:
-                raise GuestError(f"the guest imports env.{imp.name}, which is not a function or the memory")
-        self._instantiate(linker, module)
-        self._memory_addr = ctypes.addressof(self._memory._memory)  # the wasmtime_memory_t
+                raise GuestError(f"the guest imports env.{name}, which is not a function or the memory")
+        memory = self._instantiate(linker, module)
+        self._memory_addr = ctypes.addressof(memory._memory)  # the wasmtime_memory_t
         self._view_key: tuple[int, int] = (0, 0)
         self._view = np.empty(0, np.uint8)
 
@@ -184,11 +197,11 @@ class WasmtimeInstance:
         )
         return store
 
-    def _define_memory(self, linker: wasmtime.Linker, imp: wasmtime.ImportType) -> None:
+    def _define_memory(self, linker: wasmtime.Linker, name: str, mtype: wasmtime.MemoryType) -> None:
         """env.memory: created by the host, its maximum capped at the guest's limit."""
-        if imp.name != "memory":
-            raise GuestError(f"the guest imports a memory named {imp.name!r}, not 'memory'")
-        lim, limits = imp.type.limits, self.limits
+        if name != "memory":
+            raise GuestError(f"the guest imports a memory named {name!r}, not 'memory'")
+        lim, limits = mtype.limits, self.limits
         required_pages(lim.min, limits)
         top = limits.max_pages if lim.max is None else min(lim.max, limits.max_pages)
         self._memory = wasmtime.Memory(self._store, wasmtime.MemoryType(wasmtime.Limits(lim.min, top)))
@@ -197,30 +210,30 @@ class WasmtimeInstance:
     def _define_function(
         self,
         linker: wasmtime.Linker,
-        imp: wasmtime.ImportType,
+        name: str,
+        got: wasmtime.FuncType,
         spec: ImportSpec,
-        cb: _UNCHECKED_CB,
+        cb: CFuncPtr,
         env: int | None,
     ) -> None:
         """env.<name> as the unchecked callback cb (with its env pointer), once the
         guest's import has the signature of the host's spec."""
         params, result, _ = spec
         want = wasmtime.FuncType([_VALTYPES[p]() for p in params], [_VALTYPES[result]()])
-        got = imp.type
         same_params = [str(t) for t in got.params] == [str(t) for t in want.params]
         if not same_params or [str(t) for t in got.results] != [str(t) for t in want.results]:
-            raise GuestError(f"the guest imports env.{imp.name} with the wrong signature")
+            raise GuestError(f"the guest imports env.{name} with the wrong signature")
         self._callbacks.append(cb)
-        name = imp.name.encode()
+        name_b = name.encode()
         linker_p, type_p = ctypes.cast(linker.ptr(), _P), ctypes.cast(want.ptr(), _P)
-        err = _define_func_unchecked(linker_p, b"env", 3, name, len(name), type_p, cb, env, None)
+        err = _define_func_unchecked(linker_p, b"env", 3, name_b, len(name_b), type_p, cb, env, None)
         if err:
             ptr = ctypes.cast(err, ctypes.POINTER(ffi.wasmtime_error_t))
-            raise GuestError(f"cannot bind env.{imp.name}: {wasmtime.WasmtimeError._from_ptr(ptr)}")
+            raise GuestError(f"cannot bind env.{name}: {wasmtime.WasmtimeError._from_ptr(ptr)}")
 
-    def _instantiate(self, linker: wasmtime.Linker, module: wasmtime.Module) -> None:
+    def _instantiate(self, linker: wasmtime.Linker, module: wasmtime.Module) -> wasmtime.Memory:
         """Instantiate (running the start function under the call limits) and find the
-        guest's exports and its memory."""
+        guest's exports and its memory (returned)."""
         self._arm()  # a start function runs inside instantiate: the same bounds as a call
         try:
             self._instance = linker.instantiate(self._store, module)
@@ -235,6 +248,7 @@ class WasmtimeInstance:
             if not isinstance(mem, wasmtime.Memory):
                 raise GuestError("the guest neither imports env.memory nor exports 'memory'")
             self._memory = mem
+        return self._memory
 
     def memory(self) -> np.ndarray:
         """The memory as it is now: derived once per import call (and on every call from
@@ -257,12 +271,12 @@ class WasmtimeInstance:
     def exports(self) -> set[str]:
         return set(self._exports)
 
-    def bind_native(self, native) -> None:  # noqa: ANN001
+    def bind_native(self, native: NativeImports) -> None:
         """Point the C imports at this instance's memory (once it is fully made; the host
         unbinds them before close)."""
-        native.bind_wasmtime_memory(self._memory_addr, *(ctypes.cast(f, _P).value for f in _MEMORY_API))
+        native.bind_wasmtime_memory(self._memory_addr, *(ctypes.cast(f, _P).value or 0 for f in _MEMORY_API))
 
-    def run(self, fn):  # noqa: ANN001, ANN201
+    def run(self, fn: Callable[[], T]) -> T:
         """fn() (any thread may use a wasmtime store, one at a time)."""
         return fn()
 

@@ -8,7 +8,7 @@ import pytest
 from realm_ext.model import Model
 
 
-def check_bad_calls_raise(backend, m: Model, kv) -> None:  # noqa: ANN001
+def check_bad_calls_raise(backend, m: Model, kv) -> None:
     """Misshaped, mistyped and out-of-range calls raise, naming the problem."""
     c = m.config
     x = np.zeros((2, c.n_embd), np.float32)

@@ -58,13 +58,13 @@ class DevArray(np.ndarray):
     def data(self) -> _Data:  # type: ignore[override]
         return _Data(self)
 
-    def set(self, arr: np.ndarray, stream=None) -> None:  # noqa: ANN001
+    def set(self, arr: np.ndarray, stream=None) -> None:
         arr = np.asarray(arr)
         if arr.shape != self.shape or arr.dtype != self.dtype or not self.flags.c_contiguous:
             raise ValueError(f"set: {arr.shape} {arr.dtype} into {self.shape} {self.dtype}")
         np.copyto(self.view(np.ndarray), arr)
 
-    def get(self, stream=None, order: str = "C", out: np.ndarray | None = None, blocking: bool = True):  # noqa: ANN001, ANN201
+    def get(self, stream=None, order: str = "C", out: np.ndarray | None = None, blocking: bool = True):
         if out is None:
             return np.array(self.view(np.ndarray), order=order)
         if not isinstance(out, np.ndarray) or out.shape != self.shape or out.dtype != self.dtype:
@@ -82,25 +82,25 @@ def _alloc(a: np.ndarray) -> DevArray:
     return d
 
 
-def zeros(shape, dtype=np.float32) -> DevArray:  # noqa: ANN001
+def zeros(shape, dtype=np.float32) -> DevArray:
     return _alloc(np.zeros(shape, dtype))
 
 
-def empty(shape, dtype=np.float32) -> DevArray:  # noqa: ANN001
+def empty(shape, dtype=np.float32) -> DevArray:
     return _alloc(np.full(shape, np.nan if np.dtype(dtype).kind == "f" else 0x5A, dtype))  # poisoned
 
 
-def full(shape, value, dtype=np.float32) -> DevArray:  # noqa: ANN001
+def full(shape, value, dtype=np.float32) -> DevArray:
     return _alloc(np.full(shape, value, dtype))
 
 
-def asarray(a, dtype=None) -> DevArray:  # noqa: ANN001
+def asarray(a, dtype=None) -> DevArray:
     if isinstance(a, DevArray) and (dtype is None or a.dtype == dtype):
         return a
     return _alloc(np.array(a, dtype=dtype))
 
 
-def _flat(p: np.ndarray, count: int, dtype=None) -> np.ndarray:  # noqa: ANN001
+def _flat(p: np.ndarray, count: int, dtype=None) -> np.ndarray:
     """What a kernel sees through pointer p: count elements from p's first one on."""
     base = p.view(np.ndarray)
     flat = np.lib.stride_tricks.as_strided(base, shape=(count,), strides=(base.itemsize,), writeable=True)
@@ -136,7 +136,7 @@ class Stream:
     def __exit__(self, *exc: object) -> None:
         _local.stack.pop()
 
-    def begin_capture(self, mode=None) -> None:  # noqa: ANN001
+    def begin_capture(self, mode=None) -> None:
         assert self.capture is None, "already capturing"
         self.capture = []
 
@@ -152,7 +152,7 @@ class Graph:
     def __init__(self, launches: list):
         self.launches = launches
 
-    def launch(self, stream=None) -> None:  # noqa: ANN001
+    def launch(self, stream=None) -> None:
         for fn in self.launches:
             fn()
 
@@ -162,7 +162,7 @@ def _current() -> Stream | None:
     return stack[-1] if stack else None
 
 
-def _enqueue(fn, stream=None) -> None:  # noqa: ANN001
+def _enqueue(fn, stream=None) -> None:
     """Run fn now, or record it when the stream is capturing (launches only)."""
     s = stream if stream is not None else _current()
     if s is not None and s.capture is not None:
@@ -172,7 +172,7 @@ def _enqueue(fn, stream=None) -> None:  # noqa: ANN001
 
 
 class Event:
-    def record(self, stream=None) -> None:  # noqa: ANN001
+    def record(self, stream=None) -> None:
         self.t = time.perf_counter()
 
     def synchronize(self) -> None:
@@ -252,14 +252,14 @@ def _dot_lanes(q: np.ndarray, k: np.ndarray) -> np.ndarray:
     return acc[..., 0]
 
 
-def rmsnorm_f32(grid, block, args, shared_mem=0) -> None:  # noqa: ANN001
+def rmsnorm_f32(grid, block, args, shared_mem=0) -> None:
     _check_launch("rmsnorm_f32", grid, block, shared_mem, 256)
     x, w, out, n, eps = _check_args("rmsnorm_f32", "PPPif", args)
     t = grid[0]
     _rows(out, t, n)[:] = _rmsnorm(_rows(x, t, n).copy(), _flat(w, n), eps)
 
 
-def add_rmsnorm_f32(grid, block, args, shared_mem=0) -> None:  # noqa: ANN001
+def add_rmsnorm_f32(grid, block, args, shared_mem=0) -> None:
     _check_launch("add_rmsnorm_f32", grid, block, shared_mem, 256)
     a, b, s, w, norm, n, eps = _check_args("add_rmsnorm_f32", "PPPPPif", args)
     t = grid[0]
@@ -269,7 +269,7 @@ def add_rmsnorm_f32(grid, block, args, shared_mem=0) -> None:  # noqa: ANN001
         _rows(norm, t, n)[:] = _rmsnorm(total, _flat(w, n), eps)
 
 
-def swiglu_f32(grid, block, args, shared_mem=0) -> None:  # noqa: ANN001
+def swiglu_f32(grid, block, args, shared_mem=0) -> None:
     _check_launch("swiglu_f32", grid, block, shared_mem)
     gate, gs, up, us, out, n = _check_args("swiglu_f32", "PiPiPi", args)
     assert grid[0] * block[0] >= n, "swiglu_f32: the grid does not cover a row"
@@ -280,7 +280,7 @@ def swiglu_f32(grid, block, args, shared_mem=0) -> None:  # noqa: ANN001
     _rows(out, t, n)[:] = g / (F32(1.0) + e) * _rows(up, t, n, int(us))
 
 
-def rope_store_kv(grid, block, args, shared_mem=0) -> None:  # noqa: ANN001
+def rope_store_kv(grid, block, args, shared_mem=0) -> None:
     _check_launch("rope_store_kv", grid, block, shared_mem)
     q, qs, k, ks, v, vs, ring, layer, cap, H, Hkv, D, rope_dim, theta_scale = _check_args(
         "rope_store_kv", "PiPiPiPiliiiif", args
@@ -316,7 +316,7 @@ def rope_store_kv(grid, block, args, shared_mem=0) -> None:  # noqa: ANN001
 ATT_TILE = 128
 
 
-def _att_blocks(name: str, grid, block, args, shared_mem: int):  # noqa: ANN001, ANN202
+def _att_blocks(name: str, grid, block, args, shared_mem: int):
     """The launch checks of attention_max / attention_weigh, then per block (t, kvh, c):
     its chunk's positions c0 .. c1-1, q16 [G][D], and the chunk's slice of part."""
     _check_launch(name, grid, block, shared_mem)
@@ -345,7 +345,7 @@ def _att_blocks(name: str, grid, block, args, shared_mem: int):  # noqa: ANN001,
                 yield tiles, pf[t, kvh * G : (kvh + 1) * G], c
 
 
-def attention_max(grid, block, args, shared_mem=0) -> None:  # noqa: ANN001
+def attention_max(grid, block, args, shared_mem=0) -> None:
     for tiles, part, c in _att_blocks("attention_max", grid, block, args, shared_mem):
         m = np.full(part.shape[0], -np.inf, F32)
         total = np.zeros(part.shape[0], F32)
@@ -357,7 +357,7 @@ def attention_max(grid, block, args, shared_mem=0) -> None:  # noqa: ANN001
         part[:, c, D], part[:, c, D + 1] = m, total
 
 
-def attention_weigh(grid, block, args, shared_mem=0) -> None:  # noqa: ANN001
+def attention_weigh(grid, block, args, shared_mem=0) -> None:
     for tiles, part, c in _att_blocks("attention_weigh", grid, block, args, shared_mem):
         D = part.shape[2] - 2
         M = part[:, :, D].max(axis=1)
@@ -373,7 +373,7 @@ def attention_weigh(grid, block, args, shared_mem=0) -> None:  # noqa: ANN001
         part[:, c, :D] = acc
 
 
-def attention_combine(grid, block, args, shared_mem=0) -> None:  # noqa: ANN001
+def attention_combine(grid, block, args, shared_mem=0) -> None:
     _check_launch("attention_combine", grid, block, shared_mem)
     part, chunks, H, D, out = _check_args("attention_combine", "PiiiP", args)
     assert grid[0] == H, f"attention_combine: grid {grid}"
@@ -390,10 +390,10 @@ KERNELS = {
 
 
 class _Kernel:
-    def __init__(self, fn):  # noqa: ANN001
+    def __init__(self, fn):
         self.fn = fn
 
-    def __call__(self, grid, block, args, shared_mem: int = 0) -> None:  # noqa: ANN001
+    def __call__(self, grid, block, args, shared_mem: int = 0) -> None:
         grid = tuple(int(g) if isinstance(g, (int, np.integer)) else g for g in grid)
         _enqueue(lambda: self.fn(grid, tuple(block), tuple(args), shared_mem))
 
@@ -453,12 +453,12 @@ def _check_against_cpu(w: DeviceWeight, x: np.ndarray, out: np.ndarray, scratch:
     kernel_errors.append(err)
 
 
-def _check(what: str, a, dtype, shape) -> None:  # noqa: ANN001
+def _check(what: str, a, dtype, shape) -> None:
     assert isinstance(a, DevArray), f"{what} is {type(a).__name__}, not a device array"
     assert a.dtype == dtype and a.shape == shape and a.flags.c_contiguous, f"{what}: {a.dtype} {a.shape}"
 
 
-def matmul(w: DeviceWeight, x, out, scratch, stream=None) -> None:  # noqa: ANN001
+def matmul(w: DeviceWeight, x, out, scratch, stream=None) -> None:
     """out = x W^T: by matmul.cu's kernels on the CPU when emulated_cuda was given an
     Emulator (exactly the launches of cuda_matmul.matmul_plan, on these buffers, the
     scratch included), each call then checked against the CPU backend's matmul of the
@@ -483,7 +483,7 @@ def matmul(w: DeviceWeight, x, out, scratch, stream=None) -> None:  # noqa: ANN0
     _enqueue(run, stream)
 
 
-def get_rows(w: DeviceWeight, ids, out, stream=None) -> None:  # noqa: ANN001
+def get_rows(w: DeviceWeight, ids, out, stream=None) -> None:
     _check("ids", ids, np.int32, (ids.shape[0],))
     _check("out", out, F32, (ids.shape[0], w.n_cols))
     _enqueue(lambda: out.__setitem__(slice(None), w.w[ids.view(np.ndarray)]), stream)

@@ -188,7 +188,7 @@ def llama_cpp_logits(llama_cpp, path: Path, toks: list[int]):
     return llm, np.array(llm.scores[: len(toks)], np.float64)
 
 
-def llama_cpp_prompts(llama_cpp, path: Path, n_tokens: int, n_prompts: int = 4):  # noqa: ANN001, ANN201
+def llama_cpp_prompts(llama_cpp, path: Path, n_tokens: int, n_prompts: int = 4):
     """n_prompts seeded prompts of n_tokens, each with llama.cpp's logits (float64) for
     it: [(tokens, logits)], from one llama.cpp context reset between prompts."""
     out, llm = [], None

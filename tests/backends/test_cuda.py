@@ -99,7 +99,7 @@ def ring_ops(rng: np.random.Generator, capacity: int, n_ops: int) -> list[tuple]
     return ops
 
 
-def outcome(fn, args: tuple) -> type | None:  # noqa: ANN001
+def outcome(fn, args: tuple) -> type | None:
     """None when fn(*args) returns, else the type of what it raised."""
     try:
         fn(*args)
@@ -145,7 +145,7 @@ def test_ring_bookkeeping_refuses_bad_shapes() -> None:
 
 
 @pytest.fixture(params=["gpu", "emulated"])
-def cuda(request: pytest.FixtureRequest):  # noqa: ANN201
+def cuda(request: pytest.FixtureRequest):
     """A CudaBackend on the GPU (skipped without one), and one over the numpy stand-in
     for the GPU (tests/backends/cuda_emulation.py), which runs everywhere."""
     if request.param == "gpu":
@@ -164,7 +164,7 @@ def cpu() -> CpuBackend:
     return CpuBackend()
 
 
-def test_auto_picks_cuda(cuda) -> None:  # noqa: ANN001
+def test_auto_picks_cuda(cuda) -> None:
     with Host(device="auto") as h:
         assert h.device == "cuda"
 
@@ -232,7 +232,7 @@ def test_small_model(model_path, cuda, cpu: CpuBackend, rng, recipe: str) -> Non
         assert rel(cuda.logits(m, toks), cpu.logits(m, toks)) <= FLIP
 
 
-def decode_logits(backend, m, toks: list[int], n_ctx: int, per_layer: bool = False) -> np.ndarray:  # noqa: ANN001
+def decode_logits(backend, m, toks: list[int], n_ctx: int, per_layer: bool = False) -> np.ndarray:
     """Logits of each token fed one at a time (forward_layers, or one call per layer)."""
     c = m.config
     kv = backend.new_kv(m, n_ctx)
@@ -310,7 +310,7 @@ def test_sliding_window_matches_the_cpu(model_path, cuda, cpu: CpuBackend, rng, 
         assert np.median(steps) <= FLIP and max(steps) <= 5e-2, steps
 
 
-def decode_from(backend, m, kv, toks: list[int], pos: int) -> np.ndarray:  # noqa: ANN001
+def decode_from(backend, m, kv, toks: list[int], pos: int) -> np.ndarray:
     c = m.config
     x = np.empty((1, c.n_embd), np.float32)
     out = np.empty((len(toks), c.n_vocab), np.float32)
@@ -373,7 +373,7 @@ def test_gqa8_model_matches_the_cpu(tmp_path_factory, cuda, cpu: CpuBackend, rng
 
 
 @pytest.mark.parametrize("rope", [{"rope_freqs": (2.0,) * 32}, {"rope_scale_linear": 4.0}])
-def test_rope_scaling_is_refused(tmp_path, cuda, rope: dict) -> None:  # noqa: ANN001
+def test_rope_scaling_is_refused(tmp_path, cuda, rope: dict) -> None:
     """The CUDA kernels apply neither rope_freqs nor linear scaling: such a model is
     refused when prepared, naming what is missing, rather than run with wrong angles."""
     path = make_model(tmp_path / "rope.gguf", "tiny", "Q8_0", **rope)
@@ -472,7 +472,7 @@ def test_greedy_through_the_guest_equals_the_cpu(model_path, cuda, rng, per_laye
     assert checked >= 12, f"only {checked} steps had a clear margin"
 
 
-def clear_margin_prefix(backend: CpuBackend, m, ids: list[int], n: int) -> list[int]:  # noqa: ANN001
+def clear_margin_prefix(backend: CpuBackend, m, ids: list[int], n: int) -> list[int]:
     """Greedy tokens up to (not including) the first step whose top-2 margin is <= 1e-2."""
     full = backend_greedy(backend, m, ids, n, 64)
     logits = backend.logits(m, ids + full) if full else backend.logits(m, ids)

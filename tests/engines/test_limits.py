@@ -20,18 +20,18 @@ PAGE = 65536
 
 
 @pytest.fixture(scope="module")
-def tiny(model_path):  # noqa: ANN001, ANN201
+def tiny(model_path):
     return load_gguf(model_path("Q4_0"))
 
 
 @pytest.fixture
-def host(tiny):  # noqa: ANN001, ANN201
+def host(tiny):
     with Host(device="cpu") as h:
         h.load(tiny)
         yield h
 
 
-def test_time_limit_stops_a_runaway_guest(host, tiny, engine) -> None:  # noqa: ANN001
+def test_time_limit_stops_a_runaway_guest(host, tiny, engine) -> None:
     if engine == "wasmer":
         with pytest.raises(GuestError, match="cannot bound CPU time"):
             host.guest(models=[tiny], engine=engine, wasm=wat("proxy"), time_limit=0.2)
@@ -50,7 +50,7 @@ def test_time_limit_stops_a_runaway_guest(host, tiny, engine) -> None:  # noqa: 
     assert g.call("model_info", g.model_id(), 0, 48) == 48  # usable again
 
 
-def test_fuel_limit(host, tiny, engine) -> None:  # noqa: ANN001
+def test_fuel_limit(host, tiny, engine) -> None:
     if engine == "wasmer":
         pytest.skip("fuel is a wasmtime feature")
     g = host.guest(models=[tiny], engine=engine, wasm=wat("proxy"), fuel=100_000)
@@ -60,7 +60,7 @@ def test_fuel_limit(host, tiny, engine) -> None:  # noqa: ANN001
     assert g.call("vocab_size", g.model_id()) > 0
 
 
-def test_memory_cap_fails_the_grow_not_the_host(host, tiny, engine) -> None:  # noqa: ANN001
+def test_memory_cap_fails_the_grow_not_the_host(host, tiny, engine) -> None:
     g = host.guest(models=[tiny], engine=engine, wasm=wat("proxy"), memory_limit=6 * PAGE)
     assert g.memory_pages == 4
     assert g.call("grow", 1) == 4
@@ -70,13 +70,13 @@ def test_memory_cap_fails_the_grow_not_the_host(host, tiny, engine) -> None:  # 
     assert g.memory_pages == 6
 
 
-def test_memory_cap_below_the_guests_minimum(host, tiny, engine) -> None:  # noqa: ANN001
+def test_memory_cap_below_the_guests_minimum(host, tiny, engine) -> None:
     with pytest.raises(GuestLimitError, match="memory limit") as err:
         host.guest(models=[tiny], engine=engine, wasm=wat("proxy"), memory_limit=3 * PAGE)
     assert err.value.limit == "memory"
 
 
-def test_trap_releases_kv_and_resets(host, tiny, engine) -> None:  # noqa: ANN001
+def test_trap_releases_kv_and_resets(host, tiny, engine) -> None:
     g = host.guest(models=[tiny], engine=engine, wasm=wat("proxy"))
     g.write(1000, b"kept?")
     assert g.call("kv_create", g.model_id(), 16) == 1
@@ -87,7 +87,7 @@ def test_trap_releases_kv_and_resets(host, tiny, engine) -> None:  # noqa: ANN00
     assert g.call("kv_create", g.model_id(), 16) == 2  # ids are never reused
 
 
-def test_unknown_import_and_export(host, tiny, engine) -> None:  # noqa: ANN001
+def test_unknown_import_and_export(host, tiny, engine) -> None:
     import wasmtime
 
     bad = bytes(wasmtime.wat2wasm('(module (import "env" "realm_nope" (func (param i32) (result i32))))'))
@@ -104,7 +104,7 @@ def test_unknown_import_and_export(host, tiny, engine) -> None:  # noqa: ANN001
 # ---- a misbehaving guest inside realm_generate (tests/wat/rogue.wat) ----------------------
 
 
-def test_runaway_inside_generate_is_stopped(host, tiny, engine) -> None:  # noqa: ANN001
+def test_runaway_inside_generate_is_stopped(host, tiny, engine) -> None:
     """The guest opens two KV rings, runs a forward pass, emits, then loops forever."""
     if engine == "wasmer":
         pytest.skip(
@@ -126,7 +126,7 @@ def test_runaway_inside_generate_is_stopped(host, tiny, engine) -> None:  # noqa
     assert sorted(g.state.kv) == [3, 4]
 
 
-def test_memory_grow_past_the_cap_inside_generate(host, tiny, engine) -> None:  # noqa: ANN001
+def test_memory_grow_past_the_cap_inside_generate(host, tiny, engine) -> None:
     """Grows a page at a time until refused, then asks for 4 GiB and 0xFFFFFFFF pages:
     every grow past the cap fails in the guest (-1), the host is untouched."""
     g = host.guest(models=[tiny], engine=engine, wasm=wat("rogue"), memory_limit="8MiB")
@@ -136,7 +136,7 @@ def test_memory_grow_past_the_cap_inside_generate(host, tiny, engine) -> None:  
     assert g.call("realm_alloc", 16) > 0  # still running
 
 
-def test_trap_mid_generation_releases_rings_and_spares_a_neighbour(host, tiny, engine) -> None:  # noqa: ANN001
+def test_trap_mid_generation_releases_rings_and_spares_a_neighbour(host, tiny, engine) -> None:
     """A guest that traps in realm_generate holding two 4 MiB KV rings: the rings are
     freed (host memory back to its baseline within 1 MiB after gc, three times over),
     while a second guest, generating in another thread across the traps, produces
@@ -230,7 +230,7 @@ def test_trap_mid_generation_releases_rings_and_spares_a_neighbour(host, tiny, e
 # ---- what a module can ask for at instantiation, and outside its linear memory ------------
 
 
-def test_runaway_start_function_is_stopped(host, tiny, engine) -> None:  # noqa: ANN001
+def test_runaway_start_function_is_stopped(host, tiny, engine) -> None:
     """Regression: the start function ran inside instantiation with no deadline, so a
     guest whose start function loops hung Host.guest (even with a time limit)."""
     import wasmtime
@@ -255,7 +255,7 @@ def test_runaway_start_function_is_stopped(host, tiny, engine) -> None:  # noqa:
         host.guest(models=[tiny], engine=engine, wasm=trap)
 
 
-def test_tables_and_memories_are_capped(host, tiny, engine) -> None:  # noqa: ANN001
+def test_tables_and_memories_are_capped(host, tiny, engine) -> None:
     """Regression: tables live in host memory outside the linear-memory cap, and were
     not capped: a ten-line guest could table.grow the host by gigabytes (100M elements
     took 770 MiB of RSS), and a guest could define memories of its own besides the
@@ -297,7 +297,7 @@ def test_tables_and_memories_are_capped(host, tiny, engine) -> None:  # noqa: AN
     assert host.guest(models=[tiny], engine=engine, wasm=exported).memory_pages == 2  # its one memory: fine
 
 
-def test_limits_out_of_range_are_refused_up_front(host, tiny) -> None:  # noqa: ANN001
+def test_limits_out_of_range_are_refused_up_front(host, tiny) -> None:
     with pytest.raises(ValueError, match="over 4 GiB"):
         host.guest(models=[tiny], memory_limit="5GiB")
     with pytest.raises(ValueError, match="time limit 0 s must be positive"):

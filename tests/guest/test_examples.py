@@ -15,7 +15,7 @@ from realm_ext.model import load_gguf
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_first_logit_example(model_path, tmp_path: Path, rng) -> None:  # noqa: ANN001
+def test_first_logit_example(model_path, tmp_path: Path, rng) -> None:
     pytest.importorskip("ziglang", reason="ziglang (the guest toolchain) is not installed")
     out = tmp_path / "first_logit.wasm"
     cmd = [sys.executable, "-m", "ziglang", "cc", "--target=wasm32-freestanding", "-O2", "-nostdlib",

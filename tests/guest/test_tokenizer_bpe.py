@@ -221,7 +221,7 @@ def test_smollm2_matches_llama_cpp(smol_guest: Guest, smol_ref: LlamaCpp, specia
         assert 1 not in smol_guest.tokenize(CHATML[0])
 
 
-def hf_tokenizer(model: Model, pattern: str, split_digits: bool):  # noqa: ANN201
+def hf_tokenizer(model: Model, pattern: str, split_digits: bool):
     """HF tokenizers' byte-level BPE over the GGUF's own tokens and merges."""
     tk = pytest.importorskip("tokenizers")
     t = model.tokenizer
@@ -330,7 +330,7 @@ def smol_ref_ids_hello(smol: Model) -> list[int]:
 # ---- refusals -------------------------------------------------------------------------
 
 
-def test_unknown_pre_is_refused(model_path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_unknown_pre_is_refused(model_path, tmp_path: Path) -> None:
     kv = {
         "tokenizer.ggml.model": ("gpt2", gguf.GGUFValueType.STRING),
         "tokenizer.ggml.pre": ("made-up", gguf.GGUFValueType.STRING),

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import cupy
 import cupyx
@@ -91,7 +92,7 @@ class DeviceKVRing(RingBook):
         # (non-blocking) stream, which does not wait for it
         cupy.cuda.Device().synchronize()
 
-    def append(self, layer: int, pos: int, k_rows, v_rows) -> None:  # noqa: ANN001
+    def append(self, layer: int, pos: int, k_rows: Any, v_rows: Any) -> None:
         """Store K and V rows (float32 (n_tokens, n_head_kv * head_dim), numpy or cupy)
         at positions pos .. pos+n_tokens-1 of `layer`, rounded to f16 (as KVRing.append;
         the backend itself writes the ring from its kernels)."""
@@ -263,7 +264,7 @@ class CudaRuntime:
         self.logits = cupy.empty((min(T, LM_HEAD_ROWS), c.n_vocab), f32)
         self.ring = cupy.zeros(3, cupy.int64)
         self.ring_host = cupyx.empty_pinned(3, np.int64)  # the source of ring's async copy
-        self.graphs: dict[tuple[int, int, int], object] = {}
+        self.graphs: dict[tuple[int, int, int], Any] = {}  # cupy.cuda.Graph
         cupy.cuda.Device().synchronize()  # the uploads (cupy's stream) before our stream's kernels
 
     @property

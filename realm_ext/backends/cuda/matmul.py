@@ -185,7 +185,7 @@ def _launch(plan: list[Launch], buffers: dict[str, Any], stream: Any) -> None:
     with stream if stream is not None else contextlib.nullcontext():
         for lc in plan:
             args = tuple(
-                buffers[a].data if a == "W" else buffers[a] if isinstance(a, str) else a for a in lc.args
+                buffers["W"].data if a == "W" else buffers[a] if isinstance(a, str) else a for a in lc.args
             )
             ks[lc.kernel](lc.grid, lc.block, args)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 import realm_ext
 
@@ -65,7 +66,7 @@ def nvrtc_compile(name: str, arch: str) -> bytes:
 
 
 @functools.cache
-def load_module(name: str):
+def load_module(name: str) -> Any:  # a cupy.RawModule
     """cupy.RawModule of csrc/cuda/{name}.cu, compiled once per process (and cached on
     disk by cupy across processes) for the current device."""
     import cupy
