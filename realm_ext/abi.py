@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 
@@ -172,6 +173,34 @@ def vocab_blob(model: Model) -> bytes:
     ]
     blob = b"".join(parts)
     return blob + b"\0" * (total - len(blob))
+
+
+class GenerateOptions(TypedDict, total=False):
+    """The generation settings as keywords (Guest.generate, Guest.chat, ...): the fields of
+    GenerateParams, which holds their defaults and checks."""
+
+    max_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    repeat_penalty: float
+    repeat_last_n: int
+    n_ctx: int
+    n_batch: int
+    seed: int
+    add_bos: bool
+    stop_at_eos: bool
+    per_layer: bool
+
+
+def generate_params(params: GenerateParams | None, options: GenerateOptions) -> GenerateParams:
+    """`params`, or a GenerateParams of the keyword `options` (the defaults for the rest)."""
+    if params is None:
+        return GenerateParams(**options)
+    if options:
+        raise TypeError("give the generation settings as keywords or as one GenerateParams, not both")
+    return params
 
 
 @dataclass(frozen=True)

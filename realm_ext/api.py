@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from realm_ext.errors import RealmExtError
 from realm_ext.host import GrantedModel, GuestImports, GuestState
 from realm_ext.model import Model, load_gguf
 from realm_ext.stream import PieceStream
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing's from Python 3.11
 
 GUEST_WASM = Path(__file__).parent / "guest" / "realm_guest.wasm"
 
@@ -50,18 +53,6 @@ class ModelNotGrantedError(RealmExtError, KeyError, ValueError):
     guest it is asked of. Both a KeyError and a ValueError, as these cases were."""
 
     __str__ = ValueError.__str__  # the message as given, not KeyError's repr of it
-
-
-_DEFAULT_PARAMS = abi.GenerateParams()
-
-
-def _choose_params(params: abi.GenerateParams | None, keywords: abi.GenerateParams) -> abi.GenerateParams:
-    """`params` when given (the keywords then stay at their defaults), else the keywords'."""
-    if params is None:
-        return keywords
-    if keywords != _DEFAULT_PARAMS:
-        raise TypeError("give the generation settings as keywords or as one GenerateParams, not both")
-    return params
 
 
 class Host:
@@ -460,43 +451,14 @@ class Guest:
         prompt: str,
         model: Model | None = None,
         *,
-        max_tokens: int = 64,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        repeat_last_n: int = 64,
-        n_ctx: int = 0,
-        n_batch: int = 512,
-        seed: int = 0,
-        add_bos: bool = True,
-        stop_at_eos: bool = True,
-        per_layer: bool = False,
         params: abi.GenerateParams | None = None,
+        **options: Unpack[abi.GenerateOptions],
     ) -> Iterator[str]:
         """Stream the text pieces the guest emits while it generates from `prompt`.
         The keywords are the fields of realm_ext.abi.GenerateParams, with its defaults;
         or pass one GenerateParams as `params` (and no other keyword). Closing the
         iterator early stops the guest."""
-        gp = _choose_params(
-            params,
-            abi.GenerateParams(
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                min_p=min_p,
-                repeat_penalty=repeat_penalty,
-                repeat_last_n=repeat_last_n,
-                n_ctx=n_ctx,
-                n_batch=n_batch,
-                seed=seed,
-                add_bos=add_bos,
-                stop_at_eos=stop_at_eos,
-                per_layer=per_layer,
-            ),
-        )
+        gp = abi.generate_params(params, options)
         yield from self._stream(lambda emit: self.generate_to(prompt, emit, model, gp))
 
     def _timed_emit(
@@ -532,42 +494,12 @@ class Guest:
         on_emit: Callable[[str], bool],
         model: Model | None = None,
         params: abi.GenerateParams | None = None,
-        *,
-        max_tokens: int = 64,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        repeat_last_n: int = 64,
-        n_ctx: int = 0,
-        n_batch: int = 512,
-        seed: int = 0,
-        add_bos: bool = True,
-        stop_at_eos: bool = True,
-        per_layer: bool = False,
+        **options: Unpack[abi.GenerateOptions],
     ) -> int:
         """Run realm_generate, handing each piece to on_emit (False back stops it);
         returns the number of tokens generated. Stats land in self.last_stats. The
         settings: as generate's (keywords, or one GenerateParams)."""
-        gp = _choose_params(
-            params,
-            abi.GenerateParams(
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                min_p=min_p,
-                repeat_penalty=repeat_penalty,
-                repeat_last_n=repeat_last_n,
-                n_ctx=n_ctx,
-                n_batch=n_batch,
-                seed=seed,
-                add_bos=add_bos,
-                stop_at_eos=stop_at_eos,
-                per_layer=per_layer,
-            ),
-        )
+        gp = abi.generate_params(params, options)
         data = prompt.encode("utf-8")
         packed = gp.pack()
         with self._lock:
@@ -604,20 +536,8 @@ class Guest:
         model: Model | None = None,
         chat_template: str | None = None,
         *,
-        max_tokens: int = 64,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        repeat_last_n: int = 64,
-        n_ctx: int = 0,
-        n_batch: int = 512,
-        seed: int = 0,
-        add_bos: bool = True,
-        stop_at_eos: bool = True,
-        per_layer: bool = False,
         params: abi.GenerateParams | None = None,
+        **options: Unpack[abi.GenerateOptions],
     ) -> Iterator[str]:
         """Stream the assistant's reply to `messages` (the whole conversation so far, each
         {"role": ..., "content": ...}), rendered with the model's chat template (or
@@ -629,24 +549,7 @@ class Guest:
         tokenizer's end-of-generation token. A reset of the guest (a trap, a limit)
         loses the conversation; the next call starts a new one and evaluates it all."""
         check_messages(messages)
-        gp = _choose_params(
-            params,
-            abi.GenerateParams(
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                min_p=min_p,
-                repeat_penalty=repeat_penalty,
-                repeat_last_n=repeat_last_n,
-                n_ctx=n_ctx,
-                n_batch=n_batch,
-                seed=seed,
-                add_bos=add_bos,
-                stop_at_eos=stop_at_eos,
-                per_layer=per_layer,
-            ),
-        )
+        gp = abi.generate_params(params, options)
         text = self.chat_template(model, chat_template).prompt(messages)
         yield from self._stream(lambda emit: self.chat_to(text, emit, model, gp))
 
@@ -676,43 +579,13 @@ class Guest:
         on_emit: Callable[[str], bool],
         model: Model | None = None,
         params: abi.GenerateParams | None = None,
-        *,
-        max_tokens: int = 64,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        repeat_last_n: int = 64,
-        n_ctx: int = 0,
-        n_batch: int = 512,
-        seed: int = 0,
-        add_bos: bool = True,
-        stop_at_eos: bool = True,
-        per_layer: bool = False,
+        **options: Unpack[abi.GenerateOptions],
     ) -> int:
         """Run realm_chat_generate on the guest's conversation with `prompt`, the whole
         conversation already rendered, handing each piece to on_emit (False back stops
         it); returns the number of tokens generated. Stats land in self.last_stats. The
         settings: as generate's (keywords, or one GenerateParams)."""
-        gp = _choose_params(
-            params,
-            abi.GenerateParams(
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                min_p=min_p,
-                repeat_penalty=repeat_penalty,
-                repeat_last_n=repeat_last_n,
-                n_ctx=n_ctx,
-                n_batch=n_batch,
-                seed=seed,
-                add_bos=add_bos,
-                stop_at_eos=stop_at_eos,
-                per_layer=per_layer,
-            ),
-        )
+        gp = abi.generate_params(params, options)
         data = prompt.encode("utf-8")
         packed = gp.pack()
         with self._lock:

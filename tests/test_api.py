@@ -4,7 +4,9 @@ llama.cpp's where its margin is clear; tenants do not disturb each other."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import typing
 
 import numpy as np
 import pytest
@@ -223,6 +225,18 @@ def test_generate_takes_keywords_or_one_generate_params(host, tiny: Model) -> No
         assert "".join(pieces) == by_keywords
         with pytest.raises(TypeError, match="not both"):
             list(g.generate("the", max_tokens=4, params=abi.GenerateParams()))
+        with pytest.raises(TypeError, match="not both"):  # a keyword at its default value too
+            list(g.generate("the", max_tokens=64, params=abi.GenerateParams()))
+        with pytest.raises(TypeError, match="max_token"):
+            list(g.generate("the", max_token=4))  # type: ignore[call-arg]
+
+
+def test_generate_options_are_the_fields_of_generate_params() -> None:
+    """The keywords' types (GenerateOptions) and the struct (GenerateParams) list the
+    same settings with the same types, so neither can grow without the other."""
+    hints = typing.get_type_hints(abi.GenerateParams)
+    assert [f.name for f in dataclasses.fields(abi.GenerateParams)] == list(hints)
+    assert typing.get_type_hints(abi.GenerateOptions) == hints
 
 
 def test_errors_share_one_base(host, tiny: Model, model_path) -> None:
