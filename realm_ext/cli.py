@@ -60,6 +60,18 @@ def _writing(out: Path) -> Iterator[None]:
         raise click.ClickException(f"cannot write {out}: {e.strerror or e}") from None
 
 
+def _read_chat_template(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--chat-template: a built-in template's name as it is, else the text of that file."""
+    from realm_ext.chat_template import BUILTIN
+
+    if value is None or value in BUILTIN:
+        return value
+    try:
+        return Path(value).read_text(encoding="utf-8")
+    except OSError as e:
+        raise click.BadParameter(f"cannot read {value}: {e.strerror or e}", ctx, param) from None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="realm-ext")
 def main() -> None:
@@ -111,6 +123,7 @@ def main() -> None:
     "--chat-template",
     "chat_template",
     default=None,
+    callback=_read_chat_template,
     help="Write a tokenizer.chat_template: a Jinja2 template file, or 'chatml'.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -130,15 +143,8 @@ def make_model_cmd(
 ) -> None:
     """Write a llama GGUF with deterministic random weights and an SPM vocabulary (or the
     tokenizer of --vocab-from)."""
-    from realm_ext.chat_template import BUILTIN, ChatTemplateError
+    from realm_ext.chat_template import ChatTemplateError
 
-    if chat_template is not None and chat_template not in BUILTIN:
-        try:
-            chat_template = Path(chat_template).read_text(encoding="utf-8")
-        except OSError as e:
-            raise click.BadParameter(
-                f"cannot read {chat_template}: {e.strerror or e}", param_hint="--chat-template"
-            ) from None
     freqs = None
     if rope_freqs == "llama3":
         c = PRESETS[preset].config
@@ -327,6 +333,7 @@ def _model_path(model: Path | None) -> Path:
         return model
     from realm_ext.default_model import default_model_path
 
+    _warn(f"no --model: using the built-in default model ({pull_mod.MODELS[pull_mod.DEFAULT].title})")
     try:
         return default_model_path(progress=True, log=_warn)
     except pull_mod.PullError as e:
@@ -504,9 +511,6 @@ def generate_cmd(
     """Generate text from PROMPT through the WebAssembly guest, streaming to stdout."""
     import time
 
-    if model_path is None:
-        title = pull_mod.MODELS[pull_mod.DEFAULT].title
-        click.echo(f"note: no --model: using the built-in default model ({title})", err=True)
     host, guest = _open_guest(model_path, engine, device, threads, weights, memory_limit, time_limit)
     with host, guest:
         t0 = time.perf_counter()
@@ -538,6 +542,7 @@ def generate_cmd(
     "--chat-template",
     "template",
     default=None,
+    callback=_read_chat_template,
     help="A Jinja2 chat template file, or 'chatml' (default: the model's tokenizer.chat_template).",
 )
 @_sampling_options
@@ -559,17 +564,8 @@ def chat_cmd(
     """Chat with the model: one user message per line of stdin, each reply streamed to
     stdout. The guest keeps the conversation, so a turn evaluates only the new message.
     /reset starts over; /quit or end of input ends."""
-    from realm_ext.chat_template import BUILTIN, ChatTemplateError
+    from realm_ext.chat_template import ChatTemplateError
 
-    if template is not None and template not in BUILTIN:
-        try:
-            template = Path(template).read_text(encoding="utf-8")
-        except OSError as e:
-            raise click.BadParameter(
-                f"cannot read {template}: {e.strerror or e}", param_hint="--chat-template"
-            ) from None
-    if model_path is None:
-        click.echo("note: no --model: using the built-in default model", err=True)
     host, guest = _open_guest(model_path, engine, device, threads, weights, memory_limit, time_limit)
     with host, guest:
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from realm_ext._kernels import KVRing, attention, expf_ggml
 
 

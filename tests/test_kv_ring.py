@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from realm_ext._kernels import KV_RING_MAX_CAPACITY, KVRing
 
 
