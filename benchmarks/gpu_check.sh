@@ -19,7 +19,7 @@
 # Steps: env (GPU, driver, versions) -> wheels (pip --no-index --target /tmp/site) ->
 # build (setup.py build_ext --inplace) -> tests (tests/backends/test_cuda*.py on the GPU;
 # their numpy-emulated half is left to CI) -> tests_concurrency (the cuda half of
-# tests/test_concurrency.py) -> benchmarks.gpu_kernels --quick -> benchmarks.gpu --quick.
+# tests/host/test_concurrency.py) -> benchmarks.gpu_kernels --quick -> benchmarks.gpu --quick.
 set -uo pipefail # no -e: every step runs, its status is recorded
 cd "$(dirname "$0")/.." || exit 1
 
@@ -111,7 +111,7 @@ step env 60 "$OUT/env.txt" bash -c env_info
 step wheels 120 "$LOG" bash -c install_wheels
 step build 180 "$LOG" "$PY" setup.py build_ext --inplace -q -j 16
 step tests 210 "$PYTEST_LOG" "$PY" -m pytest "${pytest_args[@]}" tests/backends/ -k "cuda and not emulated"
-step tests_concurrency 60 "$PYTEST_LOG" "$PY" -m pytest "${pytest_args[@]}" tests/test_concurrency.py -k "cuda"
+step tests_concurrency 60 "$PYTEST_LOG" "$PY" -m pytest "${pytest_args[@]}" tests/host/test_concurrency.py -k "cuda"
 gpu_step bench_kernels 75 "$LOG" "$PY" -m benchmarks.gpu_kernels --quick --json "$OUT/gpu_kernels.json"
 gpu_step bench_gpu 150 "$LOG" "$PY" -m benchmarks.gpu --quick --kernels-json "$OUT/gpu_kernels.json" \
     --models-dir /tmp/realm-models --json "$OUT/gpu.json"

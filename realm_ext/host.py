@@ -38,7 +38,7 @@ MAX_KV_CTX = 1 << 20  # positions per KV ring at most
 MAX_KV_RINGS = 1024  # KV rings one guest may hold at once
 # Host memory per KV ring beyond its K/V and scratch, counted against the guest's
 # kv_limit: the C struct and its per-layer arrays, the KVRing and numpy objects, the
-# tables' entries (tests/test_hostile_lifecycle.py measures it against this bound).
+# tables' entries (tests/host/test_hostile_lifecycle.py measures it against this bound).
 KV_RING_OVERHEAD = 4096
 MAX_LOG_BYTES = 1 << 16
 

@@ -75,5 +75,6 @@ VENV=.venv-py310
 [[ -x $VENV/bin/python ]] || "$PY310" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --upgrade --quiet pip "setuptools>=77" wheel
 "$VENV/bin/python" -m pip install --quiet -e ".[test,wasmer]"
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/engines tests/test_host.py tests/test_api.py tests/guest \
-    tests/test_hostile.py tests/test_hostile_lifecycle.py tests/test_concurrency.py
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/engines tests/guest \
+    tests/host/test_host.py tests/host/test_api.py tests/host/test_hostile.py \
+    tests/host/test_hostile_lifecycle.py tests/host/test_concurrency.py

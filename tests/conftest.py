@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from wasm_support import ENGINE_NAMES, require_engine
+from support.wasm_support import ENGINE_NAMES, require_engine
 
 from realm_ext.model_maker import make_model
 

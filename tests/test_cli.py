@@ -11,9 +11,10 @@ from pathlib import Path
 
 import gguf
 import pytest
-import real_files
-from click.testing import CliRunner, Result
-from gguf_edit import rewrite
+from click.testing import CliRunner
+from support import real_files
+from support.cli import error_line
+from support.gguf_edit import rewrite
 
 from realm_ext.cli import main
 
@@ -21,20 +22,6 @@ from realm_ext.cli import main
 def run(*args: str) -> tuple[int, str]:
     r = CliRunner().invoke(main, list(args))
     return r.exit_code, r.output
-
-
-def error_line(r: Result, code: int) -> str:
-    """The one error line of a command that failed as it should: exit `code`, no
-    exception escaping (CliRunner swallows a traceback: r.exception shows it), and on
-    stderr nothing but notes, the usage lines of a usage error, and that line."""
-    assert r.exit_code == code, r.output
-    assert isinstance(r.exception, SystemExit), repr(r.exception)
-    lines = [line for line in r.stderr.splitlines() if line and not line.startswith("note: ")]
-    if code == 2:  # click's usage error: "Usage: ...", "Try ...", then the error
-        assert lines[0].startswith("Usage: ") and lines[1].startswith("Try "), lines
-        lines = lines[2:]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), lines
-    return lines[0]
 
 
 def test_make_quantize_inspect(tmp_path: Path) -> None:
@@ -149,7 +136,7 @@ def test_tokenize_with_a_pre_tokenizer_the_guest_cannot_split(model_path, tmp_pa
 def test_make_model_vocab_from_carries_the_whole_tokenizer(tmp_path: Path) -> None:
     """--vocab-from: a tiny model with SmolLM2's tokenizer (tokens, types, merges, pre,
     special ids, flags, chat template), n_vocab its token count."""
-    from real_files import smollm2
+    from support.real_files import smollm2
 
     from realm_ext.model import load_gguf
 

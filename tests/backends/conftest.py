@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/backends helpers
-
-from cuda_emulator import Emulator, compiler  # noqa: E402
+from cuda_emulator import Emulator, compiler
 
 
 @pytest.fixture(scope="session")

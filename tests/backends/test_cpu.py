@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import sys
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
+from backend_checks import check_bad_calls_raise
+from support.ggml_emulation import GgmlEmulation
+from support.llama_cpp_info import BITWISE_ON_AVX512, sums_in_our_order
+from support.prompts import llama_cpp_logits, llama_cpp_prompts, prompt, rel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ helpers
-
-from backend_checks import check_bad_calls_raise  # noqa: E402
-from ggml_emulation import GgmlEmulation  # noqa: E402
-from llama_cpp_info import BITWISE_ON_AVX512, sums_in_our_order  # noqa: E402
-
-from realm_ext import _kernels  # noqa: E402
-from realm_ext.backends.cpu import CpuBackend, load_weights, runtime_args  # noqa: E402
-from realm_ext.model import load_gguf  # noqa: E402
-from realm_ext.quantizer import RECIPES  # noqa: E402
-from realm_ext.reference import ReferenceLlama  # noqa: E402
-
-
-def rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
-
-
-def prompt(rng: np.random.Generator, n: int, n_vocab: int) -> list[int]:
-    return [1] + [int(t) for t in rng.integers(3, n_vocab, n - 1)]
+from realm_ext import _kernels
+from realm_ext.backends.cpu import CpuBackend, load_weights, runtime_args
+from realm_ext.model import load_gguf
+from realm_ext.quantizer import RECIPES
+from realm_ext.reference import ReferenceLlama
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +125,7 @@ def test_scalar_and_simd_agree(model_path, rng, recipe: str) -> None:
         rows = np.linalg.norm(simd - scalar, axis=1) / np.linalg.norm(scalar, axis=1)
         # a flip early in the prompt moves every later row through the KV cache, so only
         # the bound holds for every prompt; the kernels' own agreement (<= 1e-5 per
-        # matmul, every format and ISA) is tested in tests/test_vec_dot.py
+        # matmul, every format and ISA) is tested in tests/kernels/test_vec_dot.py
         assert rows.max() < 5e-2, rows
 
 
@@ -178,30 +166,6 @@ N_PROMPT = 16
 @pytest.fixture(scope="module")
 def llama_cpp():
     return pytest.importorskip("llama_cpp")
-
-
-def llama_cpp_logits(llama_cpp, path: Path, toks: list[int]):
-    llm = llama_cpp.Llama(
-        str(path), n_ctx=64, n_batch=64, logits_all=True, verbose=False, n_threads=2, seed=0, flash_attn=False
-    )
-    llm.eval(toks)
-    return llm, np.array(llm.scores[: len(toks)], np.float64)
-
-
-def llama_cpp_prompts(llama_cpp, path: Path, n_tokens: int, n_prompts: int = 4):
-    """n_prompts seeded prompts of n_tokens, each with llama.cpp's logits (float64) for
-    it: [(tokens, logits)], from one llama.cpp context reset between prompts."""
-    out, llm = [], None
-    for seed in range(n_prompts):
-        toks = prompt(np.random.default_rng(2024 + seed), n_tokens, 1024)
-        if llm is None:
-            llm, ref = llama_cpp_logits(llama_cpp, path, toks)
-        else:
-            llm.reset()
-            llm.eval(toks)
-            ref = np.array(llm.scores[: len(toks)], np.float64)
-        out.append((toks, ref))
-    return out
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

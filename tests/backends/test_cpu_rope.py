@@ -3,22 +3,18 @@ and the float64 reference, at positions past the original context."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support.ggml_emulation import GgmlEmulation
+from support.llama_cpp_info import BITWISE_ON_AVX512, sums_in_our_order
+from support.prompts import llama_cpp_prompts, prompt, rel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ helpers
-
-from ggml_emulation import GgmlEmulation  # noqa: E402
-from llama_cpp_info import BITWISE_ON_AVX512, sums_in_our_order  # noqa: E402
-from test_cpu import llama_cpp_prompts, prompt, rel  # noqa: E402
-
-from realm_ext.backends.cpu import CpuBackend  # noqa: E402
-from realm_ext.model import load_gguf  # noqa: E402
-from realm_ext.model_maker import llama3_rope_freqs, make_model  # noqa: E402
-from realm_ext.reference import ReferenceLlama  # noqa: E402
+from realm_ext.backends.cpu import CpuBackend
+from realm_ext.model import load_gguf
+from realm_ext.model_maker import llama3_rope_freqs, make_model
+from realm_ext.reference import ReferenceLlama
 
 RECIPE = "Q8_0"  # activations and weights round the same way in both programs
 ORIGINAL_CONTEXT = 32  # the tests' "original context": the prompts run past it

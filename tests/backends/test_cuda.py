@@ -12,29 +12,25 @@ benchmarks/gpu_check.sh.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import replace
 from pathlib import Path
 
+import cuda_emulation
 import numpy as np
 import pytest
+from backend_checks import check_bad_calls_raise
+from cuda_emulation import emulated_cuda
+from support.greedy import backend_greedy, piece_bytes, prompt_ids
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ helpers
-
-import cuda_emulation  # noqa: E402
-from backend_checks import check_bad_calls_raise  # noqa: E402
-from cuda_emulation import emulated_cuda  # noqa: E402
-from test_api import backend_greedy, piece_bytes, prompt_ids  # noqa: E402
-
-from realm_ext import Host, kernels  # noqa: E402
-from realm_ext.backends import cuda_unavailable_reason, make_backend  # noqa: E402
-from realm_ext.backends.cpu import CpuBackend  # noqa: E402
-from realm_ext.backends.cuda.source import ARCHS_CHECKED, nvrtc_compile  # noqa: E402
-from realm_ext.backends.kv_book import RingBook  # noqa: E402
-from realm_ext.model import load_gguf  # noqa: E402
-from realm_ext.model_maker import PRESETS, make_model  # noqa: E402
-from realm_ext.quantizer import RECIPES  # noqa: E402
-from realm_ext.reference import ReferenceLlama  # noqa: E402
+from realm_ext import Host, kernels
+from realm_ext.backends import cuda_unavailable_reason, make_backend
+from realm_ext.backends.cpu import CpuBackend
+from realm_ext.backends.cuda.source import ARCHS_CHECKED, nvrtc_compile
+from realm_ext.backends.kv_book import RingBook
+from realm_ext.model import load_gguf
+from realm_ext.model_maker import PRESETS, make_model
+from realm_ext.quantizer import RECIPES
+from realm_ext.reference import ReferenceLlama
 
 NO_GPU = cuda_unavailable_reason()
 

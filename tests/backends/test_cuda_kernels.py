@@ -15,9 +15,6 @@ bytes), so
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import gguf
 import numpy as np
 import pytest
@@ -30,8 +27,6 @@ if not cupy.cuda.is_available():
     pytest.skip(
         "no CUDA GPU (cupy.cuda.is_available() is False): CUDA kernel tests skipped", allow_module_level=True
     )
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/backends helpers
 
 from realm_ext import kernels as cpu_kernels  # noqa: E402
 from realm_ext import quant  # noqa: E402

@@ -11,20 +11,15 @@ from __future__ import annotations
 
 import ctypes
 import re
-import sys
-from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
+from act_ref import device_acts
+from cuda_emulator import Emulator
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/backends helpers
-
-from act_ref import device_acts  # noqa: E402
-from cuda_emulator import Emulator  # noqa: E402
-
-from realm_ext import kernels, quant  # noqa: E402
-from realm_ext.backends.cuda import source as cuda_source  # noqa: E402
+from realm_ext import kernels, quant
+from realm_ext.backends.cuda import source as cuda_source
 
 T = quant.GGMLType
 QUANTIZED = [t for t in quant.SUPPORTED_TYPES if t not in (T.F32, T.F16, T.BF16)]

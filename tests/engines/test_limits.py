@@ -10,7 +10,7 @@ import time
 import weakref
 
 import pytest
-from wasm_support import wat
+from support.wasm_support import wat
 
 from realm_ext import Host, abi
 from realm_ext.engines import GuestError, GuestLimitError

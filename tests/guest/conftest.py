@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 from guest_helpers import SpmCase, corpus_line, sp_vocab
-from wasm_support import ENGINE_NAMES, require_engine
+from support.wasm_support import ENGINE_NAMES, require_engine
 
 from realm_ext import Host
 from realm_ext.model_maker import PRESETS, make_model

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import random
-import sys
 import time
 import unicodedata
 from functools import cache
@@ -24,14 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from guest_helpers import put
+from support import real_files
 
 from realm_ext.abi import ERR_BOUNDS, ERR_INVALID
 
 regex = pytest.importorskip("regex")
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-import real_files  # noqa: E402
 
 GPT2, LLAMA3, QWEN2, SMOLLM = 1, 2, 3, 4  # REALM_PRE_* (realm.h)
 PRES = (GPT2, LLAMA3, QWEN2, SMOLLM)

@@ -17,9 +17,9 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-import real_files
-from gguf_edit import rewrite
 from guest_helpers import put
+from support import real_files
+from support.gguf_edit import rewrite
 
 from realm_ext import Host, RealmError, abi
 from realm_ext.api import Guest

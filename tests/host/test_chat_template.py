@@ -136,7 +136,7 @@ def test_a_made_models_template_as_llama_cpp_python_reads_it(tmp_path: Path) -> 
 
 
 def test_smollm2s_own_template() -> None:
-    from real_files import smollm2
+    from support.real_files import smollm2
 
     with load_gguf(smollm2()) as model:
         source = model.metadata["tokenizer.chat_template"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ENGINE_NAMES = ["wasmtime", "wasmer"]
-WAT_DIR = Path(__file__).parent / "wat"
+WAT_DIR = Path(__file__).resolve().parents[1] / "wat"
 
 
 def require_engine(name: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from fetch_test_data import VOCABS, vocab_dir  # noqa: E402
 
 from realm_ext.pull import model_path  # noqa: E402

@@ -5,7 +5,7 @@ bytes readable where the loader says they are) or raise GGUFError with a message
 other exception, a crash, a load taking over 2 s of CPU (or a worker silent for 60 s),
 or a peak Python allocation during the load over twice the file size fails, printing
 the seed, case, kind and mutation.
-The files are made and loaded in worker processes (tests/gguf_fuzz.py), so a crash
+The files are made and loaded in worker processes (tests/support/gguf_fuzz.py), so a crash
 kills a worker, not pytest. REALM_FUZZ_N (default 5000), REALM_FUZZ_SEED and
 REALM_FUZZ_WORKERS set a longer or different run.
 """
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import gguf
 import pytest
-from gguf_edit import rewrite
-from gguf_fuzz import KINDS, layout_of, make_case
+from support.gguf_edit import rewrite
+from support.gguf_fuzz import KINDS, layout_of, make_case
 
 import realm_ext
 from realm_ext.model import GGUFError, load_gguf
@@ -44,7 +44,7 @@ MAX_LOAD_S = 2.0
 ALLOC_FLOOR = 512 * 1024
 WATCHDOG_S = 60.0  # no line from a worker for this long: it hangs
 
-HERE = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # on the workers' path, as under pytest
 V = gguf.GGUFValueType
 
 
@@ -76,7 +76,7 @@ def run_fuzz(bases: list[Path], seed: int, n: int, n_workers: int) -> tuple[list
     tmp = tempfile.mkdtemp(prefix="realm-fuzz-", dir=_tmp_dir())
     env = dict(os.environ)
     # the workers import this realm_ext (the worktree's), whatever is installed
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(realm_ext.__file__).parent.parent), str(HERE)])
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(realm_ext.__file__).parent.parent), str(TESTS)])
     spawned = 0
     stopping = False
 
@@ -94,7 +94,7 @@ def run_fuzz(bases: list[Path], seed: int, n: int, n_workers: int) -> tuple[list
         spec_path.write_text(json.dumps(spec))
         err = open(Path(tmp) / f"stderr-{spawned}.txt", "w+b")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(
-            [sys.executable, str(HERE / "gguf_fuzz.py"), "worker", str(spec_path)],
+            [sys.executable, str(TESTS / "support" / "gguf_fuzz.py"), "worker", str(spec_path)],
             stdout=subprocess.PIPE,
             stderr=err,
             env=env,
@@ -119,7 +119,7 @@ def run_fuzz(bases: list[Path], seed: int, n: int, n_workers: int) -> tuple[list
             case = w["next"]
             problems.append(
                 f"seed {seed} case {case}: {why} (kind {KINDS[case % len(KINDS)]}); "
-                f"stderr: {stderr_tail(w)}; reproduce: python tests/gguf_fuzz.py repro {seed} {case} "
+                f"stderr: {stderr_tail(w)}; reproduce: python tests/support/gguf_fuzz.py repro {seed} {case} "
                 f"out.gguf {' '.join(map(str, bases))}"
             )
             results[case] = {"case": case, "kind": KINDS[case % len(KINDS)], "outcome": "crash"}

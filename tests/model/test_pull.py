@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_cli import error_line
+from support.cli import error_line
 
 from realm_ext import pull as p
 from realm_ext.cli import main

@@ -8,7 +8,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from gguf_edit import DROP, rewrite
+from support.gguf_edit import DROP, rewrite
 
 from realm_ext import quant
 from realm_ext.model import GGUFError, expected_shapes, load_gguf

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from llama_cpp_info import cpu_features
+from support.llama_cpp_info import cpu_features
 
 from realm_ext import _kernels, quant
 

@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass, field
 
 import pytest
-from wasm_support import wat
+from support.wasm_support import wat
 
 import realm_ext.api
 from realm_ext import Host, abi

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from wasm_support import require_engine, wat
+from support.wasm_support import require_engine, wat
 
 from realm_ext import Host, abi
 from realm_ext.host import KV_RING_OVERHEAD, MAX_KV_CTX, MAX_LOG_BYTES

@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from wasm_support import wat
+from support.wasm_support import wat
 
 from realm_ext import Host, abi
 from realm_ext.backends import CpuBackend

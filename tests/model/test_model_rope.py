@@ -8,7 +8,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from gguf_edit import rewrite
+from support.gguf_edit import rewrite
 
 from realm_ext.model import GGUFError, load_gguf
 from realm_ext.model_maker import llama3_rope_freqs

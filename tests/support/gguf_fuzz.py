@@ -1,16 +1,16 @@
-"""Seeded mutation fuzzer for realm_ext.model.load_gguf (driven by tests/test_model_fuzz.py).
+"""Seeded mutation fuzzer for realm_ext.model.load_gguf (driven by tests/model/test_model_fuzz.py).
 
 Every case is a pure function of (seed, case index, base files): `make_case` picks a
 base model and a mutation kind and returns the mutated bytes with a description, so a
 failure is reproduced by
 
-    python tests/gguf_fuzz.py repro SEED CASE OUT.gguf BASE.gguf [BASE.gguf ...]
+    python tests/support/gguf_fuzz.py repro SEED CASE OUT.gguf BASE.gguf [BASE.gguf ...]
 
 Where to mutate comes from the gguf package's own reader: every field of a base file is
 a numpy view into the reader's memory map, so its byte offset is the view's address
 minus the map's (no hand parsing beyond the fixed 24-byte header).
 
-As a worker (`python tests/gguf_fuzz.py worker SPEC.json`) it loads each case's file
+As a worker (`python tests/support/gguf_fuzz.py worker SPEC.json`) it loads each case's file
 with load_gguf under tracemalloc and prints one JSON line per case: the outcome ("ok":
 loaded, validated and every tensor touched; "gguf_error"; "fail": anything else), the
 seconds the load took and its peak Python allocation. A crash or a hang of the worker

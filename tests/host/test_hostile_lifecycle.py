@@ -17,7 +17,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from wasm_support import require_engine, wat
+from support.wasm_support import require_engine, wat
 
 from realm_ext import Host, abi
 from realm_ext.engines.base import GuestLimitError

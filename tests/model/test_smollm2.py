@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import real_files
-from llama_cpp_info import sums_in_our_order
+from support import real_files
+from support.llama_cpp_info import sums_in_our_order
 
 from realm_ext import Host
 
