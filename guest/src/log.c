@@ -23,6 +23,15 @@ static void put_digits(line_t *l, uint32_t u, int negative) {
 
 static void put_int(line_t *l, int32_t v) { put_digits(l, v < 0 ? 0u - (uint32_t)v : (uint32_t)v, v < 0); }
 
+/* Ends the line with " (<code>)", logs it as an error and returns code. */
+static int32_t log_with_code(line_t *l, int32_t code) {
+    put_str(l, " (");
+    put_int(l, code);
+    put_str(l, ")");
+    realm_log(LOG_ERROR, ADDR(l->buf), l->len);
+    return code;
+}
+
 int32_t guest_log_error(const char *what, const char *detail, int32_t code) {
     line_t l;
     l.len = 0;
@@ -31,11 +40,7 @@ int32_t guest_log_error(const char *what, const char *detail, int32_t code) {
         put_str(&l, ": ");
         put_str(&l, detail);
     }
-    put_str(&l, " (");
-    put_int(&l, code);
-    put_str(&l, ")");
-    realm_log(LOG_ERROR, ADDR(l.buf), l.len);
-    return code;
+    return log_with_code(&l, code);
 }
 
 int32_t guest_log_error_num(const char *what, uint32_t num, const char *detail, int32_t code) {
@@ -48,9 +53,5 @@ int32_t guest_log_error_num(const char *what, uint32_t num, const char *detail, 
         put_str(&l, " ");
         put_str(&l, detail);
     }
-    put_str(&l, " (");
-    put_int(&l, code);
-    put_str(&l, ")");
-    realm_log(LOG_ERROR, ADDR(l.buf), l.len);
-    return code;
+    return log_with_code(&l, code);
 }

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.greedy import piece_bytes, prompt_ids
 
 from realm_ext import Host, RealmError, abi
-from realm_ext.api import Guest
 from realm_ext.chat_template import ChatTemplate
 from realm_ext.engines.base import GuestLimitError
 from realm_ext.host import GuestImports, _Fail
@@ -90,22 +90,6 @@ def forwards(monkeypatch: pytest.MonkeyPatch) -> Forwards:
 
 
 # ---- references ----------------------------------------------------------------------
-
-
-def prompt_ids(guest: Guest, model: Model, text: str) -> list[int]:
-    bos = [model.tokenizer.bos_id] if model.tokenizer.add_bos else []
-    return bos + guest.tokenize(text)
-
-
-def piece_bytes(model: Model, t: int) -> bytes:
-    """A token's bytes as llama's SPM detokenizer writes them (plain Python)."""
-    tok = model.tokenizer
-    kind = int(tok.token_types[t])
-    if kind == 6:  # <0xNN>
-        return bytes([int(tok.tokens[t][3:5], 16)])
-    if kind in (1, 4):
-        return tok.tokens[t].replace("\u2581", " ").encode()
-    return b""
 
 
 def backend_greedy(host: Host, model: Model, ids: list[int], n: int, n_ctx: int) -> list[int]:
