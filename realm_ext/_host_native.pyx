@@ -38,7 +38,7 @@ from realm_ext._kernels cimport (
     kernel_get_rows,
     kernel_lm_head,
     realm_call_control,
-    realm_fair_lock,
+    realm_step_queue,
     realm_kv_ring,
     realm_llama_dims,
     realm_llama_layer,
@@ -66,7 +66,7 @@ cdef struct native_model:
     realm_tensor *token_embd
     const float *output_norm
     realm_llama_scratch *scratch
-    realm_fair_lock *lock
+    realm_step_queue *steps
     int n_threads
 
 
@@ -284,7 +284,7 @@ cdef int32_t forward_layers(native_env *e, guest_mem m, uint32_t model_id, uint3
     cdef int64_t done = 0
     rc = kernel_forward_layers(md.dims, md.layers, first, count, ring, position, n,
                                <const float *>(m.base + hs_ptr), <float *>(m.base + out_ptr), md.scratch,
-                               md.n_threads, md.lock, e.control, &done)
+                               md.n_threads, md.steps, e.control, &done)
     if rc == REALM_ERR_CANCELLED:
         return stopped(e, what, done, n)
     if rc:
@@ -330,7 +330,7 @@ cdef int32_t forward_lm_head(native_env *e, guest_mem m, uint32_t model_id, uint
         return rc
     cdef int64_t done = 0
     rc = kernel_lm_head(md.dims, md.output_norm, md.output, <const float *>(m.base + hs_ptr), n,
-                        <float *>(m.base + out_ptr), md.scratch, md.n_threads, md.lock, e.control, &done)
+                        <float *>(m.base + out_ptr), md.scratch, md.n_threads, md.steps, e.control, &done)
     if rc == REALM_ERR_CANCELLED:
         return stopped(e, what, done, n)
     return fail(e, REALM_ERR_INTERNAL, what, "the LM head kernel failed") if rc else 0
@@ -436,7 +436,7 @@ cdef class GuestTable:
         md.token_embd = &rt.token_embd
         md.output_norm = rt.output_norm
         md.scratch = &rt.scratch
-        md.lock = &rt.lock
+        md.steps = &rt.steps
         md.n_threads = n_threads
         self.env.n_models += 1
         self.runtimes[model_id] = rt

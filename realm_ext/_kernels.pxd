@@ -40,6 +40,18 @@ cdef extern from "fair_lock.h" nogil:
         pass
 
 
+cdef extern from "llama_steps.h" nogil:
+    ctypedef struct realm_step_queue:
+        realm_fair_lock lock
+        int64_t step_tokens
+        uint64_t steps, rows, jobs, max_jobs
+
+    ctypedef struct realm_call_control:
+        int32_t cancel
+        int64_t deadline_ns
+        uint64_t chunks, first_grant, last_grant, max_ahead
+
+
 cdef extern from "llama.h":
     ctypedef struct realm_tensor:
         const void *data
@@ -61,11 +73,6 @@ cdef extern from "llama.h":
     ctypedef struct realm_llama_scratch:
         int64_t max_tokens
         int64_t att_scratch_floats
-
-    ctypedef struct realm_call_control:
-        int32_t cancel
-        int64_t deadline_ns
-        uint64_t chunks, first_grant, last_grant, max_ahead
 
 
 cdef class KVRing:
@@ -93,7 +100,7 @@ cdef class LlamaRuntime:
     cdef object keep  # the arrays the pointers point into
     cdef object scratch_buf
     cdef int64_t max_tokens
-    cdef realm_fair_lock lock
+    cdef realm_step_queue steps  # the model's step queue and its lock (csrc/cpu/llama_steps.h)
     cdef object ring_needs  # KVRing -> attention scratch floats it needs (weak keys)
 
     cdef void acquire(self)
@@ -106,13 +113,13 @@ cdef class LlamaRuntime:
 
 # The C kernels the native imports call: realm_get_rows of a whole tensor (csrc/cpu/ops.h),
 # realm_llama_forward_layers, realm_llama_lm_head_chunked and realm_call_stopped
-# (csrc/cpu/llama.h), with the same arguments.
+# (csrc/cpu/llama_steps.h), with the same arguments.
 cdef int kernel_get_rows(const realm_tensor *w, const int32_t *ids, int64_t n_ids, float *out) noexcept nogil
 cdef int kernel_forward_layers(const realm_llama_dims *d, const realm_llama_layer *layers, int32_t first,
                                int32_t count, realm_kv_ring *kv, int64_t pos, int64_t n_tokens, const float *x,
-                               float *out, realm_llama_scratch *s, int n_threads, realm_fair_lock *lock,
+                               float *out, realm_llama_scratch *s, int n_threads, realm_step_queue *q,
                                realm_call_control *ctl, int64_t *done) noexcept nogil
 cdef int kernel_lm_head(const realm_llama_dims *d, const float *output_norm, const realm_tensor *output,
                         const float *x, int64_t n_tokens, float *logits, realm_llama_scratch *s, int n_threads,
-                        realm_fair_lock *lock, realm_call_control *ctl, int64_t *done) noexcept nogil
+                        realm_step_queue *q, realm_call_control *ctl, int64_t *done) noexcept nogil
 cdef int kernel_call_stopped(const realm_call_control *c) noexcept nogil

@@ -90,16 +90,16 @@ cdef int kernel_get_rows(const realm_tensor *w, const int32_t *ids, int64_t n_id
 
 cdef int kernel_forward_layers(const realm_llama_dims *d, const realm_llama_layer *layers, int32_t first,
                                int32_t count, realm_kv_ring *kv, int64_t pos, int64_t n_tokens, const float *x,
-                               float *out, realm_llama_scratch *s, int n_threads, realm_fair_lock *lock,
+                               float *out, realm_llama_scratch *s, int n_threads, realm_step_queue *q,
                                realm_call_control *ctl, int64_t *done) noexcept nogil:
-    return realm_llama_forward_layers(d, layers, first, count, kv, pos, n_tokens, x, out, s, n_threads, lock, ctl,
+    return realm_llama_forward_layers(d, layers, first, count, kv, pos, n_tokens, x, out, s, n_threads, q, ctl,
                                       done)
 
 
 cdef int kernel_lm_head(const realm_llama_dims *d, const float *output_norm, const realm_tensor *output,
                         const float *x, int64_t n_tokens, float *logits, realm_llama_scratch *s, int n_threads,
-                        realm_fair_lock *lock, realm_call_control *ctl, int64_t *done) noexcept nogil:
-    return realm_llama_lm_head_chunked(d, output_norm, output, x, n_tokens, logits, s, n_threads, lock, ctl, done)
+                        realm_step_queue *q, realm_call_control *ctl, int64_t *done) noexcept nogil:
+    return realm_llama_lm_head_chunked(d, output_norm, output, x, n_tokens, logits, s, n_threads, q, ctl, done)
 
 
 cdef int kernel_call_stopped(const realm_call_control *c) noexcept nogil:

@@ -18,6 +18,12 @@ cdef extern from "ops.h":
     int realm_get_rows(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const int32_t *ids,
                        int64_t n_ids, float *out) nogil
 
+cdef extern from "llama_steps.h":  # the structs: _kernels.pxd
+    enum:
+        REALM_STEP_TOKENS_DEFAULT
+    int realm_step_queue_init(realm_step_queue *q) nogil
+    void realm_step_queue_destroy(realm_step_queue *q) nogil
+
 cdef extern from "llama.h":  # the structs: _kernels.pxd
     int realm_llama_check_layer(const realm_llama_dims *d, const realm_llama_layer *L) nogil
     int64_t realm_llama_scratch_init(realm_llama_scratch *s, const realm_llama_dims *d,
@@ -31,6 +37,8 @@ cdef extern from "llama.h":  # the structs: _kernels.pxd
                             const float *x, int64_t n_tokens, float *logits, realm_llama_scratch *s,
                             int n_threads) nogil
 
+
+cdef extern from "llama_steps.h":
     void realm_call_cancel(realm_call_control *c) nogil
     void realm_call_arm(realm_call_control *c, int64_t deadline_ns) nogil
     int realm_call_stopped(const realm_call_control *c) nogil
@@ -40,14 +48,17 @@ cdef extern from "llama.h":  # the structs: _kernels.pxd
     int realm_llama_forward_layers(const realm_llama_dims *d, const realm_llama_layer *layers, int32_t first,
                                    int32_t count, realm_kv_ring *kv, int64_t pos, int64_t n_tokens,
                                    const float *x, float *out, realm_llama_scratch *s, int n_threads,
-                                   realm_fair_lock *lock, realm_call_control *ctl, int64_t *done) nogil
+                                   realm_step_queue *q, realm_call_control *ctl, int64_t *done) nogil
     int realm_llama_lm_head_chunked(const realm_llama_dims *d, const float *output_norm,
                                     const realm_tensor *output, const float *x, int64_t n_tokens, float *logits,
-                                    realm_llama_scratch *s, int n_threads, realm_fair_lock *lock,
+                                    realm_llama_scratch *s, int n_threads, realm_step_queue *q,
                                     realm_call_control *ctl, int64_t *done) nogil
 
 cdef extern from "attention.h":
     int64_t realm_attention_scratch_floats(const realm_kv_ring *kv, int32_t n_head, int n_threads) nogil
+
+
+STEP_TOKENS_DEFAULT = REALM_STEP_TOKENS_DEFAULT  # csrc/cpu/llama_steps.h
 
 
 class KernelError(RuntimeError):
@@ -69,7 +80,7 @@ class CallStopped(KernelError):
 
 
 cdef class CallControl:
-    """One guest's stop signals for its running call (csrc/cpu/llama.h's realm_call_control):
+    """One guest's stop signals for its running call (csrc/cpu/llama_steps.h's realm_call_control):
     the host arms it before each call into the guest (clearing `cancel`, setting the
     deadline), any thread may cancel; the chunked drivers check it between chunks."""
 
@@ -89,9 +100,9 @@ cdef class CallControl:
 
     @property
     def chunks(self) -> dict:
-        """What the last call's chunks met at the model's lock: how many it took
-        (`grants`), the first and last grant numbers, and the most grants queued before
-        one of its chunks (`max_ahead`: how many other chunks it waited for)."""
+        """What the last call's steps met (csrc/cpu/llama_steps.h): how many it took part
+        in (`grants` of the model's lock), the first and last grant numbers, and the most
+        steps of other calls that ran while it waited for one of its own (`max_ahead`)."""
         c = &self.ctl
         return {"grants": c.chunks, "first": c.first_grant, "last": c.last_grant, "max_ahead": c.max_ahead}
 
@@ -133,16 +144,17 @@ cdef class LlamaRuntime:
     n_cols); `norms` maps norm names to float32 vectors; `dims` is a dict of
     realm_llama_dims' fields. Built by realm_ext.backends.cpu, not by hand.
 
-    Thread-safe: `lock` (a C fair lock, csrc/cpu/fair_lock.h, so the host's native imports
-    can take it without the GIL) guards the scratch buffer for every call that uses it;
-    long calls take it once per chunk. The scratch's attention part is sized for the
-    largest ring `reserve`d and not yet `release`d (or dropped)."""
+    Thread-safe: every forward call, from any thread, is a job of the model's step queue
+    (`steps`, csrc/cpu/llama_steps.h, in C so the host's native imports use it without
+    the GIL), which runs the calls' rows in batched steps; a step holds the model's fair
+    lock (csrc/cpu/fair_lock.h), which guards the scratch buffer. The scratch's attention
+    part is sized for the largest ring `reserve`d and not yet `release`d (or dropped)."""
 
     # attributes: _kernels.pxd
 
     def __cinit__(self):
         self.layers = NULL
-        if realm_fair_lock_init(&self.lock):
+        if realm_step_queue_init(&self.steps):
             raise MemoryError()
         self.ring_needs = weakref.WeakKeyDictionary()
 
@@ -201,19 +213,37 @@ cdef class LlamaRuntime:
 
     def __dealloc__(self):
         free(self.layers)
-        realm_fair_lock_destroy(&self.lock)
+        realm_step_queue_destroy(&self.steps)
 
     cdef void acquire(self):
         with nogil:  # wait without holding the GIL: the holder may need it to finish
-            realm_fair_lock_acquire(&self.lock, NULL)
+            realm_fair_lock_acquire(&self.steps.lock, NULL)
 
     cdef void release_lock(self):
-        realm_fair_lock_release(&self.lock)
+        realm_fair_lock_release(&self.steps.lock)
+
+    @property
+    def step_stats(self) -> dict:
+        """What the model's step queue has run (csrc/cpu/llama_steps.h): `steps`, the
+        `rows` and `jobs` (calls' chunks) in them, and `max_jobs`, the most in one step."""
+        q = &self.steps
+        return {"steps": q.steps, "rows": q.rows, "jobs": q.jobs, "max_jobs": q.max_jobs}
+
+    @property
+    def step_tokens(self) -> int:
+        """Prefill rows a call adds to a step it shares with other guests' calls."""
+        return self.steps.step_tokens
+
+    @step_tokens.setter
+    def step_tokens(self, int64_t n):
+        if n < 1:
+            raise ValueError(f"step_tokens must be >= 1, got {n}")
+        self.steps.step_tokens = n
 
     @property
     def lock_grants(self) -> int:
         """How many times the model's lock was taken: once per chunk of every call."""
-        return realm_fair_lock_grants(&self.lock)
+        return realm_fair_lock_grants(&self.steps.lock)
 
     cdef int _check_ring(self, KVRing kv) except -1:
         cdef realm_kv_ring *r = kv.ptr()
@@ -290,7 +320,7 @@ cdef class LlamaRuntime:
         return 0
 
     def chunk_shape(self, KVRing kv not None, int64_t pos, int64_t n_tokens, int32_t n_layers):
-        """(tokens, layers) of the next chunk of a long call at pos (csrc/cpu/llama.h)."""
+        """(tokens, layers) of the next chunk of a long call at pos (csrc/cpu/llama_steps.h)."""
         cdef int64_t t
         cdef int32_t g
         realm_llama_chunk_shape(&self.dims, kv.ptr(), self.max_tokens, pos, n_tokens, n_layers, &t, &g)
@@ -325,7 +355,7 @@ cdef class LlamaRuntime:
     def forward_layers(self, int first, int count, const float[:, ::1] x, int64_t pos, KVRing kv not None,
                        float[:, ::1] out, n_threads, CallControl control=None):
         """Layers first .. first+count-1 on x (n_tokens, n_embd) at positions pos.., into
-        out (may be x), in chunks under the lock (csrc/cpu/llama.h). With `control`, a stop
+        out (may be x), as jobs of the model's step queue (csrc/cpu/llama_steps.h). With `control`, a stop
         between chunks raises CallStopped (the ring then holds the tokens it reports)."""
         self._ready()
         cdef int nt = _threads(n_threads)
@@ -346,7 +376,7 @@ cdef class LlamaRuntime:
             self.reserve(kv, nt)  # so that no release shrinks the scratch under this call
         with nogil:
             rc = realm_llama_forward_layers(&self.dims, self.layers, first, count, ring, pos, n, &x[0, 0],
-                                            &out[0, 0], &self.scratch, nt, &self.lock, ctl, &done)
+                                            &out[0, 0], &self.scratch, nt, &self.steps, ctl, &done)
         if rc == REALM_ERR_CANCELLED:
             raise CallStopped(realm_call_stopped(ctl), done, n)
         if rc == REALM_ERR_RANGE:
@@ -369,7 +399,7 @@ cdef class LlamaRuntime:
         cdef int rc
         with nogil:
             rc = realm_llama_lm_head_chunked(&self.dims, self.output_norm, &self.output, &x[0, 0], n, &out[0, 0],
-                                             &self.scratch, nt, &self.lock, ctl, &done)
+                                             &self.scratch, nt, &self.steps, ctl, &done)
         if rc == REALM_ERR_CANCELLED:
             raise CallStopped(realm_call_stopped(ctl), done, n)
         if rc:

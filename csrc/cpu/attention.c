@@ -213,10 +213,9 @@ static attend_group_fn pick_attend_group(void) {
 }
 
 struct attend_job {
-    const realm_kv_ring *kv;
-    int32_t layer;
-    int64_t pos;
-    int32_t n_head, group;
+    const realm_attention_seq *seqs;
+    int n_seqs;
+    int32_t layer, n_head, group;
     const float *q;
     float *out;
     float *scratch; /* slice floats per thread */
@@ -228,41 +227,69 @@ struct attend_job {
 
 /* The pool hands each thread a contiguous range; the items are dealt round-robin
  * instead (item i to thread i % T), since later tokens of a causal batch attend to
- * more positions. */
+ * more positions. Item i: the i-th (row, KV head) pair over the sequences in order. */
 static void attend_items(void *ctx, int64_t i0, int64_t i1, int thread) {
     const struct attend_job *j = ctx;
-    const int64_t n_kv = j->kv->n_head_kv, hd = j->kv->head_dim;
+    const int64_t n_kv = j->seqs[0].kv->n_head_kv, hd = j->seqs[0].kv->head_dim;
     const int n_threads = realm_pool_threads(j->n_items, j->n_threads);
     float *my_scratch = j->scratch + thread * j->slice;
     (void)i0, (void)i1;
+    int sq = 0;
+    int64_t seq_first_item = 0, seq_first_row = 0; /* of sequence sq */
     for (int64_t i = thread; i < j->n_items; i += n_threads) {
-        const int64_t t = i / n_kv;
-        const int32_t kvh = (int32_t)(i % n_kv);
-        const int64_t off = (t * j->n_head + (int64_t)kvh * j->group) * hd;
-        j->attend_group(j->kv, j->layer, j->pos + t, kvh, j->group, j->q + off, j->out + off, my_scratch);
+        while (i >= seq_first_item + j->seqs[sq].n_tokens * n_kv) {
+            seq_first_item += j->seqs[sq].n_tokens * n_kv;
+            seq_first_row += j->seqs[sq].n_tokens;
+            sq++;
+        }
+        const realm_attention_seq *s = &j->seqs[sq];
+        const int64_t t = (i - seq_first_item) / n_kv, row = seq_first_row + t;
+        const int32_t kvh = (int32_t)((i - seq_first_item) % n_kv);
+        const int64_t off = (row * j->n_head + (int64_t)kvh * j->group) * hd;
+        j->attend_group(s->kv, j->layer, s->pos + t, kvh, j->group, j->q + off, j->out + off, my_scratch);
     }
 }
 
-int realm_attention(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens, int32_t n_head,
-                    const float *q, float *out, float *scratch, int n_threads) {
-    if (kv == NULL || kv->k == NULL || kv->v == NULL || q == NULL || out == NULL || scratch == NULL)
-        return REALM_ERR_INVALID;
-    if (n_tokens < 1 || n_threads < 1 || n_head < 1 || n_head % kv->n_head_kv != 0) return REALM_ERR_INVALID;
-    const int64_t hd = kv->head_dim;
-    if (n_tokens > INT64_MAX / n_head / hd / (int64_t)sizeof(float)) return REALM_ERR_INVALID;
-    const int64_t n_pairs = n_tokens * n_head, bytes = n_pairs * hd * (int64_t)sizeof(float);
-    if (overlaps(q, bytes, out, bytes)) return REALM_ERR_INVALID;
+/* the checks of one sequence: 0 or the code */
+static int seq_ok(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens, int32_t n_head) {
+    if (kv == NULL || kv->k == NULL || kv->v == NULL) return REALM_ERR_INVALID;
+    if (n_tokens < 1 || n_head < 1 || n_head % kv->n_head_kv != 0) return REALM_ERR_INVALID;
     if (layer < 0 || layer >= kv->n_layer) return REALM_ERR_RANGE;
     /* every position appended, and every window still intact (windows only move up) */
     if (pos < 0 || pos > kv->n_pos[layer] - n_tokens) return REALM_ERR_RANGE;
     if (realm_kv_window_start(kv, pos) < kv->held_from[layer]) return REALM_ERR_RANGE;
+    return 0;
+}
 
-    const int32_t group = n_head / kv->n_head_kv; /* query heads per KV head */
-    /* work item i: token i / n_head_kv, KV head i % n_head_kv, whose query heads
-     * (kvh * group .. kvh * group + group - 1) are consecutive in q and out */
-    const int64_t n_items = n_tokens * kv->n_head_kv;
-    struct attend_job j = {kv,      layer,   pos, n_head, group, q, out, scratch, slice_floats(kv, group),
+int realm_attention_seqs(const realm_attention_seq *seqs, int n_seqs, int32_t layer, int32_t n_head, const float *q,
+                         float *out, float *scratch, int n_threads) {
+    if (seqs == NULL || n_seqs < 1 || q == NULL || out == NULL || scratch == NULL || n_threads < 1)
+        return REALM_ERR_INVALID;
+    const realm_kv_ring *kv0 = seqs[0].kv;
+    if (kv0 == NULL) return REALM_ERR_INVALID;
+    const int64_t hd = kv0->head_dim;
+    int64_t n_rows = 0, n_items = 0, slice = 0;
+    for (int i = 0; i < n_seqs; i++) {
+        const realm_attention_seq *s = &seqs[i];
+        const int rc = seq_ok(s->kv, layer, s->pos, s->n_tokens, n_head);
+        if (rc) return rc;
+        if (s->kv->n_head_kv != kv0->n_head_kv || s->kv->head_dim != hd) return REALM_ERR_INVALID;
+        if (s->n_tokens > INT64_MAX / 4 / n_head / hd / (int64_t)sizeof(float) - n_rows) return REALM_ERR_INVALID;
+        n_rows += s->n_tokens;
+        n_items += s->n_tokens * kv0->n_head_kv;
+        const int64_t sl = slice_floats(s->kv, n_head / kv0->n_head_kv);
+        slice = sl > slice ? sl : slice;
+    }
+    const int64_t bytes = n_rows * n_head * hd * (int64_t)sizeof(float);
+    if (overlaps(q, bytes, out, bytes)) return REALM_ERR_INVALID;
+    struct attend_job j = {seqs,   n_seqs, layer, n_head, n_head / kv0->n_head_kv, q, out, scratch, slice,
                            pick_attend_group(), n_items, n_threads};
     realm_parallel_for(n_items, n_threads, attend_items, &j);
     return 0;
+}
+
+int realm_attention(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens, int32_t n_head,
+                    const float *q, float *out, float *scratch, int n_threads) {
+    const realm_attention_seq seq = {kv, pos, n_tokens};
+    return realm_attention_seqs(&seq, 1, layer, n_head, q, out, scratch, n_threads);
 }

@@ -25,4 +25,19 @@ int realm_attention(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t
 
 int64_t realm_attention_scratch_floats(const realm_kv_ring *kv, int32_t n_head, int n_threads);
 
+/* One sequence of a batch: n_tokens rows at positions pos .. in the ring kv. */
+typedef struct {
+    const realm_kv_ring *kv;
+    int64_t pos, n_tokens;
+} realm_attention_seq;
+
+/* realm_attention for several sequences in one threaded loop (a batched step of several
+ * guests): q and out hold the sequences' rows one after another, each sequence attends
+ * over its own ring at its own positions, with the arithmetic of realm_attention (so a
+ * row's result does not depend on the other sequences). scratch: the largest
+ * realm_attention_scratch_floats of the rings. Checks every sequence first: on an error
+ * nothing is computed. */
+int realm_attention_seqs(const realm_attention_seq *seqs, int n_seqs, int32_t layer, int32_t n_head, const float *q,
+                         float *out, float *scratch, int n_threads);
+
 #endif

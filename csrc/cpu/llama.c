@@ -3,13 +3,13 @@
 #include "realm_errors.h"
 
 #include <stddef.h>
-#include <time.h>
 
 #include "act_quant.h"
 #include "attention.h"
 #include "matmul.h"
 #include "ops.h"
 #include "threadpool.h"
+#include "vec_dot.h"
 
 static int tensor_ok(const realm_tensor *t, int64_t n_rows, int64_t n_cols) {
     return t->data && t->n_rows == n_rows && t->n_cols == n_cols &&
@@ -34,6 +34,19 @@ int realm_llama_check_layer(const realm_llama_dims *d, const realm_llama_layer *
 }
 
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+/* weight elements of one layer: its matmuls' multiply-adds per token */
+int64_t realm_llama_layer_weight_elems(const realm_llama_dims *d) {
+    const int64_t E = d->n_embd, q_dim = (int64_t)d->n_head * d->head_dim;
+    const int64_t kv_dim = (int64_t)d->n_head_kv * d->head_dim;
+    return 2 * q_dim * E + 2 * kv_dim * E + 3 * E * (int64_t)d->n_ff;
+}
+
+int64_t realm_llama_lm_rows(const realm_llama_dims *d, int64_t max_tokens) {
+    const int64_t per_row = (int64_t)d->n_vocab * d->n_embd;
+    return clamp64(max_tokens * realm_llama_layer_weight_elems(d) / per_row, 1, max_tokens);
+}
 
 static int64_t xq_need(const realm_tensor *t, int64_t max_tokens) {
     return realm_matmul_scratch_bytes(t->type, t->n_cols, max_tokens);
@@ -56,22 +69,30 @@ int64_t realm_llama_scratch_init(realm_llama_scratch *s, const realm_llama_dims 
         xq = max64(xq, xq_need(output, max_tokens));
     }
     /* the float buffers, in order, then the activation bytes (64-byte aligned pieces) */
-    const int64_t widths[] = {d->n_embd, q_dim, kv_dim, kv_dim, q_dim, d->n_embd, d->n_ff, d->n_ff};
-    int64_t offs[9], off = 0;
-    for (int j = 0; j < 8; j++) {
+    const int64_t lm_rows = realm_llama_lm_rows(d, max_tokens);
+    const int64_t widths[] = {d->n_embd, q_dim, kv_dim, kv_dim, q_dim, d->n_embd, d->n_ff, d->n_ff, d->n_embd};
+    int64_t offs[12], off = 0;
+    for (int j = 0; j < 9; j++) {
         offs[j] = off;
         off += (widths[j] * max_tokens * 4 + 63) / 64 * 64;
     }
-    offs[8] = off;
+    offs[9] = off; /* row_pos */
+    off += (max_tokens * 8 + 63) / 64 * 64;
+    offs[10] = off; /* logits */
+    if (output) off += (lm_rows * d->n_vocab * 4 + 63) / 64 * 64;
+    offs[11] = off;
     off += (att_floats * 4 + 63) / 64 * 64;
     const int64_t xq_off = off;
     off += (xq + 63) / 64 * 64;
     if (!buf) return off;
     if (!s || buf_bytes < off || ((uintptr_t)buf & 63)) return -1;
     char *b = buf;
-    float **fs[] = {&s->cur, &s->q, &s->k, &s->v, &s->att, &s->tmp, &s->gate, &s->up};
-    for (int j = 0; j < 8; j++) *fs[j] = (float *)(b + offs[j]);
-    s->att_scratch = (float *)(b + offs[8]);
+    float **fs[] = {&s->cur, &s->q, &s->k, &s->v, &s->att, &s->tmp, &s->gate, &s->up, &s->hidden};
+    for (int j = 0; j < 9; j++) *fs[j] = (float *)(b + offs[j]);
+    s->row_pos = (int64_t *)(b + offs[9]);
+    s->logits = output ? (float *)(b + offs[10]) : NULL;
+    s->lm_rows = lm_rows;
+    s->att_scratch = (float *)(b + offs[11]);
     s->att_scratch_floats = att_floats;
     s->xq = b + xq_off;
     s->xq_bytes = xq;
@@ -79,11 +100,22 @@ int64_t realm_llama_scratch_init(realm_llama_scratch *s, const realm_llama_dims 
     return off;
 }
 
-/* y[t] = W x[t] for the chunk, activations already rounded in s->xq when `rounded`. */
-static int mm(const realm_tensor *w, const float *x, int64_t n, float *y, realm_llama_scratch *s, int nt,
-              int rounded) {
-    if (!rounded && realm_quantize_acts(w->type, x, w->n_cols, n, s->xq, nt)) return REALM_ERR_INVALID;
-    return realm_matmul_q(w->data, w->type, w->n_rows, w->n_cols, s->xq, n, y, w->n_rows, nt);
+/* The rows of a step and their calls' sizes (realm_llama_seq), as the matmuls read them. */
+struct step_rows {
+    const realm_llama_seq *seqs;
+    int n_seqs;
+    int64_t n; /* rows in all */
+};
+
+/* y[t] = W x[t] for the step's rows, activations already rounded in s->xq when
+ * `rounded`; each row in the float order of its call's size (the larger calls first). */
+static int mm(const realm_tensor *w, const float *x, const struct step_rows *r, float *y, realm_llama_scratch *s,
+              int nt, int rounded) {
+    if (!rounded && realm_quantize_acts(w->type, x, w->n_cols, r->n, s->xq, nt)) return REALM_ERR_INVALID;
+    const int64_t min_tokens = realm_vec_dot_gemm_min_tokens(w->type);
+    int64_t n_batched = 0;
+    for (int i = 0; i < r->n_seqs && r->seqs[i].call_tokens >= min_tokens; i++) n_batched += r->seqs[i].n_tokens;
+    return realm_matmul_q_split(w->data, w->type, w->n_rows, w->n_cols, s->xq, r->n, n_batched, y, w->n_rows, nt);
 }
 
 /* whether b's matmul can reuse the activations a's matmul rounded (same x, same rounding) */
@@ -97,8 +129,7 @@ struct token_job {
     const realm_llama_dims *d;
     const float *in, *w; /* rmsnorm: rows in, weight w */
     float *out;
-    realm_llama_scratch *s;
-    int64_t pos; /* rope: position of token 0 */
+    realm_llama_scratch *s; /* rope: s->row_pos holds each row's position */
 };
 
 static void norm_rows(void *ctx, int64_t t0, int64_t t1, int thread) {
@@ -114,7 +145,7 @@ static void rope_rows(void *ctx, int64_t t0, int64_t t1, int thread) {
     const int64_t q_dim = (int64_t)d->n_head * d->head_dim, kv_dim = (int64_t)d->n_head_kv * d->head_dim;
     (void)thread;
     for (int64_t t = t0; t < t1; t++) {
-        const int64_t p = j->pos + t;
+        const int64_t p = j->s->row_pos[t];
         realm_rope(j->s->q + t * q_dim, d->n_head, d->head_dim, d->rope_dim, p, d->rope_base, d->rope_freq_scale,
                    d->rope_freqs);
         realm_rope(j->s->k + t * kv_dim, d->n_head_kv, d->head_dim, d->rope_dim, p, d->rope_base,
@@ -129,38 +160,95 @@ static void swiglu_rows(void *ctx, int64_t t0, int64_t t1, int thread) {
     for (int64_t t = t0; t < t1; t++) realm_swiglu(j->s->gate + t * F, j->s->up + t * F, j->s->gate + t * F, F);
 }
 
-/* one chunk of n <= max_tokens tokens */
-static int layer_chunk(const realm_llama_dims *d, const realm_llama_layer *L, int32_t layer, realm_kv_ring *kv,
-                       int64_t pos, int64_t n, const float *x, float *out, realm_llama_scratch *s, int nt) {
-    const int64_t E = d->n_embd;
+/* One layer over the rows of n_seqs sequences (n rows in all, n <= max_tokens), one
+ * sequence's rows after another in x and out: the matmuls over every row (each weight
+ * block read once for all of them), RoPE, the K/V append and attention per sequence, at
+ * its own positions in its own ring. A row's arithmetic is the same whatever the other
+ * rows are. The caller has checked each sequence against its ring (layer_seqs_ok). */
+static int layer_rows(const realm_llama_dims *d, const realm_llama_layer *L, int32_t layer,
+                      const realm_llama_seq *seqs, int n_seqs, int64_t n, const float *x, float *out,
+                      realm_llama_scratch *s, int nt) {
+    const int64_t E = d->n_embd, kv_dim = (int64_t)d->n_head_kv * d->head_dim;
+    realm_attention_seq att[REALM_STEP_MAX_SEQS];
+    const struct step_rows r = {seqs, n_seqs, n};
     int rc;
 
+    for (int i = 0, row = 0; i < n_seqs; row += (int)seqs[i].n_tokens, i++) {
+        for (int64_t t = 0; t < seqs[i].n_tokens; t++) s->row_pos[row + t] = seqs[i].pos + t;
+        att[i] = (realm_attention_seq){seqs[i].kv, seqs[i].pos, seqs[i].n_tokens};
+    }
+
     /* attention block: cur = norm(x); q, k, v = W cur; rope; append; attend; tmp = Wo att */
-    struct token_job tj = {d, x, L->attn_norm, s->cur, s, pos};
+    struct token_job tj = {d, x, L->attn_norm, s->cur, s};
     realm_parallel_for(n, nt, norm_rows, &tj);
-    rc = mm(&L->wq, s->cur, n, s->q, s, nt, 0);
+    rc = mm(&L->wq, s->cur, &r, s->q, s, nt, 0);
     /* wk and wv reuse the activations wq rounded when their vec dot types agree */
-    if (!rc) rc = mm(&L->wk, s->cur, n, s->k, s, nt, same_rounding(&L->wq, &L->wk));
-    if (!rc) rc = mm(&L->wv, s->cur, n, s->v, s, nt, same_rounding(&L->wk, &L->wv));
+    if (!rc) rc = mm(&L->wk, s->cur, &r, s->k, s, nt, same_rounding(&L->wq, &L->wk));
+    if (!rc) rc = mm(&L->wv, s->cur, &r, s->v, s, nt, same_rounding(&L->wk, &L->wv));
     if (rc) return REALM_ERR_INVALID;
     realm_parallel_for(n, nt, rope_rows, &tj);
-    rc = realm_kv_append(kv, layer, pos, n, s->k, s->v);
+    for (int i = 0, row = 0; i < n_seqs; row += (int)seqs[i].n_tokens, i++) {
+        rc = realm_kv_append(seqs[i].kv, layer, seqs[i].pos, seqs[i].n_tokens, s->k + row * kv_dim,
+                             s->v + row * kv_dim);
+        if (rc) return rc;
+    }
+    rc = realm_attention_seqs(att, n_seqs, layer, d->n_head, s->q, s->att, s->att_scratch, nt);
     if (rc) return rc;
-    rc = realm_attention(kv, layer, pos, n, d->n_head, s->q, s->att, s->att_scratch, nt);
-    if (rc) return rc;
-    if (mm(&L->wo, s->att, n, s->tmp, s, nt, 0)) return REALM_ERR_INVALID;
+    if (mm(&L->wo, s->att, &r, s->tmp, s, nt, 0)) return REALM_ERR_INVALID;
     realm_add(s->tmp, x, out, n * E); /* out = x + attention (the residual) */
 
     /* feed-forward block: cur = norm(out); out += down(silu(gate cur) * up cur) */
     tj.in = out;
     tj.w = L->ffn_norm;
     realm_parallel_for(n, nt, norm_rows, &tj);
-    rc = mm(&L->w_gate, s->cur, n, s->gate, s, nt, 0);
-    if (!rc) rc = mm(&L->w_up, s->cur, n, s->up, s, nt, same_rounding(&L->w_gate, &L->w_up));
+    rc = mm(&L->w_gate, s->cur, &r, s->gate, s, nt, 0);
+    if (!rc) rc = mm(&L->w_up, s->cur, &r, s->up, s, nt, same_rounding(&L->w_gate, &L->w_up));
     if (rc) return REALM_ERR_INVALID;
     realm_parallel_for(n, nt, swiglu_rows, &tj);
-    if (mm(&L->w_down, s->gate, n, s->tmp, s, nt, 0)) return REALM_ERR_INVALID;
+    if (mm(&L->w_down, s->gate, &r, s->tmp, s, nt, 0)) return REALM_ERR_INVALID;
     realm_add(s->tmp, out, out, n * E);
+    return 0;
+}
+
+/* Tokens a chunk at position p may take of n_tokens: it appends all its K/V before
+ * attending, so it must not overwrite a slot its own first token still attends to.
+ * Before the ring wraps that means staying within capacity; once the window is full,
+ * one token at a time. */
+static int64_t ring_chunk(const realm_kv_ring *kv, int64_t p, int64_t n) {
+    if (p + n > kv->capacity) n = p < kv->capacity ? kv->capacity - p : 1;
+    return n;
+}
+
+int realm_llama_seq_check(const realm_llama_dims *d, int32_t first, int32_t count, const realm_kv_ring *kv,
+                          int64_t pos, int64_t n_tokens, const realm_llama_scratch *s, int n_threads) {
+    if (!d || !kv || !s || n_tokens <= 0 || pos < 0 || n_threads <= 0 || count <= 0 || first < 0)
+        return REALM_ERR_INVALID;
+    if (kv->n_head_kv != d->n_head_kv || kv->head_dim != d->head_dim || !kv->k || !kv->v) return REALM_ERR_INVALID;
+    if (first >= kv->n_layer || count > kv->n_layer - first) return REALM_ERR_RANGE;
+    if (n_tokens > s->max_tokens || ring_chunk(kv, pos, n_tokens) != n_tokens) return REALM_ERR_INVALID;
+    if (s->att_scratch_floats < realm_attention_scratch_floats(kv, d->n_head, n_threads)) return REALM_ERR_NOMEM;
+    const int64_t window_from = realm_kv_window_start(kv, pos);
+    for (int32_t l = first; l < first + count; l++) {
+        if (kv->n_pos[l] != pos) return REALM_ERR_RANGE; /* appends go to the next position only */
+        const int64_t held = kv->held_from[l] > pos + n_tokens - kv->capacity ? kv->held_from[l]
+                                                                               : pos + n_tokens - kv->capacity;
+        if (window_from < held) return REALM_ERR_RANGE; /* the chunk's first window, after its appends */
+    }
+    return 0;
+}
+
+int realm_llama_layers_rows(const realm_llama_dims *d, const realm_llama_layer *layers, int32_t first,
+                            int32_t count, const realm_llama_seq *seqs, int n_seqs, const float *x, float *out,
+                            realm_llama_scratch *s, int n_threads) {
+    if (!d || !layers || !seqs || n_seqs < 1 || n_seqs > REALM_STEP_MAX_SEQS || !x || !out || !s || count <= 0)
+        return REALM_ERR_INVALID;
+    int64_t n = 0;
+    for (int i = 0; i < n_seqs; i++) n += seqs[i].n_tokens;
+    if (n > s->max_tokens) return REALM_ERR_INVALID;
+    for (int32_t l = first; l < first + count; l++) {
+        const int rc = layer_rows(d, &layers[l], l, seqs, n_seqs, n, l == first ? x : out, out, s, n_threads);
+        if (rc) return rc;
+    }
     return 0;
 }
 
@@ -174,125 +262,39 @@ int realm_llama_layer_forward(const realm_llama_dims *d, const realm_llama_layer
     if (s->att_scratch_floats < realm_attention_scratch_floats(kv, d->n_head, n_threads)) return REALM_ERR_NOMEM;
     for (int64_t t0 = 0, n; t0 < n_tokens; t0 += n) {
         const int64_t p = pos + t0;
-        n = n_tokens - t0 < s->max_tokens ? n_tokens - t0 : s->max_tokens;
-        /* A chunk appends all its K/V before attending: it must not overwrite a slot that
-         * its own first token still attends to. Before the ring wraps that means staying
-         * within capacity; once the window is full, one token at a time. */
-        if (p + n > kv->capacity) n = p < kv->capacity ? kv->capacity - p : 1;
-        const int rc = layer_chunk(d, L, layer, kv, p, n, x + t0 * d->n_embd, out + t0 * d->n_embd, s, n_threads);
+        n = ring_chunk(kv, p, n_tokens - t0 < s->max_tokens ? n_tokens - t0 : s->max_tokens);
+        const realm_llama_seq seq = {kv, p, n, n_tokens};
+        const int rc = layer_rows(d, L, layer, &seq, 1, n, x + t0 * d->n_embd, out + t0 * d->n_embd, s, n_threads);
         if (rc) return rc;
     }
     return 0;
+}
+
+int realm_llama_lm_head_rows(const realm_llama_dims *d, const float *output_norm, const realm_tensor *output,
+                             const realm_llama_seq *seqs, int n_seqs, const float *x, float *logits,
+                             realm_llama_scratch *s, int n_threads) {
+    if (!d || !dims_ok(d) || !output_norm || !output || !seqs || n_seqs < 1 || !x || !logits || !s || n_threads <= 0)
+        return REALM_ERR_INVALID;
+    if (!tensor_ok(output, d->n_vocab, d->n_embd)) return REALM_ERR_INVALID;
+    const int64_t E = d->n_embd;
+    int64_t n = 0;
+    for (int i = 0; i < n_seqs; i++) n += seqs[i].n_tokens;
+    if (n <= 0 || n > s->max_tokens) return REALM_ERR_INVALID;
+    for (int64_t t = 0; t < n; t++) realm_rmsnorm(x + t * E, output_norm, s->cur + t * E, E, d->rms_eps);
+    const struct step_rows r = {seqs, n_seqs, n};
+    return mm(output, s->cur, &r, logits, s, n_threads, 0) ? REALM_ERR_INVALID : 0;
 }
 
 int realm_llama_lm_head(const realm_llama_dims *d, const float *output_norm, const realm_tensor *output,
                         const float *x, int64_t n_tokens, float *logits, realm_llama_scratch *s, int n_threads) {
-    if (!d || !dims_ok(d) || !output_norm || !output || !x || !logits || !s || n_tokens <= 0 || n_threads <= 0)
-        return REALM_ERR_INVALID;
-    if (!tensor_ok(output, d->n_vocab, d->n_embd)) return REALM_ERR_INVALID;
-    const int64_t E = d->n_embd;
+    if (!s || n_tokens <= 0) return REALM_ERR_INVALID;
     for (int64_t t0 = 0; t0 < n_tokens; t0 += s->max_tokens) {
         const int64_t n = n_tokens - t0 < s->max_tokens ? n_tokens - t0 : s->max_tokens;
-        for (int64_t t = 0; t < n; t++) realm_rmsnorm(x + (t0 + t) * E, output_norm, s->cur + t * E, E, d->rms_eps);
-        if (mm(output, s->cur, n, logits + t0 * d->n_vocab, s, n_threads, 0)) return REALM_ERR_INVALID;
-    }
-    return 0;
-}
-
-/* ---- long calls in chunks ------------------------------------------------------------ */
-
-void realm_call_cancel(realm_call_control *c) { __atomic_store_n(&c->cancel, 1, __ATOMIC_RELAXED); }
-
-void realm_call_arm(realm_call_control *c, int64_t deadline_ns) {
-    c->deadline_ns = deadline_ns;
-    c->chunks = c->first_grant = c->last_grant = c->max_ahead = 0;
-    __atomic_store_n(&c->cancel, 0, __ATOMIC_RELAXED);
-}
-
-/* the model's lock for one chunk of a call, noted in its control */
-static void take_lock(realm_fair_lock *lock, realm_call_control *c) {
-    uint64_t ahead;
-    const uint64_t ticket = realm_fair_lock_acquire(lock, &ahead);
-    if (!c) return;
-    if (!c->chunks++) c->first_grant = ticket;
-    c->last_grant = ticket;
-    if (ahead > c->max_ahead) c->max_ahead = ahead;
-}
-
-int realm_call_stopped(const realm_call_control *c) {
-    if (!c) return 0;
-    if (__atomic_load_n(&c->cancel, __ATOMIC_RELAXED)) return 1;
-    if (c->deadline_ns > 0) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        if ((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec >= c->deadline_ns) return 2;
-    }
-    return 0;
-}
-
-static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
-
-/* weight elements of one layer: its matmuls' multiply-adds per token */
-static int64_t layer_weight_elems(const realm_llama_dims *d) {
-    const int64_t E = d->n_embd, q_dim = (int64_t)d->n_head * d->head_dim;
-    const int64_t kv_dim = (int64_t)d->n_head_kv * d->head_dim;
-    return 2 * q_dim * E + 2 * kv_dim * E + 3 * E * (int64_t)d->n_ff;
-}
-
-void realm_llama_chunk_shape(const realm_llama_dims *d, const realm_kv_ring *kv, int64_t max_tokens, int64_t pos,
-                             int64_t n_tokens, int32_t n_layers, int64_t *tokens, int32_t *layers) {
-    const int64_t window = pos + max_tokens < kv->capacity ? pos + max_tokens : kv->capacity;
-    const int64_t attention = REALM_ATTENTION_COST * 2 * (int64_t)d->n_head * d->head_dim * window;
-    const int64_t unit = 1 + attention / layer_weight_elems(d); /* token-layers per token and layer */
-    const int64_t t = clamp64(max_tokens / unit, 1, n_tokens);
-    *tokens = t;
-    *layers = (int32_t)clamp64(max_tokens / (t * unit), 1, n_layers);
-}
-
-int realm_llama_forward_layers(const realm_llama_dims *d, const realm_llama_layer *layers, int32_t first,
-                               int32_t count, realm_kv_ring *kv, int64_t pos, int64_t n_tokens, const float *x,
-                               float *out, realm_llama_scratch *s, int n_threads, realm_fair_lock *lock,
-                               realm_call_control *ctl, int64_t *done) {
-    *done = 0;
-    if (!d || !layers || !kv || !s || !lock || count <= 0 || first < 0 || n_tokens <= 0) return REALM_ERR_INVALID;
-    const int64_t E = d->n_embd;
-    for (int64_t t0 = 0, n; t0 < n_tokens; t0 += n) {
-        if (realm_call_stopped(ctl)) return REALM_ERR_CANCELLED;
-        int32_t group;
-        realm_llama_chunk_shape(d, kv, s->max_tokens, pos + t0, n_tokens - t0, count, &n, &group);
-        for (int32_t l0 = first; l0 < first + count; l0 += group) {
-            const int32_t l1 = l0 + group < first + count ? l0 + group : first + count;
-            int rc = 0;
-            take_lock(lock, ctl);
-            for (int32_t l = l0; l < l1 && !rc; l++) {
-                const float *in = l == first ? x + t0 * E : out + t0 * E;
-                rc = realm_llama_layer_forward(d, &layers[l], l, kv, pos + t0, n, in, out + t0 * E, s, n_threads);
-            }
-            realm_fair_lock_release(lock);
-            if (rc) return rc;
-        }
-        *done = t0 + n;
-    }
-    return 0;
-}
-
-int realm_llama_lm_head_chunked(const realm_llama_dims *d, const float *output_norm, const realm_tensor *output,
-                                const float *x, int64_t n_tokens, float *logits, realm_llama_scratch *s,
-                                int n_threads, realm_fair_lock *lock, realm_call_control *ctl,
-                                int64_t *done) {
-    *done = 0;
-    if (!d || !output || !s || !lock || n_tokens <= 0) return REALM_ERR_INVALID;
-    const int64_t E = d->n_embd;
-    const int64_t rows = clamp64(s->max_tokens * layer_weight_elems(d) / ((int64_t)d->n_vocab * E), 1, s->max_tokens);
-    for (int64_t t0 = 0, n; t0 < n_tokens; t0 += n) {
-        if (realm_call_stopped(ctl)) return REALM_ERR_CANCELLED;
-        n = n_tokens - t0 < rows ? n_tokens - t0 : rows;
-        take_lock(lock, ctl);
-        const int rc = realm_llama_lm_head(d, output_norm, output, x + t0 * E, n, logits + t0 * d->n_vocab, s,
-                                           n_threads);
-        realm_fair_lock_release(lock);
+        const realm_llama_seq seq = {NULL, 0, n, n};
+        const int rc = realm_llama_lm_head_rows(d, output_norm, output, &seq, 1, x + t0 * d->n_embd,
+                                                logits + t0 * d->n_vocab, s, n_threads);
         if (rc) return rc;
-        *done = t0 + n;
     }
     return 0;
 }
+

@@ -10,8 +10,10 @@
 
 #include <stdint.h>
 
-#include "fair_lock.h"
 #include "kv_ring.h"
+
+/* The most sequences (guests' calls) one batched step carries (llama_steps.h). */
+#define REALM_STEP_MAX_SEQS 64
 
 typedef struct {
     const void *data; /* raw blocks, n_rows rows of n_cols elements; borrowed */
@@ -39,6 +41,10 @@ typedef struct {
     float *cur, *q, *k, *v, *att, *tmp, *gate, *up; /* [max_tokens][width] */
     float *att_scratch;                             /* realm_attention's scratch */
     int64_t att_scratch_floats;
+    int64_t *row_pos;      /* [max_tokens] each row's position (RoPE) */
+    float *hidden;         /* [max_tokens][n_embd] a batched step's rows (llama_steps.c) */
+    float *logits;         /* [lm_rows][n_vocab] a batched LM head step's logits, or NULL */
+    int64_t lm_rows;       /* rows per LM head chunk (realm_llama_lm_rows) */
     void *xq; /* rounded activations for the matmuls */
     int64_t xq_bytes;
 } realm_llama_scratch;
@@ -65,56 +71,41 @@ int realm_llama_layer_forward(const realm_llama_dims *d, const realm_llama_layer
 int realm_llama_lm_head(const realm_llama_dims *d, const float *output_norm, const realm_tensor *output,
                         const float *x, int64_t n_tokens, float *logits, realm_llama_scratch *s, int n_threads);
 
-/* ---- long calls in chunks --------------------------------------------------------
- * A guest's one call may carry thousands of tokens. The drivers below run it in chunks,
- * each under the model's fair lock, so other guests' steps interleave between chunks,
- * and check the call's control between token chunks. A chunk's work is at most
- * scratch->max_tokens "token-layers": one token through one layer's matmuls, plus its
- * attention over a window of W positions counted as REALM_ATTENTION_COST matmul
- * multiply-adds per attention multiply-add (2 * n_head * head_dim * W of them): attention,
- * in f16 and f32 with a softmax, runs slower per operation than the integer dot
- * products, and slower still in few-token chunks (each reads the window again). The
- * factor trades a neighbour's wait against the long call's speed (SECURITY.md). An LM
- * head row counts its weight elements over a layer's. */
-#define REALM_ATTENTION_COST 8
-
-/* A call's stop signals: `cancel` is set from any thread (realm_call_cancel), and
- * `deadline_ns` is CLOCK_MONOTONIC nanoseconds (0: none). Owned by the guest's host.
- * The drivers also write what the call's chunks met at the lock, for measurement. */
+/* One sequence of a batched step: n_tokens rows at positions pos .. in its ring, out of
+ * a call of call_tokens rows. The call's size decides the float order of the rows'
+ * matmuls (matmul.h: llama.cpp's batched order for a call of realm_vec_dot_gemm_min_tokens
+ * or more), so a row sums the same in any step; in a step, the sequences of larger
+ * calls come first. */
 typedef struct {
-    int32_t cancel;
-    int64_t deadline_ns;
-    uint64_t chunks;                  /* lock grants the call took */
-    uint64_t first_grant, last_grant; /* their tickets (grant numbers of the model's lock) */
-    uint64_t max_ahead;               /* the most grants queued before one of its chunks */
-} realm_call_control;
+    realm_kv_ring *kv; /* NULL for the LM head */
+    int64_t pos, n_tokens, call_tokens;
+} realm_llama_seq;
 
-void realm_call_cancel(realm_call_control *c);
-void realm_call_arm(realm_call_control *c, int64_t deadline_ns); /* clears cancel and the counts */
-/* 0 (go on), 1 (cancelled) or 2 (past the deadline); c may be NULL (never stops) */
-int realm_call_stopped(const realm_call_control *c);
+/* May a chunk of n_tokens at pos go through layers first .. first+count-1 of kv in one
+ * step (every layer's next position is pos, the chunk fits the ring and the scratch, its
+ * first window survives its own appends)? 0, or the code the layer would fail with. */
+int realm_llama_seq_check(const realm_llama_dims *d, int32_t first, int32_t count, const realm_kv_ring *kv,
+                          int64_t pos, int64_t n_tokens, const realm_llama_scratch *s, int n_threads);
 
-/* The next chunk of a call at position pos with n_tokens left over n_layers layers:
- * *tokens tokens through *layers layers at a time. */
-void realm_llama_chunk_shape(const realm_llama_dims *d, const realm_kv_ring *kv, int64_t max_tokens, int64_t pos,
-                             int64_t n_tokens, int32_t n_layers, int64_t *tokens, int32_t *layers);
+/* Layers first .. first+count-1 (of `layers`, indexed by layer number) over the rows of
+ * n_seqs sequences at once (each checked by realm_llama_seq_check; at most max_tokens
+ * rows in all), x and out holding one sequence's rows after another (out may be x):
+ * every matmul over all the rows, RoPE, the K/V append and attention per sequence. A
+ * row's result is the one realm_llama_layer_forward gives it alone. */
+int realm_llama_layers_rows(const realm_llama_dims *d, const realm_llama_layer *layers, int32_t first,
+                            int32_t count, const realm_llama_seq *seqs, int n_seqs, const float *x, float *out,
+                            realm_llama_scratch *s, int n_threads);
 
-/* realm_llama_layer_forward for layers first .. first+count-1 (of `layers`, indexed by
- * layer number) over every token, in chunks under `lock`, tokens outer and layers inner
- * (as llama.cpp's micro-batches), each token chunk finishing every layer before the
- * next starts. Between token chunks, a stop of `ctl` ends the call with -8: *done then
- * says how many tokens every layer in range has taken (the ring holds positions up to
- * pos + *done - 1 of them; out's rows are unspecified). Other codes as the layer's. */
-int realm_llama_forward_layers(const realm_llama_dims *d, const realm_llama_layer *layers, int32_t first,
-                               int32_t count, realm_kv_ring *kv, int64_t pos, int64_t n_tokens, const float *x,
-                               float *out, realm_llama_scratch *s, int n_threads, realm_fair_lock *lock,
-                               realm_call_control *ctl, int64_t *done);
+/* Weight elements of one layer: its matmuls' multiply-adds per token. */
+int64_t realm_llama_layer_weight_elems(const realm_llama_dims *d);
 
-/* realm_llama_lm_head in chunks of rows under `lock`, checking `ctl` between them
- * (-8: *done rows were written). */
-int realm_llama_lm_head_chunked(const realm_llama_dims *d, const float *output_norm, const realm_tensor *output,
-                                const float *x, int64_t n_tokens, float *logits, realm_llama_scratch *s,
-                                int n_threads, realm_fair_lock *lock, realm_call_control *ctl,
-                                int64_t *done);
+/* The final RMSNorm and output projection over the rows of n_seqs sequences (as in
+ * realm_llama_layers_rows; kv and pos unused): logits [rows][n_vocab]. 0 or -1. */
+int realm_llama_lm_head_rows(const realm_llama_dims *d, const float *output_norm, const realm_tensor *output,
+                             const realm_llama_seq *seqs, int n_seqs, const float *x, float *logits,
+                             realm_llama_scratch *s, int n_threads);
+
+/* Rows of one LM head chunk: its weight elements over a layer's, per max_tokens. */
+int64_t realm_llama_lm_rows(const realm_llama_dims *d, int64_t max_tokens);
 
 #endif

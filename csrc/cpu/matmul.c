@@ -124,8 +124,10 @@ static void matmul_blocks_dealt(void *ctx, int64_t b0, int64_t b1, int thread) {
     for (int64_t b; (b = atomic_fetch_add(&j->next_block, 1)) < j->n_blocks;) matmul_blocks(ctx, b, b + 1, thread);
 }
 
-int realm_matmul_q(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const void *xq, int64_t n_tokens,
-                   float *y, int64_t ldy, int n_threads) {
+/* y = W xq for n_tokens tokens, all in the batched order (`batched`, where the format
+ * has one) or all in the single-row order */
+static int matmul_in_order(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const void *xq, int64_t n_tokens,
+                           int batched, float *y, int64_t ldy, int n_threads) {
     const int64_t wrb = weight_row_bytes(wtype, n_cols);
     const int64_t arb = realm_matmul_scratch_bytes(wtype, n_cols, 1);
     const int isa = realm_active_isa();
@@ -133,13 +135,34 @@ int realm_matmul_q(const void *w, int wtype, int64_t n_rows, int64_t n_cols, con
                         realm_get_vec_dot_8r(wtype, isa)};
     if (wrb < 0 || arb < 0 || !k.dot || n_rows < 0 || n_tokens < 0 || ldy < n_rows) return REALM_ERR_INVALID;
     const realm_vec_dot_fn gemm = realm_get_vec_dot_gemm(wtype, isa);
-    if (gemm && n_tokens >= realm_vec_dot_gemm_min_tokens(wtype) && n_cols % 16 == 0)
+    if (gemm && batched && n_cols % 16 == 0)
         k = (struct kernels){gemm, realm_get_vec_dot_gemm_nx(wtype, isa), NULL}; /* llama.cpp's batched order */
     const int64_t rpb = rows_per_block(n_rows, n_tokens, n_threads);
     const int64_t nb = (n_rows + rpb - 1) / rpb;
     struct matmul_job j = {&k, w, wrb, (const char *)xq, arb, n_rows, n_cols, n_tokens, rpb, y, ldy, nb, 0};
     realm_parallel_for(nb, n_threads, n_tokens > 1 ? matmul_blocks_dealt : matmul_blocks, &j);
     return 0;
+}
+
+int realm_matmul_q(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const void *xq, int64_t n_tokens,
+                   float *y, int64_t ldy, int n_threads) {
+    const int batched = n_tokens >= realm_vec_dot_gemm_min_tokens(wtype);
+    return matmul_in_order(w, wtype, n_rows, n_cols, xq, n_tokens, batched, y, ldy, n_threads);
+}
+
+int realm_matmul_q_split(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const void *xq, int64_t n_tokens,
+                         int64_t n_batched, float *y, int64_t ldy, int n_threads) {
+    if (n_batched < 0 || n_batched > n_tokens) return REALM_ERR_INVALID;
+    if (!realm_get_vec_dot_gemm(wtype, realm_active_isa())) /* one order for every token count */
+        return matmul_in_order(w, wtype, n_rows, n_cols, xq, n_tokens, 0, y, ldy, n_threads);
+    const int64_t arb = realm_matmul_scratch_bytes(wtype, n_cols, 1);
+    if (arb < 0) return REALM_ERR_INVALID;
+    int rc = 0;
+    if (n_batched > 0) rc = matmul_in_order(w, wtype, n_rows, n_cols, xq, n_batched, 1, y, ldy, n_threads);
+    if (!rc && n_tokens > n_batched)
+        rc = matmul_in_order(w, wtype, n_rows, n_cols, (const char *)xq + n_batched * arb, n_tokens - n_batched, 0,
+                             y + n_batched * ldy, ldy, n_threads);
+    return rc;
 }
 
 int realm_matmul(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const float *x, int64_t n_tokens,

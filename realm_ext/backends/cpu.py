@@ -87,22 +87,32 @@ class CpuBackend(base.BackendBase):
     """Forward steps of llama models on the CPU.
 
     n_threads: threads per kernel call (default: every core this process may use).
-    max_batch: tokens processed per chunk inside a layer call (sizes the scratch).
+    max_batch: rows per step of a model's calls (sizes the scratch).
     weights: "mmap" (the file's map) or "load" (one copy in anonymous memory per model);
     see the module's docstring.
+    step_tokens: the prompt rows a call adds to a step it shares with other guests'
+    calls (csrc/cpu/llama_steps.h): the most a long prompt delays a neighbour's decode
+    step by, in tokens; more gives the prompt more speed beside decoders.
     """
 
     name = "cpu"
 
-    def __init__(self, n_threads: int | None = None, max_batch: int = 64, weights: str = "mmap"):
+    def __init__(
+        self,
+        n_threads: int | None = None,
+        max_batch: int = 64,
+        weights: str = "mmap",
+        step_tokens: int = _kernels.STEP_TOKENS_DEFAULT,
+    ):
         super().__init__()
         self.n_threads = n_threads or _kernels.default_threads()
-        if not 1 <= self.n_threads <= _kernels.MAX_THREADS or max_batch < 1:
-            raise ValueError(f"n_threads must be 1..{_kernels.MAX_THREADS} and max_batch >= 1")
+        if not 1 <= self.n_threads <= _kernels.MAX_THREADS or max_batch < 1 or step_tokens < 1:
+            raise ValueError(f"n_threads must be 1..{_kernels.MAX_THREADS}, max_batch and step_tokens >= 1")
         if weights not in WEIGHTS:
             raise ValueError(f"weights must be 'mmap' or 'load', got {weights!r}")
         self.max_batch = max_batch
         self.weights = weights
+        self.step_tokens = step_tokens
 
     # -- per model -------------------------------------------------------------------
 
@@ -113,7 +123,9 @@ class CpuBackend(base.BackendBase):
         dims, n_layer, tensors, norms = runtime_args(model)
         if self.weights == "load":
             tensors = load_weights(tensors)
-        return _kernels.LlamaRuntime(dims, n_layer, tensors, norms, self.max_batch)
+        rt = _kernels.LlamaRuntime(dims, n_layer, tensors, norms, self.max_batch)
+        rt.step_tokens = self.step_tokens
+        return rt
 
     def native_runtime(self, model: Model) -> tuple[_kernels.LlamaRuntime, int]:
         """The model's C runtime and the threads its kernels use: what the host's native
@@ -167,7 +179,7 @@ class CpuBackend(base.BackendBase):
         control: CallControl | None = None,
     ) -> None:
         """forward_layer for layers layer_begin .. layer_begin+layer_count-1, in order, in
-        chunks (csrc/cpu/llama.h); a stop of `control` between chunks raises CallStopped."""
+        chunks (csrc/cpu/llama_steps.h); a stop of `control` between chunks raises CallStopped."""
         e = model.config.n_embd
         xs, os_ = as_rows(x, e, "x"), as_rows(out, e, "out")
         rt = self.prepare(model)

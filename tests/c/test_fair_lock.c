@@ -7,7 +7,7 @@
 
 #include "check.h"
 #include "fair_lock.h"
-#include "llama.h"
+#include "llama_steps.h"
 
 #define WAITERS 6
 

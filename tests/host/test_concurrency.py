@@ -103,6 +103,7 @@ def test_eight_guests_in_parallel_equal_one_by_one(tiny, engine, device) -> None
         assert len({tuple(p) for _, p in alone}) == len(JOBS)  # different outputs: a real mix
 
         guests = [guest(job) for job in JOBS]
+        steps0 = host.backend.prepare(tiny).step_stats if device == "cpu" else None
         for round_ in range(2):  # twice: the second time on guests that already ran
             together = threads(
                 [lambda g=g, job=job: run(g, job) for g, job in zip(guests, JOBS, strict=True)]
@@ -110,6 +111,9 @@ def test_eight_guests_in_parallel_equal_one_by_one(tiny, engine, device) -> None
             for job, want, got in zip(JOBS, alone, together, strict=True):
                 assert not isinstance(got, BaseException), (job, got)
                 assert got == want, (round_, job)
+        if steps0 is not None:  # the guests' forward calls shared steps (csrc/cpu/llama_steps.h)
+            steps1 = host.backend.prepare(tiny).step_stats
+            assert steps1["jobs"] - steps0["jobs"] > steps1["steps"] - steps0["steps"], (steps0, steps1)
         for g in guests:
             assert g.state.kv == {}  # every realm_generate freed its ring
             g.close()

@@ -1,0 +1,341 @@
+/* llama_steps.c: see llama_steps.h. realm_step_run is the queue; run_step one step. */
+#include "llama_steps.h"
+#include "realm_errors.h"
+
+#include <string.h>
+#include <time.h>
+
+/* ---- call controls ------------------------------------------------------------------ */
+
+void realm_call_cancel(realm_call_control *c) { __atomic_store_n(&c->cancel, 1, __ATOMIC_RELAXED); }
+
+void realm_call_arm(realm_call_control *c, int64_t deadline_ns) {
+    c->deadline_ns = deadline_ns;
+    c->chunks = c->first_grant = c->last_grant = c->max_ahead = 0;
+    __atomic_store_n(&c->cancel, 0, __ATOMIC_RELAXED);
+}
+
+int realm_call_stopped(const realm_call_control *c) {
+    if (!c) return 0;
+    if (__atomic_load_n(&c->cancel, __ATOMIC_RELAXED)) return 1;
+    if (c->deadline_ns > 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        if ((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec >= c->deadline_ns) return 2;
+    }
+    return 0;
+}
+
+static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+void realm_llama_chunk_shape(const realm_llama_dims *d, const realm_kv_ring *kv, int64_t max_tokens, int64_t pos,
+                             int64_t n_tokens, int32_t n_layers, int64_t *tokens, int32_t *layers) {
+    const int64_t window = pos + max_tokens < kv->capacity ? pos + max_tokens : kv->capacity;
+    const int64_t attention = REALM_ATTENTION_COST * 2 * (int64_t)d->n_head * d->head_dim * window;
+    const int64_t unit = 1 + attention / realm_llama_layer_weight_elems(d); /* token-layers per token and layer */
+    const int64_t t = clamp64(max_tokens / unit, 1, n_tokens);
+    *tokens = t;
+    *layers = (int32_t)clamp64(max_tokens / (t * unit), 1, n_layers);
+}
+
+/* ---- jobs ----------------------------------------------------------------------------- */
+
+enum { JOB_LAYERS, JOB_LM_HEAD };
+
+typedef struct realm_step_job {
+    int kind;
+    /* the model (the same for every job of a queue) */
+    const realm_llama_dims *d;
+    const realm_llama_layer *layers;
+    const realm_tensor *output;
+    const float *output_norm;
+    realm_llama_scratch *s;
+    int n_threads;
+    /* the call: rows of x (the caller's, [n_tokens][n_embd]) into out ([n_tokens][n_embd]
+     * for layers, [n_tokens][n_vocab] for the LM head) */
+    int32_t first, count;
+    realm_kv_ring *kv;
+    int64_t pos, n_tokens;
+    const float *x;
+    float *out;
+    realm_call_control *ctl;
+    /* progress: rows done (through every layer), the current chunk's rows and the next
+     * layer it goes through (== first at the start of a chunk) */
+    int64_t done, chunk;
+    int32_t layer;
+    int32_t step_layers; /* layers this job goes through in the running step */
+    uint64_t queued_at;  /* the queue's step count when the job last joined the queue */
+    int rc, finished;
+    struct realm_step_job *next;
+} realm_step_job;
+
+int realm_step_queue_init(realm_step_queue *q) {
+    memset(q, 0, sizeof *q);
+    if (realm_fair_lock_init(&q->lock)) return REALM_ERR_NOMEM;
+    if (pthread_mutex_init(&q->mutex, NULL)) {
+        realm_fair_lock_destroy(&q->lock);
+        return REALM_ERR_NOMEM;
+    }
+    if (pthread_cond_init(&q->changed, NULL)) {
+        pthread_mutex_destroy(&q->mutex);
+        realm_fair_lock_destroy(&q->lock);
+        return REALM_ERR_NOMEM;
+    }
+    q->step_tokens = REALM_STEP_TOKENS_DEFAULT;
+    return 0;
+}
+
+void realm_step_queue_destroy(realm_step_queue *q) {
+    pthread_cond_destroy(&q->changed);
+    pthread_mutex_destroy(&q->mutex);
+    realm_fair_lock_destroy(&q->lock);
+}
+
+static void unlink_job(realm_step_queue *q, realm_step_job *j) {
+    realm_step_job **p = &q->head, *prev = NULL;
+    while (*p && *p != j) prev = *p, p = &(*p)->next;
+    if (!*p) return;
+    *p = j->next;
+    if (q->tail == j) q->tail = prev;
+    j->next = NULL;
+}
+
+static void push_back(realm_step_queue *q, realm_step_job *j) {
+    j->next = NULL;
+    j->queued_at = q->steps;
+    if (q->tail) q->tail->next = j;
+    else q->head = j;
+    q->tail = j;
+}
+
+static void finish(realm_step_queue *q, realm_step_job *j, int rc) {
+    unlink_job(q, j);
+    j->rc = rc;
+    j->finished = 1;
+}
+
+/* ---- choosing a step (the queue's mutex held) ----------------------------------------- */
+
+/* Start j's next chunk of `rows` rows at most (`alone`: the lone chunk shape): sets
+ * j->chunk and j->step_layers; 0, or the code j fails with. */
+static int start_chunk(const realm_step_queue *q, realm_step_job *j, int alone, int64_t rows) {
+    const int64_t left = j->n_tokens - j->done, p = j->pos + j->done;
+    if (j->kind == JOB_LM_HEAD) {
+        j->chunk = clamp64(left, 1, alone ? j->s->lm_rows : rows);
+        return 0;
+    }
+    int64_t t = 1;
+    int32_t g = j->count;
+    if (left > 1 && alone) {
+        realm_llama_chunk_shape(j->d, j->kv, j->s->max_tokens, p, left, j->count, &t, &g);
+    } else if (left > 1) {
+        int32_t unused;
+        realm_llama_chunk_shape(j->d, j->kv, q->step_tokens < rows ? q->step_tokens : rows, p, left, j->count, &t,
+                                &unused);
+    }
+    if (p + t > j->kv->capacity) t = p < j->kv->capacity ? j->kv->capacity - p : 1; /* see llama.c's ring_chunk */
+    j->chunk = t;
+    j->step_layers = g;
+    return realm_llama_seq_check(j->d, j->first, j->count, j->kv, p, t, j->s, j->n_threads);
+}
+
+/* may a and b share a step? (the same threads too: the attention scratch is reserved
+ * per ring for the threads its calls use) */
+static int same_kind(const realm_step_job *a, const realm_step_job *b) {
+    return a->kind == b->kind && a->n_threads == b->n_threads &&
+           (a->kind == JOB_LM_HEAD || (a->first == b->first && a->count == b->count));
+}
+
+/* Jobs stopped by their controls leave the queue; then the next step's jobs go into
+ * step[] (returns how many; 0 when the queue is empty). */
+static int pick(realm_step_queue *q, realm_step_job **step) {
+    for (realm_step_job *j = q->head, *next; j; j = next) {
+        next = j->next;
+        const int mid_chunk = j->kind == JOB_LAYERS && j->layer != j->first;
+        if (!mid_chunk && realm_call_stopped(j->ctl)) finish(q, j, REALM_ERR_CANCELLED);
+    }
+    while (q->head) {
+        realm_step_job *h = q->head;
+        if (h->kind == JOB_LAYERS && h->layer != h->first) { /* the rest of a lone chunk */
+            h->step_layers = (int32_t)clamp64(h->step_layers, 1, h->first + h->count - h->layer);
+            step[0] = h;
+            return 1;
+        }
+        const int64_t cap = h->kind == JOB_LM_HEAD ? h->s->lm_rows : h->s->max_tokens;
+        const int alone = h->next == NULL;
+        int rc = start_chunk(q, h, alone, cap);
+        if (rc) {
+            finish(q, h, rc);
+            continue;
+        }
+        int n = 1;
+        int64_t rows = h->chunk;
+        if (h->kind == JOB_LAYERS && !alone) h->step_layers = h->count;
+        for (realm_step_job *j = h->next, *next; j && rows < cap && n < REALM_STEP_MAX_SEQS; j = next) {
+            next = j->next;
+            if (!same_kind(h, j) || (j->kind == JOB_LAYERS && j->layer != j->first)) continue;
+            rc = start_chunk(q, j, 0, cap - rows);
+            if (rc) {
+                finish(q, j, rc);
+                continue;
+            }
+            j->step_layers = j->count;
+            step[n++] = j;
+            rows += j->chunk;
+        }
+        step[0] = h;
+        /* the rows of larger calls first (llama.h's realm_llama_seq): a stable insertion sort */
+        for (int i = 1; i < n; i++)
+            for (int k = i; k > 0 && step[k - 1]->n_tokens < step[k]->n_tokens; k--) {
+                realm_step_job *t = step[k];
+                step[k] = step[k - 1];
+                step[k - 1] = t;
+            }
+        return n;
+    }
+    return 0;
+}
+
+/* ---- running a step (the model's lock held) ------------------------------------------- */
+
+/* the step's rows through its layers, or the LM head, into each job's output */
+static int run_step(realm_step_job **step, int n) {
+    realm_step_job *h = step[0];
+    const realm_llama_dims *d = h->d;
+    realm_llama_scratch *s = h->s;
+    const int64_t E = d->n_embd;
+    realm_llama_seq seqs[REALM_STEP_MAX_SEQS];
+    for (int i = 0; i < n; i++)
+        seqs[i] = (realm_llama_seq){step[i]->kv, step[i]->pos + step[i]->done, step[i]->chunk, step[i]->n_tokens};
+    if (h->kind == JOB_LM_HEAD) {
+        if (n == 1)
+            return realm_llama_lm_head_rows(d, h->output_norm, h->output, seqs, 1, h->x + h->done * E,
+                                            h->out + h->done * d->n_vocab, s, h->n_threads);
+        int64_t row = 0;
+        for (int i = 0; i < n; row += step[i]->chunk, i++)
+            memcpy(s->hidden + row * E, step[i]->x + step[i]->done * E, (size_t)(step[i]->chunk * E) * sizeof(float));
+        const int rc =
+            realm_llama_lm_head_rows(d, h->output_norm, h->output, seqs, n, s->hidden, s->logits, s, h->n_threads);
+        if (rc) return rc;
+        row = 0;
+        for (int i = 0; i < n; row += step[i]->chunk, i++)
+            memcpy(step[i]->out + step[i]->done * d->n_vocab, s->logits + row * d->n_vocab,
+                   (size_t)(step[i]->chunk * d->n_vocab) * sizeof(float));
+        return 0;
+    }
+    if (n == 1) { /* in place in the caller's rows, as one call alone always ran */
+        const float *in = (h->layer == h->first ? h->x : h->out) + h->done * E;
+        return realm_llama_layers_rows(d, h->layers, h->layer, h->step_layers, seqs, 1, in, h->out + h->done * E, s,
+                                       h->n_threads);
+    }
+    int64_t row = 0;
+    for (int i = 0; i < n; row += step[i]->chunk, i++)
+        memcpy(s->hidden + row * E, step[i]->x + step[i]->done * E, (size_t)(step[i]->chunk * E) * sizeof(float));
+    const int rc =
+        realm_llama_layers_rows(d, h->layers, h->first, h->count, seqs, n, s->hidden, s->hidden, s, h->n_threads);
+    if (rc) return rc;
+    row = 0;
+    for (int i = 0; i < n; row += step[i]->chunk, i++)
+        memcpy(step[i]->out + step[i]->done * E, s->hidden + row * E, (size_t)(step[i]->chunk * E) * sizeof(float));
+    return 0;
+}
+
+/* each job's progress after its step (the queue's mutex held) */
+static void advance(realm_step_queue *q, realm_step_job **step, int n, int rc) {
+    int64_t rows = 0;
+    for (int i = 0; i < n; i++) {
+        realm_step_job *j = step[i];
+        rows += j->chunk;
+        if (rc) {
+            finish(q, j, rc);
+            continue;
+        }
+        if (j->kind == JOB_LAYERS) j->layer += j->step_layers;
+        if (j->kind == JOB_LM_HEAD || j->layer == j->first + j->count) { /* the chunk is through */
+            j->done += j->chunk;
+            j->layer = j->first;
+        }
+        unlink_job(q, j);
+        if (j->done == j->n_tokens) {
+            j->rc = 0;
+            j->finished = 1;
+        } else {
+            push_back(q, j); /* round-robin */
+        }
+    }
+    q->steps++;
+    q->rows += (uint64_t)rows;
+    q->jobs += (uint64_t)n;
+    if ((uint64_t)n > q->max_jobs) q->max_jobs = (uint64_t)n;
+}
+
+/* a step of the job's call: its lock ticket, and the steps that ran while it waited */
+static void note_step(realm_call_control *c, uint64_t ticket, uint64_t ahead) {
+    if (!c) return;
+    if (!c->chunks++) c->first_grant = ticket;
+    c->last_grant = ticket;
+    if (ahead > c->max_ahead) c->max_ahead = ahead;
+}
+
+/* Queue j and wait until it is finished, running steps (for any job) whenever none runs. */
+static int realm_step_run(realm_step_queue *q, realm_step_job *j) {
+    realm_step_job *step[REALM_STEP_MAX_SEQS];
+    pthread_mutex_lock(&q->mutex);
+    push_back(q, j);
+    while (!j->finished) {
+        if (q->running) {
+            pthread_cond_wait(&q->changed, &q->mutex);
+            continue;
+        }
+        const int n = pick(q, step);
+        if (n == 0) { /* only stopped jobs were left: j among them */
+            pthread_cond_broadcast(&q->changed);
+            continue;
+        }
+        q->running = 1;
+        pthread_mutex_unlock(&q->mutex);
+        const uint64_t ticket = realm_fair_lock_acquire(&q->lock, NULL);
+        const int rc = run_step(step, n);
+        realm_fair_lock_release(&q->lock);
+        pthread_mutex_lock(&q->mutex);
+        for (int i = 0; i < n; i++) note_step(step[i]->ctl, ticket, q->steps - step[i]->queued_at);
+        advance(q, step, n, rc);
+        q->running = 0;
+        pthread_cond_broadcast(&q->changed);
+    }
+    pthread_mutex_unlock(&q->mutex);
+    return j->rc;
+}
+
+/* ---- the calls -------------------------------------------------------------------------- */
+
+int realm_llama_forward_layers(const realm_llama_dims *d, const realm_llama_layer *layers, int32_t first,
+                               int32_t count, realm_kv_ring *kv, int64_t pos, int64_t n_tokens, const float *x,
+                               float *out, realm_llama_scratch *s, int n_threads, realm_step_queue *q,
+                               realm_call_control *ctl, int64_t *done) {
+    *done = 0;
+    if (!d || !layers || !kv || !s || !q || !x || !out || count <= 0 || first < 0 || n_tokens <= 0 || pos < 0 ||
+        n_threads <= 0)
+        return REALM_ERR_INVALID;
+    for (int32_t l = first; l < first + count; l++)
+        if (realm_llama_check_layer(d, &layers[l])) return REALM_ERR_INVALID;
+    realm_step_job j = {.kind = JOB_LAYERS, .d = d, .layers = layers, .s = s, .n_threads = n_threads,
+                        .first = first, .count = count, .kv = kv, .pos = pos, .n_tokens = n_tokens,
+                        .x = x, .out = out, .ctl = ctl, .layer = first};
+    const int rc = realm_step_run(q, &j);
+    *done = j.done;
+    return rc;
+}
+
+int realm_llama_lm_head_chunked(const realm_llama_dims *d, const float *output_norm, const realm_tensor *output,
+                                const float *x, int64_t n_tokens, float *logits, realm_llama_scratch *s,
+                                int n_threads, realm_step_queue *q, realm_call_control *ctl, int64_t *done) {
+    *done = 0;
+    if (!d || !output || !output_norm || !s || !q || !x || !logits || n_tokens <= 0 || n_threads <= 0)
+        return REALM_ERR_INVALID;
+    realm_step_job j = {.kind = JOB_LM_HEAD, .d = d, .output = output, .output_norm = output_norm, .s = s,
+                        .n_threads = n_threads, .x = x, .out = logits, .n_tokens = n_tokens, .ctl = ctl};
+    const int rc = realm_step_run(q, &j);
+    *done = j.done;
+    return rc;
+}

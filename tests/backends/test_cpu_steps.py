@@ -1,0 +1,185 @@
+"""Calls from many threads on one model run as batched steps (csrc/cpu/llama_steps.c):
+each call's rows come out exactly as they do alone, a bad or cancelled call fails alone,
+and the steps did carry several calls at once."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from support.prompts import prompt
+
+from realm_ext import _kernels
+from realm_ext.backends.cpu import CpuBackend
+from realm_ext.model import load_gguf
+from realm_ext.quantizer import RECIPES
+
+DECODE = 12
+
+
+@pytest.fixture(scope="module")
+def backend() -> CpuBackend:
+    return CpuBackend(n_threads=2)
+
+
+def run_together(targets: list) -> list:
+    """Each target in its own thread, released at once; their results or exceptions."""
+    barrier = threading.Barrier(len(targets))
+    out: list = [None] * len(targets)
+
+    def body(i: int) -> None:
+        barrier.wait()
+        try:
+            out[i] = targets[i]()
+        except BaseException as e:  # noqa: BLE001 - handed back
+            out[i] = e
+
+    ts = [threading.Thread(target=body, args=(i,)) for i in range(len(targets))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(300)
+        assert not t.is_alive()
+    return out
+
+
+def conversation(
+    backend: CpuBackend, m, toks: list[int], steps: int, barrier: threading.Barrier | None = None
+):
+    """The logits of a prompt's last row and of `steps` greedy decode steps after it, each
+    step's layers and LM head called separately (as a guest calls them); with a barrier,
+    every decode step starts with the other threads'."""
+    c = m.config
+    kv = backend.new_kv(m, len(toks) + steps + 1)
+    x = np.empty((len(toks), c.n_embd), np.float32)
+    backend.forward_embedding(m, np.asarray(toks, np.int32), x)
+    backend.forward_layers(m, 0, c.n_layer, x, 0, kv, x)
+    rows = [np.empty((1, c.n_vocab), np.float32)]
+    backend.forward_lm_head(m, x[-1:], rows[0])
+    x1 = np.empty((1, c.n_embd), np.float32)
+    for pos in range(len(toks), len(toks) + steps):
+        if barrier is not None:
+            barrier.wait()
+        backend.forward_embedding(m, np.array([int(np.argmax(rows[-1]))], np.int32), x1)
+        backend.forward_layers(m, 0, c.n_layer, x1, pos, kv, x1)
+        rows.append(np.empty((1, c.n_vocab), np.float32))
+        backend.forward_lm_head(m, x1, rows[-1])
+    backend.free_kv(m, kv)
+    return np.concatenate(rows)
+
+
+def batched(backend: CpuBackend, m) -> tuple[int, int]:
+    stats = backend.prepare(m).step_stats
+    return stats["steps"], stats["jobs"]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_decoding_together_equals_alone_bit_for_bit(
+    model_path, backend: CpuBackend, rng, recipe: str
+) -> None:
+    """Six conversations decoding in step: their steps batch (the weights read once for
+    all rows), and every logit equals the conversation's alone, bit for bit, in every
+    format: a row sums in the float order of its own call's size, whatever shares its
+    step (a decode row in a step of 8 rows does not take the batched K-quant order)."""
+    with load_gguf(model_path(recipe, preset="small")) as m:
+        prompts = [prompt(rng, int(n), m.config.n_vocab) for n in rng.integers(3, 20, 6)]
+        alone = [conversation(backend, m, p, DECODE) for p in prompts]
+        steps0, jobs0 = batched(backend, m)
+        barrier = threading.Barrier(len(prompts))
+        together = run_together([lambda p=p: conversation(backend, m, p, DECODE, barrier) for p in prompts])
+        steps1, jobs1 = batched(backend, m)
+        for want, got in zip(alone, together, strict=True):
+            assert not isinstance(got, BaseException), got
+            np.testing.assert_array_equal(got, want)
+        # steps carried several calls: fewer steps than calls
+        assert jobs1 - jobs0 > 1.5 * (steps1 - steps0), (steps1 - steps0, jobs1 - jobs0)
+        assert backend.prepare(m).step_stats["max_jobs"] >= 3
+
+
+def test_a_long_prompt_and_decoders_share_steps(model_path, backend: CpuBackend, rng) -> None:
+    """A 300-token prompt, in chunks, beside three decoding conversations: all exact."""
+    with load_gguf(model_path("Q8_0", preset="small")) as m:
+        long_prompt = prompt(rng, 300, m.config.n_vocab)
+        prompts = [prompt(rng, 5, m.config.n_vocab) for _ in range(3)]
+        want_long = conversation(backend, m, long_prompt, 2)
+        want = [conversation(backend, m, p, 40) for p in prompts]
+        got = run_together(
+            [lambda: conversation(backend, m, long_prompt, 2)]
+            + [lambda p=p: conversation(backend, m, p, 40) for p in prompts]
+        )
+        np.testing.assert_array_equal(got[0], want_long)
+        for w, g in zip(want, got[1:], strict=True):
+            np.testing.assert_array_equal(g, w)
+
+
+def test_a_bad_call_fails_alone(model_path, backend: CpuBackend, rng) -> None:
+    """Calls at a position the ring is not at, again and again, beside decoding
+    conversations: each bad call fails with the range error, the others are exact."""
+    with load_gguf(model_path("Q8_0", preset="small")) as m:
+        c = m.config
+        prompts = [prompt(rng, 6, c.n_vocab) for _ in range(3)]
+        want = [conversation(backend, m, p, 30) for p in prompts]
+
+        def bad() -> int:
+            kv = backend.new_kv(m, 64)
+            x = np.ones((4, c.n_embd), np.float32)
+            failures = 0
+            for _ in range(40):
+                try:
+                    backend.forward_layers(m, 0, c.n_layer, x, 7, kv, x)  # the ring is at 0
+                except IndexError:
+                    failures += 1
+            assert list(kv.n_pos) == [0] * c.n_layer  # nothing appended
+            return failures
+
+        got = run_together([bad] + [lambda p=p: conversation(backend, m, p, 30) for p in prompts])
+        assert got[0] == 40
+        for w, g in zip(want, got[1:], strict=True):
+            np.testing.assert_array_equal(g, w)
+
+
+def test_a_cancelled_call_stops_alone(model_path, backend: CpuBackend, rng) -> None:
+    """A long call cancelled while decoders share its steps: it stops between chunks with
+    its ring holding the tokens it reports; the decoders are exact."""
+    with load_gguf(model_path("Q8_0", preset="small")) as m:
+        c = m.config
+        prompts = [prompt(rng, 6, c.n_vocab) for _ in range(2)]
+        want = [conversation(backend, m, p, 30) for p in prompts]
+        rt = backend.prepare(m)
+        control = _kernels.CallControl()
+        control.arm(None)
+        started = threading.Event()
+
+        def long_call():
+            kv = backend.new_kv(m, 2048)
+            x = np.random.default_rng(1).standard_normal((2000, c.n_embd)).astype(np.float32) * 0.1
+            started.set()
+            try:
+                rt.forward_layers(0, c.n_layer, x, 0, kv, x, backend.n_threads, control)
+            except _kernels.CallStopped as e:
+                return e.done, kv.n_pos
+            return None
+
+        def cancel_soon():
+            started.wait()
+            while control.chunks["grants"] < 3:
+                threading.Event().wait(0.001)
+            control.cancel()
+
+        got = run_together(
+            [long_call, cancel_soon] + [lambda p=p: conversation(backend, m, p, 30) for p in prompts]
+        )
+        assert got[0] is not None, "the long call was not stopped"
+        done, n_pos = got[0]
+        assert 0 < done < 2000 and list(n_pos) == [done] * c.n_layer
+        for w, g in zip(want, got[2:], strict=True):
+            np.testing.assert_array_equal(g, w)
+
+
+def test_step_tokens_is_checked(model_path, backend: CpuBackend) -> None:
+    with load_gguf(model_path("Q8_0")) as m:
+        rt = backend.prepare(m)
+        assert rt.step_tokens >= 1
+        with pytest.raises(ValueError, match="step_tokens"):
+            rt.step_tokens = 0
