@@ -8,7 +8,7 @@ each; first alone, then while a hostile guest, in another thread, sends batches 
 `--batch` tokens through every layer, one call each, over and over. Reported: the
 neighbour's step latency p50/p99 alone and beside the batches (and their ratio), the
 hostile calls' duration, and how many chunks each took (the host runs a long call in
-chunks and lets other guests' steps in between: csrc/cpu/llama.h).
+chunks and lets other guests' steps in between: csrc/cpu/llama_steps.h).
 """
 
 from __future__ import annotations
