@@ -83,6 +83,7 @@ class Result:
     error: BaseException | None = None
     stopped: bool = False  # Job.stop ended it (the client left, or the server drained)
     reused_tokens: int = 0  # chat: prompt tokens reused from the guest's ring
+    pieces: int = 0  # pieces the guest emitted
 
     @property
     def ttft(self) -> float | None:
@@ -179,6 +180,7 @@ class Job:
             matcher = StopMatcher(req.stops)
 
             def on_emit(piece: str) -> bool:
+                res.pieces += 1
                 if self._stop.is_set():
                     return False
                 text = matcher.feed(piece)
@@ -223,6 +225,7 @@ class Job:
             if self._stop.is_set() and e.code == abi.ERR_CANCELLED and pg is not None:
                 res.stopped = True  # Job.stop cancelled a long import: the guest is fine
                 res.finish_reason = "stop"
+                res.completion_tokens = res.pieces  # realm_generate returned -8, not its count
                 self._forget_chat(pg)
             else:
                 res.error, healthy = e, False
