@@ -411,14 +411,15 @@ class _Handler:
         }
 
     async def _next(self, job: Job) -> str | None:
-        """The next piece; at the drain deadline the job is stopped (DrainTimeout)."""
+        """The next piece; past the drain deadline, _DrainTimeout (the caller stops the job)."""
         while True:
+            d = self.state.drain_deadline
+            if d is not None and time.monotonic() >= d:
+                raise _DrainTimeout
             try:
                 return await job.next_piece(POLL_S)
             except asyncio.TimeoutError:
-                d = self.state.drain_deadline
-                if d is not None and time.monotonic() >= d:
-                    raise _DrainTimeout from None
+                continue
 
     async def _stream(self, call: _Call, job: Job, body: _Common) -> Response:
         try:
