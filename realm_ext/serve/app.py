@@ -265,7 +265,7 @@ class _Handler:
         tenant = _authenticate(state, request)
         call.tenant = tenant.name
         if state.draining:
-            raise OpenAIError(503, "The server is shutting down.", type="server_error", code="shutting_down")
+            raise _shutting_down()
         try:
             raw = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -325,10 +325,16 @@ class _Handler:
                 code="rate_limit_exceeded",
                 headers={"Retry-After": str(e.retry_after)},
             ) from None
-        return await self._run(call, tenant, slot, body, gen)
+        return await self._run(request, call, tenant, slot, body, gen)
 
     async def _run(
-        self, call: _Call, tenant: Tenant, slot: Callable[[], None], body: _Common, gen: GenRequest
+        self,
+        request: Request,
+        call: _Call,
+        tenant: Tenant,
+        slot: Callable[[], None],
+        body: _Common,
+        gen: GenRequest,
     ) -> Response:
         state = self.state
         m = state.metrics
@@ -336,12 +342,14 @@ class _Handler:
         pool = state.pool(tenant, call.model)
 
         def on_done(result: Result) -> None:  # in the worker thread, once the guest is back
-            slot()
-            m.in_flight.labels(tenant.name).dec()
-            tenant.tokens.add(result.prompt_tokens + result.completion_tokens)
-            if result.error is not None and is_guest_failure(result.error):
-                m.guests_replaced.labels(tenant.name, call.model).inc()
-            self._finish(call, self._status(result), result)
+            try:
+                tenant.tokens.add(result.prompt_tokens + result.completion_tokens)
+                if result.error is not None and is_guest_failure(result.error):
+                    m.guests_replaced.labels(tenant.name, call.model).inc()
+                self._finish(call, self._status(result), result)
+            finally:  # the slot last: whoever sees it free sees the request counted
+                m.in_flight.labels(tenant.name).dec()
+                slot()
 
         job = Job(asyncio.get_running_loop(), pool, gen, on_done)
 
@@ -356,15 +364,16 @@ class _Handler:
             m.queue_depth.dec()
             slot()
             m.in_flight.labels(tenant.name).dec()
-            raise OpenAIError(
-                503, "The server is shutting down.", type="server_error", code="shutting_down"
-            ) from None
+            raise _shutting_down() from None
 
         if body.stream:
-            return await self._stream(call, job, body)
+            return await self._stream(request, call, job, body)
         try:
-            while await job.next_piece() is not None:
+            while await self._next(job, request) is not None:
                 pass
+        except _DrainTimeout:
+            await self._stop_and_wait(job)
+            raise _shutting_down() from None
         except BaseException:
             job.stop()
             raise
@@ -410,20 +419,36 @@ class _Handler:
             "usage": self._usage(res),
         }
 
-    async def _next(self, job: Job) -> str | None:
-        """The next piece; past the drain deadline, _DrainTimeout (the caller stops the job)."""
+    @staticmethod
+    async def _stop_and_wait(job: Job) -> None:
+        job.stop()
+        while await job.next_piece() is not None:
+            pass
+
+    async def _next(self, job: Job, request: Request | None = None) -> str | None:
+        """The next piece. Past the drain deadline: _DrainTimeout (the caller stops the
+        job). With `request` (before a response has started: nothing else is reading
+        its messages), a client gone meanwhile stops the job (looked at every POLL_S)."""
         while True:
             d = self.state.drain_deadline
             if d is not None and time.monotonic() >= d:
                 raise _DrainTimeout
+            if request is not None and time.monotonic() >= job.next_check:
+                job.next_check = time.monotonic() + POLL_S
+                if await request.is_disconnected():
+                    job.stop()  # the job still ends, and next_piece then returns None
+                    request = None
             try:
                 return await job.next_piece(POLL_S)
             except asyncio.TimeoutError:
                 continue
 
-    async def _stream(self, call: _Call, job: Job, body: _Common) -> Response:
+    async def _stream(self, request: Request, call: _Call, job: Job, body: _Common) -> Response:
         try:
-            first = await self._next(job)
+            first = await self._next(job, request)
+        except _DrainTimeout:
+            await self._stop_and_wait(job)
+            raise _shutting_down() from None
         except BaseException:
             job.stop()
             raise
@@ -473,9 +498,7 @@ class _Handler:
                         yield _sse(chunk(piece, None))
                         piece = await self._next(job)
                 except _DrainTimeout:
-                    job.stop()
-                    while await job.next_piece() is not None:
-                        pass
+                    await self._stop_and_wait(job)
                     yield _sse(
                         error_body(
                             "The server is shutting down; the generation was stopped.",
@@ -515,6 +538,10 @@ class _Handler:
 
 class _DrainTimeout(Exception):
     pass
+
+
+def _shutting_down() -> OpenAIError:
+    return OpenAIError(503, "The server is shutting down.", type="server_error", code="shutting_down")
 
 
 def _error_of(e: BaseException) -> OpenAIError:

@@ -136,6 +136,7 @@ class Job:
         self._guest: PooledGuest | None = None
         self._guest_lock = threading.Lock()
         self.done = threading.Event()
+        self.next_check = 0.0  # time.monotonic() at which the async side next looks at its client
 
     # -- the worker thread ---------------------------------------------------------------
 

@@ -108,7 +108,7 @@ def test_a_hostile_tenant_beside_a_well_behaved_one(start_server, tiny_chat, hos
         {"tiny": tiny_chat},
         [
             TenantConfig("alice", KEYS["alice"], max_concurrent=4),
-            TenantConfig("eve", KEYS["eve"], max_concurrent=4, time_limit=1.0, wasm=hostile_wasm),
+            TenantConfig("eve", KEYS["eve"], max_concurrent=5, time_limit=1.0, wasm=hostile_wasm),
         ],
     )
     prompts = [f"A quiet morning {i}" for i in range(8)]
@@ -166,10 +166,13 @@ def test_a_client_leaving_mid_stream_stops_the_guest_and_frees_its_ring(start_se
                 model="tiny",
                 messages=[{"role": "user", "content": "Talk"}],
                 max_tokens=max_tokens,
+                temperature=0,  # the greedy text never ends early on this model
                 stream=True,
             )
         else:
-            stream = c.completions.create(model="tiny", prompt="Talk", max_tokens=max_tokens, stream=True)
+            stream = c.completions.create(
+                model="tiny", prompt="Talk", max_tokens=max_tokens, temperature=0, stream=True
+            )
         pieces = [next(stream) for _ in range(5)]
         assert len(pieces) == 5
         t_left = time.monotonic()
@@ -211,7 +214,7 @@ def test_a_slow_reader_is_bounded_by_the_time_limit(start_server, tiny_chat):
     served = start_server(
         {"tiny": tiny_chat}, [TenantConfig("alice", KEYS["alice"], max_concurrent=1, time_limit=1.0)]
     )
-    body = {"model": "tiny", "prompt": "Talk", "max_tokens": 200_000, "stream": True}
+    body = {"model": "tiny", "prompt": "Talk", "max_tokens": 200_000, "temperature": 0, "stream": True}
     with (
         httpx.Client(timeout=30) as client,
         client.stream(
@@ -229,3 +232,52 @@ def test_a_slow_reader_is_bounded_by_the_time_limit(start_server, tiny_chat):
         assert served.pool("alice", "tiny").counts()[1] == 0
     r = served.post("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 2}, KEYS["alice"])
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+
+
+def test_a_client_leaving_a_non_streamed_request_stops_the_guest(start_server, tiny_chat):
+    served = start_server({"tiny": tiny_chat}, [TenantConfig("alice", KEYS["alice"], max_concurrent=1)])
+    body = {"model": "tiny", "prompt": "Talk", "max_tokens": 200_000, "temperature": 0}
+    t0 = time.monotonic()
+    try:
+        served.post("/v1/completions", body, KEYS["alice"], timeout=0.5)
+        raise AssertionError("the request should have timed out")
+    except httpx.TimeoutException:
+        pass
+    tenant = served.state.tenants[0]
+    _wait(lambda: tenant.in_flight == 0, what="the guest to stop")
+    assert time.monotonic() - t0 < 5
+    pool = served.pool("alice", "tiny")
+    assert pool.counts() == (1, 0) and pool.replaced == 0
+    assert (
+        served.metric("realm_serve_requests_total", endpoint="/v1/completions", tenant="alice", status="499")
+        == 1
+    )
+
+
+def test_a_tenants_own_guest_without_chat_and_tokenizer(start_server, tiny_chat, hostile_wasm):
+    served = start_server({"tiny": tiny_chat}, [TenantConfig("eve", KEYS["eve"], wasm=hostile_wasm)])
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+    r = served.post("/v1/chat/completions", chat, KEYS["eve"])
+    assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_by_guest"
+    r = served.post("/v1/completions", {"model": "tiny", "prompt": "hello", "max_tokens": 4}, KEYS["eve"])
+    assert r.json()["usage"] == {"prompt_tokens": 0, "completion_tokens": 1, "total_tokens": 1}
+    assert served.pool("eve", "tiny").replaced == 0  # refusing chat did not cost the guest
+
+
+def test_a_memory_limit_the_guest_cannot_start_in(start_server, tiny_chat, direct):
+    served = start_server(
+        {"tiny": tiny_chat},
+        [
+            TenantConfig("alice", KEYS["alice"]),
+            TenantConfig("bob", KEYS["bob"], memory_limit=64 << 10),  # one wasm page: too small
+        ],
+    )
+    r = served.post("/v1/completions", {"model": "tiny", "prompt": "hello", "max_tokens": 4}, KEYS["bob"])
+    e = r.json()["error"]
+    assert r.status_code == 500 and e["code"] in ("guest_limit", "guest_error") and "memory" in e["message"]
+    r = served.post(
+        "/v1/completions",
+        {"model": "tiny", "prompt": "hello", "max_tokens": 4, "temperature": 0},
+        KEYS["alice"],
+    )
+    assert r.json()["choices"][0]["text"] == direct.generate("hello", **guest_params(4))[0]

@@ -58,7 +58,8 @@ class Served:
 
     def post(self, path: str, body: Any, key: str | None = None, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.post(self.url + path, json=body, headers=headers, timeout=60, **kwargs)
+        kwargs.setdefault("timeout", 60)
+        return httpx.post(self.url + path, json=body, headers=headers, **kwargs)
 
     def get(self, path: str, key: str | None = None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
