@@ -18,6 +18,7 @@ the server goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -68,12 +69,27 @@ class ServerState:
     """One server's host, models, tenants, guest pools, metrics and worker threads."""
 
     def __init__(self, config: ServeConfig, host: Host | None = None, workers: int | None = None):
+        """Load config's models into `host` (default: a Host of its own, on config's device
+        and threads, closed with the state). workers: threads that run generations (default:
+        the sum of the tenants' concurrency limits, so that no admitted request waits)."""
         self.config = config
+        self._closed = False
         self._own_host = host is None
         self.host = host if host is not None else Host(device=config.device, n_threads=config.threads)
         self.models: dict[str, Model] = {}
         self.templates: dict[str, ChatTemplate | ChatTemplateError] = {}
+        self._pools: dict[tuple[str, str], GuestPool] = {}
+        self._pools_lock = threading.Lock()
+        self.tenants = [Tenant(t) for t in config.tenants]
+        self.auth = Authenticator(self.tenants)
+        self.metrics = Metrics(self._pool_counts)
+        n = workers or sum(t.config.max_concurrent for t in self.tenants)
+        self.executor = ThreadPoolExecutor(max_workers=max(1, n), thread_name_prefix="realm-serve")
+        self.created = int(time.time())
+        self.draining = False
+        self.drain_deadline: float | None = None
         try:
+            self._wasm = {t.name: t.config.wasm.read_bytes() if t.config.wasm else None for t in self.tenants}
             for spec in config.models:
                 model = self.models[spec.name] = self.host.load(spec.path)
                 try:
@@ -83,18 +99,6 @@ class ServerState:
         except BaseException:
             self.close()
             raise
-        self.tenants = [Tenant(t) for t in config.tenants]
-        self.auth = Authenticator(self.tenants)
-        self._wasm = {t.name: (t.config.wasm.read_bytes() if t.config.wasm else None) for t in self.tenants}
-        self._pools: dict[tuple[str, str], GuestPool] = {}
-        self._pools_lock = threading.Lock()
-        self.metrics = Metrics(self._pool_counts)
-        n = workers or sum(t.config.max_concurrent for t in self.tenants)
-        self.executor = ThreadPoolExecutor(max_workers=max(1, n), thread_name_prefix="realm-serve")
-        self.created = int(time.time())
-        self.draining = False
-        self.drain_deadline: float | None = None
-        self._closed = False
 
     def pool(self, tenant: Tenant, model_name: str) -> GuestPool:
         key = (tenant.name, model_name)
@@ -123,15 +127,20 @@ class ServerState:
         self.drain_deadline = time.monotonic() + (self.config.drain_timeout if timeout is None else timeout)
 
     def close(self) -> None:
+        """Close the pools (busy guests close as their request ends), wait for the worker
+        threads, then unload the models (or close the Host, when it is the state's own)."""
         if self._closed:
             return
         self._closed = True
-        for p in self.pools() if hasattr(self, "_pools") else []:
+        for p in self.pools():
             p.close()
-        if hasattr(self, "executor"):
-            self.executor.shutdown(wait=True, cancel_futures=True)
+        self.executor.shutdown(wait=True, cancel_futures=True)
         if self._own_host:
             self.host.close()
+        else:
+            for model in self.models.values():
+                with contextlib.suppress(KeyError):
+                    self.host.unload(model)
 
 
 @dataclass

@@ -170,11 +170,13 @@ class Job:
         healthy = True
         try:
             if self._stop.is_set():
+                res.stopped = True
                 return
             pg = self.pool.acquire(req.history)
             with self._guest_lock:
                 self._guest = pg
             if self._stop.is_set():
+                res.stopped = True
                 return
             guest = pg.guest
             deadline = time.monotonic() + self.pool.tenant.time_limit
