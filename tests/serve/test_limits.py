@@ -107,7 +107,7 @@ def test_a_hostile_tenant_beside_a_well_behaved_one(start_server, tiny_chat, hos
     served = start_server(
         {"tiny": tiny_chat},
         [
-            TenantConfig("alice", KEYS["alice"], max_concurrent=4),
+            TenantConfig("alice", KEYS["alice"], max_concurrent=8),
             TenantConfig("eve", KEYS["eve"], max_concurrent=5, time_limit=1.0, wasm=hostile_wasm),
         ],
     )
