@@ -73,7 +73,7 @@ class GuestUnsupported(Exception):
 class Result:
     """What a job did. error: the exception that ended it (None: it finished)."""
 
-    text: str = ""
+    parts: list[str] = field(default_factory=list)  # the text passed on, piece by piece
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "stop"
@@ -84,6 +84,10 @@ class Result:
     stopped: bool = False  # Job.stop ended it (the client left, or the server drained)
     reused_tokens: int = 0  # chat: prompt tokens reused from the guest's ring
     pieces: int = 0  # pieces the guest emitted
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
 
     @property
     def ttft(self) -> float | None:
@@ -155,7 +159,7 @@ class Job:
                 return False
         if self.result.first_piece is None:
             self.result.first_piece = time.monotonic()
-        self.result.text += text
+        self.result.parts.append(text)
         return self._post(text)
 
     @staticmethod

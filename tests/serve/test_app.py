@@ -267,3 +267,26 @@ def test_sse_wire_format(served):
     chunks = [json.loads(e[6:]) for e in events[:-1]]
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     assert len({c["id"] for c in chunks}) == 1
+
+
+def test_fastapi_validation_errors_are_400_in_the_openai_shape(tiny_chat, host):
+    """A route's own parameters failing FastAPI's validation (its 422) answer 400."""
+    from fastapi.testclient import TestClient
+
+    from realm_ext.serve import ModelSpec, ServeConfig, ServerState, create_app
+
+    state = ServerState(ServeConfig([ModelSpec("tiny", tiny_chat)], threads=1), host=host)
+    app = create_app(state, own_state=True)
+
+    @app.get("/typed")
+    async def typed(n: int) -> dict[str, int]:
+        return {"n": n}
+
+    with TestClient(app) as client:
+        assert client.get("/typed", params={"n": 3}).json() == {"n": 3}
+        r = client.get("/typed", params={"n": "three"})
+        assert r.status_code == 400
+        e = r.json()["error"]
+        assert (e["type"], e["param"], e["code"]) == ("invalid_request_error", "query.n", None)
+        assert e["message"].startswith("Invalid request: 'query.n': Input should be a valid integer")
+    assert state._closed  # the app owned the state: closed at its shutdown
