@@ -1,4 +1,4 @@
-"""The `realm-ext` command: generate, chat, tokenize, make-model, quantize, inspect, pull."""
+"""The `realm-ext` command: generate, chat, tokenize, serve, make-model, quantize, inspect, pull."""
 
 from __future__ import annotations
 
@@ -651,6 +651,120 @@ def tokenize_cmd(
         else:
             click.echo(" ".join(str(i) for i in ids))
             click.echo(" ".join(repr(tokens[i]) for i in ids), err=True)
+
+
+@main.command("serve")
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="[NAME=]PATH",
+    help="A GGUF to serve, named by its file stem or NAME (repeat for more; default: SmolLM2-135M-Instruct).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--api-key", default=None, envvar="REALM_EXT_API_KEY", help="One tenant with this key.")
+@click.option(
+    "--tenants",
+    "tenants_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A tenants.toml: keys, granted models, limits, own guests (README: Serving).",
+)
+@click.option("--device", type=_DEVICES, default="auto", show_default=True)
+@click.option(
+    "--threads", type=click.IntRange(1, MAX_THREADS), default=None, help="CPU threads (default: all)."
+)
+@click.option(
+    "--max-concurrent",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Without --tenants: concurrent requests (and pooled guests per model).",
+)
+@click.option("--memory-limit", type=_Size(), default="64MiB", show_default=True, help="Without --tenants.")
+@click.option(
+    "--time-limit",
+    type=_F32(above=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds per request (without --tenants).",
+)
+@click.option(
+    "--tokens-per-minute", type=click.IntRange(min=0), default=0, help="Without --tenants; 0: no limit."
+)
+@click.option(
+    "--n-ctx", type=click.IntRange(1, 1 << 20), default=2048, show_default=True, help="KV ring positions."
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds streams get to finish at shutdown.",
+)
+def serve_cmd(
+    models: tuple[str, ...],
+    host: str,
+    port: int,
+    api_key: str | None,
+    tenants_file: Path | None,
+    device: str,
+    threads: int | None,
+    max_concurrent: int,
+    memory_limit: int,
+    time_limit: float,
+    tokens_per_minute: int,
+    n_ctx: int,
+    drain_timeout: float,
+) -> None:
+    """An OpenAI-compatible HTTP server (/v1/models, /v1/completions, /v1/chat/completions,
+    /health, /metrics); every request runs in a sandboxed guest. Without --api-key or
+    --tenants the server is open: anyone who reaches it may use every model."""
+    try:
+        from realm_ext.serve import ConfigError, ServeConfig, ServerState, TenantConfig, load_tenants
+        from realm_ext.serve import parse_model_spec as parse_spec
+        from realm_ext.serve.server import run
+    except ImportError as e:
+        raise click.ClickException(
+            f"serve needs its extra: pip install 'realm-ext[serve]' ({e.name or e} is missing)"
+        ) from None
+    if api_key and tenants_file:
+        raise click.UsageError("give --api-key or --tenants, not both")
+    try:
+        specs = [parse_spec(m) for m in models]
+        if not specs:
+            specs = [parse_spec(f"{pull_mod.DEFAULT}={_model_path(None)}")]
+        for spec in specs:
+            if not spec.path.is_file():
+                raise click.BadParameter(f"{spec.path} is not a file", param_hint="--model")
+        if tenants_file is not None:
+            tenants = load_tenants(tenants_file)
+        else:
+            tenants = [
+                TenantConfig(
+                    "default" if api_key else "anonymous",
+                    api_key or None,
+                    max_concurrent=max_concurrent,
+                    memory_limit=memory_limit,
+                    time_limit=time_limit,
+                    tokens_per_minute=tokens_per_minute,
+                    n_ctx=n_ctx,
+                )
+            ]
+        config = ServeConfig(specs, tenants, device=device, threads=threads, drain_timeout=drain_timeout)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        state = ServerState(config)
+    except (GGUFError, RuntimeError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    if config.is_open:
+        _warn("no --api-key or --tenants: the server is open to anyone who can reach it")
+    names = ", ".join(state.models)
+    click.echo(f"serving {names} on http://{host}:{port}/v1 ({state.host.device})", err=True)
+    run(state, host, port)
 
 
 if __name__ == "__main__":

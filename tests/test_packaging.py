@@ -48,11 +48,14 @@ def test_wheel_installs_into_a_new_venv(tmp_path: Path) -> None:
         "print(all((root / 'csrc' / f).is_file() for f in "
         "('ggml_blocks.h', 'realm_errors.h', 'cpu/llama.h', 'cpu/vec_dot_x86.inc', 'cuda/matmul.cu'))); "
         # typed: the marker and the extensions' stubs (PEP 561)
-        "print(all((root / f).is_file() for f in ('py.typed', '_kernels.pyi', '_host_native.pyi')))"
+        "print(all((root / f).is_file() for f in ('py.typed', '_kernels.pyi', '_host_native.pyi'))); "
+        # the server came along (its dependencies are the serve extra's)
+        "import realm_ext.serve.app, realm_ext.serve.ray_serve; "
+        "print(pathlib.Path(realm_ext.serve.app.__file__).parent == root / 'serve')"
     )
     out = run([py, "-c", probe], cwd=tmp_path).stdout.split()
     assert out[0].startswith(str(env_dir)), f"imported {out[0]}, not the venv's copy"
-    assert out[1:] == ["144", "True", "True", "True"]
+    assert out[1:] == ["144", "True", "True", "True", "True"]
     # the console script works from the installed wheel
     model = tmp_path / "m.gguf"
     exe = env_dir / "bin" / "realm-ext"
