@@ -129,9 +129,11 @@ static void swiglu_rows(void *ctx, int64_t t0, int64_t t1, int thread) {
     for (int64_t t = t0; t < t1; t++) realm_swiglu(j->s->gate + t * F, j->s->up + t * F, j->s->gate + t * F, F);
 }
 
-/* one chunk of n <= max_tokens tokens */
+/* one chunk of n <= max_tokens tokens of a batch of `batch` tokens (attention's float
+ * order follows the batch) */
 static int layer_chunk(const realm_llama_dims *d, const realm_llama_layer *L, int32_t layer, realm_kv_ring *kv,
-                       int64_t pos, int64_t n, const float *x, float *out, realm_llama_scratch *s, int nt) {
+                       int64_t pos, int64_t n, int64_t batch, const float *x, float *out, realm_llama_scratch *s,
+                       int nt) {
     const int64_t E = d->n_embd;
     int rc;
 
@@ -146,7 +148,7 @@ static int layer_chunk(const realm_llama_dims *d, const realm_llama_layer *L, in
     realm_parallel_for(n, nt, rope_rows, &tj);
     rc = realm_kv_append(kv, layer, pos, n, s->k, s->v);
     if (rc) return rc;
-    rc = realm_attention(kv, layer, pos, n, d->n_head, s->q, s->att, s->att_scratch, nt);
+    rc = realm_attention_in_batch(kv, layer, pos, n, d->n_head, s->q, s->att, s->att_scratch, nt, batch);
     if (rc) return rc;
     if (mm(&L->wo, s->att, n, s->tmp, s, nt, 0)) return REALM_ERR_INVALID;
     realm_add(s->tmp, x, out, n * E); /* out = x + attention (the residual) */
@@ -164,9 +166,10 @@ static int layer_chunk(const realm_llama_dims *d, const realm_llama_layer *L, in
     return 0;
 }
 
-int realm_llama_layer_forward(const realm_llama_dims *d, const realm_llama_layer *L, int32_t layer,
-                              realm_kv_ring *kv, int64_t pos, int64_t n_tokens, const float *x, float *out,
-                              realm_llama_scratch *s, int n_threads) {
+/* realm_llama_layer_forward on n_tokens of a batch of `batch` tokens */
+static int layer_forward(const realm_llama_dims *d, const realm_llama_layer *L, int32_t layer, realm_kv_ring *kv,
+                         int64_t pos, int64_t n_tokens, int64_t batch, const float *x, float *out,
+                         realm_llama_scratch *s, int n_threads) {
     if (!d || !L || !kv || !x || !out || !s || n_tokens <= 0 || pos < 0 || n_threads <= 0) return REALM_ERR_INVALID;
     if (realm_llama_check_layer(d, L)) return REALM_ERR_INVALID;
     if (kv->n_head_kv != d->n_head_kv || kv->head_dim != d->head_dim || !kv->k || !kv->v) return REALM_ERR_INVALID;
@@ -179,10 +182,17 @@ int realm_llama_layer_forward(const realm_llama_dims *d, const realm_llama_layer
          * its own first token still attends to. Before the ring wraps that means staying
          * within capacity; once the window is full, one token at a time. */
         if (p + n > kv->capacity) n = p < kv->capacity ? kv->capacity - p : 1;
-        const int rc = layer_chunk(d, L, layer, kv, p, n, x + t0 * d->n_embd, out + t0 * d->n_embd, s, n_threads);
+        const int rc =
+            layer_chunk(d, L, layer, kv, p, n, batch, x + t0 * d->n_embd, out + t0 * d->n_embd, s, n_threads);
         if (rc) return rc;
     }
     return 0;
+}
+
+int realm_llama_layer_forward(const realm_llama_dims *d, const realm_llama_layer *L, int32_t layer,
+                              realm_kv_ring *kv, int64_t pos, int64_t n_tokens, const float *x, float *out,
+                              realm_llama_scratch *s, int n_threads) {
+    return layer_forward(d, L, layer, kv, pos, n_tokens, n_tokens, x, out, s, n_threads);
 }
 
 int realm_llama_lm_head(const realm_llama_dims *d, const float *output_norm, const realm_tensor *output,
@@ -266,7 +276,7 @@ int realm_llama_forward_layers(const realm_llama_dims *d, const realm_llama_laye
             take_lock(lock, ctl);
             for (int32_t l = l0; l < l1 && !rc; l++) {
                 const float *in = l == first ? x + t0 * E : out + t0 * E;
-                rc = realm_llama_layer_forward(d, &layers[l], l, kv, pos + t0, n, in, out + t0 * E, s, n_threads);
+                rc = layer_forward(d, &layers[l], l, kv, pos + t0, n, n_tokens, in, out + t0 * E, s, n_threads);
             }
             realm_fair_lock_release(lock);
             if (rc) return rc;
