@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from support.ggml_emulation import GgmlEmulation
-from support.llama_cpp_info import BITWISE_ON_AVX512, sums_in_our_order
+from support.llama_cpp_info import bit_for_bit, sums_in_our_order
 from support.prompts import llama_cpp_prompts, prompt, rel
 
 from realm_ext.backends.cpu import CpuBackend
@@ -82,7 +82,7 @@ def test_prompt_logits_match_llama_cpp(
     assert min(ignored) > 1e-2
     assert rows_all.max() < 5e-2
     if sums_in_our_order(RECIPE):
-        if RECIPE in BITWISE_ON_AVX512:
+        if bit_for_bit(RECIPE):
             assert rows_all.max() == 0.0
         assert max(errs) <= 1e-3
     else:
