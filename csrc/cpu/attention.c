@@ -89,6 +89,23 @@ static inline __attribute__((always_inline)) float reduce32(const float *a, int6
     return (t0 + t1) + (t2 + t3);
 }
 
+/* reduce32 of each column d < hd of a [32][hd] block into out[d], a row at a time (the
+ * same adds, in an order over d that vectorizes) */
+static inline __attribute__((always_inline)) void reduce32_rows(const float *restrict a, int64_t hd,
+                                                                float *restrict out) {
+    for (int64_t d0 = 0; d0 < hd; d0 += 16) {
+        const int64_t m = hd - d0 < 16 ? hd - d0 : 16;
+        float x[8][16];
+        for (int l = 0; l < 8; l++)
+            for (int64_t d = 0; d < m; d++) {
+                const float *c = a + d0 + d;
+                x[l][d] = (c[l * hd] + c[(16 + l) * hd]) + (c[(8 + l) * hd] + c[(24 + l) * hd]);
+            }
+        for (int64_t d = 0; d < m; d++)
+            out[d0 + d] = ((x[0][d] + x[4][d]) + (x[1][d] + x[5][d])) + ((x[2][d] + x[6][d]) + (x[3][d] + x[7][d]));
+    }
+}
+
 /* AVX2 order, a batch: tinyBLAS<8>'s dot (n a multiple of 8): 8 running sums over
  * steps of 8, then hsum8 */
 static inline __attribute__((always_inline)) float dot8(const float *restrict q, const float *restrict k,
@@ -154,7 +171,8 @@ static float reduce16(const float *v) {
  * sum as ggml's softmax forms it: per `lanes` (16 or 8) cache cells (cell = position,
  * groups aligned at multiples of lanes; cells outside the window are 0) in float (a
  * 16-lane reduction, or hsum8), the groups in double. */
-static double exp_and_sum(float *restrict s, int64_t n, int64_t first, float max, int lanes) {
+static inline __attribute__((always_inline)) double exp_and_sum(float *restrict s, int64_t n, int64_t first,
+                                                                 float max, int lanes) {
     double sum = 0.0;
     float v[16];
     for (int64_t j = 0; j < n; j++) s[j] -= max;
@@ -162,9 +180,9 @@ static double exp_and_sum(float *restrict s, int64_t n, int64_t first, float max
     for (int64_t j = 0; j < n;) {
         memset(v, 0, sizeof v);
         do {
-            v[(first + j) % lanes] = s[j];
+            v[(first + j) & (lanes - 1)] = s[j]; /* lanes: a power of 2 */
             j++;
-        } while (j < n && (first + j) % lanes);
+        } while (j < n && (first + j) & (lanes - 1));
         sum += (double)(lanes == 16 ? reduce16(v) : hsum8(v, 1));
     }
     return sum;
@@ -245,7 +263,7 @@ static inline __attribute__((always_inline)) void attend_group_body(
     for (int64_t i = 0; i < group * pv * hd; i++) acc[i] = 0.0f;
     for (int64_t j = 0, slot = first_slot; j < n; j++, slot = next_slot(kv, slot)) {
         convert(v_layer + slot * row, buf, hd);
-        const int64_t lane = (first + j) % pv;
+        const int64_t lane = (first + j) & (pv - 1); /* pv: a power of 2 */
         for (int32_t h = 0; h < group; h++) {
             float *restrict o = acc + (h * pv + lane) * hd;
             const float pj = s[h * cap + j];
@@ -253,11 +271,13 @@ static inline __attribute__((always_inline)) void attend_group_body(
         }
     }
     if (pv > 1)
-        for (int32_t h = 0; h < group; h++)
-            for (int64_t d = 0; d < hd; d++) {
-                const float *a = acc + h * pv * hd + d;
-                out[h * hd + d] = pv == 8 ? hsum8(a, hd) : reduce32(a, hd);
-            }
+        for (int32_t h = 0; h < group; h++) {
+            const float *a = acc + h * pv * hd;
+            if (pv == 8)
+                for (int64_t d = 0; d < hd; d++) out[h * hd + d] = hsum8(a + d, hd);
+            else
+                reduce32_rows(a, hd, out + h * hd);
+        }
 }
 
 /* attend_group compiled for each order, portable and AVX2 + F16C (the same arithmetic:

@@ -104,9 +104,11 @@ def test_logits_match_float64_reference(models: dict[str, Path], backend: CpuBac
 
 @pytest.mark.parametrize("rope", list(ROPES))
 def test_decode_past_the_original_context_equals_prefill(
-    models: dict[str, Path], backend: CpuBackend, rng, rope: str
+    models: dict[str, Path], backend: CpuBackend, rng, rope: str, float_order
 ) -> None:
-    """One token at a time from position 40 on (the factors apply per position)."""
+    """One token at a time from position 40 on (the factors apply per position), in the
+    float order whose decode sums as its prefill (test_cpu.py's decode test says why)."""
+    float_order("avx512")
     with load_gguf(models[rope]) as m:
         c = m.config
         toks = np.asarray(prompt(rng, N_PROMPT, c.n_vocab), np.int32)

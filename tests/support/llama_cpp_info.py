@@ -36,7 +36,7 @@ BITWISE_ON_AVX512 = ("BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 BITWISE_ON_AVX2 = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 
 
-def _avx2_build(has: frozenset[str]) -> bool:
+def avx2_build(has: frozenset[str]) -> bool:
     """An AVX2 + FMA + F16C build without AVX-512, with tinyBLAS (LLAMAFILE): the build
     whose float order kernels.float_order() == "avx2" follows (ops.h)."""
     return {"AVX2", "FMA", "F16C", "LLAMAFILE"} <= has and "AVX512" not in has
@@ -51,7 +51,7 @@ def sums_in_our_order(recipe: str) -> bool:
     order, which ours do not follow). On AVX2: the formats of BITWISE_ON_AVX2."""
     has = cpu_features()
     order = kernels.float_order()
-    if order == "avx2" and _avx2_build(has):
+    if order == "avx2" and avx2_build(has):
         return recipe in BITWISE_ON_AVX2
     if order != "avx512" or kernels.cpu_isa() != "avx512" or "AVX512" not in has:
         return False
