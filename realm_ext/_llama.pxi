@@ -225,9 +225,11 @@ cdef class LlamaRuntime:
     @property
     def step_stats(self) -> dict:
         """What the model's step queue has run (csrc/cpu/llama_steps.h): `steps`, the
-        `rows` and `jobs` (calls' chunks) in them, and `max_jobs`, the most in one step."""
+        `rows` and `jobs` (calls' chunks) in them, `max_jobs`, the most in one step, and
+        the seconds spent running steps (`run_s`) and gathering jobs for them (`gather_s`)."""
         q = &self.steps
-        return {"steps": q.steps, "rows": q.rows, "jobs": q.jobs, "max_jobs": q.max_jobs}
+        return {"steps": q.steps, "rows": q.rows, "jobs": q.jobs, "max_jobs": q.max_jobs,
+                "run_s": q.run_ns * 1e-9, "gather_s": q.gather_ns_spent * 1e-9}
 
     @property
     def step_tokens(self) -> int:
@@ -411,18 +413,39 @@ cdef extern from "ops.h":
     void realm_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, int64_t pos, float base,
                     float freq_scale, const float *freq_factors) nogil
     void realm_swiglu(const float *gate, const float *up, float *out, int64_t n) nogil
-    float realm_expf_ggml(float x) nogil
+    void realm_expf_ggml_row(const float *x, float *y, int64_t n) nogil
+    int realm_float_order() nogil
+    int realm_set_float_order(int order) nogil
     int REALM_ROPE_MAX_DIM
+
+# realm_float_order()'s values, by name: the llama.cpp build whose float order is followed
+FLOAT_ORDERS = ("avx512", "avx2")
+
+
+def float_order() -> str:
+    """Whose float order the kernels follow ('avx512' or 'avx2': that llama.cpp build's,
+    ops.h); the CPU's unless set_float_order forced one."""
+    return FLOAT_ORDERS[realm_float_order()]
+
+
+def set_float_order(name) -> str:
+    """Force a float order ('avx512', 'avx2'), portable and SIMD alike; None restores
+    the CPU's. Returns the one now in use."""
+    if name is None:
+        return FLOAT_ORDERS[realm_set_float_order(-1)]
+    if name not in FLOAT_ORDERS:
+        raise ValueError(f"unknown float order {name!r} (choose from {', '.join(FLOAT_ORDERS)})")
+    return FLOAT_ORDERS[realm_set_float_order(FLOAT_ORDERS.index(name))]
 
 
 def expf_ggml(const float[::1] x) -> np.ndarray:
-    """e^x elementwise as ggml's vectorized expf computes it (ops.h), float32."""
+    """e^x elementwise as ggml's vectorized expf computes it in the build of float_order()
+    (ops.h), float32."""
     out = np.empty(x.shape[0], dtype=np.float32)
     cdef float[::1] o = out
-    cdef int64_t i
-    with nogil:
-        for i in range(x.shape[0]):
-            o[i] = realm_expf_ggml(x[i])
+    if x.shape[0]:
+        with nogil:
+            realm_expf_ggml_row(&x[0], &o[0], x.shape[0])
     return out
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,18 @@ def rng(request: pytest.FixtureRequest) -> np.random.Generator:
     request.node.user_properties.append(("rng_seed", seed))
     print(f"rng seed {seed}")
     return np.random.default_rng(seed)
+
+
+@pytest.fixture
+def float_order() -> Iterator[Callable[[str], str]]:
+    """float_order(name) forces the kernels' float order ('avx512' or 'avx2', ops.h) for
+    the rest of the test; the CPU's is restored after it."""
+    from realm_ext import kernels
+
+    try:
+        yield kernels.set_float_order
+    finally:
+        kernels.set_float_order(None)
 
 
 @pytest.fixture(scope="session")

@@ -4,13 +4,25 @@
  * heads that read that KV head; the pool (threadpool.h) hands ranges of items to
  * threads and each is computed by one thread start to finish, so the result does not
  * depend on the thread count.
- * Per query head, over the window positions j in ascending order:
+ * Per query head, over the window positions j in ascending order (cell = position):
  *   s[j] = (f32 dot of q16 and K16[j]) * scale        (exact products, f32 sums)
- *   e[j] = exp(s[j] - max s) (ggml's vectorized expf, realm_expf_ggml);
- *   sum  = sums of 16 e's in float (cache cells aligned at 16), those in double
+ *   e[j] = exp(s[j] - max s) (ggml's vectorized expf of the order, realm_expf_ggml_row);
+ *   sum  = sums of L e's in float (cache cells aligned at L), those in double
  *   p[j] = f16(e[j] * (float)(1.0 / sum))
- *   out  = sum_j p[j] * V16[j], accumulated in f32 one position at a time
- * Built with -ffp-contract=off: no fused multiply-adds, as in ggml's scalar semantics.
+ *   out  = sum_j p[j] * V16[j] in f32
+ * The float order follows the llama.cpp build realm_float_order() names (ops.h):
+ * - AVX-512 (tinyBLAS<16>, ggml's 16-lane softmax): the K.Q dot in 16 lanes (each a
+ *   running sum over head_dim in steps of 16) added pairwise; L = 16; out accumulated
+ *   one position at a time.
+ * - AVX2, a batch of several tokens (tinyBLAS<8> for both products, ggml's 8-lane
+ *   softmax): the K.Q dot in 8 lanes added as tinyBLAS's hsum; L = 8; out[d] in 8 lanes
+ *   by cell (cell mod 8, each a running sum over the cells), added as that hsum.
+ * - AVX2, a batch of one token (ggml_vec_dot_f16 for both products: 4 accumulators of
+ *   8 lanes over steps of 32, reduced as GGML_F32x8_REDUCE, the n % 32 left over added
+ *   in double): the K.Q dot that way; L = 8; out[d] in 32 lanes by cell mod 32, reduced
+ *   the same way (llama.cpp's cells are padded to a multiple of 256: no leftovers).
+ * Built with -ffp-contract=off: no fused multiply-adds, as in ggml's scalar semantics
+ * (its FMAs here add exact f16 x f16 products, so they round as an add).
  *
  * Scratch (owned by the caller, no allocation here): per thread a slice of
  * slice_floats() floats, see attend_group.
@@ -45,9 +57,10 @@ static inline float f16_to_f32_vec(realm_f16 h) {
  * sums in lanes); the lanes are added pairwise at the end. */
 #define LANES 16
 
-/* f32 dot of q (f16 values held as f32) and k (f16 values held as f32). Inlined into
- * each ISA's attend_group, where the 16 lanes become one or two vector registers (each
- * lane's sum is the same in any ISA: products and adds, no fused multiply-adds). */
+/* AVX-512 order: f32 dot of q (f16 values held as f32) and k (f16 values held as f32).
+ * Inlined into each ISA's attend_group, where the 16 lanes become one or two vector
+ * registers (each lane's sum is the same in any ISA: products and adds, no fused
+ * multiply-adds). */
 static inline __attribute__((always_inline)) float dot_lanes(const float *restrict q, const float *restrict k,
                                                              int64_t n) {
     float acc[LANES] = {0};
@@ -58,6 +71,62 @@ static inline __attribute__((always_inline)) float dot_lanes(const float *restri
     for (int w = LANES / 2; w > 0; w /= 2)
         for (int i = 0; i < w; i++) acc[i] += acc[i + w];
     return acc[0];
+}
+
+/* 8 floats a[0], a[s], .., a[7s] added as tinyBLAS's hsum of a ymm register (the upper
+ * half onto the lower, then the pairs (0,2) and (1,3), then those two) */
+static inline __attribute__((always_inline)) float hsum8(const float *a, int64_t s) {
+    const float t0 = a[0] + a[4 * s], t1 = a[s] + a[5 * s], t2 = a[2 * s] + a[6 * s], t3 = a[3 * s] + a[7 * s];
+    return (t0 + t2) + (t1 + t3);
+}
+
+/* 32 floats (4 accumulators of 8 lanes: a[(8m + l) s]) reduced as GGML_F32x8_REDUCE:
+ * accumulators (0+2) + (1+3), then the register's halves, then two horizontal adds */
+static inline __attribute__((always_inline)) float reduce32(const float *a, int64_t s) {
+    float x[8];
+    for (int l = 0; l < 8; l++) x[l] = (a[l * s] + a[(16 + l) * s]) + (a[(8 + l) * s] + a[(24 + l) * s]);
+    const float t0 = x[0] + x[4], t1 = x[1] + x[5], t2 = x[2] + x[6], t3 = x[3] + x[7];
+    return (t0 + t1) + (t2 + t3);
+}
+
+/* reduce32 of each column d < hd of a [32][hd] block into out[d], a row at a time (the
+ * same adds, in an order over d that vectorizes) */
+static inline __attribute__((always_inline)) void reduce32_rows(const float *restrict a, int64_t hd,
+                                                                float *restrict out) {
+    for (int64_t d0 = 0; d0 < hd; d0 += 16) {
+        const int64_t m = hd - d0 < 16 ? hd - d0 : 16;
+        float x[8][16];
+        for (int l = 0; l < 8; l++)
+            for (int64_t d = 0; d < m; d++) {
+                const float *c = a + d0 + d;
+                x[l][d] = (c[l * hd] + c[(16 + l) * hd]) + (c[(8 + l) * hd] + c[(24 + l) * hd]);
+            }
+        for (int64_t d = 0; d < m; d++)
+            out[d0 + d] = ((x[0][d] + x[4][d]) + (x[1][d] + x[5][d])) + ((x[2][d] + x[6][d]) + (x[3][d] + x[7][d]));
+    }
+}
+
+/* AVX2 order, a batch: tinyBLAS<8>'s dot (n a multiple of 8): 8 running sums over
+ * steps of 8, then hsum8 */
+static inline __attribute__((always_inline)) float dot8(const float *restrict q, const float *restrict k,
+                                                        int64_t n) {
+    float acc[8] = {0};
+    for (int64_t d = 0; d + 8 <= n; d += 8)
+        for (int i = 0; i < 8; i++) acc[i] += q[d + i] * k[d + i];
+    return hsum8(acc, 1);
+}
+
+/* AVX2 order, one token: ggml_vec_dot_f16's: 32 running sums over steps of 32, reduced
+ * by reduce32, the n % 32 products left over added to that in double */
+static inline __attribute__((always_inline)) float dot32(const float *restrict q, const float *restrict k,
+                                                         int64_t n) {
+    float acc[32] = {0};
+    const int64_t np = n & ~(int64_t)31;
+    for (int64_t d = 0; d < np; d += 32)
+        for (int i = 0; i < 32; i++) acc[i] += q[d + i] * k[d + i];
+    double sum = reduce32(acc, 1);
+    for (int64_t d = np; d < n; d++) sum += (double)(q[d] * k[d]);
+    return (float)sum;
 }
 
 /* A row of f16 to f32, and a row of floats rounded to f16 values in place: exact
@@ -99,27 +168,33 @@ static float reduce16(const float *v) {
 }
 
 /* s[0..n) := exp(s - max) for the window starting at position `first`; returns their
- * sum as ggml's softmax forms it: per 16 cache cells (cell = position, groups aligned
- * at multiples of 16; cells outside the window are 0) in float, the groups in double. */
-static double exp_and_sum(float *restrict s, int64_t n, int64_t first, float max) {
+ * sum as ggml's softmax forms it: per `lanes` (16 or 8) cache cells (cell = position,
+ * groups aligned at multiples of lanes; cells outside the window are 0) in float (a
+ * 16-lane reduction, or hsum8), the groups in double. */
+static inline __attribute__((always_inline)) double exp_and_sum(float *restrict s, int64_t n, int64_t first,
+                                                                 float max, int lanes) {
     double sum = 0.0;
-    float lanes[16];
+    float v[16];
     for (int64_t j = 0; j < n; j++) s[j] -= max;
     realm_expf_ggml_row(s, s, n);
     for (int64_t j = 0; j < n;) {
-        memset(lanes, 0, sizeof lanes);
+        memset(v, 0, sizeof v);
         do {
-            lanes[(first + j) % 16] = s[j];
+            v[(first + j) & (lanes - 1)] = s[j]; /* lanes: a power of 2 */
             j++;
-        } while (j < n && (first + j) % 16);
-        sum += (double)reduce16(lanes);
+        } while (j < n && (first + j) & (lanes - 1));
+        sum += (double)(lanes == 16 ? reduce16(v) : hsum8(v, 1));
     }
     return sum;
 }
 
+/* lanes by cell of the AVX2 orders' P.V sums (attend_group_body) */
+#define PV_LANES 32
+
 /* floats of one thread's scratch slice, rounded up to 64 bytes (no false sharing) */
 static int64_t slice_floats(const realm_kv_ring *kv, int32_t group) {
-    return ((int64_t)group * (kv->capacity + kv->head_dim) + kv->head_dim + 15) / 16 * 16;
+    const int64_t hd = kv->head_dim;
+    return ((int64_t)group * (kv->capacity + hd + PV_LANES * hd) + hd + 15) / 16 * 16;
 }
 
 int64_t realm_attention_scratch_floats(const realm_kv_ring *kv, int32_t n_head, int n_threads) {
@@ -137,14 +212,18 @@ static int64_t next_slot(const realm_kv_ring *kv, int64_t slot) {
     return slot + 1 == kv->capacity ? 0 : slot + 1;
 }
 
+/* The three float orders of the file comment */
+enum { ORDER_AVX512, ORDER_AVX2_BATCH, ORDER_AVX2_ONE };
+
 /* One token at position p and one KV head kvh, for the `group` query heads that read
  * it: q and out are [group][head_dim] f32. Each K and V row of the window is converted
  * to f32 once and serves every head of the group; per head the arithmetic is the one
- * the file comment gives. Scratch: [group][capacity] scores, [group][head_dim] q16,
- * [head_dim] converted row. */
+ * the file comment gives for `order` (a constant in each instance). Scratch: [group][capacity]
+ * scores, [group][head_dim] q16, [head_dim] converted row, [group][PV_LANES][head_dim]
+ * lanes of the AVX2 orders' P.V sums. */
 static inline __attribute__((always_inline)) void attend_group_body(
     const realm_kv_ring *kv, int32_t layer, int64_t p, int32_t kvh, int32_t group, const float *q,
-    float *restrict out, float *restrict scratch,
+    float *restrict out, float *restrict scratch, int order,
     void (*convert)(const realm_f16 *restrict, float *restrict, int64_t), void (*round_f16)(float *, int64_t)) {
     const int64_t hd = kv->head_dim, cap = kv->capacity;
     const int64_t row = (int64_t)kv->n_head_kv * hd; /* f16 elements per position */
@@ -154,73 +233,98 @@ static inline __attribute__((always_inline)) void attend_group_body(
     float *restrict s = scratch;                   /* [group][cap] scores, then probabilities */
     float *restrict q16 = scratch + group * cap;   /* [group][hd] */
     float *restrict buf = q16 + group * hd;        /* [hd] one K or V row as f32 */
+    float *restrict lanes = buf + hd;              /* [group][PV_LANES][hd] */
     const float scale = 1.0f / sqrtf((float)hd);
     const int64_t first_slot = first % cap; /* the window's slots wrap at capacity */
+    /* tinyBLAS takes a batch when head_dim allows (k % 8 for K.Q, m % 4 for P.V), else
+     * ggml falls back to its vec_dot */
+    const int kq8 = order == ORDER_AVX2_BATCH && hd % 8 == 0;
+    const int64_t pv = order == ORDER_AVX512 ? 1 : order == ORDER_AVX2_BATCH && hd % 4 == 0 ? 8 : PV_LANES;
 
     memcpy(q16, q, (size_t)(group * hd) * sizeof *q16);
     round_f16(q16, group * hd);
     for (int64_t j = 0, slot = first_slot; j < n; j++, slot = next_slot(kv, slot)) {
         convert(k_layer + slot * row, buf, hd);
-        for (int32_t h = 0; h < group; h++) s[h * cap + j] = dot_lanes(q16 + h * hd, buf, hd) * scale;
+        for (int32_t h = 0; h < group; h++) {
+            const float *qh = q16 + h * hd;
+            const float dot = order == ORDER_AVX512 ? dot_lanes(qh, buf, hd) : kq8 ? dot8(qh, buf, hd) : dot32(qh, buf, hd);
+            s[h * cap + j] = dot * scale;
+        }
     }
     for (int32_t h = 0; h < group; h++) {
         float *sh = s + h * cap, max = -INFINITY;
         for (int64_t j = 0; j < n; j++) max = sh[j] > max ? sh[j] : max;
-        const float inv = (float)(1.0 / exp_and_sum(sh, n, first, max));
+        const float inv = (float)(1.0 / exp_and_sum(sh, n, first, max, order == ORDER_AVX512 ? 16 : 8));
         for (int64_t j = 0; j < n; j++) sh[j] *= inv;
         round_f16(sh, n);
     }
-    for (int64_t i = 0; i < group * hd; i++) out[i] = 0.0f;
+    /* P.V: running sums per output, in lane (first + j) % pv (one lane: out itself) */
+    float *restrict acc = pv == 1 ? out : lanes;
+    for (int64_t i = 0; i < group * pv * hd; i++) acc[i] = 0.0f;
     for (int64_t j = 0, slot = first_slot; j < n; j++, slot = next_slot(kv, slot)) {
         convert(v_layer + slot * row, buf, hd);
+        const int64_t lane = (first + j) & (pv - 1); /* pv: a power of 2 */
         for (int32_t h = 0; h < group; h++) {
-            float *restrict o = out + h * hd;
+            float *restrict o = acc + (h * pv + lane) * hd;
             const float pj = s[h * cap + j];
             for (int64_t d = 0; d < hd; d++) o[d] += pj * buf[d];
         }
     }
+    if (pv > 1)
+        for (int32_t h = 0; h < group; h++) {
+            const float *a = acc + h * pv * hd;
+            if (pv == 8)
+                for (int64_t d = 0; d < hd; d++) out[h * hd + d] = hsum8(a + d, hd);
+            else
+                reduce32_rows(a, hd, out + h * hd);
+        }
 }
 
-/* attend_group compiled twice, portable and AVX2 + F16C (the same arithmetic: the 16
- * lanes are two ymm registers), picked by realm_active_isa() so that tests can force
+/* attend_group compiled for each order, portable and AVX2 + F16C (the same arithmetic:
+ * the lanes become ymm registers), picked by realm_active_isa() so that tests can force
  * the portable one. AVX-512 machines take the AVX2 build too: a zmm build was slower
  * and, by lowering the core's clock, slowed the ymm matmuls around it (docs/PERF.md). */
 typedef void (*attend_group_fn)(const realm_kv_ring *, int32_t, int64_t, int32_t, int32_t, const float *, float *,
                                 float *);
 
-static void attend_group_portable(const realm_kv_ring *kv, int32_t layer, int64_t p, int32_t kvh, int32_t group,
-                                  const float *q, float *out, float *scratch) {
-    attend_group_body(kv, layer, p, kvh, group, q, out, scratch, row_f16_to_f32_portable, round_f16_portable);
-}
-
-#if defined(__x86_64__)
-__attribute__((target("avx2,f16c"))) static void attend_group_avx2(const realm_kv_ring *kv, int32_t layer, int64_t p,
-                                                                    int32_t kvh, int32_t group, const float *q,
-                                                                    float *out, float *scratch) {
-    attend_group_body(kv, layer, p, kvh, group, q, out, scratch, row_f16_to_f32_f16c, round_f16_f16c);
-}
-#endif
-
-static attend_group_fn pick_attend_group(void) {
-#if defined(__x86_64__)
-    switch (realm_active_isa()) {
-    case REALM_ISA_AVX512:
-    case REALM_ISA_AVX2: return attend_group_avx2;
-    default: break;
+#define ATTEND_GROUP(name, attrs, order, convert, round_f16)                                                        \
+    attrs static void name(const realm_kv_ring *kv, int32_t layer, int64_t p, int32_t kvh, int32_t group,            \
+                           const float *q, float *out, float *scratch) {                                            \
+        attend_group_body(kv, layer, p, kvh, group, q, out, scratch, order, convert, round_f16);                     \
     }
+
+ATTEND_GROUP(attend_portable_512, , ORDER_AVX512, row_f16_to_f32_portable, round_f16_portable)
+ATTEND_GROUP(attend_portable_2batch, , ORDER_AVX2_BATCH, row_f16_to_f32_portable, round_f16_portable)
+ATTEND_GROUP(attend_portable_2one, , ORDER_AVX2_ONE, row_f16_to_f32_portable, round_f16_portable)
+#if defined(__x86_64__)
+#define AVX2_F16C __attribute__((target("avx2,f16c")))
+ATTEND_GROUP(attend_avx2_512, AVX2_F16C, ORDER_AVX512, row_f16_to_f32_f16c, round_f16_f16c)
+ATTEND_GROUP(attend_avx2_2batch, AVX2_F16C, ORDER_AVX2_BATCH, row_f16_to_f32_f16c, round_f16_f16c)
+ATTEND_GROUP(attend_avx2_2one, AVX2_F16C, ORDER_AVX2_ONE, row_f16_to_f32_f16c, round_f16_f16c)
 #endif
-    return attend_group_portable;
+
+/* batch_tokens: the tokens of the batch the call belongs to (llama.cpp's AVX2 build sums
+ * a one-token batch in another order) */
+static attend_group_fn pick_attend_group(int64_t batch_tokens) {
+    const int order = realm_float_order() == REALM_ORDER_AVX512 ? ORDER_AVX512
+                      : batch_tokens > 1                      ? ORDER_AVX2_BATCH
+                                                              : ORDER_AVX2_ONE;
+#if defined(__x86_64__)
+    if (realm_active_isa() >= REALM_ISA_AVX2)
+        return order == ORDER_AVX512 ? attend_avx2_512 : order == ORDER_AVX2_BATCH ? attend_avx2_2batch : attend_avx2_2one;
+#endif
+    return order == ORDER_AVX512 ? attend_portable_512 : order == ORDER_AVX2_BATCH ? attend_portable_2batch : attend_portable_2one;
 }
 
 struct attend_job {
     const realm_attention_seq *seqs;
+    const attend_group_fn *fns; /* per sequence: its call's order */
     int n_seqs;
     int32_t layer, n_head, group;
     const float *q;
     float *out;
     float *scratch; /* slice floats per thread */
     int64_t slice;
-    attend_group_fn attend_group;
     int64_t n_items;
     int n_threads;
 };
@@ -246,32 +350,36 @@ static void attend_items(void *ctx, int64_t i0, int64_t i1, int thread) {
         const int64_t t = (i - seq_first_item) / n_kv, row = seq_first_row + t;
         const int32_t kvh = (int32_t)((i - seq_first_item) % n_kv);
         const int64_t off = (row * j->n_head + (int64_t)kvh * j->group) * hd;
-        j->attend_group(s->kv, j->layer, s->pos + t, kvh, j->group, j->q + off, j->out + off, my_scratch);
+        j->fns[sq](s->kv, j->layer, s->pos + t, kvh, j->group, j->q + off, j->out + off, my_scratch);
     }
 }
 
 /* the checks of one sequence: 0 or the code */
-static int seq_ok(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens, int32_t n_head) {
+static int seq_ok(const realm_attention_seq *s, int32_t layer, int32_t n_head) {
+    const realm_kv_ring *kv = s->kv;
     if (kv == NULL || kv->k == NULL || kv->v == NULL) return REALM_ERR_INVALID;
-    if (n_tokens < 1 || n_head < 1 || n_head % kv->n_head_kv != 0) return REALM_ERR_INVALID;
+    if (s->n_tokens < 1 || s->batch_tokens < s->n_tokens || n_head < 1 || n_head % kv->n_head_kv != 0)
+        return REALM_ERR_INVALID;
     if (layer < 0 || layer >= kv->n_layer) return REALM_ERR_RANGE;
     /* every position appended, and every window still intact (windows only move up) */
-    if (pos < 0 || pos > kv->n_pos[layer] - n_tokens) return REALM_ERR_RANGE;
-    if (realm_kv_window_start(kv, pos) < kv->held_from[layer]) return REALM_ERR_RANGE;
+    if (s->pos < 0 || s->pos > kv->n_pos[layer] - s->n_tokens) return REALM_ERR_RANGE;
+    if (realm_kv_window_start(kv, s->pos) < kv->held_from[layer]) return REALM_ERR_RANGE;
     return 0;
 }
 
 int realm_attention_seqs(const realm_attention_seq *seqs, int n_seqs, int32_t layer, int32_t n_head, const float *q,
                          float *out, float *scratch, int n_threads) {
-    if (seqs == NULL || n_seqs < 1 || q == NULL || out == NULL || scratch == NULL || n_threads < 1)
+    if (seqs == NULL || n_seqs < 1 || n_seqs > REALM_ATTENTION_MAX_SEQS || q == NULL || out == NULL ||
+        scratch == NULL || n_threads < 1)
         return REALM_ERR_INVALID;
     const realm_kv_ring *kv0 = seqs[0].kv;
     if (kv0 == NULL) return REALM_ERR_INVALID;
     const int64_t hd = kv0->head_dim;
+    attend_group_fn fns[REALM_ATTENTION_MAX_SEQS];
     int64_t n_rows = 0, n_items = 0, slice = 0;
     for (int i = 0; i < n_seqs; i++) {
         const realm_attention_seq *s = &seqs[i];
-        const int rc = seq_ok(s->kv, layer, s->pos, s->n_tokens, n_head);
+        const int rc = seq_ok(s, layer, n_head);
         if (rc) return rc;
         if (s->kv->n_head_kv != kv0->n_head_kv || s->kv->head_dim != hd) return REALM_ERR_INVALID;
         if (s->n_tokens > INT64_MAX / 4 / n_head / hd / (int64_t)sizeof(float) - n_rows) return REALM_ERR_INVALID;
@@ -279,17 +387,23 @@ int realm_attention_seqs(const realm_attention_seq *seqs, int n_seqs, int32_t la
         n_items += s->n_tokens * kv0->n_head_kv;
         const int64_t sl = slice_floats(s->kv, n_head / kv0->n_head_kv);
         slice = sl > slice ? sl : slice;
+        fns[i] = pick_attend_group(s->batch_tokens);
     }
     const int64_t bytes = n_rows * n_head * hd * (int64_t)sizeof(float);
     if (overlaps(q, bytes, out, bytes)) return REALM_ERR_INVALID;
-    struct attend_job j = {seqs,   n_seqs, layer, n_head, n_head / kv0->n_head_kv, q, out, scratch, slice,
-                           pick_attend_group(), n_items, n_threads};
+    struct attend_job j = {seqs, fns,   n_seqs, layer, n_head, n_head / kv0->n_head_kv, q, out, scratch, slice,
+                           n_items, n_threads};
     realm_parallel_for(n_items, n_threads, attend_items, &j);
     return 0;
 }
 
+int realm_attention_in_batch(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens, int32_t n_head,
+                             const float *q, float *out, float *scratch, int n_threads, int64_t batch_tokens) {
+    const realm_attention_seq seq = {kv, pos, n_tokens, batch_tokens};
+    return realm_attention_seqs(&seq, 1, layer, n_head, q, out, scratch, n_threads);
+}
+
 int realm_attention(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens, int32_t n_head,
                     const float *q, float *out, float *scratch, int n_threads) {
-    const realm_attention_seq seq = {kv, pos, n_tokens};
-    return realm_attention_seqs(&seq, 1, layer, n_head, q, out, scratch, n_threads);
+    return realm_attention_in_batch(kv, layer, pos, n_tokens, n_head, q, out, scratch, n_threads, n_tokens);
 }

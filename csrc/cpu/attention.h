@@ -2,7 +2,8 @@
  * computes it (no flash attention):
  *   Q rounded to f16; score = dot(Q_f16, K_f16) in f32, times 1/sqrt(head_dim);
  *   softmax over the window (max subtracted, exp, sum in double, times (float)(1/sum));
- *   probabilities rounded to f16; out = sum_j P_f16[j] * V_f16[j] in f32.
+ *   probabilities rounded to f16; out = sum_j P_f16[j] * V_f16[j] in f32,
+ * summed in the order of the llama.cpp build that realm_float_order() names (ops.h).
  * Query head h reads KV head h / (n_head / n_head_kv).
  */
 #ifndef REALM_ATTENTION_H
@@ -23,13 +24,24 @@
 int realm_attention(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens, int32_t n_head,
                     const float *q, float *out, float *scratch, int n_threads);
 
+/* realm_attention for n_tokens of a batch of batch_tokens >= n_tokens tokens that the
+ * caller attends in pieces: the float order can depend on the batch's size, not the
+ * piece's (llama.cpp's AVX2 build sums a one-token batch, its decode, with
+ * ggml_vec_dot_f16 and a larger one with tinyBLAS; see attention.c). realm_attention
+ * is this with batch_tokens = n_tokens. */
+int realm_attention_in_batch(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens, int32_t n_head,
+                             const float *q, float *out, float *scratch, int n_threads, int64_t batch_tokens);
+
 int64_t realm_attention_scratch_floats(const realm_kv_ring *kv, int32_t n_head, int n_threads);
 
-/* One sequence of a batch: n_tokens rows at positions pos .. in the ring kv. */
+/* One sequence of a batch: n_tokens rows at positions pos .. in the ring kv, of a call
+ * of batch_tokens >= n_tokens rows (which decides the float order, as above). */
 typedef struct {
     const realm_kv_ring *kv;
-    int64_t pos, n_tokens;
+    int64_t pos, n_tokens, batch_tokens;
 } realm_attention_seq;
+
+#define REALM_ATTENTION_MAX_SEQS 64
 
 /* realm_attention for several sequences in one threaded loop (a batched step of several
  * guests): q and out hold the sequences' rows one after another, each sequence attends

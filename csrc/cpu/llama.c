@@ -175,7 +175,7 @@ static int layer_rows(const realm_llama_dims *d, const realm_llama_layer *L, int
 
     for (int i = 0, row = 0; i < n_seqs; row += (int)seqs[i].n_tokens, i++) {
         for (int64_t t = 0; t < seqs[i].n_tokens; t++) s->row_pos[row + t] = seqs[i].pos + t;
-        att[i] = (realm_attention_seq){seqs[i].kv, seqs[i].pos, seqs[i].n_tokens};
+        att[i] = (realm_attention_seq){seqs[i].kv, seqs[i].pos, seqs[i].n_tokens, seqs[i].call_tokens};
     }
 
     /* attention block: cur = norm(x); q, k, v = W cur; rope; append; attend; tmp = Wo att */

@@ -10,10 +10,11 @@
 
 #include <stdint.h>
 
+#include "attention.h"
 #include "kv_ring.h"
 
 /* The most sequences (guests' calls) one batched step carries (llama_steps.h). */
-#define REALM_STEP_MAX_SEQS 64
+#define REALM_STEP_MAX_SEQS REALM_ATTENTION_MAX_SEQS
 
 typedef struct {
     const void *data; /* raw blocks, n_rows rows of n_cols elements; borrowed */

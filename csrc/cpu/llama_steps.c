@@ -81,11 +81,19 @@ int realm_step_queue_init(realm_step_queue *q) {
         realm_fair_lock_destroy(&q->lock);
         return REALM_ERR_NOMEM;
     }
+    if (pthread_cond_init(&q->arrived, NULL)) {
+        pthread_cond_destroy(&q->changed);
+        pthread_mutex_destroy(&q->mutex);
+        realm_fair_lock_destroy(&q->lock);
+        return REALM_ERR_NOMEM;
+    }
     q->step_tokens = REALM_STEP_TOKENS_DEFAULT;
+    q->gather_ns = REALM_STEP_GATHER_NS_DEFAULT;
     return 0;
 }
 
 void realm_step_queue_destroy(realm_step_queue *q) {
+    pthread_cond_destroy(&q->arrived);
     pthread_cond_destroy(&q->changed);
     pthread_mutex_destroy(&q->mutex);
     realm_fair_lock_destroy(&q->lock);
@@ -196,6 +204,27 @@ static int pick(realm_step_queue *q, realm_step_job **step) {
     return 0;
 }
 
+/* Wait (the mutex held, at most q->gather_ns) until the queue holds as many jobs that
+ * can share the head's step as the larger of the last two steps had. */
+static void gather(realm_step_queue *q) {
+    const uint64_t want = q->last_jobs[0] > q->last_jobs[1] ? q->last_jobs[0] : q->last_jobs[1];
+    if (want <= 1 || q->gather_ns <= 0) return;
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline); /* the condition variable's clock */
+    deadline.tv_sec += (time_t)(q->gather_ns / 1000000000);
+    deadline.tv_nsec += (long)(q->gather_ns % 1000000000);
+    if (deadline.tv_nsec >= 1000000000) deadline.tv_sec++, deadline.tv_nsec -= 1000000000;
+    for (;;) {
+        const realm_step_job *h = q->head;
+        if (!h || (h->kind == JOB_LAYERS && h->layer != h->first)) return; /* nothing to share */
+        uint64_t ready = 0;
+        for (const realm_step_job *j = h; j; j = j->next)
+            ready += same_kind(h, j) && (j->kind == JOB_LM_HEAD || j->layer == j->first);
+        if (ready >= want) return;
+        if (pthread_cond_timedwait(&q->arrived, &q->mutex, &deadline)) return; /* timed out */
+    }
+}
+
 /* ---- running a step (the model's lock held) ------------------------------------------- */
 
 /* the step's rows through its layers, or the LM head, into each job's output */
@@ -263,6 +292,8 @@ static void advance(realm_step_queue *q, realm_step_job **step, int n, int rc) {
             push_back(q, j); /* round-robin */
         }
     }
+    q->last_jobs[1] = q->last_jobs[0];
+    q->last_jobs[0] = (uint64_t)n;
     q->steps++;
     q->rows += (uint64_t)rows;
     q->jobs += (uint64_t)n;
@@ -277,27 +308,41 @@ static void note_step(realm_call_control *c, uint64_t ticket, uint64_t ahead) {
     if (ahead > c->max_ahead) c->max_ahead = ahead;
 }
 
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 /* Queue j and wait until it is finished, running steps (for any job) whenever none runs. */
 static int realm_step_run(realm_step_queue *q, realm_step_job *j) {
     realm_step_job *step[REALM_STEP_MAX_SEQS];
     pthread_mutex_lock(&q->mutex);
     push_back(q, j);
+    pthread_cond_signal(&q->arrived);
     while (!j->finished) {
         if (q->running) {
             pthread_cond_wait(&q->changed, &q->mutex);
             continue;
         }
+        q->running = 1;
+        const uint64_t t0 = now_ns();
+        gather(q);
+        q->gather_ns_spent += now_ns() - t0;
         const int n = pick(q, step);
         if (n == 0) { /* only stopped jobs were left: j among them */
+            q->running = 0;
             pthread_cond_broadcast(&q->changed);
             continue;
         }
-        q->running = 1;
         pthread_mutex_unlock(&q->mutex);
         const uint64_t ticket = realm_fair_lock_acquire(&q->lock, NULL);
+        const uint64_t t1 = now_ns();
         const int rc = run_step(step, n);
+        const uint64_t t2 = now_ns();
         realm_fair_lock_release(&q->lock);
         pthread_mutex_lock(&q->mutex);
+        q->run_ns += t2 - t1;
         for (int i = 0; i < n; i++) note_step(step[i]->ctl, ticket, q->steps - step[i]->queued_at);
         advance(q, step, n, rc);
         q->running = 0;

@@ -24,6 +24,11 @@
  *  - At most scratch->max_tokens rows (REALM_STEP_MAX_SEQS jobs) per layer step, and
  *    scratch->lm_rows per LM head step. Jobs are served round-robin: after its step a
  *    job with rows left goes to the back of the queue.
+ *  - Before a step that could take others, the thread that runs it waits for as many
+ *    jobs as the larger of the last two steps had, at most gather_ns: guests decoding
+ *    together reach the queue a little apart (each samples its token in between), and
+ *    without the wait their steps would split into several (each reading the weights).
+ *    A guest alone never waits (its steps had one job).
  * Between a job's chunks, a stop of its call control ends it alone (-8); a job whose
  * chunk fails its ring's checks fails alone with that code; the others' rows are exact.
  */
@@ -72,14 +77,19 @@ typedef struct {
     realm_fair_lock lock;
     pthread_mutex_t mutex;
     pthread_cond_t changed; /* a step ended */
+    pthread_cond_t arrived; /* a job joined the queue */
     struct realm_step_job *head, *tail;
-    int running;            /* a step is being run */
+    int running;            /* a step is being gathered or run */
     int64_t step_tokens;    /* prefill rows a job adds to a step shared with others */
-    /* counts, for measurement: steps run, rows and jobs in them, the most jobs in one */
-    uint64_t steps, rows, jobs, max_jobs;
+    int64_t gather_ns;      /* the longest a step waits for the calls it expects */
+    uint64_t last_jobs[2];  /* jobs in the last two steps */
+    /* counts, for measurement: steps run, rows and jobs in them, the most jobs in one,
+     * nanoseconds spent running steps and gathering jobs for them */
+    uint64_t steps, rows, jobs, max_jobs, run_ns, gather_ns_spent;
 } realm_step_queue;
 
 #define REALM_STEP_TOKENS_DEFAULT 8
+#define REALM_STEP_GATHER_NS_DEFAULT 1000000
 
 int realm_step_queue_init(realm_step_queue *q); /* 0, or -7 */
 void realm_step_queue_destroy(realm_step_queue *q);

@@ -5,7 +5,9 @@
 #include <math.h>
 
 #include "dequant.h"
+#include "fp16.h"
 #include "ggml_blocks.h"
+#include "vec_dot.h"
 
 void realm_rmsnorm(const float *x, const float *w, float *out, int64_t n, float eps) {
     double sum = 0.0;
@@ -29,6 +31,19 @@ void realm_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, i
         cs[i + 1] = sinf(angle);
         theta *= theta_scale;
     }
+    if (realm_float_order() == REALM_ORDER_AVX2) {
+        /* the native AVX2 build's compiler contracted ggml's rotation: its first product
+         * fused with the sum (x0 c - x1 s and x0 s + x1 c, each in one FMA) */
+        for (int64_t h = 0; h < n_heads; h++) {
+            float *v = x + h * head_dim;
+            for (int64_t i = 0; i < rope_dim; i += 2) {
+                const float x0 = v[i], x1 = v[i + 1];
+                v[i] = fmaf(x0, cs[i], -(x1 * cs[i + 1]));
+                v[i + 1] = fmaf(x0, cs[i + 1], x1 * cs[i]);
+            }
+        }
+        return;
+    }
     for (int64_t h = 0; h < n_heads; h++) {
         float *v = x + h * head_dim;
         for (int64_t i = 0; i < rope_dim; i += 2) {
@@ -39,84 +54,149 @@ void realm_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, i
     }
 }
 
-float realm_expf_ggml(float x) {
-    const float shifter = 0x1.8p23f; /* adding it rounds to an integer (|x log2 e| < 2^22) */
-    const float n = fmaf(x, 0x1.715476p+0f, shifter) - shifter;
-    const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x)); /* x - n ln 2, in two parts */
-    if (fabsf(n) > 192.0f) return n <= 0.0f ? 0.0f : INFINITY;
-    const float u = b * b;
-    const float p = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
-                         fmaf(0x1.ffffecp-1f, b, 1.0f));
-    return ldexpf(p, (int)n);
+/* -- float orders ------------------------------------------------------------------- */
+
+static int forced_order = -1;
+
+static int cpu_order(void) {
+    return realm_cpu_isa() == REALM_ISA_AVX2 ? REALM_ORDER_AVX2 : REALM_ORDER_AVX512;
 }
 
-static void expf_ggml_row_portable(const float *x, float *y, int64_t n) {
+int realm_float_order(void) { return forced_order >= 0 ? forced_order : cpu_order(); }
+
+int realm_set_float_order(int order) {
+    forced_order = order == REALM_ORDER_AVX512 || order == REALM_ORDER_AVX2 ? order : -1;
+    return realm_float_order();
+}
+
+/* -- ggml's vectorized expf, both builds ---------------------------------------------- */
+
+/* The steps both builds share: n = x log2 e rounded to an integer (adding the shifter
+ * rounds, |x log2 e| < 2^22; z keeps n in its low mantissa bits), b = x - n ln 2 in two
+ * parts, and the polynomial's terms of degree 2..5 in FMAs (hi, to be times b^2). */
+#define EXPF_SHIFTER 0x1.8p23f
+
+struct expf_parts {
+    float z, n, b, u, hi;
+};
+
+static inline struct expf_parts expf_parts(float x) {
+    struct expf_parts r;
+    r.z = fmaf(x, 0x1.715476p+0f, EXPF_SHIFTER);
+    r.n = r.z - EXPF_SHIFTER;
+    r.b = fmaf(-r.n, 0x1.7f7d1cp-20f, fmaf(-r.n, 0x1.62e4p-1f, x));
+    r.u = r.b * r.b;
+    r.hi = fmaf(fmaf(0x1.0e4020p-7f, r.b, 0x1.573e2ep-5f), r.u, fmaf(0x1.555e66p-3f, r.b, 0x1.fffdb6p-2f));
+    return r;
+}
+
+float realm_expf_ggml(float x) {
+    const struct expf_parts e = expf_parts(x);
+    if (fabsf(e.n) > 192.0f) return e.n <= 0.0f ? 0.0f : INFINITY;
+    const float p = fmaf(e.hi, e.u, fmaf(0x1.ffffecp-1f, e.b, 1.0f)); /* 1 + b + ... in one sum */
+    return ldexpf(p, (int)e.n);
+}
+
+float realm_expf_ggml_avx2(float x) {
+    const struct expf_parts e = expf_parts(x);
+    const uint32_t bits = realm_f32_to_bits(e.z) << 23;     /* n in the exponent field (mod 2^9) */
+    const float j = fmaf(e.hi, e.u, 0x1.ffffecp-1f * e.b); /* e^b - 1 */
+    if (!(fabsf(e.n) > 126.0f)) {
+        const float k = realm_bits_to_f32(bits + 0x3f800000u); /* 2^n */
+        return fmaf(j, k, k);
+    }
+    /* 2^n = s2 * s1 with s1 = 2^-125 (n <= 0) or 2^127 (n > 0) */
+    const uint32_t g = e.n <= 0.0f ? 0x82000000u : 0u;
+    const float s1 = realm_bits_to_f32(g + 0x7f000000u), s2 = realm_bits_to_f32(bits - g);
+    if (fabsf(e.n) > 192.0f) return s1 * s1;
+    return fmaf(s2, j, s2) * s1;
+}
+
+static void expf_row_portable(const float *x, float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = realm_expf_ggml(x[i]);
+}
+
+static void expf_row_portable_avx2(const float *x, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = realm_expf_ggml_avx2(x[i]);
 }
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-/* 8 lanes of realm_expf_ggml: the same operations per lane. 2^n is built from its bits
- * where n is a normal exponent (-126..127); lanes outside (x below ~-87 or above ~88)
- * are redone by the scalar function. */
-__attribute__((target("avx2,fma"))) static void expf_ggml_row_avx2(const float *x, float *y, int64_t n) {
-    const __m256 shifter = _mm256_set1_ps(0x1.8p23f);
+/* 8 lanes of realm_expf_ggml (avx2 = 0) or realm_expf_ggml_avx2 (avx2 = 1): the same
+ * operations per lane. Lanes whose 2^n is not a normal float (x below ~-87 or above
+ * ~88, or NaN) are redone by the scalar function. */
+__attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) void expf_row_avx2_body(
+    const float *x, float *y, int64_t n, int avx2) {
+    const __m256 shifter = _mm256_set1_ps(EXPF_SHIFTER);
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
         const __m256 v = _mm256_loadu_ps(x + i);
-        const __m256 k = _mm256_sub_ps(_mm256_fmadd_ps(v, _mm256_set1_ps(0x1.715476p+0f), shifter), shifter);
+        const __m256 z = _mm256_fmadd_ps(v, _mm256_set1_ps(0x1.715476p+0f), shifter);
+        const __m256 k = _mm256_sub_ps(z, shifter);
         const __m256 b = _mm256_fnmadd_ps(k, _mm256_set1_ps(0x1.7f7d1cp-20f),
                                           _mm256_fnmadd_ps(k, _mm256_set1_ps(0x1.62e4p-1f), v));
         const __m256 u = _mm256_mul_ps(b, b);
         const __m256 hi = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)),
                                           u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f)));
-        const __m256 p = _mm256_fmadd_ps(hi, u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.ffffecp-1f), b, _mm256_set1_ps(1.0f)));
-        const __m256i ki = _mm256_cvtps_epi32(k); /* exact: k is an integer */
-        const __m256 pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ki, _mm256_set1_epi32(127)), 23));
-        /* lanes whose exponent is not normal (or x is NaN): scalar, from the inputs
-         * kept here (y may be x) */
+        /* 2^k from its bits: k + 127 in the exponent field */
+        const __m256 pow2 = _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23));
+        __m256 r;
+        if (avx2) { /* pow2 + pow2 * j */
+            const __m256 j = _mm256_fmadd_ps(hi, u, _mm256_mul_ps(_mm256_set1_ps(0x1.ffffecp-1f), b));
+            r = _mm256_fmadd_ps(j, pow2, pow2);
+        } else { /* (1 + b + ...) * pow2 */
+            const __m256 p = _mm256_fmadd_ps(hi, u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.ffffecp-1f), b, _mm256_set1_ps(1.0f)));
+            r = _mm256_mul_ps(p, pow2);
+        }
+        /* lanes whose exponent is not normal (or x is NaN): scalar, from the inputs kept
+         * here (y may be x). |k| <= 126 is where both builds take their plain formula. */
         const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(k, _mm256_set1_ps(-126.0f), _CMP_GE_OQ),
-                                        _mm256_cmp_ps(k, _mm256_set1_ps(127.0f), _CMP_LE_OQ));
+                                        _mm256_cmp_ps(k, _mm256_set1_ps(126.0f), _CMP_LE_OQ));
         int bad = ~_mm256_movemask_ps(ok) & 0xFF;
         float in[8];
         if (bad) _mm256_storeu_ps(in, v);
-        _mm256_storeu_ps(y + i, _mm256_mul_ps(p, pow2));
+        _mm256_storeu_ps(y + i, r);
         while (bad) {
             const int l = __builtin_ctz(bad);
-            y[i + l] = realm_expf_ggml(in[l]);
+            y[i + l] = avx2 ? realm_expf_ggml_avx2(in[l]) : realm_expf_ggml(in[l]);
             bad &= bad - 1;
         }
     }
-    for (; i < n; i++) y[i] = realm_expf_ggml(x[i]);
+    for (; i < n; i++) y[i] = avx2 ? realm_expf_ggml_avx2(x[i]) : realm_expf_ggml(x[i]);
+}
+
+__attribute__((target("avx2,fma"))) static void expf_row_avx2(const float *x, float *y, int64_t n) {
+    expf_row_avx2_body(x, y, n, 0);
+}
+
+__attribute__((target("avx2,fma"))) static void expf_row_avx2_avx2(const float *x, float *y, int64_t n) {
+    expf_row_avx2_body(x, y, n, 1);
 }
 #endif
-
-typedef void (*expf_row_fn)(const float *, float *, int64_t);
-
-static expf_row_fn pick_expf_row(void) {
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return expf_ggml_row_avx2;
-#endif
-    return expf_ggml_row_portable;
-}
 
 void realm_expf_ggml_row(const float *x, float *y, int64_t n) {
-    static expf_row_fn fn; /* chosen once; a race only picks the same function twice */
-    if (!fn) fn = pick_expf_row();
-    fn(x, y, n);
+    const int avx2 = realm_float_order() == REALM_ORDER_AVX2;
+#if defined(__x86_64__)
+    if (realm_active_isa() >= REALM_ISA_AVX2) {
+        (avx2 ? expf_row_avx2_avx2 : expf_row_avx2)(x, y, n);
+        return;
+    }
+#endif
+    (avx2 ? expf_row_portable_avx2 : expf_row_portable)(x, y, n);
 }
 
 void realm_swiglu(const float *gate, const float *up, float *out, int64_t n) {
-    const int64_t n16 = n - n % 16; /* ggml's 16-lane part; its tail uses libm's expf */
-    float e[256];                   /* e^-gate of a piece (out may be gate or up) */
-    for (int64_t i0 = 0; i0 < n16; i0 += 256) {
-        const int64_t m = n16 - i0 < 256 ? n16 - i0 : 256;
+    /* ggml's vector part (16 or 8 lanes per step); its tail uses libm's expf */
+    const int64_t lanes = realm_float_order() == REALM_ORDER_AVX2 ? 8 : 16, n_vec = n - n % lanes;
+    float e[256]; /* e^-gate of a piece (out may be gate or up) */
+    for (int64_t i0 = 0; i0 < n_vec; i0 += 256) {
+        const int64_t m = n_vec - i0 < 256 ? n_vec - i0 : 256;
         for (int64_t j = 0; j < m; j++) e[j] = 0.0f - gate[i0 + j];
         realm_expf_ggml_row(e, e, m);
         for (int64_t j = 0; j < m; j++) out[i0 + j] = gate[i0 + j] / (1.0f + e[j]) * up[i0 + j];
     }
-    for (int64_t i = n16; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+    for (int64_t i = n_vec; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
 void realm_add(const float *a, const float *b, float *out, int64_t n) {

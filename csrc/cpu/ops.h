@@ -16,22 +16,51 @@ void realm_rmsnorm(const float *x, const float *w, float *out, int64_t n, float 
  * in f32: theta_i = pos * theta_scale^i by repeated multiplication (theta_scale =
  * powf(base, -2/rope_dim)), then angle_i = freq_scale * (theta_i / freq_factors[i]).
  * freq_factors: rope_dim / 2 floats (a model's rope_freqs), or NULL for all 1;
- * freq_scale: 1 / the linear scaling factor (1 for none). rope_dim <= REALM_ROPE_MAX_DIM. */
+ * freq_scale: 1 / the linear scaling factor (1 for none). rope_dim <= REALM_ROPE_MAX_DIM.
+ * The rotation (x0 c - x1 s, x0 s + x1 c) rounds its products and sums one by one in
+ * the AVX-512 order, and fuses each first product into its sum in the AVX2 order (ops.h's
+ * float orders, below). */
 void realm_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, int64_t pos, float base,
                 float freq_scale, const float *freq_factors);
 
-/* out = silu(gate) * up, silu(g) = g / (1 + exp(-g)). */
+/* Float orders. ggml's CPU kernels sum and round in an order that depends on the SIMD
+ * width its build was compiled for; the kernels here reproduce one of two builds bit
+ * for bit, chosen at run time from the CPU (an x86 CPU with AVX2 but not AVX-512 takes
+ * the AVX2 build's order, every other CPU the AVX-512 build's), each in portable C and
+ * in SIMD with the same floats:
+ * - REALM_ORDER_AVX512: 16-lane expf (polynomial + 1, then times 2^n), softmax sums per
+ *   16 cells, attention as attention.c describes under that name;
+ * - REALM_ORDER_AVX2: 8-lane expf (2^n + 2^n * polynomial in one FMA), softmax sums per
+ *   8 cells, attention in tinyBLAS<8>'s order for a batch and ggml_vec_dot_f16's (4
+ *   accumulators of 8) for one token, RoPE's rotation with FMAs. */
+enum { REALM_ORDER_AVX512 = 0, REALM_ORDER_AVX2 = 1 };
+
+/* The order in use: the CPU's, or the one forced by realm_set_float_order. */
+int realm_float_order(void);
+
+/* Force an order (tests: run either order's portable and SIMD code on any x86 CPU);
+ * -1 restores the CPU's. Returns the order now in use. */
+int realm_set_float_order(int order);
+
+/* out = silu(gate) * up, silu(g) = g / (1 + exp(-g)), in realm_float_order(): ggml's
+ * vector lanes (16 or 8) use its vectorized expf, the n % lanes left over libm's. */
 void realm_swiglu(const float *gate, const float *up, float *out, int64_t n);
 
 /* e^x as ggml's vectorized expf computes it in an AVX-512 build (used by its softmax
  * and SiLU): n = round(x log2 e), b = x - n ln 2 in two parts, a degree-5 polynomial
- * in FMAs, scaled by 2^n; 0 or infinity when |n| > 192. Each step is one IEEE
- * operation, so this scalar version has the bits of the 16-lane one (max error
- * ~1.5 ulp against the exact e^x). */
+ * in FMAs (its constant 1 included), scaled by 2^n; 0 or infinity when |n| > 192. Each
+ * step is one IEEE operation, so this scalar version has the bits of the 16-lane one
+ * (max error ~1.5 ulp against the exact e^x). */
 float realm_expf_ggml(float x);
 
-/* y[i] = realm_expf_ggml(x[i]), vectorized where the CPU has AVX2 + FMA (same bits);
- * y may be x. */
+/* e^x as ggml's vectorized expf computes it in an AVX2 build: the same n and b, the
+ * polynomial without its constant 1 (j), then 2^n + 2^n * j in one FMA; where |n| >
+ * 126 (2^n not a normal float) 2^n is split into two factors, s2 * (1 + j) rounded,
+ * then times s1 (0 or infinity when |n| > 192). Each step one IEEE operation. */
+float realm_expf_ggml_avx2(float x);
+
+/* y[i] = e^x[i] in realm_float_order() (realm_expf_ggml or realm_expf_ggml_avx2),
+ * vectorized where the CPU has AVX2 + FMA (same bits); y may be x. */
 void realm_expf_ggml_row(const float *x, float *y, int64_t n);
 
 /* out = a + b */

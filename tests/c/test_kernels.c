@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "act_quant.h"
+#include "attention.h"
 #include "dequant.h"
 #include "fp16.h"
 #include "ggml_blocks.h"
@@ -175,7 +176,7 @@ static void test_llama_layer(void) {
     realm_kv_ring *kv = realm_kv_create(1, cap, d.n_head_kv, d.head_dim, k, v);
     CHECK(kv != NULL);
     realm_llama_scratch s;
-    const int64_t att = 4096;
+    const int64_t att = realm_attention_scratch_floats(kv, d.n_head, 2);
     const int64_t need = realm_llama_scratch_init(&s, &d, &L, 1, NULL, 4, att, NULL, 0);
     CHECK(need > 0);
     void *buf = aligned_alloc(64, (need + 63) / 64 * 64);

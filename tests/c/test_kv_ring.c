@@ -9,6 +9,8 @@
 #include "attention.h"
 #include "fp16.h"
 #include "kv_ring.h"
+#include "ops.h"
+#include "vec_dot.h"
 #include "check.h"
 
 /* a multiple of 1/16 in [-2, 2]: products and sums of these stay exact in f32 */
@@ -108,8 +110,9 @@ static void test_append_truncate(void) {
 }
 
 /* Attention with everything made exact: q and K on the 1/16 grid (so the f32 dot is
- * exact in any order) and the reference doing ggml's float steps one by one. The
- * result must be bit-identical. */
+ * exact in any order) and the reference doing ggml's float steps one by one, in the
+ * AVX-512 build's float order (ops.h; test_attention forces it). The result must be
+ * bit-identical. */
 static void reference_attention(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens,
                                 int32_t n_head, const float *q, float *out) {
     const int64_t hd = kv->head_dim;
@@ -146,6 +149,7 @@ static void reference_attention(const realm_kv_ring *kv, int32_t layer, int64_t 
 }
 
 static void test_attention(void) {
+    realm_set_float_order(REALM_ORDER_AVX512);
     enum { L = 2, CAP = 8, HKV = 2, NH = 4, D = 24, ROW = HKV * D, T = 5 };
     static realm_f16 k[L * CAP * ROW], v[L * CAP * ROW];
     realm_kv_ring *kv = realm_kv_create(L, CAP, HKV, D, k, v);
@@ -206,6 +210,49 @@ static void test_attention(void) {
     CHECK(realm_attention(kv, 1, 21, 2, NH, q[0][0], out[0][0], scratch, 1) == -5);
     free(scratch);
     realm_kv_free(kv);
+    realm_set_float_order(-1);
+}
+
+/* Each float order's portable build gives its SIMD build's bits (realm_set_isa), for a
+ * batch and for one token at a time past the wrap, with K and V off the grid. */
+static void test_attention_orders_portable_is_simd(void) {
+    enum { L = 1, CAP = 16, HKV = 2, NH = 6, D = 48, ROW = HKV * D, T = 9 };
+    static realm_f16 k[L * CAP * ROW], v[L * CAP * ROW];
+    realm_kv_ring *kv = realm_kv_create(L, CAP, HKV, D, k, v);
+    CHECK(kv != NULL);
+    if (kv == NULL) return;
+    float *scratch = malloc((size_t)realm_attention_scratch_floats(kv, NH, 2) * sizeof(float));
+    static float kr[CAP + T][ROW], vr[CAP + T][ROW], q[CAP + T][NH][D], simd[T][NH][D], portable[T][NH][D];
+    for (int t = 0; t < CAP + T; t++) {
+        for (int i = 0; i < ROW; i++) kr[t][i] = 4 * any_value(), vr[t][i] = any_value();
+        for (int h = 0; h < NH; h++)
+            for (int d = 0; d < D; d++) q[t][h][d] = any_value();
+    }
+    CHECK(realm_kv_append(kv, 0, 0, T, kr[0], vr[0]) == 0);
+    const int orders[2] = {REALM_ORDER_AVX512, REALM_ORDER_AVX2};
+    for (int o = 0; o < 2; o++) {
+        CHECK(realm_set_float_order(orders[o]) == orders[o]);
+        realm_set_isa(-1);
+        CHECK(realm_attention(kv, 0, 0, T, NH, q[0][0], simd[0][0], scratch, 2) == 0);
+        realm_set_isa(REALM_ISA_SCALAR);
+        CHECK(realm_attention(kv, 0, 0, T, NH, q[0][0], portable[0][0], scratch, 2) == 0);
+        CHECK(memcmp(simd, portable, sizeof(simd)) == 0);
+    }
+    for (int64_t p = T; p < T + CAP; p++) {
+        CHECK(realm_kv_append(kv, 0, p, 1, kr[p], vr[p]) == 0);
+        for (int o = 0; o < 2; o++) {
+            realm_set_float_order(orders[o]);
+            realm_set_isa(-1);
+            CHECK(realm_attention(kv, 0, p, 1, NH, q[p][0], simd[0][0], scratch, 1) == 0);
+            realm_set_isa(REALM_ISA_SCALAR);
+            CHECK(realm_attention(kv, 0, p, 1, NH, q[p][0], portable[0][0], scratch, 1) == 0);
+            CHECK(memcmp(simd[0], portable[0], sizeof(simd[0])) == 0);
+        }
+    }
+    realm_set_isa(-1);
+    realm_set_float_order(-1);
+    free(scratch);
+    realm_kv_free(kv);
 }
 
 /* The kernel's branch-free f16 -> f32 equals realm_f16_to_f32 on all 65536 values:
@@ -233,6 +280,7 @@ int main(void) {
     test_create();
     test_append_truncate();
     test_attention();
+    test_attention_orders_portable_is_simd();
     test_all_f16_values();
     if (failures) {
         fprintf(stderr, "test_kv_ring: %d check(s) failed\n", failures);

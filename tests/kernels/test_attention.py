@@ -2,7 +2,8 @@
 
 Two references, both from the K/V rows as appended (not from the ring's storage):
 - `emulated`: ggml's CPU steps (q, K, V and the probabilities rounded to f16, f32
-  scores, ggml's expf, sums of 16 in float then in double). With q and K on a 1/16
+  scores, ggml's expf, sums of 16 (8 in the AVX2 float order) in float then in
+  double). With q and K on a 1/16
   grid the f32 dot products are exact in any order, so the kernel must agree to f32
   rounding of its output sums. The exponentials come from the kernels' own expf_ggml,
   which test_expf_ggml checks against float64 on its own.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from realm_ext import kernels
 from realm_ext._kernels import KVRing, attention, expf_ggml
 
 
@@ -28,14 +30,17 @@ def normal(rng: np.random.Generator, shape) -> np.ndarray:
     return rng.standard_normal(shape).astype(np.float32)
 
 
-def sum_by_16(e: np.ndarray, first: int) -> float:
-    """ggml's softmax sum: e[j] sits in cache cell first + j; per 16 cells (aligned at
-    multiples of 16, empty cells 0) a 16-lane float reduction, those added in double."""
-    cells = np.zeros(-(-(first + e.size) // 16) * 16, np.float32)
+def sum_by_lanes(e: np.ndarray, first: int, lanes: int | None = None) -> float:
+    """ggml's softmax sum: e[j] sits in cache cell first + j; per `lanes` cells (16, or 8
+    in the AVX2 float order; aligned at multiples of lanes, empty cells 0) a horizontal
+    float reduction, those added in double."""
+    if lanes is None:
+        lanes = 8 if kernels.float_order() == "avx2" else 16
+    cells = np.zeros(-(-(first + e.size) // lanes) * lanes, np.float32)
     cells[first : first + e.size] = e
     total = 0.0
-    for lanes in cells.reshape(-1, 16)[first // 16 :]:
-        t8 = lanes[8:] + lanes[:8]
+    for v in cells.reshape(-1, lanes)[first // lanes :]:
+        t8 = v[8:] + v[:8] if lanes == 16 else v
         t4 = t8[4:] + t8[:4]
         total += float((t4[0] + t4[2]) + (t4[1] + t4[3]))
     return total
@@ -59,7 +64,7 @@ def reference(q, k_hist, v_hist, pos, capacity, *, emulate):
             if emulate:  # the f32 steps of ggml's softmax; s is exact here (grid inputs)
                 s = s.astype(np.float32) * scale
                 e = expf_ggml(np.ascontiguousarray(s - s.max(), np.float32))
-                prob = (e * np.float32(1.0 / sum_by_16(e, window.start))).astype(np.float16)
+                prob = (e * np.float32(1.0 / sum_by_lanes(e, window.start))).astype(np.float16)
             else:
                 e = np.exp(s / np.sqrt(hd) - (s / np.sqrt(hd)).max())
                 prob = e / e.sum()
@@ -233,13 +238,14 @@ def test_vectorized_expf_ggml_is_the_scalar_one(rng) -> None:
     np.testing.assert_array_equal(swiglu(gate, up), want)
 
 
+@pytest.mark.parametrize("order", ["avx512", "avx2"])
 @pytest.mark.parametrize("head_dim", [64, 48, 20])
-def test_every_isa_gives_the_same_bits(rng, head_dim):
-    """attend_group is compiled per ISA (csrc/cpu/attention.c): the portable build, forced
-    through set_isa, must give the SIMD builds' bits, across a wrap and with head_dim
-    tails that are not whole vectors."""
-    from realm_ext import kernels
-
+def test_every_isa_gives_the_same_bits(rng, head_dim, order, float_order):
+    """attend_group is compiled per ISA and float order (csrc/cpu/attention.c): the
+    portable build, forced through set_isa, must give the SIMD builds' bits in each order,
+    across a wrap, for a batch and for one token, and with head_dim tails that are not
+    whole vectors."""
+    float_order(order)
     kv = KVRing(1, 24, 2, head_dim)
     outs = {}
     for pos, n in [(0, 17), (17, 7), (24, 1), (25, 1), (26, 1)]:

@@ -28,14 +28,38 @@ def cpu_features() -> frozenset[str]:
 # bit-identical prompt logits for these; the others within ~1e-7 on most prompts (the
 # K-quants llama.cpp repacks, Q2_K and Q4_K, sum in an order not mirrored here; f16 K·Q).
 BITWISE_ON_AVX512 = ("BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+# Measured on an AVX2-only machine (AMD EPYC Zen 3, the same llama-cpp-python built
+# native: AVX2, F16C, FMA, LLAMAFILE) with our AVX2 float order: bit-identical prompt
+# logits on the random models, and on SmolLM2-135M (Q4_1, Q8_0 output) its batched
+# prefill and its token-by-token decode. BF16 sums in another order there (its AVX2
+# ggml_vec_dot_bf16), the K-quants as on AVX-512.
+BITWISE_ON_AVX2 = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+
+
+def avx2_build(has: frozenset[str]) -> bool:
+    """An AVX2 + FMA + F16C build without AVX-512, with tinyBLAS (LLAMAFILE): the build
+    whose float order kernels.float_order() == "avx2" follows (ops.h)."""
+    return {"AVX2", "FMA", "F16C", "LLAMAFILE"} <= has and "AVX512" not in has
 
 
 def sums_in_our_order(recipe: str) -> bool:
-    """Whether llama.cpp's dot products for this format sum in our kernels' order: ours
-    follow an AVX-512 build of llama.cpp (vec_dot_x86.inc), decided by what that build
-    reports, not by this CPU's flags. A build with AVX512_BF16 takes vdpbf16ps for BF16
-    (ggml_vec_dot_bf16, tinyBLAS), pairs summed in another order, which ours do not follow."""
+    """Whether llama.cpp's dot products for this format sum in our kernels' order. Ours
+    follow the llama.cpp build that kernels.float_order() names (the CPU decides: AVX-512
+    on an AVX-512 CPU, AVX2 on an AVX2-only one), decided by what the loaded build
+    reports, not by this CPU's flags. On AVX-512: every format but BF16 where that build
+    has AVX512_BF16 (vdpbf16ps for ggml_vec_dot_bf16 and tinyBLAS, pairs summed in another
+    order, which ours do not follow). On AVX2: the formats of BITWISE_ON_AVX2."""
     has = cpu_features()
-    if kernels.cpu_isa() != "avx512" or "AVX512" not in has:
+    order = kernels.float_order()
+    if order == "avx2" and avx2_build(has):
+        return recipe in BITWISE_ON_AVX2
+    if order != "avx512" or kernels.cpu_isa() != "avx512" or "AVX512" not in has:
         return False
     return not (recipe == "BF16" and "AVX512_BF16" in has)
+
+
+def bit_for_bit(recipe: str) -> bool:
+    """Whether our prompt logits equal llama.cpp's bit for bit for this format (measured:
+    BITWISE_ON_AVX512, BITWISE_ON_AVX2) where the orders agree."""
+    wanted = BITWISE_ON_AVX2 if kernels.float_order() == "avx2" else BITWISE_ON_AVX512
+    return sums_in_our_order(recipe) and recipe in wanted
