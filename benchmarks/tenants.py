@@ -1,7 +1,8 @@
 """Many tenants on one model: what batching guests' decode steps together gives.
 
     python -m benchmarks.tenants [--model PATH ...] [--concurrency 1,2,4,8,16] [--tokens 32]
-                                 [--long-prompt 2048] [--threads N] [--json OUT] [--plot OUT.png]
+                                 [--long-prompt 2048] [--no-server] [--threads N] [--json OUT]
+                                 [--plot OUT.png]
 
 For each model (default: the built-in SmolLM2 and the TinyLlama-shape Q4_K_M file of
 benchmarks.cpu) and each concurrency N: N shipped guests (wasmtime, made before the
@@ -10,6 +11,10 @@ in N threads. Reported per N: aggregate tok/s (every guest's tokens over the wal
 from the start to the last guest's end) and its ratio to N = 1 in the same run, each
 request's time to first piece (TTFT) and inter-piece latency (ITL) p50/p99, and the
 mean number of calls per step the model's step queue ran (csrc/cpu/llama_steps.h).
+
+The same through `realm-ext serve` (unless --no-server): the server on 127.0.0.1 with one
+tenant allowed N requests at once, N official `openai` clients streaming completions of
+--tokens tokens (greedy), each chunk's arrival timed as a piece's.
 
 Then the neighbour case: one guest decodes 64 tokens alone (its ITL p50/p99), and again
 while another guest evaluates a --long-prompt-token prompt; the ratio of the two p99s.
@@ -23,6 +28,7 @@ import datetime
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -85,11 +91,16 @@ def concurrent(host: Host, model, n: int, tokens: int) -> dict:
         t_start = time.perf_counter()
         for t in threads:
             t.join()
-        t_end = max(r[2][-1] for r in results)
         after = rt.step_stats
     finally:
         for g in guests:
             g.close()
+    return summarize(n, t_start, results, before, after)
+
+
+def summarize(n: int, t_start: float, results: list, before: dict, after: dict) -> dict:
+    """results: per request (t0, tokens, piece stamps)."""
+    t_end = max(r[2][-1] for r in results)
     total = sum(r[1] for r in results)
     ttft = [r[2][0] - r[0] for r in results]
     itl = [b - a for r in results for a, b in zip(r[2], r[2][1:], strict=False)]
@@ -102,6 +113,55 @@ def concurrent(host: Host, model, n: int, tokens: int) -> dict:
         "itl": percentiles(itl),
         "calls_per_step": (after["jobs"] - before["jobs"]) / steps if steps else 0.0,
     }
+
+
+def through_server(path: Path, concurrency: list[int], tokens: int, threads: int | None) -> list[dict]:
+    """concurrent()'s measurement, each request a streamed completion from the server."""
+    import openai
+
+    from realm_ext.serve import ServeConfig, ServerState, TenantConfig, parse_model_spec
+    from realm_ext.serve.server import BackgroundServer
+
+    tenant = TenantConfig("bench", "sk-bench", max_concurrent=max(concurrency))
+    config = ServeConfig(models=[parse_model_spec(f"m={path}")], tenants=[tenant], threads=threads)
+    rows = []
+    with BackgroundServer(ServerState(config)) as server:
+        rt = server.state.host.backend.prepare(server.state.models["m"])
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-bench", max_retries=0)
+
+        def one(i: int) -> tuple[float, int, list[float]]:
+            t0, stamps, n = time.perf_counter(), [], 0
+            stream = client.completions.create(
+                model="m", prompt=PROMPTS[i % len(PROMPTS)] + f" ({i})", max_tokens=tokens, temperature=0,
+                stream=True, stream_options={"include_usage": True},
+            )  # fmt: skip
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].text:
+                    stamps.append(time.perf_counter())
+                if chunk.usage:
+                    n = chunk.usage.completion_tokens
+            return t0, n, stamps
+
+        for n in concurrency:
+            with ThreadPoolExecutor(n) as ex:  # warm: the tenant's pool makes its n guests
+                list(ex.map(one, range(n)))
+            before = rt.step_stats
+            t_start = time.perf_counter()
+            with ThreadPoolExecutor(n) as ex:
+                results = list(ex.map(one, range(n)))
+            rows.append(summarize(n, t_start, results, before, rt.step_stats))
+            rows[-1]["ratio_to_one"] = rows[-1]["aggregate_tok_s"] / rows[0]["aggregate_tok_s"]
+            print(f"{path.name} through the server: {line(rows[-1])}", flush=True)
+    return rows
+
+
+def line(r: dict) -> str:
+    return (
+        f"{r['guests']:2d} guests {r['aggregate_tok_s']:7.1f} tok/s ({r['ratio_to_one']:.2f}x), "
+        f"TTFT p50 {r['ttft']['p50_ms']:.0f} ms, "
+        f"ITL p50/p99 {r['itl']['p50_ms']:.1f}/{r['itl']['p99_ms']:.1f} ms, "
+        f"{r['calls_per_step']:.2f} calls/step"
+    )
 
 
 def neighbour(host: Host, model, long_prompt: int) -> dict:
@@ -148,7 +208,12 @@ def neighbour(host: Host, model, long_prompt: int) -> dict:
 
 
 def run(
-    models: list[Path], concurrency: list[int], tokens: int, long_prompt: int, threads: int | None
+    models: list[Path],
+    concurrency: list[int],
+    tokens: int,
+    long_prompt: int,
+    threads: int | None,
+    server: bool,
 ) -> dict:
     out: dict = {"machine": machine_facts(), "tokens": tokens, "models": {}}
     with Host(device="cpu", n_threads=threads) as host:
@@ -160,14 +225,7 @@ def run(
                 rows.append(concurrent(host, model, n, tokens))
                 base = rows[0]["aggregate_tok_s"]
                 rows[-1]["ratio_to_one"] = rows[-1]["aggregate_tok_s"] / base
-                r = rows[-1]
-                print(
-                    f"{path.name}: {n:2d} guests {r['aggregate_tok_s']:7.1f} tok/s "
-                    f"({r['ratio_to_one']:.2f}x), "
-                    f"TTFT p50 {r['ttft']['p50_ms']:.0f} ms, ITL p50/p99 {r['itl']['p50_ms']:.1f}/"
-                    f"{r['itl']['p99_ms']:.1f} ms, {r['calls_per_step']:.2f} calls/step",
-                    flush=True,
-                )
+                print(f"{path.name}: {line(rows[-1])}", flush=True)
             nb = neighbour(host, model, long_prompt) if long_prompt else None
             if nb:
                 print(
@@ -178,6 +236,9 @@ def run(
                 )
             out["models"][path.name] = {"concurrency": rows, "neighbour": nb}
             host.unload(model)
+    if server:
+        for path in models:
+            out["models"][path.name]["server"] = through_server(path, concurrency, tokens, threads)
     return out
 
 
@@ -189,8 +250,10 @@ def plot(result: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, m in result["models"].items():
-        xs = [r["guests"] for r in m["concurrency"]]
-        ax.plot(xs, [r["aggregate_tok_s"] for r in m["concurrency"]], marker="o", label=name)
+        for key, how in (("concurrency", "guests"), ("server", "through the server")):
+            if m.get(key):
+                xs = [r["guests"] for r in m[key]]
+                ax.plot(xs, [r["aggregate_tok_s"] for r in m[key]], marker="o", label=f"{name}, {how}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrent guests")
     ax.set_ylabel("aggregate decode tok/s")
@@ -208,15 +271,15 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,2,4,8,16")
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--long-prompt", type=int, default=2048, help="0: skip the neighbour case")
+    ap.add_argument("--no-server", action="store_true", help="skip the runs through realm-ext serve")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--models-dir", type=Path, default=Path.home() / ".cache" / "realm-ext" / "benchmarks")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--plot", type=Path)
     args = ap.parse_args()
     models = args.model or [default_model_path(), model_file(args.models_dir, "Q4_K_M")]
-    result = run(
-        models, [int(x) for x in args.concurrency.split(",")], args.tokens, args.long_prompt, args.threads
-    )
+    concurrency = [int(x) for x in args.concurrency.split(",")]
+    result = run(models, concurrency, args.tokens, args.long_prompt, args.threads, not args.no_server)
     out = args.json or Path("benchmarks/results") / f"tenants-{datetime.date.today()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

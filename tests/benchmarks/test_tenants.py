@@ -1,0 +1,28 @@
+"""benchmarks.tenants end to end on the tiny model: every measurement, directly and
+through the server, and its plot (the numbers mean nothing here; this checks the code)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks import tenants
+
+
+def test_tenants_benchmark_runs_end_to_end(model_path, tmp_path: Path) -> None:
+    pytest.importorskip("openai")
+    pytest.importorskip("matplotlib")
+    path = model_path("Q8_0")
+    result = tenants.run([path], [1, 3], tokens=6, long_prompt=64, threads=2, server=True)
+    m = result["models"][path.name]
+    for rows in (m["concurrency"], m["server"]):
+        assert [r["guests"] for r in rows] == [1, 3]
+        assert [r["tokens"] for r in rows] == [6, 18]  # greedy, no stop at EOS: every token
+        assert rows[0]["ratio_to_one"] == 1.0 and all(r["aggregate_tok_s"] > 0 for r in rows)
+        assert all(0 < r["ttft"]["p50_ms"] <= r["ttft"]["p99_ms"] for r in rows)
+    assert m["concurrency"][0]["calls_per_step"] == 1.0  # one guest: one call per step
+    nb = m["neighbour"]
+    assert nb["long_prompt_tokens"] == 64 and nb["itl_alone"]["p99_ms"] > 0 and nb["p99_ratio"] > 0
+    tenants.plot(result, tmp_path / "tenants.png")
+    assert (tmp_path / "tenants.png").stat().st_size > 1000
