@@ -377,15 +377,8 @@ class _Handler:
 
         if body.stream:
             return await self._stream(request, call, job, body)
-        try:
-            while await self._next(job, request) is not None:
-                pass
-        except _DrainTimeout:
-            await self._stop_and_wait(job)
-            raise _shutting_down() from None
-        except BaseException:
-            job.stop()
-            raise
+        while await self._next_or_stop(job, request) is not None:
+            pass
         res = job.result
         if res.error is not None:
             raise _error_of(res.error)
@@ -452,15 +445,20 @@ class _Handler:
             except asyncio.TimeoutError:
                 continue
 
-    async def _stream(self, request: Request, call: _Call, job: Job, body: _Common) -> Response:
+    async def _next_or_stop(self, job: Job, request: Request) -> str | None:
+        """_next, the job stopped when it fails: past the drain deadline (then a
+        shutting-down error) or for any other reason (the client gone, a cancel)."""
         try:
-            first = await self._next(job, request)
+            return await self._next(job, request)
         except _DrainTimeout:
             await self._stop_and_wait(job)
             raise _shutting_down() from None
         except BaseException:
             job.stop()
             raise
+
+    async def _stream(self, request: Request, call: _Call, job: Job, body: _Common) -> Response:
+        first = await self._next_or_stop(job, request)
         res = job.result
         if first is None and res.error is not None:
             raise _error_of(res.error)  # nothing sent yet: a proper status

@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import pytest
 from support.prompts import prompt
+from support.threads import run_together
 
 from realm_ext import _kernels
 from realm_ext.backends.cpu import CpuBackend
@@ -21,27 +22,6 @@ DECODE = 12
 @pytest.fixture(scope="module")
 def backend() -> CpuBackend:
     return CpuBackend(n_threads=2)
-
-
-def run_together(targets: list) -> list:
-    """Each target in its own thread, released at once; their results or exceptions."""
-    barrier = threading.Barrier(len(targets))
-    out: list = [None] * len(targets)
-
-    def body(i: int) -> None:
-        barrier.wait()
-        try:
-            out[i] = targets[i]()
-        except BaseException as e:  # noqa: BLE001 - handed back
-            out[i] = e
-
-    ts = [threading.Thread(target=body, args=(i,)) for i in range(len(targets))]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(300)
-        assert not t.is_alive()
-    return out
 
 
 def conversation(

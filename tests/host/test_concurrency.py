@@ -9,6 +9,7 @@ import threading
 from dataclasses import dataclass, field
 
 import pytest
+from support.threads import run_together
 from support.wasm_support import wat
 
 import realm_ext.api
@@ -66,28 +67,6 @@ def run(guest, job: Job) -> tuple[int, list[str]]:
     return n, pieces
 
 
-def threads(targets: list) -> list:
-    """Run each target in its own thread, all released at once; their results or
-    exceptions, in order."""
-    barrier = threading.Barrier(len(targets))
-    out: list = [None] * len(targets)
-
-    def body(i: int) -> None:
-        barrier.wait()
-        try:
-            out[i] = targets[i]()
-        except BaseException as e:  # noqa: BLE001 - handed back
-            out[i] = e
-
-    ts = [threading.Thread(target=body, args=(i,)) for i in range(len(targets))]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(300)
-        assert not t.is_alive()
-    return out
-
-
 def test_eight_guests_in_parallel_equal_one_by_one(tiny, engine, device) -> None:
     with Host(device=device) as host:
         host.load(tiny)
@@ -105,7 +84,7 @@ def test_eight_guests_in_parallel_equal_one_by_one(tiny, engine, device) -> None
         guests = [guest(job) for job in JOBS]
         steps0 = host.backend.prepare(tiny).step_stats if device == "cpu" else None
         for round_ in range(2):  # twice: the second time on guests that already ran
-            together = threads(
+            together = run_together(
                 [lambda g=g, job=job: run(g, job) for g, job in zip(guests, JOBS, strict=True)]
             )
             for job, want, got in zip(JOBS, alone, together, strict=True):
