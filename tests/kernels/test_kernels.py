@@ -67,7 +67,15 @@ def test_isa_switch() -> None:
         kernels.set_isa("neon")
 
 
-DECODE_KERNELS = ("x86_dot_8r_q4_K", "x86_dot_8r_q4_0", "x86_dot_nx_q6_K", "x86_dot_nx_q8_0", "x86_dot_q4_K")
+DECODE_KERNELS = (
+    "x86_dot_8r_q4_K",
+    "x86_dot_8r_q4_0",
+    "x86_dot_nx_q6_K",
+    "x86_dot_nx_q8_0",
+    "x86_dot_nx_q4_1",
+    "x86_dot_q4_K",
+    "x86_dot_q4_1",
+)
 
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 kernels only")
