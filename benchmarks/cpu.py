@@ -4,11 +4,13 @@
 
 1. matvec GB/s per weight format on the TinyLlama shapes, against memory-copy GB/s
    measured in the same run (benchmarks.bench_matvec).
-2. decode tok/s (64 tokens after the prompt) and prefill tok/s (a 128-token prompt) on
-   the tinyllama preset at Q4_K_M, Q8_0 and Q4_0, with `--threads` threads, for this
-   backend and for llama.cpp (llama-cpp-python, same files, same thread count). The
-   models are made with random valid blocks (`make-model --random-blocks`), cached in
-   --models-dir. The ratios ours / llama.cpp are the figures that matter: absolute
+2. decode tok/s (64 tokens after a 128-token prompt) and prefill tok/s (a 128-token and
+   a 512-token prompt) on the tinyllama preset at Q4_K_M, Q8_0 and Q4_0 and on the real
+   SmolLM2-135M-Instruct Q4_1 (the file `realm-ext pull` caches; skipped with a note where
+   it is absent), with `--threads` threads, for this backend and for llama.cpp
+   (llama-cpp-python, same files, same thread count). The tinyllama models are made
+   with random valid blocks (`make-model --random-blocks`), cached in --models-dir.
+   The ratios ours / llama.cpp are the figures that matter: absolute
    times drift with the machine's load. Ours runs twice: with the default
    weights="mmap" (the file's page cache) and with weights="load" (one copy in
    anonymous memory, as llama.cpp holds the weights it repacks); the ratio load / mmap
@@ -32,12 +34,19 @@ from benchmarks.machine import machine_facts
 from realm_ext.backends.cpu import CpuBackend
 from realm_ext.model import load_gguf
 from realm_ext.model_maker import make_model
+from realm_ext.pull import model_path
 
-TYPES = ("Q4_K_M", "Q8_0", "Q4_0")
-PROMPT, DECODE = 128, 64
+# tinyllama-shape files at these types, then the real model files of REAL_MODELS
+TYPES = ("Q4_K_M", "Q8_0", "Q4_0", "SmolLM2-Q4_1")
+REAL_MODELS = {"SmolLM2-Q4_1": "smollm2"}  # type name -> realm_ext.pull name
+PROMPT, LONG_PROMPT, DECODE = 128, 512, 64  # decode follows the PROMPT-token prefill
 
 
-def model_file(models_dir: Path, t: str) -> Path:
+def model_file(models_dir: Path, t: str) -> Path | None:
+    """The file of `t`: a tinyllama-shape model made (once) in models_dir, or a real model
+    from the pull cache (None where it was never pulled)."""
+    if t in REAL_MODELS:
+        return model_path(REAL_MODELS[t])
     path = models_dir / f"tinyllama-{t}-random-blocks.gguf"
     if not path.exists():
         models_dir.mkdir(parents=True, exist_ok=True)
@@ -66,33 +75,41 @@ class Ours:
 
     def __init__(self, path: Path, threads: int, weights: str = "mmap"):
         self.model = load_gguf(path)
-        self.backend = CpuBackend(n_threads=threads, max_batch=PROMPT, weights=weights)
+        self.backend = CpuBackend(n_threads=threads, max_batch=LONG_PROMPT, weights=weights)
         # Untimed, as llama.cpp's load is (which maps its file with MAP_POPULATE and copies
         # what it repacks): the runtime with its weights' copy, and one token through the
         # model, which faults the file's pages into this process.
         self.backend.logits(self.model, np.asarray([1], np.int32))
 
-    def run(self) -> tuple[float, float]:
-        """Seconds of one prefill and of DECODE decode steps after it."""
+    def prefill(self, n: int, kv) -> float:
+        """Seconds of an n-token prompt as a generation loop runs it: every layer for every
+        token, the LM head for the last one only (llama.cpp's eval without logits_all)."""
         m, be, c = self.model, self.backend, self.model.config
-        toks = np.asarray(prompt_tokens(c.n_vocab), np.int32)
+        toks = np.asarray(prompt_tokens(c.n_vocab, n), np.int32)
+        xp = np.empty((n, c.n_embd), np.float32)
+        out1 = np.empty((1, c.n_vocab), np.float32)
+        t0 = time.perf_counter()
+        be.forward_embedding(m, toks, xp)
+        be.forward_layers(m, 0, c.n_layer, xp, 0, kv, xp)
+        be.forward_lm_head(m, xp[-1:], out1)
+        return time.perf_counter() - t0
+
+    def run(self) -> tuple[float, float, float]:
+        """Seconds of a PROMPT-token prefill, of DECODE decode steps after it, and of a
+        LONG_PROMPT-token prefill."""
+        m, be, c = self.model, self.backend, self.model.config
         steps = np.asarray(decode_tokens(c.n_vocab), np.int32).reshape(-1, 1)
         x1 = np.empty((1, c.n_embd), np.float32)
         out1 = np.empty((1, c.n_vocab), np.float32)
         kv = be.new_kv(m, PROMPT + DECODE + 8)
-        t0 = time.perf_counter()
-        # a prompt as a generation loop runs it: every layer for every token, the LM
-        # head for the last one only (llama.cpp's eval without logits_all does the same)
-        xp = np.empty((PROMPT, c.n_embd), np.float32)
-        be.forward_embedding(m, toks, xp)
-        be.forward_layers(m, 0, c.n_layer, xp, 0, kv, xp)
-        be.forward_lm_head(m, xp[-1:], out1)
+        t_prefill = self.prefill(PROMPT, kv)
         t1 = time.perf_counter()
         for i, p in enumerate(range(PROMPT, PROMPT + DECODE)):
             be.forward_embedding(m, steps[i], x1)
             be.forward_layers(m, 0, c.n_layer, x1, p, kv, x1)
             be.forward_lm_head(m, x1, out1)
-        return t1 - t0, time.perf_counter() - t1
+        t_decode = time.perf_counter() - t1
+        return t_prefill, t_decode, self.prefill(LONG_PROMPT, be.new_kv(m, LONG_PROMPT + 8))
 
     def close(self) -> None:
         self.model.close()
@@ -106,15 +123,15 @@ class LlamaCpp:
 
         self.llm = llama_cpp.Llama(
             str(path),
-            n_ctx=PROMPT + DECODE + 8,
-            n_batch=PROMPT,
-            n_ubatch=PROMPT,
+            n_ctx=LONG_PROMPT + 8,
+            n_batch=LONG_PROMPT,
+            n_ubatch=LONG_PROMPT,
             n_threads=threads,
             n_threads_batch=threads,
             verbose=False,
         )
 
-    def run(self) -> tuple[float, float]:
+    def run(self) -> tuple[float, float, float]:
         llm = self.llm
         llm.reset()
         t0 = time.perf_counter()
@@ -122,7 +139,10 @@ class LlamaCpp:
         t1 = time.perf_counter()
         for t in decode_tokens(llm.n_vocab()):
             llm.eval([t])
-        return t1 - t0, time.perf_counter() - t1
+        t2 = time.perf_counter()
+        llm.reset()
+        llm.eval(prompt_tokens(llm.n_vocab(), LONG_PROMPT))
+        return t1 - t0, t2 - t1, time.perf_counter() - t2
 
     def close(self) -> None:
         del self.llm
@@ -134,7 +154,7 @@ def measure(path: Path, threads: int, repeat: int) -> dict:
     runners = {"ours": Ours(path, threads), "ours_load": Ours(path, threads, weights="load")}
     with contextlib.suppress(ImportError):  # llama-cpp-python is optional
         runners["llama_cpp"] = LlamaCpp(path, threads)
-    times: dict[str, list[tuple[float, float]]] = {k: [] for k in runners}
+    times: dict[str, list[tuple[float, float, float]]] = {k: [] for k in runners}
     for _ in range(repeat):
         for name, r in runners.items():
             times[name].append(r.run())
@@ -144,27 +164,33 @@ def measure(path: Path, threads: int, repeat: int) -> dict:
         name: {
             "prefill_tok_s": PROMPT / statistics.median(t[0] for t in ts),
             "decode_tok_s": DECODE / statistics.median(t[1] for t in ts),
+            "prefill512_tok_s": LONG_PROMPT / statistics.median(t[2] for t in ts),
         }
         for name, ts in times.items()
     }
 
 
 MATVEC_TYPES = ("Q4_K", "Q6_K", "Q8_0", "Q4_0")
+PHASES = ("prefill", "prefill512", "decode")  # also in benchmarks.plot.TOK_S and benchmarks.report
 
 
 def run_models(types: tuple[str, ...] | list[str], threads: int, repeat: int, models_dir: Path) -> list[dict]:
-    """`measure` on each of `types` (models made in `models_dir` when missing); rows carry
-    the ours / llama.cpp ratios when llama-cpp-python imports."""
+    """`measure` on each of `types` (tinyllama models made in `models_dir` when missing, a
+    real model not pulled skipped with a note); rows carry the ours / llama.cpp ratios
+    when llama-cpp-python imports."""
     rows = []
     for t in types:
-        res = measure(model_file(models_dir, t), threads, repeat)
+        path = model_file(models_dir, t)
+        if path is None:
+            print(f"{t}: skipped, not in the pull cache (realm-ext pull {REAL_MODELS[t]})", flush=True)
+            continue
+        res = measure(path, threads, repeat)
         a, b = res["ours"], res.get("llama_cpp")
         row = {"type": t, "ours": a, "ours_load": res["ours_load"], "llama_cpp": b}
-        for phase in ("prefill", "decode"):
+        for phase in PHASES:
             row[f"{phase}_load_vs_mmap"] = res["ours_load"][f"{phase}_tok_s"] / a[f"{phase}_tok_s"]
-        if b:
-            row["prefill_ratio"] = a["prefill_tok_s"] / b["prefill_tok_s"]
-            row["decode_ratio"] = a["decode_tok_s"] / b["decode_tok_s"]
+            if b:
+                row[f"{phase}_ratio"] = a[f"{phase}_tok_s"] / b[f"{phase}_tok_s"]
         rows.append(row)
     return rows
 
@@ -184,6 +210,7 @@ def run(
         "threads": threads,
         "repeat": repeat,
         "prompt": PROMPT,
+        "long_prompt": LONG_PROMPT,
         "decode": DECODE,
         "matvec": mv,
         "models": rows,
@@ -198,27 +225,23 @@ def report(res: dict) -> None:
         shape = f"{r['rows']}x{r['cols']}"
         print(f"  {r['type']:<5} {shape:>10} {r[f'{best}_gbs']:6.2f} GB/s  {r['best_vs_copy']:.2f}x copy")
     print(
-        f"\ntinyllama, {res['threads']} threads, prompt {PROMPT}, decode {DECODE}, "
-        f"median of {res['repeat']} (tok/s)"
+        f"\n{res['threads']} threads, prefill of {PROMPT} and {LONG_PROMPT} tokens, decode of {DECODE} "
+        f"after the first, median of {res['repeat']} (tok/s: ours, llama.cpp, ratio)"
     )
-    head = f"{'prefill':>8} {'llama.cpp':>10} {'ratio':>6}"
-    print(f"{'type':<7} {head}   {head.replace('prefill', ' decode')}")
+    print(f"{'type':<13} " + "   ".join(f"{phase:>25}" for phase in PHASES))
     for row in res["models"]:
-        t, a, b = row["type"], row["ours"], row["llama_cpp"]
-        if b:
-            print(
-                f"{t:<7} {a['prefill_tok_s']:8.1f} {b['prefill_tok_s']:10.1f} {row['prefill_ratio']:6.2f}   "
-                f"{a['decode_tok_s']:7.1f} {b['decode_tok_s']:10.1f} {row['decode_ratio']:6.2f}"
-            )
-        else:
-            print(f"{t:<7} {a['prefill_tok_s']:8.1f} {'-':>10} {'-':>6}   {a['decode_tok_s']:7.1f}")
+        a, b = row["ours"], row["llama_cpp"]
+        cells = []
+        for phase in PHASES:
+            ours = a[f"{phase}_tok_s"]
+            theirs = f"{b[f'{phase}_tok_s']:8.1f} {row[f'{phase}_ratio']:6.2f}x" if b else f"{'-':>16}"
+            cells.append(f"{ours:8.1f} {theirs}")
+        print(f"{row['type']:<13} " + "   ".join(f"{c:>25}" for c in cells))
     print("weights='load' (a copy in memory) instead of the default 'mmap' (tok/s, load / mmap):")
     for row in res["models"]:
         m = row["ours_load"]
-        print(
-            f"{row['type']:<7} prefill {m['prefill_tok_s']:6.1f} ({row['prefill_load_vs_mmap']:.2f}x)  "
-            f"decode {m['decode_tok_s']:5.1f} ({row['decode_load_vs_mmap']:.2f}x)"
-        )
+        cells = [f"{p} {m[f'{p}_tok_s']:6.1f} ({row[f'{p}_load_vs_mmap']:.2f}x)" for p in PHASES]
+        print(f"{row['type']:<13} " + "  ".join(cells))
 
 
 def main() -> None:

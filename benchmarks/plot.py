@@ -17,7 +17,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-TOK_S = re.compile(r"^cpu\.(prefill|decode)\.([^.]+)\.tok_s$")
+TOK_S = re.compile(r"^cpu\.(prefill|prefill512|decode)\.([^.]+)\.tok_s$")  # benchmarks.cpu.PHASES
 MATVEC = re.compile(r"^cpu\.matvec\.([^.]+)\.(\d+x\d+)\.gb_s$")
 
 
@@ -46,7 +46,7 @@ def tok_s_chart(result: dict, path: Path) -> bool:
     if not phases:
         return False
     plt = _pyplot()
-    order = [p for p in ("prefill", "decode") if p in phases]
+    order = [p for p in ("prefill", "prefill512", "decode") if p in phases]
     fig, axes = plt.subplots(1, len(order), figsize=(5 * len(order), 4), squeeze=False)
     for ax, phase in zip(axes[0], order, strict=True):
         types = sorted(phases[phase])

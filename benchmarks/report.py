@@ -41,12 +41,13 @@ def e2e_table(result: dict) -> list[str]:
     if not types:
         return []
     lines = [
-        "| type | prefill tok/s | llama.cpp | ratio | decode tok/s | llama.cpp | ratio | decode load/mmap |",
-        "|---|---|---|---|---|---|---|---|",
+        "| type | prefill tok/s | llama.cpp | ratio | prefill 512 tok/s | llama.cpp | ratio "
+        "| decode tok/s | llama.cpp | ratio | decode load/mmap |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in types:
         cells = []
-        for phase in ("prefill", "decode"):
+        for phase in ("prefill", "prefill512", "decode"):
             ours, theirs = m.get(f"cpu.{phase}.{t}.tok_s"), m.get(f"cpu.{phase}.{t}.llama_cpp.tok_s")
             ratio = result["ratios"].get(f"cpu.{phase}.{t}.vs_llama_cpp")
             cells += [_num(ours, ".1f"), _num(theirs, ".1f"), _num(ratio, ".2f")]

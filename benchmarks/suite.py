@@ -129,7 +129,7 @@ def cpu_e2e(ctx: Context) -> Section:
     rows = cpu.run_models(ctx.suite.e2e_types, ctx.threads, ctx.repeat, ctx.models_dir)
     metrics, ratios = {}, {}
     for row in rows:
-        for phase in ("prefill", "decode"):
+        for phase in cpu.PHASES:
             name = f"cpu.{phase}.{row['type']}"
             metrics[f"{name}.tok_s"] = row["ours"][f"{phase}_tok_s"]
             metrics[f"{name}.load.tok_s"] = row["ours_load"][f"{phase}_tok_s"]
@@ -137,7 +137,13 @@ def cpu_e2e(ctx: Context) -> Section:
             if row["llama_cpp"]:
                 metrics[f"{name}.llama_cpp.tok_s"] = row["llama_cpp"][f"{phase}_tok_s"]
                 ratios[f"{name}.vs_llama_cpp"] = row[f"{phase}_ratio"]
-    raw = {"threads": ctx.threads, "prompt": cpu.PROMPT, "decode": cpu.DECODE, "models": rows}
+    raw = {
+        "threads": ctx.threads,
+        "prompt": cpu.PROMPT,
+        "long_prompt": cpu.LONG_PROMPT,
+        "decode": cpu.DECODE,
+        "models": rows,
+    }
     return raw, metrics, ratios
 
 

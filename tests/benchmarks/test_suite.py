@@ -15,7 +15,7 @@ from benchmarks import compare, result
 from benchmarks.__main__ import main
 from benchmarks.suite import SECTIONS, cuda_device, flatten_gpu, run_suite, spread
 
-RATIO_FAMILIES = ("cpu.matvec.", "cpu.decode.", "cpu.prefill.", "guest.decode.", "gpu.")
+RATIO_FAMILIES = ("cpu.matvec.", "cpu.decode.", "cpu.prefill.", "cpu.prefill512.", "guest.decode.", "gpu.")
 
 
 def synthetic(rng: np.random.Generator, suite: str = "quick") -> dict:
@@ -24,7 +24,7 @@ def synthetic(rng: np.random.Generator, suite: str = "quick") -> dict:
     metrics = {"cpu.copy.gb_s": float(rng.uniform(2, 20))}
     ratios = {}
     for t in types:
-        for phase in ("prefill", "decode"):
+        for phase in ("prefill", "prefill512", "decode"):
             ours, theirs = rng.uniform(5, 60, 2)
             metrics[f"cpu.{phase}.{t}.tok_s"] = float(ours)
             metrics[f"cpu.{phase}.{t}.llama_cpp.tok_s"] = float(theirs)
@@ -228,12 +228,13 @@ def test_table_rows_carry_the_numbers(rng, capsys):
     m, r = res["metrics"], res["ratios"]
     for t in ("Q4_K_M", "Q8_0"):
         cells = [
-            f"{m[f'cpu.prefill.{t}.tok_s']:.1f}",
-            f"{m[f'cpu.prefill.{t}.llama_cpp.tok_s']:.1f}",
-            f"{r[f'cpu.prefill.{t}.vs_llama_cpp']:.2f}",
-            f"{m[f'cpu.decode.{t}.tok_s']:.1f}",
-            f"{m[f'cpu.decode.{t}.llama_cpp.tok_s']:.1f}",
-            f"{r[f'cpu.decode.{t}.vs_llama_cpp']:.2f}",
+            cell
+            for phase in ("prefill", "prefill512", "decode")
+            for cell in (
+                f"{m[f'cpu.{phase}.{t}.tok_s']:.1f}",
+                f"{m[f'cpu.{phase}.{t}.llama_cpp.tok_s']:.1f}",
+                f"{r[f'cpu.{phase}.{t}.vs_llama_cpp']:.2f}",
+            )
         ]
         assert f"| {t} | " + " | ".join(cells) + " |" in text
     q6 = next(ln for ln in text.splitlines() if ln.startswith("| Q6_K |"))
