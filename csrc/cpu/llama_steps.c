@@ -204,23 +204,62 @@ static int pick(realm_step_queue *q, realm_step_job **step) {
     return 0;
 }
 
+/* may j start its next chunk in a step shared with others? */
+static int ready_to_share(const realm_step_job *j) { return j->kind == JOB_LM_HEAD || j->layer == j->first; }
+
+/* The jobs a step of h's kind expects (llama_steps.h): the distinct rings of the last
+ * two layers steps; for the LM head, the jobs of the last layers step (each goes on to
+ * its LM head) or of the larger of the last two LM head steps. */
+static uint64_t expected_jobs(const realm_step_queue *q, const realm_step_job *h) {
+    if (h->kind == JOB_LM_HEAD) {
+        const uint64_t heads = q->head_jobs[0] > q->head_jobs[1] ? q->head_jobs[0] : q->head_jobs[1];
+        return heads > (uint64_t)q->n_rings[0] ? heads : (uint64_t)q->n_rings[0];
+    }
+    uint64_t n = (uint64_t)q->n_rings[0];
+    for (int i = 0; i < q->n_rings[1]; i++) {
+        int seen = 0;
+        for (int k = 0; k < q->n_rings[0] && !seen; k++) seen = q->rings[1][i] == q->rings[0][k];
+        n += !seen;
+    }
+    return n;
+}
+
+/* The first queued job after the head that is ready to share a step of another kind;
+ * NULL if none. */
+static realm_step_job *other_kind_ready(const realm_step_queue *q) {
+    for (realm_step_job *j = q->head->next; j; j = j->next)
+        if (!same_kind(q->head, j) && ready_to_share(j)) return j;
+    return NULL;
+}
+
 /* Wait (the mutex held, at most q->gather_ns) until the queue holds as many jobs that
- * can share the head's step as the larger of the last two steps had. */
+ * can share the head's step as it expects; a head short of them that has not already
+ * waited a step yields the front, once, to a ready job of another kind. */
 static void gather(realm_step_queue *q) {
-    const uint64_t want = q->last_jobs[0] > q->last_jobs[1] ? q->last_jobs[0] : q->last_jobs[1];
-    if (want <= 1 || q->gather_ns <= 0) return;
+    if (q->gather_ns <= 0) return;
     struct timespec deadline;
     clock_gettime(CLOCK_REALTIME, &deadline); /* the condition variable's clock */
     deadline.tv_sec += (time_t)(q->gather_ns / 1000000000);
     deadline.tv_nsec += (long)(q->gather_ns % 1000000000);
     if (deadline.tv_nsec >= 1000000000) deadline.tv_sec++, deadline.tv_nsec -= 1000000000;
+    int yielded = 0;
     for (;;) {
-        const realm_step_job *h = q->head;
-        if (!h || (h->kind == JOB_LAYERS && h->layer != h->first)) return; /* nothing to share */
+        realm_step_job *h = q->head;
+        if (!h || !ready_to_share(h)) return; /* nothing to share */
+        const uint64_t want = expected_jobs(q, h);
+        if (want <= 1) return;
         uint64_t ready = 0;
-        for (const realm_step_job *j = h; j; j = j->next)
-            ready += same_kind(h, j) && (j->kind == JOB_LM_HEAD || j->layer == j->first);
+        for (const realm_step_job *j = h; j; j = j->next) ready += same_kind(h, j) && ready_to_share(j);
         if (ready >= want) return;
+        realm_step_job *other = yielded || q->steps - h->queued_at >= 2 ? NULL : other_kind_ready(q);
+        if (other) { /* to the front; its place in the round-robin order is kept otherwise */
+            unlink_job(q, other);
+            other->next = q->head;
+            q->head = other;
+            if (!q->tail) q->tail = other;
+            yielded = 1;
+            continue;
+        }
         if (pthread_cond_timedwait(&q->arrived, &q->mutex, &deadline)) return; /* timed out */
     }
 }
@@ -292,8 +331,15 @@ static void advance(realm_step_queue *q, realm_step_job **step, int n, int rc) {
             push_back(q, j); /* round-robin */
         }
     }
-    q->last_jobs[1] = q->last_jobs[0];
-    q->last_jobs[0] = (uint64_t)n;
+    if (step[0]->kind == JOB_LM_HEAD) {
+        q->head_jobs[1] = q->head_jobs[0];
+        q->head_jobs[0] = (uint64_t)n;
+    } else {
+        memcpy(q->rings[1], q->rings[0], sizeof q->rings[0]);
+        q->n_rings[1] = q->n_rings[0];
+        for (int i = 0; i < n; i++) q->rings[0][i] = step[i]->kv;
+        q->n_rings[0] = n;
+    }
     q->steps++;
     q->rows += (uint64_t)rows;
     q->jobs += (uint64_t)n;

@@ -24,11 +24,18 @@
  *  - At most scratch->max_tokens rows (REALM_STEP_MAX_SEQS jobs) per layer step, and
  *    scratch->lm_rows per LM head step. Jobs are served round-robin: after its step a
  *    job with rows left goes to the back of the queue.
- *  - Before a step that could take others, the thread that runs it waits for as many
- *    jobs as the larger of the last two steps had, at most gather_ns: guests decoding
- *    together reach the queue a little apart (each samples its token in between), and
- *    without the wait their steps would split into several (each reading the weights).
- *    A guest alone never waits (its steps had one job).
+ *  - Before a step that could take others, the thread that runs it waits, at most
+ *    gather_ns, for the jobs it expects: for a layers step, one per ring that the last
+ *    two layers steps served; for an LM head step, as many as the last layers step or
+ *    the larger of the last two LM head steps had. Guests decoding together reach the queue a little apart (each
+ *    samples its token in between), and without the wait their steps would split into
+ *    several (each reading the weights). A guest alone never waits (its steps had one
+ *    job).
+ *  - A step short of the jobs it expects first lets a step of another kind run, once,
+ *    if one is ready (the head of the queue then waits at most one step longer): each
+ *    guest's token is a layers call then an LM head call, and guests that fell into two
+ *    groups, one at its layers while the other is at its LM head, would otherwise stay
+ *    apart, every step reading the weights for half of them.
  * Between a job's chunks, a stop of its call control ends it alone (-8); a job whose
  * chunk fails its ring's checks fails alone with that code; the others' rows are exact.
  */
@@ -82,14 +89,17 @@ typedef struct {
     int running;            /* a step is being gathered or run */
     int64_t step_tokens;    /* prefill rows a job adds to a step shared with others */
     int64_t gather_ns;      /* the longest a step waits for the calls it expects */
-    uint64_t last_jobs[2];  /* jobs in the last two steps */
+    uint64_t head_jobs[2];  /* jobs in the last two LM head steps */
+    /* the rings of the last two layers steps' jobs (identities only, never dereferenced) */
+    const void *rings[2][REALM_STEP_MAX_SEQS];
+    int n_rings[2];
     /* counts, for measurement: steps run, rows and jobs in them, the most jobs in one,
      * nanoseconds spent running steps and gathering jobs for them */
     uint64_t steps, rows, jobs, max_jobs, run_ns, gather_ns_spent;
 } realm_step_queue;
 
 #define REALM_STEP_TOKENS_DEFAULT 8
-#define REALM_STEP_GATHER_NS_DEFAULT 1000000
+#define REALM_STEP_GATHER_NS_DEFAULT 3000000
 
 int realm_step_queue_init(realm_step_queue *q); /* 0, or -7 */
 void realm_step_queue_destroy(realm_step_queue *q);

@@ -77,6 +77,48 @@ def test_decoding_together_equals_alone_bit_for_bit(
         assert backend.prepare(m).step_stats["max_jobs"] >= 3
 
 
+def test_conversations_out_of_step_come_together(model_path, backend: CpuBackend, rng) -> None:
+    """Two conversations, one started a call behind the other: one is at its layers while
+    the other is at its LM head, so without the queue's yield rule (llama_steps.h) every
+    step would carry one call. Their steps come together, and every logit is exact."""
+    with load_gguf(model_path("Q8_0", preset="small")) as m:
+        c = m.config
+        tokens = 24
+
+        def decode(first: int, behind: threading.Event | None, ahead: threading.Event | None) -> np.ndarray:
+            kv = backend.new_kv(m, tokens + 1)
+            x = np.empty((1, c.n_embd), np.float32)
+            rows = np.empty((tokens, c.n_vocab), np.float32)
+            tok = first
+            for pos in range(tokens):
+                backend.forward_embedding(m, np.array([tok], np.int32), x)
+                if behind is not None and pos == 0:
+                    behind.wait()  # start once the other has run its first layers call
+                backend.forward_layers(m, 0, c.n_layer, x, pos, kv, x)
+                if ahead is not None and pos == 0:
+                    ahead.set()
+                backend.forward_lm_head(m, x, rows[pos : pos + 1])
+                tok = int(np.argmax(rows[pos]))
+                threading.Event().wait(0.0002)  # a guest samples between its calls
+            backend.free_kv(m, kv)
+            return rows
+
+        firsts = [int(t) for t in rng.integers(3, c.n_vocab, 2)]
+        want = [decode(t, None, None) for t in firsts]
+        steps0, jobs0 = batched(backend, m)
+        started = threading.Event()
+        got = run_together(
+            [lambda: decode(firsts[0], None, started), lambda: decode(firsts[1], started, None)]
+        )
+        steps1, jobs1 = batched(backend, m)
+        for w, g in zip(want, got, strict=True):
+            assert not isinstance(g, BaseException), g
+            np.testing.assert_array_equal(g, w)
+        # 4 * tokens calls; apart they would take as many steps, together about half
+        assert jobs1 - jobs0 == 4 * tokens
+        assert jobs1 - jobs0 > 1.4 * (steps1 - steps0), (steps1 - steps0, jobs1 - jobs0)
+
+
 def test_a_long_prompt_and_decoders_share_steps(model_path, backend: CpuBackend, rng) -> None:
     """A 300-token prompt, in chunks, beside three decoding conversations: all exact."""
     with load_gguf(model_path("Q8_0", preset="small")) as m:
