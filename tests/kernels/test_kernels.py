@@ -72,6 +72,7 @@ DECODE_KERNELS = (
     "x86_dot_8r_q4_0",
     "x86_dot_nx_q6_K",
     "x86_dot_nx_q8_0",
+    "x86_dot_8r_q8_0",
     "x86_dot_nx_q4_1",
     "x86_dot_q4_K",
     "x86_dot_q4_1",
