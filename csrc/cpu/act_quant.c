@@ -7,6 +7,10 @@
 
 #include "fp16.h"
 #include "ggml_blocks.h"
+#include "vec_dot.h" /* realm_active_isa */
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 int realm_vec_dot_type(int wtype) {
     switch (wtype) {
@@ -37,13 +41,52 @@ static float q8_block(const float *x, int8_t *qs) {
     return amax / 127.f;
 }
 
+#if defined(__x86_64__)
+/* q8_block in 8 lanes: the same amax (a maximum, in any order; NaN ignored as fmaxf
+ * does, by putting the running maximum second), the same products and rounding to
+ * nearest even; a NaN lane becomes 0, as lrintf's result cast to int8 does on x86-64. */
+__attribute__((target("avx2"))) static float q8_block_avx2(const float *x, int8_t *qs) {
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 v[4], m = _mm256_setzero_ps();
+    for (int k = 0; k < 4; k++) {
+        v[k] = _mm256_loadu_ps(x + 8 * k);
+        m = _mm256_max_ps(_mm256_and_ps(v[k], abs_mask), m);
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    const float amax = _mm_cvtss_f32(h);
+    const __m256 id = _mm256_set1_ps(amax != 0.0f ? 127.f / amax : 0.0f);
+    __m256i q[4];
+    for (int k = 0; k < 4; k++) {
+        const __m256 r = _mm256_round_ps(_mm256_mul_ps(v[k], id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        q[k] = _mm256_and_si256(_mm256_cvtps_epi32(r), _mm256_castps_si256(_mm256_cmp_ps(r, r, _CMP_ORD_Q)));
+    }
+    /* the packs work per 128-bit lane: 32 bytes in the order 0-3 8-11 16-19 24-27 4-7 ... */
+    const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    _mm256_storeu_si256((__m256i *)qs, _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    return amax / 127.f;
+}
+#endif
+
+typedef float (*q8_block_fn)(const float *x, int8_t *qs);
+
+static q8_block_fn pick_q8_block(void) {
+#if defined(__x86_64__)
+    if (realm_active_isa() >= REALM_ISA_AVX2) return q8_block_avx2;
+#endif
+    return q8_block;
+}
+
 static void quantize_q8_0(const float *x, block_q8_0 *y, int64_t nb) {
-    for (int64_t i = 0; i < nb; i++, x += QK8_0) y[i].d = realm_f32_to_f16(q8_block(x, y[i].qs));
+    const q8_block_fn block = pick_q8_block();
+    for (int64_t i = 0; i < nb; i++, x += QK8_0) y[i].d = realm_f32_to_f16(block(x, y[i].qs));
 }
 
 static void quantize_q8_1(const float *x, block_q8_1 *y, int64_t nb) {
+    const q8_block_fn block = pick_q8_block();
     for (int64_t i = 0; i < nb; i++, x += QK8_1) {
-        const float d = q8_block(x, y[i].qs);
+        const float d = block(x, y[i].qs);
         int sum = 0;
         for (int j = 0; j < QK8_1; j++) sum += y[i].qs[j];
         y[i].d = realm_f32_to_f16(d);

@@ -207,6 +207,27 @@ def test_matmul_checks_every_size() -> None:
     assert kernels.matmul(w[:0], int(T.Q8_0), x).shape == (3, 0)
 
 
+@pytest.mark.parametrize("wtype", [T.Q4_0, T.Q4_1])  # rounded to Q8_0, Q8_1
+def test_quantize_acts_same_bytes_on_every_isa(wtype, rng: np.random.Generator) -> None:
+    """The SIMD rounding of activations (csrc/cpu/act_quant.c) writes the scalar one's
+    bytes: blocks of zeros, ties, outliers, tiny values, a NaN and infinities included."""
+    x = rng.normal(0, 1, (3, 256)).astype(np.float32)
+    x[0, :32] = 0.0
+    x[0, 32:64] = np.arange(32, dtype=np.float32) - 15.5  # halves: ties to even
+    x[1, 64:96] *= 1e-30
+    x[1, 100] = 3e4
+    x[2, 7] = np.nan
+    x[2, 40], x[2, 41] = np.inf, -np.inf
+    got = {}
+    try:
+        for isa in ("scalar", kernels.cpu_isa()):
+            assert kernels.set_isa(isa) == isa
+            got[isa] = np.asarray(kernels.quantize_acts(int(wtype), x, n_threads=2)).copy()
+    finally:
+        kernels.set_isa(None)
+    np.testing.assert_array_equal(got["scalar"], got[kernels.cpu_isa()])
+
+
 def test_quantize_acts_checks_every_size() -> None:
     x = f32(2, 64)
     q = kernels.quantize_acts(int(T.Q8_0), x, n_threads=1)
