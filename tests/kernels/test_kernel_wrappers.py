@@ -211,6 +211,8 @@ def test_matmul_checks_every_size() -> None:
 def test_quantize_acts_same_bytes_on_every_isa(wtype, rng: np.random.Generator) -> None:
     """The SIMD rounding of activations (csrc/cpu/act_quant.c) writes the scalar one's
     bytes: blocks of zeros, ties, outliers, tiny values, a NaN and infinities included."""
+    if kernels.cpu_isa() == "scalar":
+        pytest.skip("this CPU has no SIMD rounding to compare with the scalar one")
     x = rng.normal(0, 1, (3, 256)).astype(np.float32)
     x[0, :32] = 0.0
     x[0, 32:64] = np.arange(32, dtype=np.float32) - 15.5  # halves: ties to even
