@@ -35,7 +35,7 @@ from realm_ext._kernels cimport (
     LlamaRuntime,
     kernel_call_stopped,
     kernel_forward_layers,
-    kernel_get_rows,
+    kernel_embed,
     kernel_lm_head,
     realm_call_control,
     realm_step_queue,
@@ -211,7 +211,8 @@ cdef int32_t forward_embedding(native_env *e, guest_mem m, uint32_t model_id, ui
         rc = no_overlap(e, ids_ptr, 4 * <uint64_t>n_tokens, out_ptr, out_bytes, False, what)
     if rc:
         return rc
-    rc = kernel_get_rows(md.token_embd, <const int32_t *>(m.base + ids_ptr), n_tokens, <float *>(m.base + out_ptr))
+    rc = kernel_embed(md.dims, md.token_embd, <const int32_t *>(m.base + ids_ptr), n_tokens,
+                      <float *>(m.base + out_ptr))
     if rc == REALM_ERR_RANGE:
         e.error_len = snprintf(e.error, ERROR_BYTES, "%s: a token id is outside the vocabulary 0..%d", what,
                                md.dims.n_vocab - 1)

@@ -33,6 +33,9 @@ cdef extern from "kv_ring.h":
         realm_f16 *v
         int64_t *n_pos
         int64_t *held_from
+        int64_t *slots
+        int64_t *window
+        int64_t *row0
 
 
 cdef extern from "fair_lock.h" nogil:
@@ -64,11 +67,21 @@ cdef extern from "llama.h":
         float rms_eps, rope_base
         float rope_freq_scale
         const float *rope_freqs
+        int32_t rope_neox, ffn_act
+        float embd_scale, q_scale
 
     ctypedef struct realm_llama_layer:
         const float *attn_norm
         const float *ffn_norm
         realm_tensor wq, wk, wv, wo, w_gate, w_up, w_down
+        const float *bq
+        const float *bk
+        const float *bv
+        const float *q_norm
+        const float *k_norm
+        const float *attn_post_norm
+        const float *ffn_post_norm
+        float rope_base, rope_freq_scale
 
     ctypedef struct realm_llama_scratch:
         int64_t max_tokens
@@ -78,6 +91,7 @@ cdef extern from "llama.h":
 cdef class KVRing:
     cdef realm_kv_ring *_ring
     cdef object _k, _v  # the numpy storage that _ring borrows
+    cdef bint _uniform  # every layer has capacity slots and attends over them all
     cdef object __weakref__  # LlamaRuntime keeps the rings it sized its scratch for weakly
 
     cdef realm_kv_ring *ptr(self)
@@ -111,10 +125,11 @@ cdef class LlamaRuntime:
     cdef int _carve_scratch(self, int64_t att_floats) except -1
 
 
-# The C kernels the native imports call: realm_get_rows of a whole tensor (csrc/cpu/ops.h),
+# The C kernels the native imports call: realm_llama_embed (csrc/cpu/llama.h),
 # realm_llama_forward_layers, realm_llama_lm_head_chunked and realm_call_stopped
 # (csrc/cpu/llama_steps.h), with the same arguments.
-cdef int kernel_get_rows(const realm_tensor *w, const int32_t *ids, int64_t n_ids, float *out) noexcept nogil
+cdef int kernel_embed(const realm_llama_dims *d, const realm_tensor *w, const int32_t *ids, int64_t n_ids,
+                      float *out) noexcept nogil
 cdef int kernel_forward_layers(const realm_llama_dims *d, const realm_llama_layer *layers, int32_t first,
                                int32_t count, realm_kv_ring *kv, int64_t pos, int64_t n_tokens, const float *x,
                                float *out, realm_llama_scratch *s, int n_threads, realm_step_queue *q,

@@ -84,8 +84,9 @@ include "_llama.pxi"
 
 # ---- the C-API table of _kernels.pxd, for realm_ext/_host_native.pyx ----------------
 
-cdef int kernel_get_rows(const realm_tensor *w, const int32_t *ids, int64_t n_ids, float *out) noexcept nogil:
-    return realm_get_rows(w.data, w.type, w.n_rows, w.n_cols, ids, n_ids, out)
+cdef int kernel_embed(const realm_llama_dims *d, const realm_tensor *w, const int32_t *ids, int64_t n_ids,
+                      float *out) noexcept nogil:
+    return realm_llama_embed(d, w, ids, n_ids, out)
 
 
 cdef int kernel_forward_layers(const realm_llama_dims *d, const realm_llama_layer *layers, int32_t first,

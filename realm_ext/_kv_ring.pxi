@@ -1,8 +1,9 @@
 # KV ring and attention wrappers (included by _kernels.pyx).
 #
 # A KVRing owns both halves of a ring: the f16 K/V storage, as two numpy arrays
-# (n_layer, capacity, n_head_kv, head_dim), and the C struct (realm_kv_create /
-# realm_kv_free) that borrows them. The struct's rules (kv_ring.h) are the only rules:
+# (n_layer, capacity, n_head_kv, head_dim), or (rows, n_head_kv, head_dim) when layers
+# differ in slots, and the C struct (realm_kv_create_layers / realm_kv_free) that
+# borrows them. The struct's rules (kv_ring.h) are the only rules:
 # the wrappers check types, shapes and contiguity, let C decide the rest, and turn its
 # error codes into exceptions: REALM_ERR_INVALID -> ValueError, REALM_ERR_RANGE ->
 # IndexError, REALM_ERR_NOMEM -> MemoryError.
@@ -17,12 +18,13 @@ import numpy as np
 
 cdef extern from "kv_ring.h":  # realm_kv_ring: _kernels.pxd
     const int64_t REALM_KV_RING_MAX_CAPACITY
-    realm_kv_ring *realm_kv_create(int32_t n_layer, int64_t capacity, int32_t n_head_kv, int32_t head_dim,
-                                   realm_f16 *k, realm_f16 *v) nogil
+    realm_kv_ring *realm_kv_create_layers(int32_t n_layer, const int64_t *slots, const int64_t *window,
+                                          int32_t n_head_kv, int32_t head_dim, realm_f16 *k, realm_f16 *v) nogil
     void realm_kv_free(realm_kv_ring *kv) nogil
     int realm_kv_append(realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens, const float *k_rows,
                         const float *v_rows) nogil
-    int64_t realm_kv_window_start(const realm_kv_ring *kv, int64_t pos) nogil
+    int64_t realm_kv_window_start(const realm_kv_ring *kv, int32_t layer, int64_t pos) nogil
+    int64_t realm_kv_chunk_limit(const realm_kv_ring *kv, int64_t pos) nogil
     int realm_kv_truncate(realm_kv_ring *kv, int64_t n_pos) nogil
 
 
@@ -54,33 +56,59 @@ cdef _f32_array(a, str name, tuple shape, bint writable=False):
 
 
 cdef class KVRing:
-    """The KV cache of one conversation: K and V of every layer in a ring of `capacity` slots.
+    """The KV cache of one conversation: K and V of every layer in a ring of slots.
 
-    Position p of a layer lives in slot p % capacity; attention at p sees positions
-    max(0, p - capacity + 1) .. p. Append positions in order (n_pos[layer] is the next
-    one); truncate(n) forgets positions >= n in every layer.
+    Layer l has slots[l] slots (`capacity` for all, unless `windows` says otherwise) and
+    position p lives in its slot p % slots[l]; attention at p sees positions
+    max(0, p - window[l] + 1) .. p. windows: None (every layer attends over all its
+    `capacity` slots), or per layer None (the same) or a sliding window w, whose layer
+    then holds min(capacity, w + chunk - 1) slots: enough for a chunk of `chunk` tokens
+    after a wrap to keep every token's full window. Append positions in order
+    (n_pos[layer] is the next one); truncate(n) forgets positions >= n in every layer.
     """
 
     # attributes: _kernels.pxd
 
-    def __cinit__(self, n_layer, capacity, n_head_kv, head_dim):
-        dims = {"n_layer": n_layer, "capacity": capacity, "n_head_kv": n_head_kv, "head_dim": head_dim}
+    def __cinit__(self, n_layer, capacity, n_head_kv, head_dim, windows=None, chunk=1):
+        dims = {"n_layer": n_layer, "capacity": capacity, "n_head_kv": n_head_kv, "head_dim": head_dim,
+                "chunk": chunk}
         for name, value in dims.items():
             value = dims[name] = operator.index(value)
             if value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
-            if name != "capacity" and value > _INT32_MAX:
+            if name not in ("capacity", "chunk") and value > _INT32_MAX:
                 raise ValueError(f"{name} {value} is too large")
-        if dims["capacity"] > REALM_KV_RING_MAX_CAPACITY:
-            raise ValueError(f"capacity {dims['capacity']} exceeds the maximum {REALM_KV_RING_MAX_CAPACITY}")
-        shape = (dims["n_layer"], dims["capacity"], dims["n_head_kv"], dims["head_dim"])
-        self._k = np.zeros(shape, np.float16)
-        self._v = np.zeros(shape, np.float16)
-        cdef uint16_t[:, :, :, ::1] k = self._k.view(np.uint16)
-        cdef uint16_t[:, :, :, ::1] v = self._v.view(np.uint16)
-        self._ring = realm_kv_create(shape[0], shape[1], shape[2], shape[3], &k[0, 0, 0, 0], &v[0, 0, 0, 0])
+        cap = dims["capacity"]
+        if cap > REALM_KV_RING_MAX_CAPACITY:
+            raise ValueError(f"capacity {cap} exceeds the maximum {REALM_KV_RING_MAX_CAPACITY}")
+        n = dims["n_layer"]
+        win = np.full(n, cap, np.int64)
+        if windows is not None:
+            if len(windows) != n:
+                raise ValueError(f"windows has {len(windows)} entries for {n} layers")
+            for i, w in enumerate(windows):
+                if w is not None:
+                    w = operator.index(w)
+                    if w < 1:
+                        raise ValueError(f"layer {i}: window must be positive, got {w}")
+                    win[i] = min(w, cap)
+        slots = np.where(win < cap, np.minimum(win + min(dims["chunk"], cap) - 1, cap), cap).astype(np.int64)
+        self._uniform = bool(np.all(slots == cap) and np.all(win == cap))
+        rows = int(slots.sum())
+        row_shape = (dims["n_head_kv"], dims["head_dim"])
+        self._k = np.zeros((rows, *row_shape), np.float16)
+        self._v = np.zeros((rows, *row_shape), np.float16)
+        cdef uint16_t[:, :, ::1] k = self._k.view(np.uint16)
+        cdef uint16_t[:, :, ::1] v = self._v.view(np.uint16)
+        cdef const int64_t[::1] sv = slots
+        cdef const int64_t[::1] wv = win
+        self._ring = realm_kv_create_layers(n, &sv[0], &wv[0], row_shape[0], row_shape[1], &k[0, 0, 0],
+                                            &v[0, 0, 0])
         if self._ring == NULL:
-            raise MemoryError(f"cannot create a KV ring of shape {shape}")
+            raise MemoryError(f"cannot create a KV ring of {n} layers of {cap} positions of {row_shape}")
+        if self._uniform:
+            self._k = self._k.reshape(n, cap, *row_shape)
+            self._v = self._v.reshape(n, cap, *row_shape)
 
     def __dealloc__(self):
         realm_kv_free(self._ring)  # the numpy storage goes after, with self's references
@@ -97,12 +125,13 @@ cdef class KVRing:
 
     @property
     def k(self):
-        """K storage, float16 (n_layer, capacity, n_head_kv, head_dim): a view the C code writes."""
+        """K storage, float16 (n_layer, capacity, n_head_kv, head_dim), or (rows, n_head_kv,
+        head_dim) when the layers' slots differ (layer l from row row0[l]): a view the C code writes."""
         return self._k.view()
 
     @property
     def v(self):
-        """V storage, float16 (n_layer, capacity, n_head_kv, head_dim): a view the C code writes."""
+        """V storage, shaped as `k`: a view the C code writes."""
         return self._v.view()
 
     @property
@@ -112,6 +141,26 @@ cdef class KVRing:
     @property
     def capacity(self):
         return self._ring.capacity
+
+    @property
+    def slots(self):
+        """Per layer, its slots (a tuple of ints)."""
+        return tuple(self._ring.slots[i] for i in range(self._ring.n_layer))
+
+    @property
+    def window(self):
+        """Per layer, the positions attention sees (a tuple of ints)."""
+        return tuple(self._ring.window[i] for i in range(self._ring.n_layer))
+
+    @property
+    def row0(self):
+        """Per layer, its first row in the storage (a tuple of ints)."""
+        return tuple(self._ring.row0[i] for i in range(self._ring.n_layer))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of K and V storage."""
+        return int(self._k.nbytes + self._v.nbytes)
 
     @property
     def n_head_kv(self):
@@ -142,17 +191,19 @@ cdef class KVRing:
         """Store K and V of n_tokens tokens at positions pos .. pos+n_tokens-1 of `layer`.
 
         k_rows, v_rows: float32 C-contiguous (n_tokens, n_head_kv * head_dim), rounded to f16.
-        pos must be n_pos[layer] and 1 <= n_tokens <= capacity.
+        pos must be n_pos[layer] and 1 <= n_tokens <= slots[layer].
         """
         layer, pos = operator.index(layer), operator.index(pos)
+        if not 0 <= layer < self._ring.n_layer:
+            raise IndexError(f"layer {layer} out of range: the ring has {self._ring.n_layer} layers")
         row = <int64_t>self._ring.n_head_kv * self._ring.head_dim  # in 64 bits: no int overflow
         _f32_array(k_rows, "k_rows", (None, row))
         _f32_array(v_rows, "v_rows", (k_rows.shape[0], row))
         n_tokens = k_rows.shape[0]
-        if not 1 <= n_tokens <= self._ring.capacity:
-            raise ValueError(f"cannot append {n_tokens} tokens: 1 to capacity {self._ring.capacity} at a time")
-        if not 0 <= layer < self._ring.n_layer:
-            raise IndexError(f"layer {layer} out of range: the ring has {self._ring.n_layer} layers")
+        if not 1 <= n_tokens <= self._ring.slots[layer]:
+            raise ValueError(
+                f"cannot append {n_tokens} tokens: 1 to capacity {self._ring.slots[layer]} at a time"
+            )
         if not 0 <= pos <= _INT64_MAX:
             raise IndexError(f"position {pos} out of range")
         cdef const float[:, ::1] k = k_rows
@@ -166,7 +217,7 @@ cdef class KVRing:
             n = self._ring.n_pos[c_layer]
             raise IndexError(
                 f"cannot append at position {pos} of layer {layer}: the next position is n_pos={n} "
-                f"(capacity {self._ring.capacity}); truncate first to rewrite earlier positions"
+                f"(capacity {self._ring.slots[c_layer]}); truncate first to rewrite earlier positions"
             )
         if rc != 0:
             raise ValueError(f"realm_kv_append failed ({rc})")
@@ -183,31 +234,43 @@ cdef class KVRing:
         cdef int64_t c_n = min(n_pos, _INT64_MAX)
         cdef int rc = realm_kv_truncate(self._ring, c_n)
         if rc == REALM_ERR_RANGE:
-            start = realm_kv_window_start(self._ring, c_n)
             for layer, (n, held) in enumerate(zip(self.n_pos, self.held_from)):
+                start = realm_kv_window_start(self._ring, layer, c_n)
                 if c_n < n and start < held:
                     raise IndexError(
                         f"cannot truncate to n_pos={n_pos}: its window starts at position {start}, but "
-                        f"layer {layer} (n_pos={n}, capacity {self._ring.capacity}) holds positions "
+                        f"layer {layer} (n_pos={n}, capacity {self._ring.slots[layer]}) holds positions "
                         f"{held} .. {n - 1} only"
                     )
             raise IndexError(f"cannot truncate to n_pos={n_pos}")
         if rc != 0:
             raise ValueError(f"realm_kv_truncate failed ({rc})")
 
-    def window_start(self, pos):
-        """First position of the attention window at position pos."""
+    def window_start(self, pos, layer=0):
+        """First position of the attention window of `layer` at position pos."""
+        pos, layer = operator.index(pos), operator.index(layer)
+        if not 0 <= pos <= _INT64_MAX:
+            raise ValueError(f"position must be >= 0, got {pos}")
+        if not 0 <= layer < self._ring.n_layer:
+            raise IndexError(f"layer {layer} out of range: the ring has {self._ring.n_layer} layers")
+        return realm_kv_window_start(self._ring, layer, pos)
+
+    def chunk_limit(self, pos):
+        """The most tokens a chunk at pos may append before attending (kv_ring.h)."""
         pos = operator.index(pos)
         if not 0 <= pos <= _INT64_MAX:
             raise ValueError(f"position must be >= 0, got {pos}")
-        return realm_kv_window_start(self._ring, pos)
+        return realm_kv_chunk_limit(self._ring, pos)
 
-    def slot(self, pos):
-        """The slot (index into axis 1 of k and v) that holds position pos."""
-        pos = operator.index(pos)
+    def slot(self, pos, layer=0):
+        """The slot of `layer` that holds position pos (for a uniform ring, an index
+        into axis 1 of k and v; else row row0[layer] + slot of them)."""
+        pos, layer = operator.index(pos), operator.index(layer)
         if pos < 0:
             raise ValueError(f"position must be >= 0, got {pos}")
-        return pos % self._ring.capacity
+        if not 0 <= layer < self._ring.n_layer:
+            raise IndexError(f"layer {layer} out of range: the ring has {self._ring.n_layer} layers")
+        return pos % self._ring.slots[layer]
 
 
 def attention(KVRing kv not None, int layer, int64_t pos, q, out=None, n_threads=0):
@@ -262,7 +325,7 @@ def attention(KVRing kv not None, int layer, int64_t pos, q, out=None, n_threads
                 f"capacity {ring.capacity})"
             )
         raise IndexError(
-            f"the window of position {pos} starts at {realm_kv_window_start(ring, pos)}, but layer {layer} "
+            f"the window of position {pos} starts at {realm_kv_window_start(ring, layer, pos)}, but layer {layer} "
             f"holds positions {held} .. {n - 1} only (capacity {ring.capacity}): once the ring has "
             "wrapped, append and attend one token at a time"
         )

@@ -33,6 +33,8 @@ cdef extern from "llama.h":  # the structs: _kernels.pxd
     int realm_llama_layer_forward(const realm_llama_dims *d, const realm_llama_layer *L, int32_t layer,
                                   realm_kv_ring *kv, int64_t pos, int64_t n_tokens, const float *x, float *out,
                                   realm_llama_scratch *s, int n_threads) nogil
+    int realm_llama_embed(const realm_llama_dims *d, const realm_tensor *token_embd, const int32_t *ids,
+                          int64_t n_ids, float *out) nogil
     int realm_llama_lm_head(const realm_llama_dims *d, const float *output_norm, const realm_tensor *output,
                             const float *x, int64_t n_tokens, float *logits, realm_llama_scratch *s,
                             int n_threads) nogil
@@ -132,6 +134,20 @@ cdef realm_tensor _tensor(entry, str name) except *:
     return t
 
 
+cdef const float *_vector(dict norms, str name, int64_t n, bint required) except? NULL:
+    """A pointer to norms[name], a float32 [n] vector (kept alive by the caller), or NULL
+    when it is absent and not required."""
+    arr = norms.get(name)
+    if arr is None:
+        if required:
+            raise KeyError(f"missing {name}")
+        return NULL
+    if arr.dtype != np.float32 or arr.ndim != 1 or arr.shape[0] != n or not arr.flags.c_contiguous:
+        raise ValueError(f"{name} must be float32 [{n}]")
+    cdef const float[::1] v = arr
+    return &v[0]
+
+
 SCRATCH_SLACK = 1 << 20  # bytes of attention scratch a closed ring may leave behind
 
 
@@ -141,8 +157,10 @@ cdef class LlamaRuntime:
     norm vectors, and one scratch buffer reused by every call.
 
     `tensors` maps names to (raw uint8 (rows, row_bytes) array, ggml type id, n_rows,
-    n_cols); `norms` maps norm names to float32 vectors; `dims` is a dict of
-    realm_llama_dims' fields. Built by realm_ext.backends.cpu, not by hand.
+    n_cols); `norms` maps the names of the 1-D tensors (norms, biases) to float32
+    vectors; `dims` is a dict of realm_llama_dims' fields (the family's: rope_neox,
+    ffn_act, embd_scale, q_scale, default off) and `layer_rope`, per layer (base, freq
+    scale), default the dims'. Built by realm_ext.backends.cpu, not by hand.
 
     Thread-safe: every forward call, from any thread, is a job of the model's step queue
     (`steps`, csrc/cpu/llama_steps.h, in C so the host's native imports use it without
@@ -167,6 +185,9 @@ cdef class LlamaRuntime:
         d.head_dim, d.n_ff, d.rope_dim, d.n_vocab = dims["head_dim"], dims["n_ff"], dims["rope_dim"], dims["n_vocab"]
         d.rms_eps, d.rope_base = dims["rms_eps"], dims["rope_freq_base"]
         d.rope_freq_scale = dims.get("rope_freq_scale", 1.0)
+        d.rope_neox, d.ffn_act = dims.get("rope_neox", 0), dims.get("ffn_act", 0)
+        d.embd_scale, d.q_scale = dims.get("embd_scale", 1.0), dims.get("q_scale", 0.0)
+        layer_rope = dims.get("layer_rope") or [(d.rope_base, d.rope_freq_scale)] * n_layer
         freqs = _rope_freqs(dims.get("rope_freqs"), d.rope_dim)
         cdef const float[::1] fv
         if freqs is not None:
@@ -180,18 +201,25 @@ cdef class LlamaRuntime:
         self.layers = <realm_llama_layer *>calloc(max(n_layer, 1), sizeof(realm_llama_layer))
         if self.layers == NULL:
             raise MemoryError()
-        cdef const float[::1] nv
+        if len(layer_rope) != n_layer:
+            raise ValueError(f"layer_rope has {len(layer_rope)} entries for {n_layer} layers")
         for name, arr in norms.items():
             if not isinstance(arr, np.ndarray):
                 raise TypeError(f"norm {name} must be a numpy array, got {type(arr).__name__}")
-            if arr.dtype != np.float32 or arr.ndim != 1 or arr.shape[0] != d.n_embd:
-                raise ValueError(f"norm {name} must be float32 [{d.n_embd}]")
+        q_dim, kv_dim = d.n_head * d.head_dim, d.n_head_kv * d.head_dim
         for i in range(n_layer):
             L = &self.layers[i]
-            nv = norms[f"blk.{i}.attn_norm.weight"]
-            L.attn_norm = &nv[0]
-            nv = norms[f"blk.{i}.ffn_norm.weight"]
-            L.ffn_norm = &nv[0]
+            b = f"blk.{i}."
+            L.attn_norm = _vector(norms, b + "attn_norm.weight", d.n_embd, True)
+            L.ffn_norm = _vector(norms, b + "ffn_norm.weight", d.n_embd, True)
+            L.bq = _vector(norms, b + "attn_q.bias", q_dim, False)
+            L.bk = _vector(norms, b + "attn_k.bias", kv_dim, False)
+            L.bv = _vector(norms, b + "attn_v.bias", kv_dim, False)
+            L.q_norm = _vector(norms, b + "attn_q_norm.weight", d.head_dim, False)
+            L.k_norm = _vector(norms, b + "attn_k_norm.weight", d.head_dim, False)
+            L.attn_post_norm = _vector(norms, b + "post_attention_norm.weight", d.n_embd, False)
+            L.ffn_post_norm = _vector(norms, b + "post_ffw_norm.weight", d.n_embd, False)
+            L.rope_base, L.rope_freq_scale = layer_rope[i]
             L.wq = _tensor(tensors[f"blk.{i}.attn_q.weight"], f"blk.{i}.attn_q.weight")
             L.wk = _tensor(tensors[f"blk.{i}.attn_k.weight"], f"blk.{i}.attn_k.weight")
             L.wv = _tensor(tensors[f"blk.{i}.attn_v.weight"], f"blk.{i}.attn_v.weight")
@@ -201,8 +229,7 @@ cdef class LlamaRuntime:
             L.w_down = _tensor(tensors[f"blk.{i}.ffn_down.weight"], f"blk.{i}.ffn_down.weight")
             if realm_llama_check_layer(&self.dims, L):
                 raise ValueError(f"layer {i}: tensors do not match the model's dimensions")
-        nv = norms["output_norm.weight"]
-        self.output_norm = &nv[0]
+        self.output_norm = _vector(norms, "output_norm.weight", d.n_embd, True)
         self.output = _tensor(tensors["output.weight"], "output.weight")
         self.token_embd = _tensor(tensors["token_embd.weight"], "token_embd.weight")
         # the C code checks the layers and the output against dims; embedding() writes
@@ -333,7 +360,7 @@ cdef class LlamaRuntime:
         return 0 if self.scratch_buf is None else int(self.scratch_buf.nbytes)
 
     def embedding(self, const int32_t[::1] token_ids, float[:, ::1] out):
-        """out[i] = the embedding row of token_ids[i]."""
+        """out[i] = the embedding row of token_ids[i] (times the family's embedding scale)."""
         self._ready()
         cdef int64_t n = token_ids.shape[0]
         if out.shape[0] != n or out.shape[1] != self.dims.n_embd:
@@ -342,8 +369,7 @@ cdef class LlamaRuntime:
             return
         cdef int rc
         with nogil:
-            rc = realm_get_rows(self.token_embd.data, self.token_embd.type, self.token_embd.n_rows,
-                                self.token_embd.n_cols, &token_ids[0], n, &out[0, 0])
+            rc = realm_llama_embed(&self.dims, &self.token_embd, &token_ids[0], n, &out[0, 0])
         if rc == REALM_ERR_RANGE:
             raise IndexError(f"a token id is outside the vocabulary 0..{self.dims.n_vocab - 1}")
         if rc:
@@ -411,8 +437,9 @@ cdef class LlamaRuntime:
 cdef extern from "ops.h":
     void realm_rmsnorm(const float *x, const float *w, float *out, int64_t n, float eps) nogil
     void realm_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, int64_t pos, float base,
-                    float freq_scale, const float *freq_factors) nogil
+                    float freq_scale, const float *freq_factors, int neox) nogil
     void realm_swiglu(const float *gate, const float *up, float *out, int64_t n) nogil
+    void realm_geglu(const float *gate, const float *up, float *out, int64_t n) nogil
     void realm_expf_ggml_row(const float *x, float *y, int64_t n) nogil
     int realm_float_order() nogil
     int realm_set_float_order(int order) nogil
@@ -476,10 +503,10 @@ def _rope_freqs(freqs, int rope_dim):
 
 
 def rope(float[:, :, ::1] x, const int64_t[::1] positions, int rope_dim, float base, float freq_scale=1.0,
-         freq_factors=None):
-    """RoPE in place on x (n_tokens, n_heads, head_dim): adjacent pairs of the first
-    rope_dim dims of each head, token t at positions[t]; the angle of pair i is
-    freq_scale * (theta_i / freq_factors[i]) (ops.h)."""
+         freq_factors=None, bint neox=False):
+    """RoPE in place on x (n_tokens, n_heads, head_dim): pairs of the first rope_dim dims
+    of each head, adjacent or (neox) i and i + rope_dim / 2, token t at positions[t]; the
+    angle of pair i is freq_scale * (theta_i / freq_factors[i]) (ops.h)."""
     cdef int64_t n = x.shape[0], h = x.shape[1], hd = x.shape[2], t
     if positions.shape[0] != n:
         raise ValueError(f"{positions.shape[0]} positions for {n} tokens")
@@ -495,7 +522,7 @@ def rope(float[:, :, ::1] x, const int64_t[::1] positions, int rope_dim, float b
         fp = &fv[0]
     with nogil:
         for t in range(n):
-            realm_rope(&x[t, 0, 0], h, hd, rope_dim, positions[t], base, freq_scale, fp)
+            realm_rope(&x[t, 0, 0], h, hd, rope_dim, positions[t], base, freq_scale, fp, neox)
     return np.asarray(x)
 
 
@@ -511,4 +538,19 @@ def swiglu(const float[::1] gate, const float[::1] up, float[::1] out=None):
     if n:
         with nogil:
             realm_swiglu(&gate[0], &up[0], &out[0], n)
+    return np.asarray(out)
+
+
+def geglu(const float[::1] gate, const float[::1] up, float[::1] out=None):
+    """gelu(gate) * up, elementwise, GELU in ggml's tanh-form table (ops.h)."""
+    cdef int64_t n = gate.shape[0]
+    if up.shape[0] != n:
+        raise ValueError("gate and up differ in length")
+    if out is None:
+        out = np.empty(n, dtype=np.float32)
+    if out.shape[0] != n:
+        raise ValueError("out differs in length")
+    if n:
+        with nogil:
+            realm_geglu(&gate[0], &up[0], &out[0], n)
     return np.asarray(out)

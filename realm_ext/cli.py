@@ -201,7 +201,7 @@ def describe(model: Model) -> dict[str, Any]:
         "n_params": sum(t.n_elements for t in model.tensors.values()),
         "file_type": model.metadata.get("general.file_type"),
         "tied_output": model.tied_output,
-        "config": vars(model.config).copy(),
+        "config": {**vars(model.config), "family": model.config.arch},
         "tokenizer": {
             "model": tok.model,
             "n_tokens": len(tok.tokens),

@@ -14,6 +14,7 @@ from realm_ext._kernels import (
     attention,
     cpu_isa,
     float_order,
+    geglu,
     matmul,
     quantize_acts,
     rmsnorm,
@@ -36,6 +37,7 @@ __all__ = [
     "rope",
     "set_float_order",
     "set_isa",
+    "geglu",
     "swiglu",
     "vec_dot_type",
 ]

@@ -1,4 +1,5 @@
-"""The model store: a llama-architecture GGUF file, parsed once and memory-mapped.
+"""The model store: a GGUF file of a supported family (realm_ext.arch), parsed once and
+memory-mapped.
 
 `load_gguf(path)` returns a `Model`: its `LlamaConfig`, its `TokenizerData` and a
 table of `Tensor`s whose `raw` bytes are views of the file's memory map (never
@@ -23,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 import gguf
 import numpy as np
 
+from realm_ext import arch as families
 from realm_ext import quant
+from realm_ext.arch import Architecture
 from realm_ext.errors import RealmExtError
 
-ARCH = "llama"
 ROPE_FREQS = "rope_freqs.weight"
 
 
@@ -222,7 +224,8 @@ class _BoundedReader(gguf.GGUFReader):
 
 @dataclass(frozen=True)
 class LlamaConfig:
-    """Hyper-parameters of a llama model, from the `llama.*` keys.
+    """Hyper-parameters of a model of llama's shape, from the `<arch>.*` keys (`llama.*`,
+    `qwen2.*`, `gemma3.*`); `family` says what its architecture adds (realm_ext.arch).
 
     rms_eps and rope_freq_base are stored in the file as f32 (and used so by llama.cpp):
     a model made with eps 1e-5 loads with float(np.float32(1e-5)) = 9.99999974738e-06.
@@ -240,15 +243,44 @@ class LlamaConfig:
     rms_eps: float
     rope_freq_base: float
     rope_dim: int
-    # linear RoPE scaling (`llama.rope.scaling.factor`, type "linear"): angles / factor; 1 = none
+    # linear RoPE scaling (`<arch>.rope.scaling.factor`, type "linear"): angles / factor; 1 = none
     rope_scale_linear: float = 1.0
     # the `rope_freqs.weight` tensor (Llama 3.1/3.2): rope_dim / 2 divisors of pair i's angle
     rope_freq_factors: tuple[float, ...] | None = None
+    family: Architecture = families.LLAMA
+    # sliding-window attention (`<arch>.attention.sliding_window`): the window of the
+    # layers that slide (swa_layers[i]), 0 for none; their RoPE base
+    sliding_window: int = 0
+    swa_layers: tuple[bool, ...] = ()
+    rope_freq_base_swa: float = families.ROPE_FREQ_BASE_SWA_DEFAULT
+
+    @property
+    def arch(self) -> str:
+        return self.family.name
 
     @property
     def rope_freq_scale(self) -> float:
         """What multiplies every angle: 1 / the linear factor in f32, as llama.cpp takes it."""
         return float(np.float32(1.0) / np.float32(self.rope_scale_linear))
+
+    def slides(self, layer: int) -> bool:
+        """Whether `layer` attends over the sliding window only."""
+        return bool(self.swa_layers) and self.swa_layers[layer]
+
+    def layer_window(self, layer: int) -> int | None:
+        """The positions attention at p sees in `layer` (p - w + 1 .. p), None for all."""
+        return self.sliding_window if self.slides(layer) else None
+
+    def layer_rope(self, layer: int) -> tuple[float, float]:
+        """(base, freq scale) of `layer`'s RoPE: sliding layers take the SWA base and no scaling."""
+        if self.slides(layer):
+            return self.rope_freq_base_swa, 1.0
+        return self.rope_freq_base, self.rope_freq_scale
+
+    @property
+    def attn_scale(self) -> float:
+        """1/sqrt(head_dim) in f32: what scales the scores (or, for Gemma, Q)."""
+        return float(np.float32(1.0) / np.sqrt(np.float32(self.head_dim)))
 
 
 @dataclass(frozen=True)
@@ -302,7 +334,8 @@ class Tensor:
         return quant.dequantize(self.raw, self.type, self.shape)
 
 
-# Per-layer tensor names of the llama architecture, with their expected shapes.
+# Per-layer tensor names of the llama architecture (every family has them), with their
+# expected shapes; a family's extra ones are in realm_ext.arch.
 LAYER_TENSORS = (
     "attn_norm",
     "attn_q",
@@ -316,8 +349,19 @@ LAYER_TENSORS = (
 )
 
 
+def layer_tensor_names(cfg: LlamaConfig) -> tuple[str, ...]:
+    """The tensors every layer of cfg's family holds (without `blk.N.` and `.weight`)."""
+    return LAYER_TENSORS + cfg.family.extra_layer_tensors
+
+
+def bias_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """The optional Q/K/V biases of a layer (`attn_q` for `blk.N.attn_q.bias`) -> shape."""
+    kv_dim = cfg.n_head_kv * cfg.head_dim
+    return {"attn_q": (cfg.n_head * cfg.head_dim,), "attn_k": (kv_dim,), "attn_v": (kv_dim,)}
+
+
 def expected_shapes(cfg: LlamaConfig, tied: bool = False) -> dict[str, tuple[int, ...]]:
-    """Every tensor a llama GGUF must hold, name -> numpy shape."""
+    """Every tensor a GGUF of cfg's family must hold, name -> numpy shape."""
     q_dim = cfg.n_head * cfg.head_dim
     kv_dim = cfg.n_head_kv * cfg.head_dim
     shapes: dict[str, tuple[int, ...]] = {
@@ -337,6 +381,10 @@ def expected_shapes(cfg: LlamaConfig, tied: bool = False) -> dict[str, tuple[int
         "ffn_up": (cfg.n_ff, cfg.n_embd),
         "ffn_down": (cfg.n_embd, cfg.n_ff),
     }
+    if cfg.family.qk_norm:
+        per_layer |= {"attn_q_norm": (cfg.head_dim,), "attn_k_norm": (cfg.head_dim,)}
+    if cfg.family.post_norms:
+        per_layer |= {"post_attention_norm": (cfg.n_embd,), "post_ffw_norm": (cfg.n_embd,)}
     for i in range(cfg.n_layer):
         for name, shape in per_layer.items():
             shapes[f"blk.{i}.{name}.weight"] = shape
@@ -344,7 +392,7 @@ def expected_shapes(cfg: LlamaConfig, tied: bool = False) -> dict[str, tuple[int
 
 
 class Model:
-    """A loaded llama GGUF. Holds the memory map open until `close()`."""
+    """A loaded GGUF of a supported family. Holds the memory map open until `close()`."""
 
     def __init__(
         self,
@@ -383,6 +431,10 @@ class Model:
         """Tensor `name` (e.g. 'attn_q') of layer i."""
         return self.tensor(f"blk.{i}.{name}.weight")
 
+    def bias(self, i: int, name: str) -> Tensor | None:
+        """The bias of layer i's `name` (e.g. 'attn_q'), None when the file has none."""
+        return self.tensors.get(f"blk.{i}.{name}.bias")
+
     def close(self) -> None:
         mm = getattr(self.reader.data, "_mmap", None)
         self.tensors = {}
@@ -399,7 +451,10 @@ class Model:
 
     def __repr__(self) -> str:
         c = self.config
-        return f"Model({str(self.path)!r}, n_layer={c.n_layer}, n_embd={c.n_embd}, n_vocab={c.n_vocab})"
+        return (
+            f"Model({str(self.path)!r}, arch={c.arch!r}, n_layer={c.n_layer}, n_embd={c.n_embd}, "
+            f"n_vocab={c.n_vocab})"
+        )
 
 
 # ---- loading -------------------------------------------------------------------------
@@ -457,15 +512,61 @@ def _get(path: Path, md: dict[str, Any], key: str, kind: type, default: Any = ..
     return kind(val)
 
 
+def _family(path: Path, md: dict[str, Any]) -> Architecture:
+    name = _get(path, md, "general.architecture", str)
+    fam = families.lookup(name)
+    if fam is None:
+        supported = ", ".join(repr(n) for n in families.ARCHITECTURES)
+        raise GGUFError(f"{path}: architecture {name!r} is not supported (supported: {supported})")
+    return fam
+
+
+def _sliding(path: Path, md: dict[str, Any], fam: Architecture, n_layer: int) -> tuple[int, tuple[bool, ...]]:
+    """(window, per-layer slides) as llama.cpp sets them: a family with a sliding period
+    and a window > 0 slides every layer but each period-th (`attention.sliding_window_pattern`
+    overrides the period, or lists the layers); a window in another family is refused."""
+    key = f"{fam.name}.attention.sliding_window"
+    window = _get(path, md, key, int, 0)
+    if window <= 0:
+        return 0, ()
+    if not fam.swa_period:
+        raise GGUFError(
+            f"{path}: key {key!r} is {window}: sliding-window attention is not supported for {fam.name}"
+        )
+    if window >= 2**31:
+        raise GGUFError(f"{path}: key {key!r} is {window}: too large")
+    pkey = f"{fam.name}.attention.sliding_window_pattern"
+    pattern = md.get(pkey, fam.swa_period)
+    if isinstance(pattern, list):
+        if len(pattern) != n_layer or not all(isinstance(v, bool) for v in pattern):
+            raise GGUFError(f"{path}: key {pkey!r} should be one bool per layer ({n_layer})")
+        return window, tuple(pattern)
+    if not isinstance(pattern, int) or isinstance(pattern, bool) or pattern < 0:
+        raise GGUFError(f"{path}: key {pkey!r} should be a count >= 0 or a list of bools, found {pattern!r}")
+    return window, tuple(pattern == 0 or i % pattern < pattern - 1 for i in range(n_layer))
+
+
 def _config(path: Path, md: dict[str, Any], n_tokens: int) -> LlamaConfig:
-    arch = _get(path, md, "general.architecture", str)
-    if arch != ARCH:
-        raise GGUFError(f"{path}: architecture {arch!r} is not supported (expected 'llama')")
-    n_embd, n_head, n_head_kv, n_layer, n_ff, n_ctx = _counts(path, md)
-    head_dim, rope_dim = _head_dims(path, md, n_embd, n_head)
-    n_vocab = _vocab_size(path, md, n_tokens)
-    eps, base = _norm_eps_and_rope_base(path, md)
+    fam = _family(path, md)
+    a = fam.name
+    n_embd, n_head, n_head_kv, n_layer, n_ff, n_ctx = _counts(path, md, a)
+    head_dim, rope_dim = _head_dims(path, md, a, n_embd, n_head)
+    n_vocab = _vocab_size(path, md, a, n_tokens)
+    eps, base = _norm_eps_and_rope_base(path, md, a)
+    softcap = _get(path, md, f"{a}.final_logit_softcapping", float, 0.0)
+    if softcap != 0.0:
+        raise GGUFError(
+            f"{path}: key '{a}.final_logit_softcapping' is {softcap}: logit soft-capping is not supported"
+        )
+    window, swa_layers = _sliding(path, md, fam, n_layer)
+    base_swa = _get(path, md, f"{a}.rope.freq_base_swa", float, families.ROPE_FREQ_BASE_SWA_DEFAULT)
+    if not base_swa > 0:
+        raise GGUFError(f"{path}: key '{a}.rope.freq_base_swa' is {base_swa}: must be > 0")
     return LlamaConfig(
+        family=fam,
+        sliding_window=window,
+        swa_layers=swa_layers,
+        rope_freq_base_swa=base_swa,
         n_vocab=n_vocab,
         n_ctx_train=n_ctx,
         n_embd=n_embd,
@@ -477,26 +578,26 @@ def _config(path: Path, md: dict[str, Any], n_tokens: int) -> LlamaConfig:
         rms_eps=eps,
         rope_freq_base=base,
         rope_dim=rope_dim,
-        rope_scale_linear=_rope_scaling(path, md),
+        rope_scale_linear=_rope_scaling(path, md, a),
     )
 
 
-def _counts(path: Path, md: dict[str, Any]) -> tuple[int, int, int, int, int, int]:
+def _counts(path: Path, md: dict[str, Any], a: str) -> tuple[int, int, int, int, int, int]:
     """n_embd, n_head, n_head_kv, n_layer, n_ff, n_ctx: positive 32-bit counts, the
     heads dividing the embedding and the KV heads dividing the heads."""
-    n_embd = _get(path, md, "llama.embedding_length", int)
-    n_head = _get(path, md, "llama.attention.head_count", int)
-    n_head_kv = _get(path, md, "llama.attention.head_count_kv", int, n_head)
-    n_layer = _get(path, md, "llama.block_count", int)
-    n_ff = _get(path, md, "llama.feed_forward_length", int)
-    n_ctx = _get(path, md, "llama.context_length", int)
+    n_embd = _get(path, md, f"{a}.embedding_length", int)
+    n_head = _get(path, md, f"{a}.attention.head_count", int)
+    n_head_kv = _get(path, md, f"{a}.attention.head_count_kv", int, n_head)
+    n_layer = _get(path, md, f"{a}.block_count", int)
+    n_ff = _get(path, md, f"{a}.feed_forward_length", int)
+    n_ctx = _get(path, md, f"{a}.context_length", int)
     for key, val in [
-        ("llama.embedding_length", n_embd),
-        ("llama.attention.head_count", n_head),
-        ("llama.attention.head_count_kv", n_head_kv),
-        ("llama.block_count", n_layer),
-        ("llama.feed_forward_length", n_ff),
-        ("llama.context_length", n_ctx),
+        (f"{a}.embedding_length", n_embd),
+        (f"{a}.attention.head_count", n_head),
+        (f"{a}.attention.head_count_kv", n_head_kv),
+        (f"{a}.block_count", n_layer),
+        (f"{a}.feed_forward_length", n_ff),
+        (f"{a}.context_length", n_ctx),
     ]:
         if not 0 < val < 2**31:
             raise GGUFError(f"{path}: key {key!r} should be a positive count, found {val}")
@@ -509,16 +610,16 @@ def _counts(path: Path, md: dict[str, Any]) -> tuple[int, int, int, int, int, in
     return n_embd, n_head, n_head_kv, n_layer, n_ff, n_ctx
 
 
-def _head_dims(path: Path, md: dict[str, Any], n_embd: int, n_head: int) -> tuple[int, int]:
+def _head_dims(path: Path, md: dict[str, Any], a: str, n_embd: int, n_head: int) -> tuple[int, int]:
     """head_dim (even, the keys' and the values' alike) and rope_dim (even, <= head_dim)."""
-    head_dim = _get(path, md, "llama.attention.key_length", int, n_embd // n_head)
-    v_dim = _get(path, md, "llama.attention.value_length", int, head_dim)
+    head_dim = _get(path, md, f"{a}.attention.key_length", int, n_embd // n_head)
+    v_dim = _get(path, md, f"{a}.attention.value_length", int, head_dim)
     if v_dim != head_dim or head_dim <= 0 or head_dim % 2:
         raise GGUFError(
             f"{path}: inconsistent config: head_dim {head_dim} must be even "
             f"and equal the value length {v_dim}"
         )
-    rope_dim = _get(path, md, "llama.rope.dimension_count", int, head_dim)
+    rope_dim = _get(path, md, f"{a}.rope.dimension_count", int, head_dim)
     if rope_dim <= 0 or rope_dim > head_dim or rope_dim % 2:
         raise GGUFError(
             f"{path}: inconsistent config: rope dimension {rope_dim} must be even and <= head_dim {head_dim}"
@@ -526,21 +627,21 @@ def _head_dims(path: Path, md: dict[str, Any], n_embd: int, n_head: int) -> tupl
     return head_dim, rope_dim
 
 
-def _vocab_size(path: Path, md: dict[str, Any], n_tokens: int) -> int:
-    """llama.vocab_size, which must be the tokenizer's token count (the default)."""
-    n_vocab = _get(path, md, "llama.vocab_size", int, n_tokens)
+def _vocab_size(path: Path, md: dict[str, Any], a: str, n_tokens: int) -> int:
+    """<arch>.vocab_size, which must be the tokenizer's token count (the default)."""
+    n_vocab = _get(path, md, f"{a}.vocab_size", int, n_tokens)
     if n_vocab != n_tokens:
         raise GGUFError(
-            f"{path}: inconsistent config: llama.vocab_size is {n_vocab} "
+            f"{path}: inconsistent config: {a}.vocab_size is {n_vocab} "
             f"but the tokenizer has {n_tokens} tokens"
         )
     return n_vocab
 
 
-def _norm_eps_and_rope_base(path: Path, md: dict[str, Any]) -> tuple[float, float]:
+def _norm_eps_and_rope_base(path: Path, md: dict[str, Any], a: str) -> tuple[float, float]:
     """The RMSNorm epsilon and the RoPE base, both > 0."""
-    eps = _get(path, md, "llama.attention.layer_norm_rms_epsilon", float)
-    base = _get(path, md, "llama.rope.freq_base", float, 10000.0)
+    eps = _get(path, md, f"{a}.attention.layer_norm_rms_epsilon", float)
+    base = _get(path, md, f"{a}.rope.freq_base", float, 10000.0)
     if not (eps > 0 and base > 0):
         raise GGUFError(f"{path}: inconsistent config: rms epsilon {eps} and rope base {base} must be > 0")
     return eps, base
@@ -549,22 +650,22 @@ def _norm_eps_and_rope_base(path: Path, md: dict[str, Any]) -> tuple[float, floa
 ROPE_SCALING_TYPES = ("none", "linear")
 
 
-def _rope_scaling(path: Path, md: dict[str, Any]) -> float:
-    """The linear RoPE factor llama.cpp applies (1.0 for none), from `llama.rope.scaling.type`
-    (absent means "linear"), `llama.rope.scaling.factor` or else the older
-    `llama.rope.scale_linear` (absent means 1); type "none" ignores the factor. A factor
+def _rope_scaling(path: Path, md: dict[str, Any], a: str) -> float:
+    """The linear RoPE factor llama.cpp applies (1.0 for none), from `<arch>.rope.scaling.type`
+    (absent means "linear"), `<arch>.rope.scaling.factor` or else the older
+    `<arch>.rope.scale_linear` (absent means 1); type "none" ignores the factor. A factor
     that is not > 0 is refused (llama.cpp would take 0 as none and a negative as is)."""
-    kind = _get(path, md, f"{ARCH}.rope.scaling.type", str, "linear")
+    kind = _get(path, md, f"{a}.rope.scaling.type", str, "linear")
     if kind not in ROPE_SCALING_TYPES:
         raise GGUFError(
-            f"{path}: key '{ARCH}.rope.scaling.type' is {kind!r}: not supported (supported: 'none', 'linear')"
+            f"{path}: key '{a}.rope.scaling.type' is {kind!r}: not supported (supported: 'none', 'linear')"
         )
-    attn = _get(path, md, f"{ARCH}.rope.scaling.attn_factor", float, 1.0)
+    attn = _get(path, md, f"{a}.rope.scaling.attn_factor", float, 1.0)
     if attn != 1.0:
-        raise GGUFError(f"{path}: key '{ARCH}.rope.scaling.attn_factor' is {attn}: only 1.0 is supported")
-    key = f"{ARCH}.rope.scaling.factor"
+        raise GGUFError(f"{path}: key '{a}.rope.scaling.attn_factor' is {attn}: only 1.0 is supported")
+    key = f"{a}.rope.scaling.factor"
     if key not in md:
-        key = f"{ARCH}.rope.scale_linear"
+        key = f"{a}.rope.scale_linear"
     factor = _get(path, md, key, float, None)
     if factor is None or kind == "none":
         return 1.0
@@ -849,9 +950,9 @@ def _tensors(path: Path, reader: gguf.GGUFReader, cfg: LlamaConfig) -> dict[str,
             raise GGUFError(f"{path}: the data of tensors {a!r} and {b!r} overlap")
 
     tied = "output.weight" not in tensors
-    # expected_shapes lists n_layer * 9 names: with a huge llama.block_count, list only
+    # expected_shapes lists n_layer * 9 (or more) names: with a huge block_count, list only
     # enough layers to find the first missing tensor (as many as the file could hold, + 1)
-    n_layer = min(cfg.n_layer, len(tensors) // len(LAYER_TENSORS) + 1)
+    n_layer = min(cfg.n_layer, len(tensors) // len(layer_tensor_names(cfg)) + 1)
     for name, want in expected_shapes(replace(cfg, n_layer=n_layer), tied).items():
         if name not in tensors:
             raise GGUFError(f"{path}: missing tensor {name!r} (expected shape {want})")
@@ -861,11 +962,16 @@ def _tensors(path: Path, reader: gguf.GGUFReader, cfg: LlamaConfig) -> dict[str,
         got = tensors[name].shape
         if got != want:
             raise GGUFError(f"{path}: tensor {name!r} has shape {got}, expected {want}")
+    for i in range(cfg.n_layer):
+        for base, want in bias_shapes(cfg).items():
+            t = tensors.get(f"blk.{i}.{base}.bias")
+            if t is not None and t.shape != want:
+                raise GGUFError(f"{path}: tensor {t.name!r} has shape {t.shape}, expected {want}")
     return tensors
 
 
 def load_gguf(path: str | os.PathLike[str]) -> Model:
-    """Parse and validate a llama GGUF; the tensor data stays memory-mapped."""
+    """Parse and validate a GGUF of a supported family; the tensor data stays memory-mapped."""
     path = Path(path)
     reader = _open_reader(path)
     md = _metadata(path, reader)

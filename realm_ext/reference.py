@@ -1,4 +1,7 @@
-"""The llama forward pass in plain numpy float64: the oracle every backend is checked against.
+"""The llama forward pass in plain numpy float64: the oracle every backend is checked against,
+with what each family adds (realm_ext.arch): Q/K/V biases (Qwen2); NEOX RoPE; Gemma 3's
+scaled embedding, per-head Q/K norms, post-block norms, GELU gating, Q scaled before
+attention, sliding-window layers and their own RoPE base.
 
 Read it top to bottom, like llama2.c's run.c. Nothing here is fast or clever on purpose:
 every weight is dequantized once, with the gguf package's own `gguf.quants.dequantize`
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 import gguf
 import numpy as np
 
+from realm_ext import arch
 from realm_ext.model import LlamaConfig, Model, Tensor
 
 # ---- weights -------------------------------------------------------------------------
@@ -56,6 +60,14 @@ class LayerWeights:
     w_gate: np.ndarray  # (n_ff, n_embd)
     w_up: np.ndarray  # (n_ff, n_embd)
     w_down: np.ndarray  # (n_embd, n_ff)
+    # what a family adds (None where it has none)
+    bq: np.ndarray | None = None  # (n_head * head_dim,)
+    bk: np.ndarray | None = None  # (n_head_kv * head_dim,)
+    bv: np.ndarray | None = None
+    q_norm: np.ndarray | None = None  # (head_dim,)
+    k_norm: np.ndarray | None = None
+    attn_post_norm: np.ndarray | None = None  # (n_embd,)
+    ffn_post_norm: np.ndarray | None = None
 
 
 @dataclass
@@ -78,6 +90,10 @@ def load_weights(model: Model) -> Weights:
         def w(name: str, i: int = i) -> np.ndarray:
             return dequantize_f64(model.layer(i, name))
 
+        def opt(name: str, i: int = i) -> np.ndarray | None:
+            t = model.tensors.get(f"blk.{i}.{name}")
+            return None if t is None else dequantize_f64(t)
+
         layers.append(
             LayerWeights(
                 attn_norm=w("attn_norm"),
@@ -89,6 +105,13 @@ def load_weights(model: Model) -> Weights:
                 w_gate=w("ffn_gate"),
                 w_up=w("ffn_up"),
                 w_down=w("ffn_down"),
+                bq=opt("attn_q.bias"),
+                bk=opt("attn_k.bias"),
+                bv=opt("attn_v.bias"),
+                q_norm=opt("attn_q_norm.weight"),
+                k_norm=opt("attn_k_norm.weight"),
+                attn_post_norm=opt("post_attention_norm.weight"),
+                ffn_post_norm=opt("post_ffw_norm.weight"),
             )
         )
     return Weights(
@@ -115,12 +138,13 @@ def rope(
     rope_dim: int,
     freq_scale: float = 1.0,
     freq_factors: tuple[float, ...] | None = None,
+    neox: bool = False,
 ) -> np.ndarray:
     """Rotary position embedding of x (n_tokens, n_heads, head_dim), llama GGUF order.
 
-    Pair i of each head, (x[2i], x[2i+1]) for i < rope_dim/2, turns by the angle
-    freq_scale * positions[t] * base^(-2i/rope_dim) / freq_factors[i]; dims from rope_dim
-    on pass through.
+    Pair i of each head, (x[2i], x[2i+1]) for i < rope_dim/2 (with neox: (x[i],
+    x[i + rope_dim/2])), turns by the angle freq_scale * positions[t] * base^(-2i/rope_dim)
+    / freq_factors[i]; dims from rope_dim on pass through.
     """
     half = rope_dim // 2
     inv_freq = base ** (-2.0 * np.arange(half, dtype=np.float64) / rope_dim)  # (half,)
@@ -131,19 +155,26 @@ def rope(
     )  # (n_tokens, half)
     cos = np.cos(angle)[:, None, :]  # broadcast over heads
     sin = np.sin(angle)[:, None, :]
-    x0 = x[..., 0:rope_dim:2]
-    x1 = x[..., 1:rope_dim:2]
+    if neox:
+        first, second = slice(0, half), slice(half, rope_dim)
+    else:
+        first, second = slice(0, rope_dim, 2), slice(1, rope_dim, 2)
+    x0, x1 = x[..., first], x[..., second]
     out = x.astype(np.float64, copy=True)
-    out[..., 0:rope_dim:2] = x0 * cos - x1 * sin
-    out[..., 1:rope_dim:2] = x0 * sin + x1 * cos
+    out[..., first] = x0 * cos - x1 * sin
+    out[..., second] = x0 * sin + x1 * cos
     return out
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+def attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int | None = None, scale: float | None = None
+) -> np.ndarray:
     """Causal grouped-query softmax attention.
 
     q: (n_tokens, n_head, head_dim); k, v: (n_tokens, n_head_kv, head_dim), with RoPE
-    already applied. Token t attends to tokens 0..t. Returns (n_tokens, n_head, head_dim).
+    already applied. Token t attends to tokens max(0, t - window + 1)..t (0..t without a
+    window); scores times `scale` (1/sqrt(head_dim) when None). Returns (n_tokens, n_head,
+    head_dim).
     """
     n_tokens, n_head, head_dim = q.shape
     n_head_kv = k.shape[1]
@@ -151,9 +182,11 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     # query head h reads KV head h // group: repeat each KV head `group` times
     k = np.repeat(k, group, axis=1)  # (n_tokens, n_head, head_dim)
     v = np.repeat(v, group, axis=1)
-    scores = np.einsum("thd,shd->hts", q, k) / np.sqrt(head_dim)  # (n_head, query t, key s)
-    future = np.triu(np.ones((n_tokens, n_tokens), dtype=bool), k=1)  # s > t
-    scores[:, future] = -np.inf
+    scale = 1.0 / np.sqrt(head_dim) if scale is None else scale
+    scores = np.einsum("thd,shd->hts", q, k) * scale  # (n_head, query t, key s)
+    t, s_ = np.arange(n_tokens)[:, None], np.arange(n_tokens)[None, :]
+    masked = (s_ > t) if window is None else (s_ > t) | (s_ <= t - window)
+    scores[:, masked] = -np.inf
     scores -= scores.max(axis=-1, keepdims=True)
     p = np.exp(scores)
     p /= p.sum(axis=-1, keepdims=True)
@@ -164,27 +197,48 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
-def ffn(x: np.ndarray, lw: LayerWeights) -> np.ndarray:
-    """SwiGLU: down(silu(gate x) * (up x)), for token rows x (n_tokens, n_embd)."""
-    return (silu(x @ lw.w_gate.T) * (x @ lw.w_up.T)) @ lw.w_down.T
+def gelu(x: np.ndarray) -> np.ndarray:
+    """GELU in its tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
 
 
-def transformer_block(x: np.ndarray, lw: LayerWeights, cfg: LlamaConfig, positions: np.ndarray) -> np.ndarray:
-    """One llama layer on hidden states x (n_tokens, n_embd) at `positions`."""
-    n_tokens = x.shape[0]
+def ffn(x: np.ndarray, lw: LayerWeights, act: str = arch.SILU) -> np.ndarray:
+    """SwiGLU (or GeGLU): down(act(gate x) * (up x)), for token rows x (n_tokens, n_embd)."""
+    gate = x @ lw.w_gate.T
+    return ((gelu(gate) if act == arch.GELU else silu(gate)) * (x @ lw.w_up.T)) @ lw.w_down.T
+
+
+def transformer_block(
+    x: np.ndarray, lw: LayerWeights, cfg: LlamaConfig, positions: np.ndarray, layer: int = 0
+) -> np.ndarray:
+    """Layer `layer` (of cfg's family) on hidden states x (n_tokens, n_embd) at `positions`."""
+    fam, n_tokens = cfg.family, x.shape[0]
+
+    def maybe(v: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+        return v if b is None else v + b
+
     # attention, pre-norm, with a residual connection
     h = rmsnorm(x, lw.attn_norm, cfg.rms_eps)
-    q = (h @ lw.wq.T).reshape(n_tokens, cfg.n_head, cfg.head_dim)
-    k = (h @ lw.wk.T).reshape(n_tokens, cfg.n_head_kv, cfg.head_dim)
-    v = (h @ lw.wv.T).reshape(n_tokens, cfg.n_head_kv, cfg.head_dim)
-    rot = (cfg.rope_freq_base, cfg.rope_dim, cfg.rope_freq_scale, cfg.rope_freq_factors)
+    q = maybe(h @ lw.wq.T, lw.bq).reshape(n_tokens, cfg.n_head, cfg.head_dim)
+    k = maybe(h @ lw.wk.T, lw.bk).reshape(n_tokens, cfg.n_head_kv, cfg.head_dim)
+    v = maybe(h @ lw.wv.T, lw.bv).reshape(n_tokens, cfg.n_head_kv, cfg.head_dim)
+    if lw.q_norm is not None and lw.k_norm is not None:  # each head normalised on its own
+        q, k = rmsnorm(q, lw.q_norm, cfg.rms_eps), rmsnorm(k, lw.k_norm, cfg.rms_eps)
+    base, freq_scale = cfg.layer_rope(layer)
+    rot = (base, cfg.rope_dim, freq_scale, cfg.rope_freq_factors, fam.rope_neox)
     q = rope(q, positions, *rot)
     k = rope(k, positions, *rot)
-    att = attention(q, k, v).reshape(n_tokens, cfg.n_head * cfg.head_dim)
-    x = x + att @ lw.wo.T
+    att = attention(q, k, v, cfg.layer_window(layer)).reshape(n_tokens, cfg.n_head * cfg.head_dim)
+    out = att @ lw.wo.T
+    if lw.attn_post_norm is not None:
+        out = rmsnorm(out, lw.attn_post_norm, cfg.rms_eps)
+    x = x + out
     # feed-forward, pre-norm, with a residual connection
     h = rmsnorm(x, lw.ffn_norm, cfg.rms_eps)
-    return x + ffn(h, lw)
+    out = ffn(h, lw, fam.ffn_act)
+    if lw.ffn_post_norm is not None:
+        out = rmsnorm(out, lw.ffn_post_norm, cfg.rms_eps)
+    return x + out
 
 
 # ---- the model -----------------------------------------------------------------------
@@ -228,14 +282,15 @@ class ReferenceLlama:
         return arr
 
     def embed(self, tokens: Sequence[int]) -> np.ndarray:
-        """Embedding rows, (n_tokens, n_embd)."""
-        return self.weights.token_embd[self.check_tokens(tokens)]
+        """Embedding rows, (n_tokens, n_embd) (times sqrt(n_embd) where the family scales them)."""
+        rows = self.weights.token_embd[self.check_tokens(tokens)]
+        return rows * np.sqrt(self.config.n_embd) if self.config.family.embd_scale else rows
 
     def layer(self, i: int, x: np.ndarray) -> np.ndarray:
         """Layer i on hidden states x (n_tokens, n_embd) at positions 0..n_tokens-1."""
         x = np.asarray(x, dtype=np.float64)
         positions = np.arange(x.shape[0])
-        return transformer_block(x, self.weights.layers[i], self.config, positions)
+        return transformer_block(x, self.weights.layers[i], self.config, positions, i)
 
     def hidden_states(self, tokens: Sequence[int]) -> list[np.ndarray]:
         """[embeddings, after layer 0, ..., after layer n_layer-1], each (n_tokens, n_embd)."""

@@ -5,7 +5,8 @@
  * threads and each is computed by one thread start to finish, so the result does not
  * depend on the thread count.
  * Per query head, over the window positions j in ascending order (cell = position):
- *   s[j] = (f32 dot of q16 and K16[j]) * scale        (exact products, f32 sums)
+ *   s[j] = (f32 dot of q16 and K16[j]) * scale        (exact products, f32 sums; scale
+ *                                                      1/sqrt(head_dim), or the model's)
  *   e[j] = exp(s[j] - max s) (ggml's vectorized expf of the order, realm_expf_ggml_row);
  *   sum  = sums of L e's in float (cache cells aligned at L), those in double
  *   p[j] = f16(e[j] * (float)(1.0 / sum))
@@ -208,9 +209,7 @@ static int overlaps(const void *a, int64_t na, const void *b, int64_t nb) {
     return pa < pb + (uintptr_t)nb && pb < pa + (uintptr_t)na;
 }
 
-static int64_t next_slot(const realm_kv_ring *kv, int64_t slot) {
-    return slot + 1 == kv->capacity ? 0 : slot + 1;
-}
+static int64_t next_slot(int64_t cap, int64_t slot) { return slot + 1 == cap ? 0 : slot + 1; }
 
 /* The three float orders of the file comment */
 enum { ORDER_AVX512, ORDER_AVX2_BATCH, ORDER_AVX2_ONE };
@@ -222,19 +221,18 @@ enum { ORDER_AVX512, ORDER_AVX2_BATCH, ORDER_AVX2_ONE };
  * scores, [group][head_dim] q16, [head_dim] converted row, [group][PV_LANES][head_dim]
  * lanes of the AVX2 orders' P.V sums. */
 static inline __attribute__((always_inline)) void attend_group_body(
-    const realm_kv_ring *kv, int32_t layer, int64_t p, int32_t kvh, int32_t group, const float *q,
+    const realm_kv_ring *kv, int32_t layer, int64_t p, int32_t kvh, int32_t group, const float *q, float scale,
     float *restrict out, float *restrict scratch, int order,
     void (*convert)(const realm_f16 *restrict, float *restrict, int64_t), void (*round_f16)(float *, int64_t)) {
-    const int64_t hd = kv->head_dim, cap = kv->capacity;
+    const int64_t hd = kv->head_dim, cap = kv->slots[layer];
     const int64_t row = (int64_t)kv->n_head_kv * hd; /* f16 elements per position */
-    const int64_t first = realm_kv_window_start(kv, p), n = p - first + 1;
-    const realm_f16 *k_layer = kv->k + (int64_t)layer * cap * row + (int64_t)kvh * hd;
-    const realm_f16 *v_layer = kv->v + (int64_t)layer * cap * row + (int64_t)kvh * hd;
+    const int64_t first = realm_kv_window_start(kv, layer, p), n = p - first + 1;
+    const realm_f16 *k_layer = kv->k + kv->row0[layer] * row + (int64_t)kvh * hd;
+    const realm_f16 *v_layer = kv->v + kv->row0[layer] * row + (int64_t)kvh * hd;
     float *restrict s = scratch;                   /* [group][cap] scores, then probabilities */
     float *restrict q16 = scratch + group * cap;   /* [group][hd] */
     float *restrict buf = q16 + group * hd;        /* [hd] one K or V row as f32 */
     float *restrict lanes = buf + hd;              /* [group][PV_LANES][hd] */
-    const float scale = 1.0f / sqrtf((float)hd);
     const int64_t first_slot = first % cap; /* the window's slots wrap at capacity */
     /* tinyBLAS takes a batch when head_dim allows (k % 8 for K.Q, m % 4 for P.V), else
      * ggml falls back to its vec_dot */
@@ -243,7 +241,7 @@ static inline __attribute__((always_inline)) void attend_group_body(
 
     memcpy(q16, q, (size_t)(group * hd) * sizeof *q16);
     round_f16(q16, group * hd);
-    for (int64_t j = 0, slot = first_slot; j < n; j++, slot = next_slot(kv, slot)) {
+    for (int64_t j = 0, slot = first_slot; j < n; j++, slot = next_slot(cap, slot)) {
         convert(k_layer + slot * row, buf, hd);
         for (int32_t h = 0; h < group; h++) {
             const float *qh = q16 + h * hd;
@@ -261,7 +259,7 @@ static inline __attribute__((always_inline)) void attend_group_body(
     /* P.V: running sums per output, in lane (first + j) % pv (one lane: out itself) */
     float *restrict acc = pv == 1 ? out : lanes;
     for (int64_t i = 0; i < group * pv * hd; i++) acc[i] = 0.0f;
-    for (int64_t j = 0, slot = first_slot; j < n; j++, slot = next_slot(kv, slot)) {
+    for (int64_t j = 0, slot = first_slot; j < n; j++, slot = next_slot(cap, slot)) {
         convert(v_layer + slot * row, buf, hd);
         const int64_t lane = (first + j) & (pv - 1); /* pv: a power of 2 */
         for (int32_t h = 0; h < group; h++) {
@@ -284,13 +282,13 @@ static inline __attribute__((always_inline)) void attend_group_body(
  * the lanes become ymm registers), picked by realm_active_isa() so that tests can force
  * the portable one. AVX-512 machines take the AVX2 build too: a zmm build was slower
  * and, by lowering the core's clock, slowed the ymm matmuls around it (docs/PERF.md). */
-typedef void (*attend_group_fn)(const realm_kv_ring *, int32_t, int64_t, int32_t, int32_t, const float *, float *,
-                                float *);
+typedef void (*attend_group_fn)(const realm_kv_ring *, int32_t, int64_t, int32_t, int32_t, const float *, float,
+                                float *, float *);
 
 #define ATTEND_GROUP(name, attrs, order, convert, round_f16)                                                        \
     attrs static void name(const realm_kv_ring *kv, int32_t layer, int64_t p, int32_t kvh, int32_t group,            \
-                           const float *q, float *out, float *scratch) {                                            \
-        attend_group_body(kv, layer, p, kvh, group, q, out, scratch, order, convert, round_f16);                     \
+                           const float *q, float scale, float *out, float *scratch) {                               \
+        attend_group_body(kv, layer, p, kvh, group, q, scale, out, scratch, order, convert, round_f16);              \
     }
 
 ATTEND_GROUP(attend_portable_512, , ORDER_AVX512, row_f16_to_f32_portable, round_f16_portable)
@@ -350,7 +348,7 @@ static void attend_items(void *ctx, int64_t i0, int64_t i1, int thread) {
         const int64_t t = (i - seq_first_item) / n_kv, row = seq_first_row + t;
         const int32_t kvh = (int32_t)((i - seq_first_item) % n_kv);
         const int64_t off = (row * j->n_head + (int64_t)kvh * j->group) * hd;
-        j->fns[sq](s->kv, j->layer, s->pos + t, kvh, j->group, j->q + off, j->out + off, my_scratch);
+        j->fns[sq](s->kv, j->layer, s->pos + t, kvh, j->group, j->q + off, s->kq_scale, j->out + off, my_scratch);
     }
 }
 
@@ -363,7 +361,8 @@ static int seq_ok(const realm_attention_seq *s, int32_t layer, int32_t n_head) {
     if (layer < 0 || layer >= kv->n_layer) return REALM_ERR_RANGE;
     /* every position appended, and every window still intact (windows only move up) */
     if (s->pos < 0 || s->pos > kv->n_pos[layer] - s->n_tokens) return REALM_ERR_RANGE;
-    if (realm_kv_window_start(kv, s->pos) < kv->held_from[layer]) return REALM_ERR_RANGE;
+    if (realm_kv_window_start(kv, layer, s->pos) < kv->held_from[layer]) return REALM_ERR_RANGE;
+    if (!(s->kq_scale > 0.0f)) return REALM_ERR_INVALID;
     return 0;
 }
 
@@ -399,7 +398,8 @@ int realm_attention_seqs(const realm_attention_seq *seqs, int n_seqs, int32_t la
 
 int realm_attention_in_batch(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens, int32_t n_head,
                              const float *q, float *out, float *scratch, int n_threads, int64_t batch_tokens) {
-    const realm_attention_seq seq = {kv, pos, n_tokens, batch_tokens};
+    if (kv == NULL) return REALM_ERR_INVALID;
+    const realm_attention_seq seq = {kv, pos, n_tokens, batch_tokens, 1.0f / sqrtf((float)kv->head_dim)};
     return realm_attention_seqs(&seq, 1, layer, n_head, q, out, scratch, n_threads);
 }
 

@@ -1,6 +1,7 @@
 /* attention.h: causal grouped-query attention over a KV ring, as ggml's CPU path
  * computes it (no flash attention):
- *   Q rounded to f16; score = dot(Q_f16, K_f16) in f32, times 1/sqrt(head_dim);
+ *   Q rounded to f16; score = dot(Q_f16, K_f16) in f32, times 1/sqrt(head_dim) (or
+ *   the scale a realm_attention_seq gives);
  *   softmax over the window (max subtracted, exp, sum in double, times (float)(1/sum));
  *   probabilities rounded to f16; out = sum_j P_f16[j] * V_f16[j] in f32,
  * summed in the order of the llama.cpp build that realm_float_order() names (ops.h).
@@ -15,7 +16,7 @@
 
 /* q, out: f32 [n_tokens][n_head][head_dim] (out may not alias q). The tokens sit at
  * positions pos .. pos+n_tokens-1 and their K/V are already appended to `layer`;
- * token t attends to the window of position pos+t (causal). scratch: at least
+ * token t attends to the layer's window of position pos+t (causal). scratch: at least
  * realm_attention_scratch_floats(kv, n_head, n_threads) floats. Threads over
  * (token, KV head): each K/V row is converted once for the query heads that share it.
  * Returns 0 or an error code (-1 bad argument, -5 layer or position out of range, which
@@ -35,10 +36,12 @@ int realm_attention_in_batch(const realm_kv_ring *kv, int32_t layer, int64_t pos
 int64_t realm_attention_scratch_floats(const realm_kv_ring *kv, int32_t n_head, int n_threads);
 
 /* One sequence of a batch: n_tokens rows at positions pos .. in the ring kv, of a call
- * of batch_tokens >= n_tokens rows (which decides the float order, as above). */
+ * of batch_tokens >= n_tokens rows (which decides the float order, as above); scores
+ * are the dot products times kq_scale (> 0; realm_attention takes 1/sqrt(head_dim)). */
 typedef struct {
     const realm_kv_ring *kv;
     int64_t pos, n_tokens, batch_tokens;
+    float kq_scale;
 } realm_attention_seq;
 
 #define REALM_ATTENTION_MAX_SEQS 64

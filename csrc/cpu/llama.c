@@ -2,6 +2,7 @@
 #include "llama.h"
 #include "realm_errors.h"
 
+#include <math.h>
 #include <stddef.h>
 
 #include "act_quant.h"
@@ -20,11 +21,13 @@ static int dims_ok(const realm_llama_dims *d) {
     return d->n_embd > 0 && d->n_head > 0 && d->n_head_kv > 0 && d->n_head % d->n_head_kv == 0 &&
            d->head_dim > 0 && d->head_dim % 2 == 0 && d->rope_dim > 0 && d->rope_dim % 2 == 0 &&
            d->rope_dim <= d->head_dim && d->rope_dim <= REALM_ROPE_MAX_DIM && d->n_ff > 0 && d->n_vocab > 0 &&
-           d->rms_eps > 0 && d->rope_base > 0 && d->rope_freq_scale > 0;
+           d->rms_eps > 0 && d->rope_base > 0 && d->rope_freq_scale > 0 && (d->ffn_act == REALM_FFN_SILU ||
+           d->ffn_act == REALM_FFN_GELU) && d->embd_scale > 0 && d->q_scale >= 0;
 }
 
 int realm_llama_check_layer(const realm_llama_dims *d, const realm_llama_layer *L) {
     if (!d || !L || !dims_ok(d) || !L->attn_norm || !L->ffn_norm) return REALM_ERR_INVALID;
+    if (!(L->rope_base > 0 && L->rope_freq_scale > 0) || !L->q_norm != !L->k_norm) return REALM_ERR_INVALID;
     const int64_t q_dim = (int64_t)d->n_head * d->head_dim, kv_dim = (int64_t)d->n_head_kv * d->head_dim;
     const int ok = tensor_ok(&L->wq, q_dim, d->n_embd) && tensor_ok(&L->wk, kv_dim, d->n_embd) &&
                    tensor_ok(&L->wv, kv_dim, d->n_embd) && tensor_ok(&L->wo, d->n_embd, q_dim) &&
@@ -127,6 +130,7 @@ static int same_rounding(const realm_tensor *a, const realm_tensor *b) {
  * each token's arithmetic is the same whichever thread does it. */
 struct token_job {
     const realm_llama_dims *d;
+    const realm_llama_layer *L; /* rope, qk_norm_rows */
     const float *in, *w; /* rmsnorm: rows in, weight w */
     float *out;
     realm_llama_scratch *s; /* rope: s->row_pos holds each row's position */
@@ -146,18 +150,53 @@ static void rope_rows(void *ctx, int64_t t0, int64_t t1, int thread) {
     (void)thread;
     for (int64_t t = t0; t < t1; t++) {
         const int64_t p = j->s->row_pos[t];
-        realm_rope(j->s->q + t * q_dim, d->n_head, d->head_dim, d->rope_dim, p, d->rope_base, d->rope_freq_scale,
-                   d->rope_freqs);
-        realm_rope(j->s->k + t * kv_dim, d->n_head_kv, d->head_dim, d->rope_dim, p, d->rope_base,
-                   d->rope_freq_scale, d->rope_freqs);
+        realm_rope(j->s->q + t * q_dim, d->n_head, d->head_dim, d->rope_dim, p, j->L->rope_base,
+                   j->L->rope_freq_scale, d->rope_freqs, d->rope_neox);
+        realm_rope(j->s->k + t * kv_dim, d->n_head_kv, d->head_dim, d->rope_dim, p, j->L->rope_base,
+                   j->L->rope_freq_scale, d->rope_freqs, d->rope_neox);
+        if (d->q_scale > 0)
+            for (int64_t i = 0; i < q_dim; i++) j->s->q[t * q_dim + i] *= d->q_scale;
     }
 }
 
-static void swiglu_rows(void *ctx, int64_t t0, int64_t t1, int thread) {
+/* each head of Q and K RMS-normalised over head_dim, times the layer's q_norm / k_norm */
+static void qk_norm_rows(void *ctx, int64_t t0, int64_t t1, int thread) {
+    const struct token_job *j = ctx;
+    const realm_llama_dims *d = j->d;
+    const int64_t hd = d->head_dim;
+    (void)thread;
+    for (int64_t t = t0; t < t1; t++) {
+        float *q = j->s->q + t * d->n_head * hd, *k = j->s->k + t * d->n_head_kv * hd;
+        for (int32_t h = 0; h < d->n_head; h++) realm_rmsnorm(q + h * hd, j->L->q_norm, q + h * hd, hd, d->rms_eps);
+        for (int32_t h = 0; h < d->n_head_kv; h++) realm_rmsnorm(k + h * hd, j->L->k_norm, k + h * hd, hd, d->rms_eps);
+    }
+}
+
+/* rows[t] += bias for n rows of width w */
+static void add_bias(float *rows, const float *bias, int64_t n, int64_t w) {
+    if (!bias) return;
+    for (int64_t t = 0; t < n; t++) realm_add(rows + t * w, bias, rows + t * w, w);
+}
+
+static void glu_rows(void *ctx, int64_t t0, int64_t t1, int thread) {
     const struct token_job *j = ctx;
     const int64_t F = j->d->n_ff;
+    void (*glu)(const float *, const float *, float *, int64_t) =
+        j->d->ffn_act == REALM_FFN_GELU ? realm_geglu : realm_swiglu;
     (void)thread;
-    for (int64_t t = t0; t < t1; t++) realm_swiglu(j->s->gate + t * F, j->s->up + t * F, j->s->gate + t * F, F);
+    for (int64_t t = t0; t < t1; t++) glu(j->s->gate + t * F, j->s->up + t * F, j->s->gate + t * F, F);
+}
+
+/* rows = norm(rows) * w in place, when the layer has that post norm (tj: the layer's job) */
+static void post_norm(const realm_llama_dims *d, const float *w, float *rows, int64_t n, int nt,
+                      const struct token_job *tj) {
+    if (!w) return;
+    struct token_job pj = *tj;
+    pj.in = rows;
+    pj.w = w;
+    pj.out = rows;
+    (void)d;
+    realm_parallel_for(n, nt, norm_rows, &pj);
 }
 
 /* One layer over the rows of n_seqs sequences (n rows in all, n <= max_tokens), one
@@ -168,24 +207,31 @@ static void swiglu_rows(void *ctx, int64_t t0, int64_t t1, int thread) {
 static int layer_rows(const realm_llama_dims *d, const realm_llama_layer *L, int32_t layer,
                       const realm_llama_seq *seqs, int n_seqs, int64_t n, const float *x, float *out,
                       realm_llama_scratch *s, int nt) {
-    const int64_t E = d->n_embd, kv_dim = (int64_t)d->n_head_kv * d->head_dim;
+    const int64_t E = d->n_embd, q_dim = (int64_t)d->n_head * d->head_dim;
+    const int64_t kv_dim = (int64_t)d->n_head_kv * d->head_dim;
     realm_attention_seq att[REALM_STEP_MAX_SEQS];
     const struct step_rows r = {seqs, n_seqs, n};
+    const float kq_scale = d->q_scale > 0 ? 1.0f : 1.0f / sqrtf((float)d->head_dim);
     int rc;
 
     for (int i = 0, row = 0; i < n_seqs; row += (int)seqs[i].n_tokens, i++) {
         for (int64_t t = 0; t < seqs[i].n_tokens; t++) s->row_pos[row + t] = seqs[i].pos + t;
-        att[i] = (realm_attention_seq){seqs[i].kv, seqs[i].pos, seqs[i].n_tokens, seqs[i].call_tokens};
+        att[i] = (realm_attention_seq){seqs[i].kv, seqs[i].pos, seqs[i].n_tokens, seqs[i].call_tokens, kq_scale};
     }
 
-    /* attention block: cur = norm(x); q, k, v = W cur; rope; append; attend; tmp = Wo att */
-    struct token_job tj = {d, x, L->attn_norm, s->cur, s};
+    /* attention block: cur = norm(x); q, k, v = W cur (+ b); [q, k per-head norms]; rope;
+     * append; attend; tmp = Wo att; [tmp = norm(tmp)] */
+    struct token_job tj = {d, L, x, L->attn_norm, s->cur, s};
     realm_parallel_for(n, nt, norm_rows, &tj);
     rc = mm(&L->wq, s->cur, &r, s->q, s, nt, 0);
     /* wk and wv reuse the activations wq rounded when their vec dot types agree */
     if (!rc) rc = mm(&L->wk, s->cur, &r, s->k, s, nt, same_rounding(&L->wq, &L->wk));
     if (!rc) rc = mm(&L->wv, s->cur, &r, s->v, s, nt, same_rounding(&L->wk, &L->wv));
     if (rc) return REALM_ERR_INVALID;
+    add_bias(s->q, L->bq, n, q_dim);
+    add_bias(s->k, L->bk, n, kv_dim);
+    add_bias(s->v, L->bv, n, kv_dim);
+    if (L->q_norm) realm_parallel_for(n, nt, qk_norm_rows, &tj);
     realm_parallel_for(n, nt, rope_rows, &tj);
     for (int i = 0, row = 0; i < n_seqs; row += (int)seqs[i].n_tokens, i++) {
         rc = realm_kv_append(seqs[i].kv, layer, seqs[i].pos, seqs[i].n_tokens, s->k + row * kv_dim,
@@ -195,17 +241,20 @@ static int layer_rows(const realm_llama_dims *d, const realm_llama_layer *L, int
     rc = realm_attention_seqs(att, n_seqs, layer, d->n_head, s->q, s->att, s->att_scratch, nt);
     if (rc) return rc;
     if (mm(&L->wo, s->att, &r, s->tmp, s, nt, 0)) return REALM_ERR_INVALID;
+    post_norm(d, L->attn_post_norm, s->tmp, n, nt, &tj);
     realm_add(s->tmp, x, out, n * E); /* out = x + attention (the residual) */
 
-    /* feed-forward block: cur = norm(out); out += down(silu(gate cur) * up cur) */
+    /* feed-forward block: cur = norm(out); out += [norm](down(act(gate cur) * up cur)) */
     tj.in = out;
     tj.w = L->ffn_norm;
+    tj.out = s->cur;
     realm_parallel_for(n, nt, norm_rows, &tj);
     rc = mm(&L->w_gate, s->cur, &r, s->gate, s, nt, 0);
     if (!rc) rc = mm(&L->w_up, s->cur, &r, s->up, s, nt, same_rounding(&L->w_gate, &L->w_up));
     if (rc) return REALM_ERR_INVALID;
-    realm_parallel_for(n, nt, swiglu_rows, &tj);
+    realm_parallel_for(n, nt, glu_rows, &tj);
     if (mm(&L->w_down, s->gate, &r, s->tmp, s, nt, 0)) return REALM_ERR_INVALID;
+    post_norm(d, L->ffn_post_norm, s->tmp, n, nt, &tj);
     realm_add(s->tmp, out, out, n * E);
     return 0;
 }
@@ -215,8 +264,8 @@ static int layer_rows(const realm_llama_dims *d, const realm_llama_layer *L, int
  * Before the ring wraps that means staying within capacity; once the window is full,
  * one token at a time. */
 static int64_t ring_chunk(const realm_kv_ring *kv, int64_t p, int64_t n) {
-    if (p + n > kv->capacity) n = p < kv->capacity ? kv->capacity - p : 1;
-    return n;
+    const int64_t limit = realm_kv_chunk_limit(kv, p);
+    return n < limit ? n : limit;
 }
 
 int realm_llama_seq_check(const realm_llama_dims *d, int32_t first, int32_t count, const realm_kv_ring *kv,
@@ -227,11 +276,11 @@ int realm_llama_seq_check(const realm_llama_dims *d, int32_t first, int32_t coun
     if (first >= kv->n_layer || count > kv->n_layer - first) return REALM_ERR_RANGE;
     if (n_tokens > s->max_tokens || ring_chunk(kv, pos, n_tokens) != n_tokens) return REALM_ERR_INVALID;
     if (s->att_scratch_floats < realm_attention_scratch_floats(kv, d->n_head, n_threads)) return REALM_ERR_NOMEM;
-    const int64_t window_from = realm_kv_window_start(kv, pos);
     for (int32_t l = first; l < first + count; l++) {
         if (kv->n_pos[l] != pos) return REALM_ERR_RANGE; /* appends go to the next position only */
-        const int64_t held = kv->held_from[l] > pos + n_tokens - kv->capacity ? kv->held_from[l]
-                                                                               : pos + n_tokens - kv->capacity;
+        const int64_t window_from = realm_kv_window_start(kv, l, pos);
+        const int64_t held = kv->held_from[l] > pos + n_tokens - kv->slots[l] ? kv->held_from[l]
+                                                                              : pos + n_tokens - kv->slots[l];
         if (window_from < held) return REALM_ERR_RANGE; /* the chunk's first window, after its appends */
     }
     return 0;
@@ -267,6 +316,16 @@ int realm_llama_layer_forward(const realm_llama_dims *d, const realm_llama_layer
         const int rc = layer_rows(d, L, layer, &seq, 1, n, x + t0 * d->n_embd, out + t0 * d->n_embd, s, n_threads);
         if (rc) return rc;
     }
+    return 0;
+}
+
+int realm_llama_embed(const realm_llama_dims *d, const realm_tensor *token_embd, const int32_t *ids, int64_t n_ids,
+                      float *out) {
+    if (!d || !token_embd || !ids || !out || n_ids < 0 || token_embd->n_cols != d->n_embd) return REALM_ERR_INVALID;
+    const int rc = realm_get_rows(token_embd->data, token_embd->type, token_embd->n_rows, token_embd->n_cols, ids,
+                                  n_ids, out);
+    if (rc || d->embd_scale == 1.0f) return rc;
+    for (int64_t i = 0; i < n_ids * d->n_embd; i++) out[i] *= d->embd_scale;
     return 0;
 }
 

@@ -1,4 +1,7 @@
-/* llama.h: the llama forward pass on the CPU, one layer at a time, as ggml computes it.
+/* llama.h: the llama forward pass on the CPU, one layer at a time, as ggml computes it,
+ * with what the other families add to it (realm_ext/arch.py says which family has what):
+ * Q/K/V biases (Qwen2); per-head Q/K RMSNorm, post-block norms, GeGLU, a scaled
+ * embedding, Q scaled before attention and a RoPE base per layer (Gemma 3).
  *
  * Weights are GGUF tensors as they lie in the (memory-mapped) file, never decoded to
  * a matrix. Hidden states are f32 [n_tokens][n_embd]; tokens are processed in chunks
@@ -23,16 +26,29 @@ typedef struct {
     int64_t n_cols;
 } realm_tensor;
 
+/* the feed-forward's gating: silu(gate) * up (llama, Qwen2) or gelu(gate) * up (Gemma) */
+enum { REALM_FFN_SILU = 0, REALM_FFN_GELU = 1 };
+
 typedef struct {
     int32_t n_embd, n_head, n_head_kv, head_dim, n_ff, rope_dim, n_vocab;
     float rms_eps, rope_base;
     float rope_freq_scale;    /* 1 / linear scaling factor; 1 for none */
     const float *rope_freqs;  /* rope_dim / 2 per-pair divisors of the angle, or NULL; borrowed */
+    int32_t rope_neox;        /* RoPE pairs (i, i + rope_dim/2) (ggml's NEOX mode), else adjacent */
+    int32_t ffn_act;          /* REALM_FFN_* */
+    float embd_scale;         /* embedding rows times this (Gemma: sqrtf(n_embd)); 1 for none */
+    float q_scale;            /* > 0: Q times this (f32) before attention, scores unscaled
+                                 (Gemma); 0: scores times 1/sqrt(head_dim) */
 } realm_llama_dims;
 
 typedef struct {
     const float *attn_norm, *ffn_norm; /* f32 [n_embd]; borrowed */
     realm_tensor wq, wk, wv, wo, w_gate, w_up, w_down;
+    /* what a family adds, NULL where it has none; f32, borrowed */
+    const float *bq, *bk, *bv;                   /* [q_dim], [kv_dim], [kv_dim]: added to Q, K, V */
+    const float *q_norm, *k_norm;                /* [head_dim]: RMSNorm of each head of Q and K before RoPE */
+    const float *attn_post_norm, *ffn_post_norm; /* [n_embd]: RMSNorm of a block's output before its residual */
+    float rope_base, rope_freq_scale;            /* this layer's RoPE (local and global layers differ) */
 } realm_llama_layer;
 
 /* Work buffers for up to max_tokens tokens per chunk; carved by realm_llama_scratch_init
@@ -61,12 +77,18 @@ int64_t realm_llama_scratch_init(realm_llama_scratch *s, const realm_llama_dims 
                                  void *buf, int64_t buf_bytes);
 
 /* One whole layer on x (tokens at positions pos .. pos+n_tokens-1) into out (out may
- * equal x): RMSNorm, Q/K/V, RoPE, K/V appended to the ring's layer `layer`, attention,
- * output projection, residual, RMSNorm, gate/up, SwiGLU, down, residual.
+ * equal x): RMSNorm, Q/K/V (+ biases), [Q/K norms], RoPE, K/V appended to the ring's
+ * layer `layer`, attention over the layer's window, output projection, [post norm],
+ * residual, RMSNorm, gate/up, SwiGLU or GeGLU, down, [post norm], residual.
  * Returns 0, -1 bad argument, -5 layer or position out of range, -7 scratch too small. */
 int realm_llama_layer_forward(const realm_llama_dims *d, const realm_llama_layer *L, int32_t layer,
                               realm_kv_ring *kv, int64_t pos, int64_t n_tokens, const float *x, float *out,
                               realm_llama_scratch *s, int n_threads);
+
+/* The embedding rows of ids (times d->embd_scale): out f32 [n_ids][n_embd].
+ * 0, -1 bad argument, -5 an id outside the vocabulary. */
+int realm_llama_embed(const realm_llama_dims *d, const realm_tensor *token_embd, const int32_t *ids, int64_t n_ids,
+                      float *out);
 
 /* Final RMSNorm and output projection: logits f32 [n_tokens][n_vocab]. 0 or -1. */
 int realm_llama_lm_head(const realm_llama_dims *d, const float *output_norm, const realm_tensor *output,

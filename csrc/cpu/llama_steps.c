@@ -141,7 +141,7 @@ static int start_chunk(const realm_step_queue *q, realm_step_job *j, int alone, 
         realm_llama_chunk_shape(j->d, j->kv, q->step_tokens < rows ? q->step_tokens : rows, p, left, j->count, &t,
                                 &unused);
     }
-    if (p + t > j->kv->capacity) t = p < j->kv->capacity ? j->kv->capacity - p : 1; /* see llama.c's ring_chunk */
+    if (t > realm_kv_chunk_limit(j->kv, p)) t = realm_kv_chunk_limit(j->kv, p); /* see llama.c's ring_chunk */
     j->chunk = t;
     j->step_layers = g;
     return realm_llama_seq_check(j->d, j->first, j->count, j->kv, p, t, j->s, j->n_threads);

@@ -3,6 +3,7 @@
 #include "realm_errors.h"
 
 #include <math.h>
+#include <pthread.h>
 
 #include "dequant.h"
 #include "fp16.h"
@@ -18,7 +19,7 @@ void realm_rmsnorm(const float *x, const float *w, float *out, int64_t n, float 
 }
 
 void realm_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, int64_t pos, float base,
-                float freq_scale, const float *freq_factors) {
+                float freq_scale, const float *freq_factors, int neox) {
     /* the cos/sin cache of one position, shared by every head */
     float cs[REALM_ROPE_MAX_DIM];
     if (rope_dim > REALM_ROPE_MAX_DIM) rope_dim = REALM_ROPE_MAX_DIM; /* callers validate */
@@ -31,26 +32,48 @@ void realm_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, i
         cs[i + 1] = sinf(angle);
         theta *= theta_scale;
     }
-    if (realm_float_order() == REALM_ORDER_AVX2) {
-        /* the native AVX2 build's compiler contracted ggml's rotation: its first product
-         * fused with the sum (x0 c - x1 s and x0 s + x1 c, each in one FMA) */
-        for (int64_t h = 0; h < n_heads; h++) {
-            float *v = x + h * head_dim;
-            for (int64_t i = 0; i < rope_dim; i += 2) {
-                const float x0 = v[i], x1 = v[i + 1];
-                v[i] = fmaf(x0, cs[i], -(x1 * cs[i + 1]));
-                v[i + 1] = fmaf(x0, cs[i + 1], x1 * cs[i]);
-            }
-        }
-        return;
-    }
+    /* pair i is (v[a], v[a + off]): adjacent (a = 2i, off = 1) or NEOX (a = i, off = rope_dim / 2) */
+    const int64_t off = neox ? rope_dim / 2 : 1, step = neox ? 1 : 2;
+    /* the native AVX2 build's compiler contracted ggml's rotation: its first product
+     * fused with the sum (x0 c - x1 s and x0 s + x1 c, each in one FMA) */
+    const int fused = realm_float_order() == REALM_ORDER_AVX2;
     for (int64_t h = 0; h < n_heads; h++) {
         float *v = x + h * head_dim;
-        for (int64_t i = 0; i < rope_dim; i += 2) {
-            const float x0 = v[i], x1 = v[i + 1];
-            v[i] = x0 * cs[i] - x1 * cs[i + 1];
-            v[i + 1] = x0 * cs[i + 1] + x1 * cs[i];
+        for (int64_t i = 0, a = 0; i < rope_dim; i += 2, a += step) {
+            const float x0 = v[a], x1 = v[a + off], c = cs[i], sn = cs[i + 1];
+            v[a] = fused ? fmaf(x0, c, -(x1 * sn)) : x0 * c - x1 * sn;
+            v[a + off] = fused ? fmaf(x0, sn, x1 * c) : x0 * sn + x1 * c;
         }
+    }
+}
+
+/* -- GELU (tanh form) ------------------------------------------------------------------ */
+
+/* ggml's CPU GELU reads a table of gelu(x) rounded to f16 at x rounded to f16 (the
+ * GGML_GELU_FP16 build every llama.cpp CPU build uses); below -10 it is 0 and from 10 on x. */
+static realm_f16 gelu_table[1 << 16];
+static pthread_once_t gelu_once = PTHREAD_ONCE_INIT;
+
+static void gelu_table_init(void) {
+    const float sqrt_2_over_pi = 0.79788456080286535587989211986876f, coef_a = 0.044715f;
+    for (int i = 0; i < 1 << 16; i++) {
+        const float x = realm_f16_to_f32((realm_f16)i);
+        /* 0.5 x (1 + tanh(sqrt(2/pi) x (1 + a x^2))), one rounding per operation */
+        const float inner = sqrt_2_over_pi * x * (1.0f + coef_a * x * x);
+        gelu_table[i] = realm_f32_to_f16(0.5f * x * (1.0f + tanhf(inner)));
+    }
+}
+
+void realm_geglu(const float *gate, const float *up, float *out, int64_t n) {
+    pthread_once(&gelu_once, gelu_table_init);
+    for (int64_t i = 0; i < n; i++) {
+        const float g = gate[i];
+        if (g <= -10.0f)
+            out[i] = 0.0f;
+        else if (g >= 10.0f)
+            out[i] = g * up[i];
+        else
+            out[i] = realm_f16_to_f32(gelu_table[realm_f32_to_f16(g)]) * up[i];
     }
 }
 

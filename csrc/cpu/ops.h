@@ -11,8 +11,9 @@ void realm_rmsnorm(const float *x, const float *w, float *out, int64_t n, float 
 
 #define REALM_ROPE_MAX_DIM 1024
 
-/* RoPE on adjacent pairs (x[2i], x[2i+1]) of each of n_heads heads (head_dim apart),
- * for i < rope_dim / 2, at absolute position pos, as ggml's rope cache builds the angles
+/* RoPE on pairs of each of n_heads heads (head_dim apart), for i < rope_dim / 2:
+ * adjacent (x[2i], x[2i+1]), ggml's NORMAL mode (llama), or with neox (x[i],
+ * x[i + rope_dim/2]), its NEOX mode (Qwen2, Gemma 3); at absolute position pos, as ggml's rope cache builds the angles
  * in f32: theta_i = pos * theta_scale^i by repeated multiplication (theta_scale =
  * powf(base, -2/rope_dim)), then angle_i = freq_scale * (theta_i / freq_factors[i]).
  * freq_factors: rope_dim / 2 floats (a model's rope_freqs), or NULL for all 1;
@@ -21,7 +22,7 @@ void realm_rmsnorm(const float *x, const float *w, float *out, int64_t n, float 
  * the AVX-512 order, and fuses each first product into its sum in the AVX2 order (ops.h's
  * float orders, below). */
 void realm_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, int64_t pos, float base,
-                float freq_scale, const float *freq_factors);
+                float freq_scale, const float *freq_factors, int neox);
 
 /* Float orders. ggml's CPU kernels sum and round in an order that depends on the SIMD
  * width its build was compiled for; the kernels here reproduce one of two builds bit
@@ -62,6 +63,11 @@ float realm_expf_ggml_avx2(float x);
 /* y[i] = e^x[i] in realm_float_order() (realm_expf_ggml or realm_expf_ggml_avx2),
  * vectorized where the CPU has AVX2 + FMA (same bits); y may be x. */
 void realm_expf_ggml_row(const float *x, float *y, int64_t n);
+
+/* out = gelu(gate) * up, GELU in its tanh form as ggml's CPU computes it: gelu(x)
+ * from a table of f16 values at x rounded to f16, 0 for x <= -10, x for x >= 10
+ * (GeGLU: Gemma's feed-forward). out may be gate or up. */
+void realm_geglu(const float *gate, const float *up, float *out, int64_t n);
 
 /* out = a + b */
 void realm_add(const float *a, const float *b, float *out, int64_t n);

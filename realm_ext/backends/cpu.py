@@ -20,10 +20,10 @@ import mmap
 
 import numpy as np
 
-from realm_ext import _kernels
+from realm_ext import _kernels, arch
 from realm_ext.backends import base
 from realm_ext.backends.base import as_rows, token_ids_int32
-from realm_ext.model import LAYER_TENSORS, Model
+from realm_ext.model import Model, layer_tensor_names
 
 KVRing = _kernels.KVRing
 CallControl = _kernels.CallControl
@@ -31,9 +31,10 @@ CallControl = _kernels.CallControl
 
 def runtime_args(model: Model) -> tuple[dict, int, dict, dict]:
     """LlamaRuntime's arguments for a model: its dims (with the RoPE factors as a float32
-    array or None), n_layer, the 2-D tensors as (raw, ggml type, n_rows, n_cols) and the
-    norm vectors as float32 copies."""
+    array or None, and what its family adds: realm_ext.arch), n_layer, the 2-D tensors as
+    (raw, ggml type, n_rows, n_cols) and the 1-D ones (norms, biases) as float32 copies."""
     c = model.config
+    fam = c.family
     dims = {
         "n_embd": c.n_embd,
         "n_head": c.n_head,
@@ -46,10 +47,16 @@ def runtime_args(model: Model) -> tuple[dict, int, dict, dict]:
         "rope_freq_base": c.rope_freq_base,
         "rope_freq_scale": c.rope_freq_scale,
         "rope_freqs": None if c.rope_freq_factors is None else np.array(c.rope_freq_factors, np.float32),
+        "rope_neox": int(fam.rope_neox),
+        "ffn_act": 1 if fam.ffn_act == arch.GELU else 0,  # llama.h's REALM_FFN_*
+        "embd_scale": float(np.sqrt(np.float32(c.n_embd))) if fam.embd_scale else 1.0,
+        "q_scale": c.attn_scale if fam.q_scale else 0.0,
+        "layer_rope": [c.layer_rope(i) for i in range(c.n_layer)],
     }
     tensors, norms = {}, {}
     names = ["token_embd.weight", "output.weight", "output_norm.weight"]
-    names += [f"blk.{i}.{n}.weight" for i in range(c.n_layer) for n in LAYER_TENSORS]
+    names += [f"blk.{i}.{n}.weight" for i in range(c.n_layer) for n in layer_tensor_names(c)]
+    names += [b.name for i in range(c.n_layer) for n in arch.BIASES if (b := model.bias(i, n)) is not None]
     for name in names:
         t = model.tensor(name)  # output.weight resolves to token_embd when tied
         if len(t.shape) == 1:
@@ -133,10 +140,10 @@ class CpuBackend(base.BackendBase):
         return self.prepare(model), self.n_threads
 
     def new_kv(self, model: Model, n_ctx: int) -> KVRing:
-        """A KV ring of n_ctx positions for every layer of the model (f16, host memory),
-        with the model's scratch grown for attention over it (until free_kv)."""
-        c = model.config
-        ring = KVRing(c.n_layer, n_ctx, c.n_head_kv, c.head_dim)
+        """A KV ring of n_ctx positions for every layer of the model (f16, host memory;
+        a sliding layer holds its window and one chunk), with the model's scratch grown
+        for attention over it (until free_kv)."""
+        ring = self._ring(model, n_ctx)
         self.prepare(model).reserve(ring, self.n_threads)
         return ring
 
@@ -144,11 +151,20 @@ class CpuBackend(base.BackendBase):
         """kv is closed: the model's scratch shrinks to what its other rings need."""
         self.prepare(model).release(kv)
 
+    def _ring(self, model: Model, n_ctx: int) -> KVRing:
+        c = model.config
+        windows = [c.layer_window(i) for i in range(c.n_layer)] if c.sliding_window else None
+        return KVRing(c.n_layer, n_ctx, c.n_head_kv, c.head_dim, windows, self.max_batch)
+
     def kv_bytes(self, model: Model, n_ctx: int) -> int:
         """Host memory a ring of n_ctx positions pins: its K and V, and the attention
         scratch the model keeps for it while it lives."""
         c = model.config
-        storage = 2 * 2 * c.n_layer * n_ctx * c.n_head_kv * c.head_dim  # K and V, f16
+        slots = sum(
+            n_ctx if (w := c.layer_window(i)) is None or w >= n_ctx else min(w + self.max_batch - 1, n_ctx)
+            for i in range(c.n_layer)
+        )
+        storage = 2 * 2 * slots * c.n_head_kv * c.head_dim  # K and V, f16
         return storage + self.prepare(model).attention_scratch_bytes(n_ctx, self.n_threads)
 
     # -- the forward steps -------------------------------------------------------------

@@ -154,7 +154,7 @@ static void test_encoders_round_trip(void) {
 static void test_llama_layer(void) {
     realm_llama_dims d = {.n_embd = 256, .n_head = 4, .n_head_kv = 2, .head_dim = 64, .n_ff = 512,
                           .rope_dim = 64, .n_vocab = 300, .rms_eps = 1e-5f, .rope_base = 10000.f,
-                          .rope_freq_scale = 1.f};
+                          .rope_freq_scale = 1.f, .embd_scale = 1.f};
     const int type = REALM_TYPE_Q8_0;
     const int64_t kvd = (int64_t)d.n_head_kv * d.head_dim;
     struct { int64_t r, c; } shapes[7] = {{256, 256}, {kvd, 256}, {kvd, 256}, {256, 256}, {512, 256}, {512, 256}, {256, 512}};
@@ -168,7 +168,8 @@ static void test_llama_layer(void) {
     }
     float norm[256];
     for (int i = 0; i < 256; i++) norm[i] = 1.0f + 0.1f * uniform();
-    realm_llama_layer L = {norm, norm, ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6]};
+    realm_llama_layer L = {norm, norm, ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6],
+                           .rope_base = d.rope_base, .rope_freq_scale = d.rope_freq_scale};
     CHECK(realm_llama_check_layer(&d, &L) == 0);
 
     const int64_t cap = 8;
@@ -219,12 +220,12 @@ static void test_rope_factors(void) {
     float a[2 * 64], b[2 * 64], c[2 * 64], ff[32], one[32];
     for (int i = 0; i < 2 * 64; i++) a[i] = b[i] = c[i] = normal();
     for (int i = 0; i < 32; i++) ff[i] = 2.0f, one[i] = 1.0f;
-    realm_rope(a, 2, 64, 64, 777, 10000.f, 1.0f, ff);
-    realm_rope(b, 2, 64, 64, 777, 10000.f, 0.5f, NULL);
+    realm_rope(a, 2, 64, 64, 777, 10000.f, 1.0f, ff, 0);
+    realm_rope(b, 2, 64, 64, 777, 10000.f, 0.5f, NULL, 0);
     CHECK(memcmp(a, b, sizeof a) == 0);
     memcpy(a, c, sizeof a);
-    realm_rope(a, 2, 64, 64, 777, 10000.f, 1.0f, one);
-    realm_rope(c, 2, 64, 64, 777, 10000.f, 1.0f, NULL);
+    realm_rope(a, 2, 64, 64, 777, 10000.f, 1.0f, one, 0);
+    realm_rope(c, 2, 64, 64, 777, 10000.f, 1.0f, NULL, 0);
     CHECK(memcmp(a, c, sizeof a) == 0);
 }
 

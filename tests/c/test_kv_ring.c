@@ -83,9 +83,9 @@ static void test_append_truncate(void) {
     }
     CHECK(realm_kv_k_row(kv, 1, 5) == k + (CAP + 1) * ROW);
     CHECK(realm_kv_k_row(kv, 2, 0) == NULL && realm_kv_k_row(kv, 0, -1) == NULL);
-    CHECK(realm_kv_window_start(kv, 0) == 0 && realm_kv_window_start(kv, 3) == 0);
-    CHECK(realm_kv_window_start(kv, 4) == 1 && realm_kv_window_start(kv, 9) == 6);
-    CHECK(realm_kv_window_start(kv, -1) == -1);
+    CHECK(realm_kv_window_start(kv, 0, 0) == 0 && realm_kv_window_start(kv, 0, 3) == 0);
+    CHECK(realm_kv_window_start(kv, 0, 4) == 1 && realm_kv_window_start(kv, 0, 9) == 6);
+    CHECK(realm_kv_window_start(kv, 0, -1) == -1);
 
     /* no wrap yet: any truncate works */
     CHECK(realm_kv_truncate(kv, 2) == 0 && kv->n_pos[0] == 2);
@@ -120,7 +120,7 @@ static void reference_attention(const realm_kv_ring *kv, int32_t layer, int64_t 
     float s[64];
     for (int64_t t = 0; t < n_tokens; t++)
         for (int32_t h = 0; h < n_head; h++) {
-            const int64_t p = pos + t, first = realm_kv_window_start(kv, p);
+            const int64_t p = pos + t, first = realm_kv_window_start(kv, 0, p);
             const int32_t kvh = h / (n_head / kv->n_head_kv);
             const float *qr = q + (t * n_head + h) * hd;
             float *o = out + (t * n_head + h) * hd;

@@ -45,3 +45,13 @@ def llama_vocab(name: str) -> tuple[Path, list[str], list[list[int]]]:
     texts = inp.read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")[:-1]
     ids = [[int(t) for t in line.split()] for line in out.read_text(encoding="utf-8").splitlines()]
     return gguf, texts, ids
+
+
+def gemma3() -> Path:
+    """The Gemma 3 270M Q4_K_M GGUF. Gemma's terms apply, so the set-up fetches it only when
+    asked (`realm-ext pull gemma3-270m`): missing, the tests that need it skip, in CI too."""
+    path = model_path("gemma3-270m")
+    if path is None:
+        pytest.skip("Gemma 3 270M is not in the cache: run realm-ext pull gemma3-270m (Gemma's terms apply)")
+    assert path is not None
+    return path

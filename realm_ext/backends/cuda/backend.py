@@ -36,6 +36,7 @@ import cupy
 import cupyx
 import numpy as np
 
+from realm_ext import arch
 from realm_ext._kernels import CallControl, CallStopped
 from realm_ext.backends import base
 from realm_ext.backends.base import (
@@ -389,6 +390,12 @@ class CudaBackend(base.BackendBase):
     # by _build on first use (base.BackendBase)
 
     def _build(self, model: Model) -> CudaRuntime:
+        c = model.config
+        has_bias = any(model.bias(i, n) is not None for i in range(c.n_layer) for n in arch.BIASES)
+        if c.family is not arch.LLAMA or has_bias:
+            # the CUDA kernels have llama's layer only: the other families need their switches there
+            what = "Q/K/V biases" if c.family is arch.LLAMA else f"the {c.arch} architecture"
+            raise ValueError(f"{model.path}: the CUDA backend does not run {what} yet; use device='cpu'")
         return CudaRuntime(model, self.max_batch)
 
     def new_kv(self, model: Model, n_ctx: int) -> DeviceKVRing:
