@@ -25,7 +25,7 @@ class Architecture:
     ffn_act: str = SILU  # SILU or GELU (tanh form)
     embd_scale: bool = False  # embedding rows times sqrt(n_embd)
     qk_norm: bool = False  # each head of Q and K RMS-normalised (attn_q_norm, attn_k_norm) before RoPE
-    post_norms: bool = False  # post_attention_norm, post_ffw_norm: each block's output normed before its residual
+    post_norms: bool = False  # post_attention_norm, post_ffw_norm: a block's output normed before its add
     q_scale: bool = False  # Q times 1/sqrt(head_dim) before attention, scores unscaled (llama: scores scaled)
     swa_period: int = 0  # with a sliding window, layer i slides unless i % period == period - 1; 0: no window
     # the per-layer tensors (names without `blk.N.` and `.weight`) beyond llama's nine
