@@ -103,3 +103,17 @@ def test_a_prompt_past_the_sliding_window(model, llm) -> None:
     assert max(rel(wide[t], lc[t]) for t in range(684, 700)) > 2 * max(
         rel(ours[t], lc[t]) for t in range(684, 700)
     )
+
+
+def test_the_guest_says_what_llama_cpp_says(model, llm) -> None:
+    """`realm-ext generate --model gemma-3-270m-q4_k_m.gguf --prompt "The capital of France
+    is" --temperature 0`: the shipped guest's greedy text is llama.cpp's."""
+    from realm_ext import Host
+
+    prompt = "The capital of France is"
+    want = llm(prompt, max_tokens=12, temperature=0)["choices"][0]["text"]
+    with Host(device="cpu") as host:
+        m = host.load(model.path)
+        with host.guest(models=[m], memory_limit="64MiB") as g:
+            got = "".join(g.generate(prompt, max_tokens=12, temperature=0.0))
+    assert got == want
