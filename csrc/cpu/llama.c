@@ -188,14 +188,12 @@ static void glu_rows(void *ctx, int64_t t0, int64_t t1, int thread) {
 }
 
 /* rows = norm(rows) * w in place, when the layer has that post norm (tj: the layer's job) */
-static void post_norm(const realm_llama_dims *d, const float *w, float *rows, int64_t n, int nt,
-                      const struct token_job *tj) {
+static void post_norm(const float *w, float *rows, int64_t n, int nt, const struct token_job *tj) {
     if (!w) return;
     struct token_job pj = *tj;
     pj.in = rows;
     pj.w = w;
     pj.out = rows;
-    (void)d;
     realm_parallel_for(n, nt, norm_rows, &pj);
 }
 
@@ -241,7 +239,7 @@ static int layer_rows(const realm_llama_dims *d, const realm_llama_layer *L, int
     rc = realm_attention_seqs(att, n_seqs, layer, d->n_head, s->q, s->att, s->att_scratch, nt);
     if (rc) return rc;
     if (mm(&L->wo, s->att, &r, s->tmp, s, nt, 0)) return REALM_ERR_INVALID;
-    post_norm(d, L->attn_post_norm, s->tmp, n, nt, &tj);
+    post_norm(L->attn_post_norm, s->tmp, n, nt, &tj);
     realm_add(s->tmp, x, out, n * E); /* out = x + attention (the residual) */
 
     /* feed-forward block: cur = norm(out); out += [norm](down(act(gate cur) * up cur)) */
@@ -254,7 +252,7 @@ static int layer_rows(const realm_llama_dims *d, const realm_llama_layer *L, int
     if (rc) return REALM_ERR_INVALID;
     realm_parallel_for(n, nt, glu_rows, &tj);
     if (mm(&L->w_down, s->gate, &r, s->tmp, s, nt, 0)) return REALM_ERR_INVALID;
-    post_norm(d, L->ffn_post_norm, s->tmp, n, nt, &tj);
+    post_norm(L->ffn_post_norm, s->tmp, n, nt, &tj);
     realm_add(s->tmp, out, out, n * E);
     return 0;
 }
