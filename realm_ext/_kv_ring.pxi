@@ -194,16 +194,16 @@ cdef class KVRing:
         pos must be n_pos[layer] and 1 <= n_tokens <= slots[layer].
         """
         layer, pos = operator.index(layer), operator.index(pos)
-        if not 0 <= layer < self._ring.n_layer:
-            raise IndexError(f"layer {layer} out of range: the ring has {self._ring.n_layer} layers")
         row = <int64_t>self._ring.n_head_kv * self._ring.head_dim  # in 64 bits: no int overflow
         _f32_array(k_rows, "k_rows", (None, row))
         _f32_array(v_rows, "v_rows", (k_rows.shape[0], row))
         n_tokens = k_rows.shape[0]
-        if not 1 <= n_tokens <= self._ring.slots[layer]:
-            raise ValueError(
-                f"cannot append {n_tokens} tokens: 1 to capacity {self._ring.slots[layer]} at a time"
-            )
+        # the count first, then the layer (the order the CUDA ring's bookkeeping checks in)
+        cap = self._ring.slots[layer] if 0 <= layer < self._ring.n_layer else self._ring.capacity
+        if not 1 <= n_tokens <= cap:
+            raise ValueError(f"cannot append {n_tokens} tokens: 1 to capacity {cap} at a time")
+        if not 0 <= layer < self._ring.n_layer:
+            raise IndexError(f"layer {layer} out of range: the ring has {self._ring.n_layer} layers")
         if not 0 <= pos <= _INT64_MAX:
             raise IndexError(f"position {pos} out of range")
         cdef const float[:, ::1] k = k_rows
