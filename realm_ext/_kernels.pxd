@@ -91,7 +91,6 @@ cdef extern from "llama.h":
 cdef class KVRing:
     cdef realm_kv_ring *_ring
     cdef object _k, _v  # the numpy storage that _ring borrows
-    cdef bint _uniform  # every layer has capacity slots and attends over them all
     cdef object __weakref__  # LlamaRuntime keeps the rings it sized its scratch for weakly
 
     cdef realm_kv_ring *ptr(self)

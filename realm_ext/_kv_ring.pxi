@@ -93,7 +93,7 @@ cdef class KVRing:
                         raise ValueError(f"layer {i}: window must be positive, got {w}")
                     win[i] = min(w, cap)
         slots = np.where(win < cap, np.minimum(win + min(dims["chunk"], cap) - 1, cap), cap).astype(np.int64)
-        self._uniform = bool(np.all(slots == cap) and np.all(win == cap))
+        uniform = bool(np.all(slots == cap) and np.all(win == cap))
         rows = int(slots.sum())
         row_shape = (dims["n_head_kv"], dims["head_dim"])
         self._k = np.zeros((rows, *row_shape), np.float16)
@@ -106,7 +106,7 @@ cdef class KVRing:
                                             &v[0, 0, 0])
         if self._ring == NULL:
             raise MemoryError(f"cannot create a KV ring of {n} layers of {cap} positions of {row_shape}")
-        if self._uniform:
+        if uniform:
             self._k = self._k.reshape(n, cap, *row_shape)
             self._v = self._v.reshape(n, cap, *row_shape)
 
