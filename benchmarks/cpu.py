@@ -37,8 +37,9 @@ from realm_ext.model_maker import make_model
 from realm_ext.pull import model_path
 
 # tinyllama-shape files at these types, then the real model files of REAL_MODELS
-TYPES = ("Q4_K_M", "Q8_0", "Q4_0", "SmolLM2-Q4_1")
-REAL_MODELS = {"SmolLM2-Q4_1": "smollm2"}  # type name -> realm_ext.pull name
+TYPES = ("Q4_K_M", "Q8_0", "Q4_0", "SmolLM2-Q4_1", "Gemma3-Q4_K_M")
+# type name -> realm_ext.pull name
+REAL_MODELS = {"SmolLM2-Q4_1": "smollm2", "Gemma3-Q4_K_M": "gemma3-270m"}
 PROMPT, LONG_PROMPT, DECODE = 128, 512, 64  # decode follows the PROMPT-token prefill
 
 
@@ -249,11 +250,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5, help="runs per model (median)")
     ap.add_argument("--quick", action="store_true", help="one run, Q4_K_M only, two matvec formats")
+    ap.add_argument("--types", nargs="+", choices=TYPES, help="models (default all; Q4_K_M with --quick)")
     ap.add_argument("--models-dir", type=Path, default=Path("models"))
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     res = run(
-        TYPES[:1] if args.quick else TYPES,
+        args.types or (TYPES[:1] if args.quick else TYPES),
         MATVEC_TYPES[:2] if args.quick else MATVEC_TYPES,
         3 if args.quick else 7,
         1 if args.quick else args.repeat,

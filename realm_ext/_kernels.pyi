@@ -76,7 +76,13 @@ class KVRing:
     def slot(self, pos: int, layer: int = 0) -> int: ...
 
 def attention(
-    kv: KVRing, layer: int, pos: int, q: F32, out: F32 | None = None, n_threads: int = 0
+    kv: KVRing,
+    layer: int,
+    pos: int,
+    q: F32,
+    out: F32 | None = None,
+    n_threads: int = 0,
+    kq_scale: float | None = None,
 ) -> F32: ...
 
 # _llama.pxi: errors, stop signals, the llama runtime, the elementwise ops

@@ -6,6 +6,7 @@ memoryviews enforce dtype and C-contiguity) and releases the GIL around the C ca
 The rows of a tensor are C-contiguous: a quantized tensor is an (n_rows, row_bytes)
 uint8 array, its decoded form an (n_rows, n_cols) float32 array.
 """
+from libc.math cimport sqrtf
 from libc.stdint cimport int32_t, int64_t, uint8_t
 
 import numpy as np

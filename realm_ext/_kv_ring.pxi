@@ -29,8 +29,12 @@ cdef extern from "kv_ring.h":  # realm_kv_ring: _kernels.pxd
 
 
 cdef extern from "attention.h":
-    int realm_attention(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens, int32_t n_head,
-                        const float *q, float *out, float *scratch, int n_threads) nogil
+    ctypedef struct realm_attention_seq:
+        const realm_kv_ring *kv
+        int64_t pos, n_tokens, batch_tokens
+        float kq_scale
+    int realm_attention_seqs(const realm_attention_seq *seqs, int n_seqs, int32_t layer, int32_t n_head,
+                             const float *q, float *out, float *scratch, int n_threads) nogil
     int64_t realm_attention_scratch_floats(const realm_kv_ring *kv, int32_t n_head, int n_threads) nogil
 
 
@@ -273,14 +277,15 @@ cdef class KVRing:
         return pos % self._ring.slots[layer]
 
 
-def attention(KVRing kv not None, int layer, int64_t pos, q, out=None, n_threads=0):
+def attention(KVRing kv not None, int layer, int64_t pos, q, out=None, n_threads=0, kq_scale=None):
     """Causal grouped-query attention of the queries q over `layer` of the ring.
 
     q: float32 C-contiguous (n_tokens, n_head, head_dim), n_head a multiple of n_head_kv;
     the tokens sit at positions pos .. pos+n_tokens-1, whose K/V are already appended.
     out: float32 C-contiguous like q (not overlapping it), allocated when None; returned.
-    n_threads: threads (of the kernels' pool), 0 for os.cpu_count(). Emulates ggml's CPU attention
-    (see attention.h): q and the probabilities rounded to f16, f32 sums.
+    n_threads: threads (of the kernels' pool), 0 for os.cpu_count(). kq_scale: the scores'
+    scale (> 0), 1/sqrt(head_dim) when None. Emulates ggml's CPU attention (see
+    attention.h): q and the probabilities rounded to f16, f32 sums.
     """
     cdef realm_kv_ring *ring = kv._ring
     _f32_array(q, "q", (None, None, ring.head_dim))
@@ -310,10 +315,16 @@ def attention(KVRing kv not None, int layer, int64_t pos, q, out=None, n_threads
     cdef int64_t c_n_tokens = n_tokens
     cdef int32_t c_n_head = n_head
     cdef int c_threads = n_threads
+    cdef realm_attention_seq seq
+    seq.kv, seq.pos, seq.n_tokens, seq.batch_tokens = ring, pos, c_n_tokens, c_n_tokens
+    cdef float head_dim_f = ring.head_dim
+    seq.kq_scale = (<float>1.0) / sqrtf(head_dim_f) if kq_scale is None else kq_scale  # as realm_attention
+    if not seq.kq_scale > 0:
+        raise ValueError(f"kq_scale must be > 0, got {kq_scale}")
     cdef int rc
     with nogil:
-        rc = realm_attention(ring, layer, pos, c_n_tokens, c_n_head, &q_mv[0, 0, 0], &out_mv[0, 0, 0],
-                             &scratch_mv[0], c_threads)
+        rc = realm_attention_seqs(&seq, 1, layer, c_n_head, &q_mv[0, 0, 0], &out_mv[0, 0, 0], &scratch_mv[0],
+                                  c_threads)
     if rc == REALM_ERR_RANGE:
         if not 0 <= layer < ring.n_layer:
             raise IndexError(f"layer {layer} out of range: the ring has {ring.n_layer} layers")

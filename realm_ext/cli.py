@@ -141,13 +141,15 @@ def make_model_cmd(
     chat_template: str | None,
     quiet: bool,
 ) -> None:
-    """Write a llama GGUF with deterministic random weights and an SPM vocabulary (or the
-    tokenizer of --vocab-from)."""
+    """Write a GGUF of the preset's family (llama, or qwen2 for the qwen2-* presets) with
+    deterministic random weights and an SPM vocabulary (or the tokenizer of --vocab-from)."""
     from realm_ext.chat_template import ChatTemplateError
 
     freqs = None
     if rope_freqs == "llama3":
         c = PRESETS[preset].config
+        if c.arch != "llama":
+            raise click.BadParameter(f"a {c.arch} model cannot carry rope_freqs", param_hint="--rope-freqs")
         freqs = llama3_rope_freqs(c.rope_dim, c.rope_freq_base, original_context=rope_orig_ctx)
     try:
         with _writing(out):
@@ -241,7 +243,7 @@ def inspect_cmd(model_path: Path, as_json: bool) -> None:
         click.echo(json.dumps(info, indent=2))
         return
     click.echo(
-        f"{info['path']}: llama, {info['n_params'] / 1e6:.2f} M parameters, "
+        f"{info['path']}: {info['config']['family']}, {info['n_params'] / 1e6:.2f} M parameters, "
         f"{_human_bytes(info['file_bytes'])}"
     )
     click.echo("\nconfig")

@@ -1,10 +1,10 @@
-"""Write llama-architecture GGUF models with deterministic random weights.
+"""Write llama- and Qwen2-architecture GGUF models with deterministic random weights.
 
 Test and benchmark models come from here, never from a download. A preset fixes the
-shape; the seed fixes every byte (each tensor draws from its own generator seeded by
-(seed, tensor name), so the output does not depend on write order). Tensors are made,
-quantized and written one at a time, so even the tinyllama shape at Q4_K_M needs only
-one tensor in memory.
+family and the shape; the seed fixes every byte (each tensor draws from its own
+generator seeded by (seed, tensor name), so the output does not depend on write order).
+Tensors are made, quantized and written one at a time, so even the tinyllama shape at
+Q4_K_M needs only one tensor in memory.
 """
 
 from __future__ import annotations
@@ -20,12 +20,20 @@ from typing import Any
 import gguf
 import numpy as np
 
+from realm_ext import arch as families
 from realm_ext import quant
-from realm_ext.model import ROPE_FREQS, LlamaConfig, expected_shapes
+from realm_ext.arch import Architecture
+from realm_ext.model import ROPE_FREQS, LlamaConfig, bias_shapes, expected_shapes
 from realm_ext.quantizer import recipe_file_type, tensor_type_for, write_gguf
 
 WEIGHT_STD = 0.02  # std of every matrix
 NORM_STD = 0.1  # norms are 1 + N(0, NORM_STD)
+BIAS_STD = 0.1  # Q/K/V biases are N(0, BIAS_STD)
+
+# The families make_model writes, and of those the ones whose files carry Q/K/V biases
+# (Qwen2's always do; llama.cpp keeps them F32 in every recipe, as tensor_type_for does).
+WRITABLE_FAMILIES = (families.LLAMA, families.QWEN2)
+BIASED_FAMILIES = (families.QWEN2,)
 
 
 @dataclass(frozen=True)
@@ -35,7 +43,14 @@ class Preset:
 
 
 def _cfg(
-    n_vocab: int, n_ctx: int, n_embd: int, n_layer: int, n_head: int, n_head_kv: int, n_ff: int
+    n_vocab: int,
+    n_ctx: int,
+    n_embd: int,
+    n_layer: int,
+    n_head: int,
+    n_head_kv: int,
+    n_ff: int,
+    family: Architecture = families.LLAMA,
 ) -> LlamaConfig:
     head_dim = n_embd // n_head
     return LlamaConfig(
@@ -50,6 +65,7 @@ def _cfg(
         rms_eps=1e-5,
         rope_freq_base=10000.0,
         rope_dim=head_dim,
+        family=family,
     )
 
 
@@ -59,6 +75,9 @@ PRESETS: dict[str, Preset] = {
     "small": Preset(_cfg(4096, 1024, 512, 4, 8, 4, 1536), "4 layers, n_embd 512"),
     # exactly TinyLlama-1.1B's shape
     "tinyllama": Preset(_cfg(32000, 2048, 2048, 22, 32, 4, 5632), "TinyLlama-1.1B's shape"),
+    # Qwen2: tiny's and small's shapes with NEOX RoPE and Q/K/V biases
+    "qwen2-tiny": Preset(_cfg(1024, 512, 256, 2, 4, 2, 768, families.QWEN2), "tiny as Qwen2, for tests"),
+    "qwen2-small": Preset(_cfg(4096, 1024, 512, 4, 8, 4, 1536, families.QWEN2), "small as Qwen2"),
 }
 
 # ---- RoPE scaling ----------------------------------------------------------------------
@@ -160,9 +179,13 @@ def _tensor_rng(seed: int, name: str) -> np.random.Generator:
 
 
 def random_weight(seed: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """The float32 values of tensor `name`: norms 1 + N(0, 0.1), matrices N(0, 0.02)."""
+    """The float32 values of tensor `name`: norms 1 + N(0, 0.1), biases (`*.bias`)
+    N(0, 0.1), matrices N(0, 0.02)."""
     rng = _tensor_rng(seed, name)
     x = rng.standard_normal(shape, dtype=np.float32)
+    if name.endswith(".bias"):
+        x *= BIAS_STD
+        return x
     if len(shape) == 1:
         return (1.0 + NORM_STD * x).astype(np.float32)
     x *= WEIGHT_STD
@@ -270,7 +293,8 @@ def make_model(
     vocab_from: str | os.PathLike[str] | None = None,
     chat_template: str | None = None,
 ) -> Path:
-    """Write a llama GGUF with random weights; `type` is a single type or a recipe.
+    """Write a GGUF of the preset's family (llama or qwen2) with random weights; `type` is
+    a single type or a recipe. A Qwen2 model carries each layer's Q/K/V biases (F32).
 
     random_blocks: fill the matrices with random valid blocks (random quants, small f16
     scales) instead of encoding N(0, 0.02) values: seconds instead of minutes for the
@@ -280,7 +304,8 @@ def make_model(
     special ids) instead of make_vocab's; it must have the config's n_vocab tokens.
 
     rope_freqs (rope_dim / 2 values, e.g. llama3_rope_freqs(...)) and rope_scale_linear
-    override the config's: a `rope_freqs.weight` tensor, linear scaling keys.
+    override the config's: a `rope_freqs.weight` tensor (llama only: llama.cpp loads it for
+    no other family), linear scaling keys.
 
     vocab_from: a GGUF whose whole tokenizer (every `tokenizer.*` key) the model carries,
     n_vocab its token count (e.g. llama.cpp's ggml-vocab-*.gguf files).
@@ -290,6 +315,9 @@ def make_model(
     ("chatml": its markers are spelled by the vocabulary's byte tokens, since an SPM
     tokenizer never parses control text)."""
     cfg = PRESETS[preset].config if isinstance(preset, str) else preset
+    if cfg.family not in WRITABLE_FAMILIES:
+        names = ", ".join(f.name for f in WRITABLE_FAMILIES)
+        raise ValueError(f"cannot write a {cfg.arch} model (families: {names})")
     tokenizer_keys = None
     if vocab_from is not None:
         if vocab is not None:
@@ -301,6 +329,8 @@ def make_model(
         if len(rope_freqs) != cfg.rope_dim // 2:
             raise ValueError(f"rope_freqs has {len(rope_freqs)} values, rope_dim / 2 is {cfg.rope_dim // 2}")
         cfg = replace(cfg, rope_freq_factors=tuple(float(v) for v in rope_freqs))
+    if cfg.rope_freq_factors is not None and cfg.family is not families.LLAMA:
+        raise ValueError(f"rope_freqs is llama's: llama.cpp loads no such tensor for {cfg.arch}")
     if rope_scale_linear is not None:
         if not rope_scale_linear > 0:
             raise ValueError(f"rope_scale_linear must be > 0, got {rope_scale_linear}")
@@ -335,6 +365,9 @@ def make_model(
     shapes = expected_shapes(cfg, tied)
     if cfg.rope_freq_factors is not None:
         shapes[ROPE_FREQS] = (cfg.rope_dim // 2,)
+    if cfg.family in BIASED_FAMILIES:
+        for i in range(cfg.n_layer):
+            shapes |= {f"blk.{i}.{b}.bias": s for b, s in bias_shapes(cfg).items()}
     plan = {n: tensor_type_for(n, s, type, cfg.n_layer, tied, log) for n, s in shapes.items()}
 
     def add_metadata(w: gguf.GGUFWriter) -> None:
@@ -357,4 +390,5 @@ def make_model(
             return quant.random_blocks(_tensor_rng(seed, tname), plan[tname], shape)
         return quant.quantize(random_weight(seed, tname, shape), plan[tname])
 
-    return write_gguf(out, add_metadata, {n: (shapes[n], plan[n]) for n in shapes}, make, progress)
+    plan_shapes = {n: (shapes[n], plan[n]) for n in shapes}
+    return write_gguf(out, add_metadata, plan_shapes, make, progress, arch=cfg.arch)

@@ -7,7 +7,7 @@ that type, like llama-quantize --pure) or one of llama.cpp's mixes:
   attn_v and ffn_down Q6_K on the layers where llama.cpp's `use_more_bits` holds:
   i < n/8, i >= 7n/8, or (i - n/8) % 3 == 2.
 
-In every recipe 1-D tensors (norms) stay F32, and a tensor whose rows are not a
+In every recipe 1-D tensors (norms, biases) stay F32, and a tensor whose rows are not a
 multiple of the chosen type's block falls back to a type that fits (as llama.cpp:
 Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, Q2_K/Q3_K -> Q4_0, a 32-block type -> F16),
 and the fallback is reported through `log`.
@@ -122,15 +122,16 @@ def write_gguf(
     plan: Mapping[str, tuple[tuple[int, ...], GGMLType]],
     make: Callable[[str], np.ndarray],
     progress: bool = False,
+    arch: str = "llama",
 ) -> Path:
-    """Stream a llama GGUF to `out`: metadata, then each tensor of `plan`
+    """Stream a GGUF of architecture `arch` to `out`: metadata, then each tensor of `plan`
     (name -> (numpy shape, type)) made by `make(name)` as raw bytes, one at a time.
 
     Written to a temporary file beside `out` and renamed at the end, so a failure
     never leaves a partial file (and `out` may be the input being converted)."""
     out = Path(out)
     tmp = out.with_name(out.name + ".part")
-    w = gguf.GGUFWriter(tmp, arch="llama")
+    w = gguf.GGUFWriter(tmp, arch=arch)
     try:
         add_metadata(w)
         for name, (shape, t) in plan.items():
@@ -185,7 +186,7 @@ def quantize_model(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> Path:
-    """Convert the F32/F16/BF16 llama GGUF `src` to `recipe`, keeping all metadata."""
+    """Convert the F32/F16/BF16 GGUF `src` to `recipe`, keeping its architecture and all metadata."""
     from realm_ext.model import GGUFError, load_gguf
 
     recipe = parse_recipe(recipe)
@@ -211,6 +212,6 @@ def quantize_model(
         return quant.quantize(t.dequantize(), plan[name][1])
 
     try:
-        return write_gguf(out, add_metadata, plan, make, progress)
+        return write_gguf(out, add_metadata, plan, make, progress, arch=model.config.arch)
     finally:
         model.close()

@@ -1,6 +1,9 @@
 """Fetch the real files the tests read (the tests themselves never touch the network).
 
 - SmolLM2-135M-Instruct, the default model, through `realm-ext pull` (realm_ext.pull);
+- Gemma 3 270M, the real Gemma 3 the family tests read (tests/model/test_gemma3.py), the
+  same way; Gemma's terms of use apply, and pull names them. REALM_SKIP_GEMMA=1 leaves it
+  out (those tests then skip);
 - llama.cpp's tokenizer test vocabularies with their cases (`ggml-vocab-NAME.gguf`,
   `.gguf.inp`, `.gguf.out`), read out of the llama-cpp-python sdist that pip downloads
   (it is the same release the parity tests build), into `<cache>/llama.cpp-vocab/`.
@@ -10,6 +13,7 @@ Run by scripts/bootstrap.sh; a no-op for what is already there.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tarfile
@@ -56,6 +60,8 @@ def fetch_vocabs() -> None:
 
 def main() -> None:
     pull("smollm2", progress=False)
+    if os.environ.get("REALM_SKIP_GEMMA", "0") != "1":
+        pull("gemma3-270m", progress=False)
     fetch_vocabs()
     print(f"test data in {cache_dir()}", file=sys.stderr)
 

@@ -48,6 +48,25 @@ def test_make_quantize_inspect(tmp_path: Path) -> None:
     assert info["tensor_bytes"] == sum(t["bytes"] for t in info["tensors"]) < info["file_bytes"]
 
 
+def test_make_model_qwen2_preset(tmp_path: Path) -> None:
+    """--preset qwen2-tiny: a qwen2 file with its Q/K/V biases, which inspect names, and
+    which keeps its family through quantize; llama's rope_freqs is refused for it."""
+    f32, q = tmp_path / "q2.gguf", tmp_path / "q2-q8.gguf"
+    code, out = run("make-model", str(f32), "--preset", "qwen2-tiny", "-q")
+    assert code == 0, out
+    code, out = run("quantize", str(f32), str(q), "--type", "q8_0", "-q")
+    assert code == 0, out
+    code, out = run("inspect", str(q))
+    assert code == 0, out
+    assert out.startswith(f"{q}: qwen2, ") and "family           qwen2" in out
+    assert re.search(r"blk\.1\.attn_k\.bias +128 +F32", out), out
+    r = CliRunner().invoke(
+        main, ["make-model", str(tmp_path / "r.gguf"), "--preset", "qwen2-tiny", "--rope-freqs", "llama3"]
+    )
+    assert error_line(r, 2) == "Error: Invalid value for --rope-freqs: a qwen2 model cannot carry rope_freqs"
+    assert not (tmp_path / "r.gguf").exists()
+
+
 def test_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"nope")

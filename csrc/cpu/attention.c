@@ -11,17 +11,23 @@
  *   sum  = sums of L e's in float (cache cells aligned at L), those in double
  *   p[j] = f16(e[j] * (float)(1.0 / sum))
  *   out  = sum_j p[j] * V16[j] in f32
- * The float order follows the llama.cpp build realm_float_order() names (ops.h):
- * - AVX-512 (tinyBLAS<16>, ggml's 16-lane softmax): the K.Q dot in 16 lanes (each a
- *   running sum over head_dim in steps of 16) added pairwise; L = 16; out accumulated
- *   one position at a time.
- * - AVX2, a batch of several tokens (tinyBLAS<8> for both products, ggml's 8-lane
- *   softmax): the K.Q dot in 8 lanes added as tinyBLAS's hsum; L = 8; out[d] in 8 lanes
- *   by cell (cell mod 8, each a running sum over the cells), added as that hsum.
- * - AVX2, a batch of one token (ggml_vec_dot_f16 for both products: 4 accumulators of
- *   8 lanes over steps of 32, reduced as GGML_F32x8_REDUCE, the n % 32 left over added
- *   in double): the K.Q dot that way; L = 8; out[d] in 32 lanes by cell mod 32, reduced
- *   the same way (llama.cpp's cells are padded to a multiple of 256: no leftovers).
+ * The float order follows the llama.cpp build realm_float_order() names (ops.h), and
+ * the batch: llama.cpp multiplies a batch of several tokens with tinyBLAS (llamafile's
+ * sgemm) and a one-token batch, its decode, with ggml_vec_dot_f16, for both products:
+ * - AVX-512, a batch (tinyBLAS<16>, ggml's 16-lane softmax): the K.Q dot in 16 lanes
+ *   (each a running sum over head_dim in steps of 16) reduced by halves; L = 16; out[d]
+ *   in 16 lanes by cell (cell mod 16, each a running sum over the cells), reduced so.
+ * - AVX-512, one token (ggml_vec_dot_f16: 4 accumulators of 16 lanes over steps of 64,
+ *   reduced as GGML_F32x16_REDUCE, the n % 64 left over added in double): the K.Q dot
+ *   that way; L = 16; out[d] in 64 lanes by cell mod 64, reduced the same way.
+ * - AVX2, a batch (tinyBLAS<8> for both products, ggml's 8-lane softmax): the K.Q dot
+ *   in 8 lanes added as tinyBLAS's hsum; L = 8; out[d] in 8 lanes by cell, added so.
+ * - AVX2, one token (ggml_vec_dot_f16: 4 accumulators of 8 lanes over steps of 32,
+ *   reduced as GGML_F32x8_REDUCE, the n % 32 left over added in double): the K.Q dot
+ *   that way; L = 8; out[d] in 32 lanes by cell mod 32, reduced the same way.
+ * tinyBLAS takes a batch only where head_dim allows (a multiple of 16 or 8 for K.Q, of
+ * 4 for P.V), else ggml falls back to the one-token kernel; llama.cpp's cells are padded
+ * to a multiple of 256, so P.V has no leftovers.
  * Built with -ffp-contract=off: no fused multiply-adds, as in ggml's scalar semantics
  * (its FMAs here add exact f16 x f16 products, so they round as an add).
  *
@@ -74,6 +80,23 @@ static inline __attribute__((always_inline)) float dot_lanes(const float *restri
     return acc[0];
 }
 
+/* 16 floats a[0], a[s], .., a[15s] added as a 16-lane horizontal sum (halves,
+ * quarters, then the two pairs: _mm512_reduce_add_ps) */
+static inline __attribute__((always_inline)) float reduce16s(const float *a, int64_t s) {
+    float t[8];
+    for (int i = 0; i < 8; i++) t[i] = a[i * s] + a[(i + 8) * s];
+    for (int i = 0; i < 4; i++) t[i] += t[i + 4];
+    return (t[0] + t[2]) + (t[1] + t[3]);
+}
+
+/* 64 floats (4 accumulators of 16 lanes: a[(16m + l) s]) reduced as GGML_F32x16_REDUCE:
+ * accumulators (0+2) + (1+3), then the 16-lane horizontal sum */
+static inline __attribute__((always_inline)) float reduce64(const float *a, int64_t s) {
+    float x[16];
+    for (int l = 0; l < 16; l++) x[l] = (a[l * s] + a[(32 + l) * s]) + (a[(16 + l) * s] + a[(48 + l) * s]);
+    return reduce16s(x, 1);
+}
+
 /* 8 floats a[0], a[s], .., a[7s] added as tinyBLAS's hsum of a ymm register (the upper
  * half onto the lower, then the pairs (0,2) and (1,3), then those two) */
 static inline __attribute__((always_inline)) float hsum8(const float *a, int64_t s) {
@@ -90,23 +113,6 @@ static inline __attribute__((always_inline)) float reduce32(const float *a, int6
     return (t0 + t1) + (t2 + t3);
 }
 
-/* reduce32 of each column d < hd of a [32][hd] block into out[d], a row at a time (the
- * same adds, in an order over d that vectorizes) */
-static inline __attribute__((always_inline)) void reduce32_rows(const float *restrict a, int64_t hd,
-                                                                float *restrict out) {
-    for (int64_t d0 = 0; d0 < hd; d0 += 16) {
-        const int64_t m = hd - d0 < 16 ? hd - d0 : 16;
-        float x[8][16];
-        for (int l = 0; l < 8; l++)
-            for (int64_t d = 0; d < m; d++) {
-                const float *c = a + d0 + d;
-                x[l][d] = (c[l * hd] + c[(16 + l) * hd]) + (c[(8 + l) * hd] + c[(24 + l) * hd]);
-            }
-        for (int64_t d = 0; d < m; d++)
-            out[d0 + d] = ((x[0][d] + x[4][d]) + (x[1][d] + x[5][d])) + ((x[2][d] + x[6][d]) + (x[3][d] + x[7][d]));
-    }
-}
-
 /* AVX2 order, a batch: tinyBLAS<8>'s dot (n a multiple of 8): 8 running sums over
  * steps of 8, then hsum8 */
 static inline __attribute__((always_inline)) float dot8(const float *restrict q, const float *restrict k,
@@ -117,17 +123,41 @@ static inline __attribute__((always_inline)) float dot8(const float *restrict q,
     return hsum8(acc, 1);
 }
 
-/* AVX2 order, one token: ggml_vec_dot_f16's: 32 running sums over steps of 32, reduced
- * by reduce32, the n % 32 products left over added to that in double */
-static inline __attribute__((always_inline)) float dot32(const float *restrict q, const float *restrict k,
-                                                         int64_t n) {
-    float acc[32] = {0};
-    const int64_t np = n & ~(int64_t)31;
-    for (int64_t d = 0; d < np; d += 32)
-        for (int i = 0; i < 32; i++) acc[i] += q[d + i] * k[d + i];
-    double sum = reduce32(acc, 1);
+/* One token's order (ggml_vec_dot_f16): 4 accumulators of `lanes` (8 in the AVX2
+ * build, 16 in the AVX-512 one) over steps of 4 * lanes, reduced by reduce32 or
+ * reduce64, the n % (4 * lanes) products left over added to that in double */
+static inline __attribute__((always_inline)) float dot_vec_f16(const float *restrict q, const float *restrict k,
+                                                               int64_t n, const int lanes) {
+    float acc[64] = {0};
+    const int64_t step = 4 * lanes, np = n - n % step;
+    for (int64_t d = 0; d < np; d += step)
+        for (int i = 0; i < step; i++) acc[i] += q[d + i] * k[d + i];
+    double sum = lanes == 16 ? reduce64(acc, 1) : reduce32(acc, 1);
     for (int64_t d = np; d < n; d++) sum += (double)(q[d] * k[d]);
     return (float)sum;
+}
+
+/* The P.V lanes of one head, a[lane][d] for lane < pv, reduced into out[d] in the
+ * order's horizontal sum (in place, a row at a time: the same adds as reduce64,
+ * reduce32, reduce16s and hsum8 per column, in an order over d that vectorizes). */
+static inline __attribute__((always_inline)) void reduce_lanes(float *restrict a, int64_t pv, int64_t hd,
+                                                               float *restrict out) {
+    int64_t w = pv;
+    if (pv >= 32) /* 4 accumulators of pv / 4 lanes: (0+2) + (1+3) */
+        for (; w > pv / 4; w /= 2)
+            for (int64_t r = 0; r < w / 2; r++)
+                for (int64_t d = 0; d < hd; d++) a[r * hd + d] += a[(r + w / 2) * hd + d];
+    const int hadd_pairs = pv == 32; /* GGML_F32x8_REDUCE ends with two horizontal adds */
+    for (; w > 1; w /= 2) {
+        if (hadd_pairs && w == 4) { /* (l0 + l1) + (l2 + l3) */
+            for (int64_t d = 0; d < hd; d++)
+                out[d] = (a[d] + a[hd + d]) + (a[2 * hd + d] + a[3 * hd + d]);
+            return;
+        }
+        for (int64_t r = 0; r < w / 2; r++)
+            for (int64_t d = 0; d < hd; d++) a[r * hd + d] += a[(r + w / 2) * hd + d];
+    }
+    memcpy(out, a, (size_t)hd * sizeof *out);
 }
 
 /* A row of f16 to f32, and a row of floats rounded to f16 values in place: exact
@@ -159,15 +189,6 @@ __attribute__((target("avx2,f16c"))) static inline __attribute__((always_inline)
 }
 #endif
 
-/* 16 floats added in the order of a 16-lane horizontal reduction (halves, quarters,
- * then the two pairs) */
-static float reduce16(const float *v) {
-    float t8[8], t4[4];
-    for (int i = 0; i < 8; i++) t8[i] = v[i + 8] + v[i];
-    for (int i = 0; i < 4; i++) t4[i] = t8[i + 4] + t8[i];
-    return (t4[0] + t4[2]) + (t4[1] + t4[3]);
-}
-
 /* s[0..n) := exp(s - max) for the window starting at position `first`; returns their
  * sum as ggml's softmax forms it: per `lanes` (16 or 8) cache cells (cell = position,
  * groups aligned at multiples of lanes; cells outside the window are 0) in float (a
@@ -184,13 +205,13 @@ static inline __attribute__((always_inline)) double exp_and_sum(float *restrict 
             v[(first + j) & (lanes - 1)] = s[j]; /* lanes: a power of 2 */
             j++;
         } while (j < n && (first + j) & (lanes - 1));
-        sum += (double)(lanes == 16 ? reduce16(v) : hsum8(v, 1));
+        sum += (double)(lanes == 16 ? reduce16s(v, 1) : hsum8(v, 1));
     }
     return sum;
 }
 
 /* lanes by cell of the AVX2 orders' P.V sums (attend_group_body) */
-#define PV_LANES 32
+#define PV_LANES 64
 
 /* floats of one thread's scratch slice, rounded up to 64 bytes (no false sharing) */
 static int64_t slice_floats(const realm_kv_ring *kv, int32_t group) {
@@ -212,7 +233,7 @@ static int overlaps(const void *a, int64_t na, const void *b, int64_t nb) {
 static int64_t next_slot(int64_t cap, int64_t slot) { return slot + 1 == cap ? 0 : slot + 1; }
 
 /* The three float orders of the file comment */
-enum { ORDER_AVX512, ORDER_AVX2_BATCH, ORDER_AVX2_ONE };
+enum { ORDER_AVX512_BATCH, ORDER_AVX512_ONE, ORDER_AVX2_BATCH, ORDER_AVX2_ONE };
 
 /* One token at position p and one KV head kvh, for the `group` query heads that read
  * it: q and out are [group][head_dim] f32. Each K and V row of the window is converted
@@ -234,10 +255,11 @@ static inline __attribute__((always_inline)) void attend_group_body(
     float *restrict buf = q16 + group * hd;        /* [hd] one K or V row as f32 */
     float *restrict lanes = buf + hd;              /* [group][PV_LANES][hd] */
     const int64_t first_slot = first % cap; /* the window's slots wrap at capacity */
-    /* tinyBLAS takes a batch when head_dim allows (k % 8 for K.Q, m % 4 for P.V), else
-     * ggml falls back to its vec_dot */
-    const int kq8 = order == ORDER_AVX2_BATCH && hd % 8 == 0;
-    const int64_t pv = order == ORDER_AVX512 ? 1 : order == ORDER_AVX2_BATCH && hd % 4 == 0 ? 8 : PV_LANES;
+    /* the one-token kernel's order where the batch's is not taken (file comment) */
+    const int avx512 = order == ORDER_AVX512_BATCH || order == ORDER_AVX512_ONE;
+    const int kq_batch = order == ORDER_AVX512_BATCH ? hd % 16 == 0 : order == ORDER_AVX2_BATCH && hd % 8 == 0;
+    const int pv_batch = (order == ORDER_AVX512_BATCH || order == ORDER_AVX2_BATCH) && hd % 4 == 0;
+    const int64_t pv = avx512 ? (pv_batch ? 16 : 64) : (pv_batch ? 8 : 32);
 
     memcpy(q16, q, (size_t)(group * hd) * sizeof *q16);
     round_f16(q16, group * hd);
@@ -245,37 +267,30 @@ static inline __attribute__((always_inline)) void attend_group_body(
         convert(k_layer + slot * row, buf, hd);
         for (int32_t h = 0; h < group; h++) {
             const float *qh = q16 + h * hd;
-            const float dot = order == ORDER_AVX512 ? dot_lanes(qh, buf, hd) : kq8 ? dot8(qh, buf, hd) : dot32(qh, buf, hd);
+            const float dot = kq_batch ? (avx512 ? dot_lanes(qh, buf, hd) : dot8(qh, buf, hd))
+                                       : dot_vec_f16(qh, buf, hd, avx512 ? 16 : 8);
             s[h * cap + j] = dot * scale;
         }
     }
     for (int32_t h = 0; h < group; h++) {
         float *sh = s + h * cap, max = -INFINITY;
         for (int64_t j = 0; j < n; j++) max = sh[j] > max ? sh[j] : max;
-        const float inv = (float)(1.0 / exp_and_sum(sh, n, first, max, order == ORDER_AVX512 ? 16 : 8));
+        const float inv = (float)(1.0 / exp_and_sum(sh, n, first, max, avx512 ? 16 : 8));
         for (int64_t j = 0; j < n; j++) sh[j] *= inv;
         round_f16(sh, n);
     }
-    /* P.V: running sums per output, in lane (first + j) % pv (one lane: out itself) */
-    float *restrict acc = pv == 1 ? out : lanes;
-    for (int64_t i = 0; i < group * pv * hd; i++) acc[i] = 0.0f;
+    /* P.V: running sums per output, in lane (first + j) % pv, then reduced */
+    for (int64_t i = 0; i < group * pv * hd; i++) lanes[i] = 0.0f;
     for (int64_t j = 0, slot = first_slot; j < n; j++, slot = next_slot(cap, slot)) {
         convert(v_layer + slot * row, buf, hd);
         const int64_t lane = (first + j) & (pv - 1); /* pv: a power of 2 */
         for (int32_t h = 0; h < group; h++) {
-            float *restrict o = acc + (h * pv + lane) * hd;
+            float *restrict o = lanes + (h * pv + lane) * hd;
             const float pj = s[h * cap + j];
             for (int64_t d = 0; d < hd; d++) o[d] += pj * buf[d];
         }
     }
-    if (pv > 1)
-        for (int32_t h = 0; h < group; h++) {
-            const float *a = acc + h * pv * hd;
-            if (pv == 8)
-                for (int64_t d = 0; d < hd; d++) out[h * hd + d] = hsum8(a + d, hd);
-            else
-                reduce32_rows(a, hd, out + h * hd);
-        }
+    for (int32_t h = 0; h < group; h++) reduce_lanes(lanes + h * pv * hd, pv, hd, out + h * hd);
 }
 
 /* attend_group compiled for each order, portable and AVX2 + F16C (the same arithmetic:
@@ -291,27 +306,32 @@ typedef void (*attend_group_fn)(const realm_kv_ring *, int32_t, int64_t, int32_t
         attend_group_body(kv, layer, p, kvh, group, q, scale, out, scratch, order, convert, round_f16);              \
     }
 
-ATTEND_GROUP(attend_portable_512, , ORDER_AVX512, row_f16_to_f32_portable, round_f16_portable)
+ATTEND_GROUP(attend_portable_512batch, , ORDER_AVX512_BATCH, row_f16_to_f32_portable, round_f16_portable)
+ATTEND_GROUP(attend_portable_512one, , ORDER_AVX512_ONE, row_f16_to_f32_portable, round_f16_portable)
 ATTEND_GROUP(attend_portable_2batch, , ORDER_AVX2_BATCH, row_f16_to_f32_portable, round_f16_portable)
 ATTEND_GROUP(attend_portable_2one, , ORDER_AVX2_ONE, row_f16_to_f32_portable, round_f16_portable)
 #if defined(__x86_64__)
 #define AVX2_F16C __attribute__((target("avx2,f16c")))
-ATTEND_GROUP(attend_avx2_512, AVX2_F16C, ORDER_AVX512, row_f16_to_f32_f16c, round_f16_f16c)
+ATTEND_GROUP(attend_avx2_512batch, AVX2_F16C, ORDER_AVX512_BATCH, row_f16_to_f32_f16c, round_f16_f16c)
+ATTEND_GROUP(attend_avx2_512one, AVX2_F16C, ORDER_AVX512_ONE, row_f16_to_f32_f16c, round_f16_f16c)
 ATTEND_GROUP(attend_avx2_2batch, AVX2_F16C, ORDER_AVX2_BATCH, row_f16_to_f32_f16c, round_f16_f16c)
 ATTEND_GROUP(attend_avx2_2one, AVX2_F16C, ORDER_AVX2_ONE, row_f16_to_f32_f16c, round_f16_f16c)
 #endif
 
-/* batch_tokens: the tokens of the batch the call belongs to (llama.cpp's AVX2 build sums
- * a one-token batch in another order) */
+/* batch_tokens: the tokens of the batch the call belongs to (llama.cpp sums a one-token
+ * batch in another order) */
 static attend_group_fn pick_attend_group(int64_t batch_tokens) {
-    const int order = realm_float_order() == REALM_ORDER_AVX512 ? ORDER_AVX512
-                      : batch_tokens > 1                      ? ORDER_AVX2_BATCH
-                                                              : ORDER_AVX2_ONE;
+    const int one = batch_tokens == 1;
+    const int order = realm_float_order() == REALM_ORDER_AVX512 ? (one ? ORDER_AVX512_ONE : ORDER_AVX512_BATCH)
+                                                                : (one ? ORDER_AVX2_ONE : ORDER_AVX2_BATCH);
+    static const attend_group_fn portable[] = {attend_portable_512batch, attend_portable_512one,
+                                               attend_portable_2batch, attend_portable_2one};
 #if defined(__x86_64__)
-    if (realm_active_isa() >= REALM_ISA_AVX2)
-        return order == ORDER_AVX512 ? attend_avx2_512 : order == ORDER_AVX2_BATCH ? attend_avx2_2batch : attend_avx2_2one;
+    static const attend_group_fn avx2[] = {attend_avx2_512batch, attend_avx2_512one, attend_avx2_2batch,
+                                           attend_avx2_2one};
+    if (realm_active_isa() >= REALM_ISA_AVX2) return avx2[order];
 #endif
-    return order == ORDER_AVX512 ? attend_portable_512 : order == ORDER_AVX2_BATCH ? attend_portable_2batch : attend_portable_2one;
+    return portable[order];
 }
 
 struct attend_job {

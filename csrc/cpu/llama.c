@@ -110,15 +110,41 @@ struct step_rows {
     int64_t n; /* rows in all */
 };
 
+/* Rows [row0, row1) of a step's matmul, all in one float order. */
+static int mm_run(const realm_tensor *w, const realm_llama_scratch *s, int64_t arb, int64_t row0, int64_t row1,
+                  int batched, float *y, int nt) {
+    if (row1 == row0) return 0;
+    return realm_matmul_q_order(w->data, w->type, w->n_rows, w->n_cols, (const char *)s->xq + row0 * arb,
+                                row1 - row0, batched, y + row0 * w->n_rows, w->n_rows, nt);
+}
+
 /* y[t] = W x[t] for the step's rows, activations already rounded in s->xq when
- * `rounded`; each row in the float order of its call's size (the larger calls first). */
+ * `rounded`; each row in the float order its call gives it (realm_vec_dot_gemm_tokens:
+ * a sequence's leading rows batched, the rest single-row), one matmul per run of rows
+ * that share an order. */
 static int mm(const realm_tensor *w, const float *x, const struct step_rows *r, float *y, realm_llama_scratch *s,
               int nt, int rounded) {
     if (!rounded && realm_quantize_acts(w->type, x, w->n_cols, r->n, s->xq, nt)) return REALM_ERR_INVALID;
-    const int64_t min_tokens = realm_vec_dot_gemm_min_tokens(w->type);
-    int64_t n_batched = 0;
-    for (int i = 0; i < r->n_seqs && r->seqs[i].call_tokens >= min_tokens; i++) n_batched += r->seqs[i].n_tokens;
-    return realm_matmul_q_split(w->data, w->type, w->n_rows, w->n_cols, s->xq, r->n, n_batched, y, w->n_rows, nt);
+    const int64_t arb = realm_matmul_scratch_bytes(w->type, w->n_cols, 1);
+    if (arb < 0) return REALM_ERR_INVALID;
+    int64_t run0 = 0, row = 0; /* the open run: rows [run0, row) in order run_batched */
+    int run_batched = 0, rc = 0;
+    for (int i = 0; i < r->n_seqs && !rc; i++) {
+        const realm_llama_seq *q = &r->seqs[i];
+        const int64_t b =
+            realm_vec_dot_gemm_tokens(w->type, w->n_rows, w->n_cols, q->call_tokens, q->call_row, q->n_tokens);
+        if (b > 0 && !run_batched) {
+            rc = mm_run(w, s, arb, run0, row, 0, y, nt);
+            run0 = row, run_batched = 1;
+        }
+        row += b;
+        if (!rc && q->n_tokens > b && run_batched) {
+            rc = mm_run(w, s, arb, run0, row, 1, y, nt);
+            run0 = row, run_batched = 0;
+        }
+        row += q->n_tokens - b;
+    }
+    return rc ? rc : mm_run(w, s, arb, run0, row, run_batched, y, nt);
 }
 
 /* whether b's matmul can reuse the activations a's matmul rounded (same x, same rounding) */
@@ -310,7 +336,7 @@ int realm_llama_layer_forward(const realm_llama_dims *d, const realm_llama_layer
     for (int64_t t0 = 0, n; t0 < n_tokens; t0 += n) {
         const int64_t p = pos + t0;
         n = ring_chunk(kv, p, n_tokens - t0 < s->max_tokens ? n_tokens - t0 : s->max_tokens);
-        const realm_llama_seq seq = {kv, p, n, n_tokens};
+        const realm_llama_seq seq = {kv, p, n, n_tokens, t0};
         const int rc = layer_rows(d, L, layer, &seq, 1, n, x + t0 * d->n_embd, out + t0 * d->n_embd, s, n_threads);
         if (rc) return rc;
     }
@@ -347,7 +373,7 @@ int realm_llama_lm_head(const realm_llama_dims *d, const float *output_norm, con
     if (!s || n_tokens <= 0) return REALM_ERR_INVALID;
     for (int64_t t0 = 0; t0 < n_tokens; t0 += s->max_tokens) {
         const int64_t n = n_tokens - t0 < s->max_tokens ? n_tokens - t0 : s->max_tokens;
-        const realm_llama_seq seq = {NULL, 0, n, n};
+        const realm_llama_seq seq = {NULL, 0, n, n, 0};
         const int rc = realm_llama_lm_head_rows(d, output_norm, output, &seq, 1, x + t0 * d->n_embd,
                                                 logits + t0 * d->n_vocab, s, n_threads);
         if (rc) return rc;

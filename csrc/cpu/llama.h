@@ -94,14 +94,14 @@ int realm_llama_embed(const realm_llama_dims *d, const realm_tensor *token_embd,
 int realm_llama_lm_head(const realm_llama_dims *d, const float *output_norm, const realm_tensor *output,
                         const float *x, int64_t n_tokens, float *logits, realm_llama_scratch *s, int n_threads);
 
-/* One sequence of a batched step: n_tokens rows at positions pos .. in its ring, out of
- * a call of call_tokens rows. The call's size decides the float order of the rows'
- * matmuls (matmul.h: llama.cpp's batched order for a call of realm_vec_dot_gemm_min_tokens
- * or more), so a row sums the same in any step; in a step, the sequences of larger
- * calls come first. */
+/* One sequence of a batched step: n_tokens rows at positions pos .. in its ring, rows
+ * call_row .. of a call of call_tokens rows. The call decides the float order of the
+ * rows' matmuls (vec_dot.h: realm_vec_dot_gemm_tokens, llama.cpp's batched order for a
+ * large enough call, by the row's place in it), so a row sums the same in any step; in
+ * a step, the sequences of larger calls come first. */
 typedef struct {
     realm_kv_ring *kv; /* NULL for the LM head */
-    int64_t pos, n_tokens, call_tokens;
+    int64_t pos, n_tokens, call_tokens, call_row;
 } realm_llama_seq;
 
 /* May a chunk of n_tokens at pos go through layers first .. first+count-1 of kv in one

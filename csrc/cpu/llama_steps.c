@@ -274,7 +274,8 @@ static int run_step(realm_step_job **step, int n) {
     const int64_t E = d->n_embd;
     realm_llama_seq seqs[REALM_STEP_MAX_SEQS];
     for (int i = 0; i < n; i++)
-        seqs[i] = (realm_llama_seq){step[i]->kv, step[i]->pos + step[i]->done, step[i]->chunk, step[i]->n_tokens};
+        seqs[i] = (realm_llama_seq){step[i]->kv, step[i]->pos + step[i]->done, step[i]->chunk, step[i]->n_tokens,
+                                    step[i]->done};
     if (h->kind == JOB_LM_HEAD) {
         if (n == 1)
             return realm_llama_lm_head_rows(d, h->output_norm, h->output, seqs, 1, h->x + h->done * E,

@@ -124,10 +124,8 @@ static void matmul_blocks_dealt(void *ctx, int64_t b0, int64_t b1, int thread) {
     for (int64_t b; (b = atomic_fetch_add(&j->next_block, 1)) < j->n_blocks;) matmul_blocks(ctx, b, b + 1, thread);
 }
 
-/* y = W xq for n_tokens tokens, all in the batched order (`batched`, where the format
- * has one) or all in the single-row order */
-static int matmul_in_order(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const void *xq, int64_t n_tokens,
-                           int batched, float *y, int64_t ldy, int n_threads) {
+int realm_matmul_q_order(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const void *xq, int64_t n_tokens,
+                         int batched, float *y, int64_t ldy, int n_threads) {
     const int64_t wrb = weight_row_bytes(wtype, n_cols);
     const int64_t arb = realm_matmul_scratch_bytes(wtype, n_cols, 1);
     const int isa = realm_active_isa();
@@ -146,22 +144,14 @@ static int matmul_in_order(const void *w, int wtype, int64_t n_rows, int64_t n_c
 
 int realm_matmul_q(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const void *xq, int64_t n_tokens,
                    float *y, int64_t ldy, int n_threads) {
-    const int batched = n_tokens >= realm_vec_dot_gemm_min_tokens(wtype);
-    return matmul_in_order(w, wtype, n_rows, n_cols, xq, n_tokens, batched, y, ldy, n_threads);
-}
-
-int realm_matmul_q_split(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const void *xq, int64_t n_tokens,
-                         int64_t n_batched, float *y, int64_t ldy, int n_threads) {
-    if (n_batched < 0 || n_batched > n_tokens) return REALM_ERR_INVALID;
-    if (!realm_get_vec_dot_gemm(wtype, realm_active_isa())) /* one order for every token count */
-        return matmul_in_order(w, wtype, n_rows, n_cols, xq, n_tokens, 0, y, ldy, n_threads);
+    const int64_t n_batched = realm_vec_dot_gemm_tokens(wtype, n_rows, n_cols, n_tokens, 0, n_tokens);
     const int64_t arb = realm_matmul_scratch_bytes(wtype, n_cols, 1);
-    if (arb < 0) return REALM_ERR_INVALID;
+    if (arb < 0 || n_tokens < 0) return REALM_ERR_INVALID;
     int rc = 0;
-    if (n_batched > 0) rc = matmul_in_order(w, wtype, n_rows, n_cols, xq, n_batched, 1, y, ldy, n_threads);
-    if (!rc && n_tokens > n_batched)
-        rc = matmul_in_order(w, wtype, n_rows, n_cols, (const char *)xq + n_batched * arb, n_tokens - n_batched, 0,
-                             y + n_batched * ldy, ldy, n_threads);
+    if (n_batched > 0) rc = realm_matmul_q_order(w, wtype, n_rows, n_cols, xq, n_batched, 1, y, ldy, n_threads);
+    if (!rc && (n_tokens > n_batched || n_tokens == 0))
+        rc = realm_matmul_q_order(w, wtype, n_rows, n_cols, (const char *)xq + n_batched * arb, n_tokens - n_batched,
+                                  0, y + n_batched * ldy, ldy, n_threads);
     return rc;
 }
 

@@ -20,17 +20,18 @@ int64_t realm_matmul_scratch_bytes(int wtype, int64_t n_cols, int64_t n_tokens);
 int realm_quantize_acts(int wtype, const float *x, int64_t n_cols, int64_t n_tokens, void *xq, int n_threads);
 
 /* y = W xq, xq as realm_quantize_acts wrote it. Returns 0 or -1. The float order of a
- * token's sums: llama.cpp's batched order (realm_get_vec_dot_gemm) where the format has
- * one and n_tokens is at least realm_vec_dot_gemm_min_tokens, else the single-row one. */
+ * token's sums is llama.cpp's for a call of n_tokens: its batched order
+ * (realm_get_vec_dot_gemm) for the rows realm_vec_dot_gemm_tokens picks, the
+ * single-row order for the others. */
 int realm_matmul_q(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const void *xq, int64_t n_tokens,
                    float *y, int64_t ldy, int n_threads);
 
-/* realm_matmul_q with the order chosen per token: the first n_batched tokens in the
- * batched order (where the format has one), the others in the single-row order, so that
- * rows of several calls in one step each sum as their call would alone. Where both
- * kinds are present the weights are read once per kind. */
-int realm_matmul_q_split(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const void *xq, int64_t n_tokens,
-                         int64_t n_batched, float *y, int64_t ldy, int n_threads);
+/* realm_matmul_q with every token in one order: the batched one (`batched`, where the
+ * format has one) or the single-row one. A step of several calls multiplies each run
+ * of rows that share an order with one of these, so that a row sums as its call would
+ * alone. */
+int realm_matmul_q_order(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const void *xq, int64_t n_tokens,
+                         int batched, float *y, int64_t ldy, int n_threads);
 
 /* Both steps: xq is scratch of realm_matmul_scratch_bytes. Returns 0 or -1. */
 int realm_matmul(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const float *x, int64_t n_tokens,

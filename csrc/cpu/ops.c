@@ -34,15 +34,14 @@ void realm_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, i
     }
     /* pair i is (v[a], v[a + off]): adjacent (a = 2i, off = 1) or NEOX (a = i, off = rope_dim / 2) */
     const int64_t off = neox ? rope_dim / 2 : 1, step = neox ? 1 : 2;
-    /* the native AVX2 build's compiler contracted ggml's rotation: its first product
-     * fused with the sum (x0 c - x1 s and x0 s + x1 c, each in one FMA) */
-    const int fused = realm_float_order() == REALM_ORDER_AVX2;
+    /* a native build's compiler (GCC, AVX2 and AVX-512 alike) contracts ggml's rotation:
+     * its first product fused with the sum (x0 c - x1 s and x0 s + x1 c, each one FMA) */
     for (int64_t h = 0; h < n_heads; h++) {
         float *v = x + h * head_dim;
         for (int64_t i = 0, a = 0; i < rope_dim; i += 2, a += step) {
             const float x0 = v[a], x1 = v[a + off], c = cs[i], sn = cs[i + 1];
-            v[a] = fused ? fmaf(x0, c, -(x1 * sn)) : x0 * c - x1 * sn;
-            v[a + off] = fused ? fmaf(x0, sn, x1 * c) : x0 * sn + x1 * c;
+            v[a] = fmaf(x0, c, -(x1 * sn));
+            v[a + off] = fmaf(x0, sn, x1 * c);
         }
     }
 }
@@ -58,8 +57,10 @@ static void gelu_table_init(void) {
     const float sqrt_2_over_pi = 0.79788456080286535587989211986876f, coef_a = 0.044715f;
     for (int i = 0; i < 1 << 16; i++) {
         const float x = realm_f16_to_f32((realm_f16)i);
-        /* 0.5 x (1 + tanh(sqrt(2/pi) x (1 + a x^2))), one rounding per operation */
-        const float inner = sqrt_2_over_pi * x * (1.0f + coef_a * x * x);
+        /* 0.5 x (1 + tanh(sqrt(2/pi) x (1 + a x^2))), one rounding per operation but for
+         * 1 + (a x) x in one FMA: GCC contracts ggml's expression so (llama.cpp's table
+         * equals this one entry for entry) */
+        const float inner = sqrt_2_over_pi * x * fmaf(coef_a * x, x, 1.0f);
         gelu_table[i] = realm_f32_to_f16(0.5f * x * (1.0f + tanhf(inner)));
     }
 }

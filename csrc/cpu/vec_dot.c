@@ -80,9 +80,30 @@ realm_vec_dot_fn realm_get_vec_dot(int wtype, int isa) {
 #endif
 SIMD_GETTER(realm_vec_dot_nx_fn, realm_get_vec_dot_nx, nx)
 SIMD_GETTER(realm_vec_dot_8r_fn, realm_get_vec_dot_8r, 8r)
-SIMD_GETTER(realm_vec_dot_fn, realm_get_vec_dot_gemm, gemm)
 SIMD_GETTER(realm_vec_dot_nx_fn, realm_get_vec_dot_gemm_nx, gemm_nx)
 
-int realm_vec_dot_gemm_min_tokens(int wtype) {
-    return wtype >= REALM_TYPE_Q2_K && wtype <= REALM_TYPE_Q8_K ? 8 : 2;
+realm_vec_dot_fn realm_get_vec_dot_gemm(int wtype, int isa) {
+    switch (kernel_level(wtype, isa)) {
+#if defined(__x86_64__) || defined(__i386__)
+    case REALM_ISA_AVX512: return realm_vec_dot_gemm_table_avx512()[wtype];
+    case REALM_ISA_AVX2: return realm_vec_dot_gemm_table_avx2()[wtype];
+#endif
+    case REALM_ISA_SCALAR: return realm_vec_dot_gemm_scalar[wtype];
+    default: return NULL;
+    }
+}
+
+int64_t realm_vec_dot_gemm_tokens(int wtype, int64_t n_rows, int64_t n_cols, int64_t call_tokens, int64_t first,
+                                  int64_t n_tokens) {
+    if (!realm_get_vec_dot_gemm(wtype, realm_active_isa()) || n_tokens <= 0) return 0;
+    switch (wtype) {
+    case REALM_TYPE_Q4_K: {
+        const int64_t grouped = call_tokens - call_tokens % 4 - first; /* of these rows */
+        return n_rows % 8 ? 0 : grouped < 0 ? 0 : grouped < n_tokens ? grouped : n_tokens;
+    }
+    case REALM_TYPE_Q3_K:
+    case REALM_TYPE_Q5_K:
+    case REALM_TYPE_Q6_K: return call_tokens >= 8 ? n_tokens : 0;
+    default: return call_tokens >= 2 && n_cols % 16 == 0 ? n_tokens : 0;
+    }
 }

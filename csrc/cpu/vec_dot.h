@@ -57,19 +57,26 @@ realm_vec_dot_nx_fn realm_get_vec_dot_nx(int wtype, int isa);
  * where that ISA has none (the caller uses the single-row kernels). */
 realm_vec_dot_8r_fn realm_get_vec_dot_8r(int wtype, int isa);
 
-/* For several tokens at once (at least realm_vec_dot_gemm_min_tokens(wtype), n_cols a
- * multiple of 16): the kernel in the order llama.cpp's batched matmul sums, where this
- * ISA level mirrors one: llamafile's tinyBLAS for f32/f16/bf16 (AVX-512), ggml-cpu's
- * tiled K-quant matmul for Q3_K/Q5_K/Q6_K (AVX2, AVX-512); NULL elsewhere (use
- * realm_get_vec_dot). The _nx getter gives its multi-token form, or NULL. */
+/* For several tokens at once (those realm_vec_dot_gemm_tokens picks): the kernel in the
+ * order llama.cpp's batched matmul sums, where this ISA level mirrors one: llamafile's
+ * tinyBLAS for f32/f16/bf16 (AVX-512), ggml-cpu's tiled K-quant matmul for
+ * Q3_K/Q5_K/Q6_K (AVX2, AVX-512), its repacked Q4_K kernel for 4 tokens (every ISA);
+ * NULL elsewhere (use realm_get_vec_dot). The _nx getter gives its multi-token form, or
+ * NULL. */
 realm_vec_dot_fn realm_get_vec_dot_gemm(int wtype, int isa);
 realm_vec_dot_nx_fn realm_get_vec_dot_gemm_nx(int wtype, int isa);
-/* The fewest tokens for which llama.cpp takes that batched path: 8 for the K-quants
- * (ggml-cpu/tiled's threshold), 2 otherwise. */
-int realm_vec_dot_gemm_min_tokens(int wtype);
+/* How many of rows first .. first+n_tokens-1 of a call of call_tokens rows, from the
+ * first, llama.cpp multiplies in its batched order by an n_rows x n_cols weight of
+ * wtype: every row of a call of 2 or more for the float types (n_cols a multiple of
+ * 16), of 8 or more for the tiled K-quants; for Q4_K, which it repacks where n_rows is
+ * a multiple of 8, the rows in the call's whole groups of 4 (the rest one by one); 0
+ * where the active ISA has no batched kernel. */
+int64_t realm_vec_dot_gemm_tokens(int wtype, int64_t n_rows, int64_t n_cols, int64_t call_tokens, int64_t first,
+                                  int64_t n_tokens);
 
 /* Per-ISA tables, indexed by ggml type id; NULL entries fall back. */
 extern const realm_vec_dot_fn realm_vec_dot_scalar[REALM_N_TYPES];
+extern const realm_vec_dot_fn realm_vec_dot_gemm_scalar[REALM_N_TYPES];
 const realm_vec_dot_fn *realm_vec_dot_table_avx2(void);
 const realm_vec_dot_fn *realm_vec_dot_table_avx512(void);
 const realm_vec_dot_nx_fn *realm_vec_dot_nx_table_avx2(void);

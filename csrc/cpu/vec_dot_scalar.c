@@ -165,15 +165,18 @@ static void dot_q3_K(int64_t n, float *s, const void *w, const void *a) {
     *s = sum;
 }
 
-/* Q4_K: whole-block integer sums, then two fused multiply-add chains (scales, mins)
- * subtracted at the end: the float arithmetic of llama.cpp's repacked Q4_K kernels. */
-static void dot_q4_K(int64_t n, float *s, const void *w, const void *a) {
+/* Q4_K: integer sums, then two fused multiply-add chains (scales, mins) subtracted at
+ * the end: the float arithmetic of llama.cpp's repacked Q4_K kernels (ggml-cpu/repack).
+ * Its one-token kernel (gemv) adds one whole-block sum per chain and block; its kernel
+ * for 4 tokens at once (gemm) one sum per 64-element chunk (`per_chunk`). */
+static inline void q4_K_dot(int64_t n, float *s, const void *w, const void *a, const int per_chunk) {
     const block_q4_K *x = w;
     const block_q8_K *y = a;
     float acc = 0.0f, acc_m = 0.0f;
     for (int64_t i = 0; i < n / QK_K; i++) {
         const uint8_t *q4 = x[i].qs;
         const int8_t *q8 = y[i].qs;
+        const float d = realm_f16_to_f32(x[i].d) * y[i].d, dmin = realm_f16_to_f32(x[i].dmin) * y[i].d;
         int isum = 0, summs = 0;
         for (int j = 0; j < QK_K / 64; j++, q4 += 32, q8 += 64) {
             uint8_t sc0, m0, sc1, m1;
@@ -187,12 +190,21 @@ static void dot_q4_K(int64_t n, float *s, const void *w, const void *a) {
             isum += sc0 * s0 + sc1 * s1;
             summs += m0 * (y[i].bsums[4 * j] + y[i].bsums[4 * j + 1]) +
                      m1 * (y[i].bsums[4 * j + 2] + y[i].bsums[4 * j + 3]);
+            if (per_chunk) {
+                acc = fmaf((float)isum, d, acc);
+                acc_m = fmaf((float)summs, dmin, acc_m);
+                isum = summs = 0;
+            }
         }
-        acc = fmaf((float)isum, realm_f16_to_f32(x[i].d) * y[i].d, acc);
-        acc_m = fmaf((float)summs, realm_f16_to_f32(x[i].dmin) * y[i].d, acc_m);
+        if (!per_chunk) {
+            acc = fmaf((float)isum, d, acc);
+            acc_m = fmaf((float)summs, dmin, acc_m);
+        }
     }
     *s = acc - acc_m;
 }
+static void dot_q4_K(int64_t n, float *s, const void *w, const void *a) { q4_K_dot(n, s, w, a, 0); }
+static void dot_q4_K_gemm4(int64_t n, float *s, const void *w, const void *a) { q4_K_dot(n, s, w, a, 1); }
 
 static void dot_q5_K(int64_t n, float *s, const void *w, const void *a) {
     const block_q5_K *x = w;
@@ -261,3 +273,6 @@ const realm_vec_dot_fn realm_vec_dot_scalar[REALM_N_TYPES] = {
     [REALM_TYPE_Q3_K] = dot_q3_K, [REALM_TYPE_Q4_K] = dot_q4_K, [REALM_TYPE_Q5_K] = dot_q5_K,
     [REALM_TYPE_Q6_K] = dot_q6_K,
 };
+
+/* The batched orders that hold on every ISA (vec_dot.h: realm_get_vec_dot_gemm). */
+const realm_vec_dot_fn realm_vec_dot_gemm_scalar[REALM_N_TYPES] = {[REALM_TYPE_Q4_K] = dot_q4_K_gemm4};

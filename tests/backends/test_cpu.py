@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from backend_checks import check_bad_calls_raise
 from support.ggml_emulation import GgmlEmulation
+from support.greedy import clear_steps_agree
 from support.llama_cpp_info import bit_for_bit, sums_in_our_order
 from support.prompts import llama_cpp_logits, llama_cpp_prompts, prompt, rel
 
@@ -16,11 +17,6 @@ from realm_ext.backends.cpu import CpuBackend, load_weights, runtime_args
 from realm_ext.model import load_gguf
 from realm_ext.quantizer import RECIPES
 from realm_ext.reference import ReferenceLlama
-
-
-@pytest.fixture(scope="module")
-def backend() -> CpuBackend:
-    return CpuBackend(n_threads=2)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -171,11 +167,6 @@ def test_bad_calls_raise(model_path, backend: CpuBackend) -> None:
 N_PROMPT = 16
 
 
-@pytest.fixture(scope="module")
-def llama_cpp():
-    return pytest.importorskip("llama_cpp")
-
-
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_prompt_logits_match_llama_cpp(
     llama_cpp, model_path, backend: CpuBackend, recipe: str, record_property
@@ -232,27 +223,5 @@ def test_greedy_tokens_match_llama_cpp(llama_cpp, model_path, backend: CpuBacken
     toks = prompt(np.random.default_rng(7), 8, 1024)
     llm, _ = llama_cpp_logits(llama_cpp, path, toks)
     with load_gguf(path) as m:
-        c = m.config
-        kv = backend.new_kv(m, 64)
-        ours = backend.logits(m, toks, kv=kv)[-1]
-        theirs = np.array(llm.scores[len(toks) - 1], np.float64)
-        pos, checked = len(toks), 0
-        x = np.empty((1, c.n_embd), np.float32)
-        out = np.empty((1, c.n_vocab), np.float32)
-        for _ in range(32):
-            top2 = np.sort(theirs)[-2:]
-            nxt = int(np.argmax(theirs))
-            if top2[1] - top2[0] > 1e-2:
-                assert int(np.argmax(ours)) == nxt, (
-                    f"step {pos}: ours {int(np.argmax(ours))}, llama.cpp {nxt}"
-                )
-                checked += 1
-            # both continue with llama.cpp's token
-            llm.eval([nxt])
-            theirs = np.array(llm.scores[llm.n_tokens - 1], np.float64)
-            backend.forward_embedding(m, np.array([nxt], np.int32), x)
-            backend.forward_layers(m, 0, c.n_layer, x, pos, kv, x)
-            backend.forward_lm_head(m, x, out)
-            ours = out[0]
-            pos += 1
+        checked = clear_steps_agree(llm, backend, m, toks, 32, 64, 1e-2)
         assert checked >= 8, f"only {checked} steps had a clear margin"

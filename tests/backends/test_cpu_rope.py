@@ -37,16 +37,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-@pytest.fixture(scope="module")
-def backend() -> CpuBackend:
-    return CpuBackend(n_threads=2)
-
-
-@pytest.fixture(scope="module")
-def llama_cpp():
-    return pytest.importorskip("llama_cpp")
-
-
 def test_the_models_carry_the_scaling(models: dict[str, Path]) -> None:
     with load_gguf(models["rope_freqs"]) as m:
         assert m.config.rope_freq_factors == ROPES["rope_freqs"]["rope_freqs"]

@@ -111,8 +111,21 @@ static void test_append_truncate(void) {
 
 /* Attention with everything made exact: q and K on the 1/16 grid (so the f32 dot is
  * exact in any order) and the reference doing ggml's float steps one by one, in the
- * AVX-512 build's float order (ops.h; test_attention forces it). The result must be
- * bit-identical. */
+ * AVX-512 build's float order (ops.h; test_attention forces it): P.V in 16 lanes by
+ * cell for a batch (tinyBLAS), in 64 for one token (ggml_vec_dot_f16: 4 accumulators of
+ * 16), reduced as those do. The result must be bit-identical. */
+static void reduce_pv_lanes(float acc[64][64], int lanes, int64_t hd, float *o) {
+    int w = lanes;
+    if (lanes == 64) /* accumulators (0+2) + (1+3) */
+        for (; w > 16; w /= 2)
+            for (int r = 0; r < w / 2; r++)
+                for (int64_t d = 0; d < hd; d++) acc[r][d] += acc[r + w / 2][d];
+    for (; w > 1; w /= 2) /* the register by halves */
+        for (int r = 0; r < w / 2; r++)
+            for (int64_t d = 0; d < hd; d++) acc[r][d] += acc[r + w / 2][d];
+    for (int64_t d = 0; d < hd; d++) o[d] = acc[0][d];
+}
+
 static void reference_attention(const realm_kv_ring *kv, int32_t layer, int64_t pos, int64_t n_tokens,
                                 int32_t n_head, const float *q, float *out) {
     const int64_t hd = kv->head_dim;
@@ -139,12 +152,15 @@ static void reference_attention(const realm_kv_ring *kv, int32_t layer, int64_t 
                 sum += s[j];
             }
             const float inv = (float)(1.0 / sum);
-            for (int64_t d = 0; d < hd; d++) o[d] = 0.0f;
+            const int lanes = n_tokens > 1 ? 16 : 64;
+            static float acc[64][64];
+            memset(acc, 0, sizeof acc);
             for (int64_t j = first; j <= p; j++) {
                 const float pj = realm_f16_to_f32(realm_f32_to_f16(s[j - first] * inv));
                 const realm_f16 *vr = realm_kv_v_row(kv, layer, j) + kvh * hd;
-                for (int64_t d = 0; d < hd; d++) o[d] += pj * realm_f16_to_f32(vr[d]);
+                for (int64_t d = 0; d < hd; d++) acc[j % lanes][d] += pj * realm_f16_to_f32(vr[d]);
             }
+            reduce_pv_lanes(acc, lanes, hd, o);
         }
 }
 

@@ -40,7 +40,7 @@ PAGE = 65536
 U32 = 2**32 - 1
 U64 = 2**64 - 1
 START_PAGES, MAX_PAGES = 4, 6  # proxy.wat's memory, and the hostile guest's cap
-KV_LIMIT = 256 * 1024  # the hostile guest's KV budget: 256 positions of the tiny model
+KV_LIMIT = 384 * 1024  # the hostile guest's KV budget: a few tiny-model rings with their attention scratch
 
 # The hostile guest's memory layout (offsets): the token ids it embeds (valid ones,
 # then invalid ones), text for emit/log, then room for hidden states and outputs.
@@ -106,7 +106,7 @@ class Shadow:
 
 
 N_THREADS = 2  # the hostile test's host runs the kernels on this many threads
-PV_LANES = 32  # csrc/cpu/attention.c: the P.V lanes each query head keeps in the AVX2 order
+PV_LANES = 64  # csrc/cpu/attention.c: the P.V lanes each query head keeps (the AVX-512 one-token order)
 
 
 def ring_bytes(model, n_ctx: int) -> int:
@@ -451,8 +451,9 @@ class Fuzzer:
                 kv, ring = (k := self.pick(wrapped)), sh.rings[k]
             top = max(ring.n_pos) if ring else 0
             cap = ring.capacity if ring else 1
+            lost = max(ring.held_from) + cap - 2 if ring else 0  # a window that reaches a lost position
             n_pos = self.pick(
-                [top, top - 1, top - cap + 1, top - cap, 0, top + 3, int(rng.integers(0, top + 1))]
+                [top, top - 1, top - cap + 1, top - cap, 0, top + 3, lost, int(rng.integers(0, top + 1))]
             )
             return name, [kv, max(0, n_pos)], {"kinds": ["kv", "n_pos"], "top": top, "capacity": cap}
         if name == "embedding":

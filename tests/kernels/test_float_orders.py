@@ -1,9 +1,10 @@
 """The kernels' two float orders (ops.h): the AVX-512 llama.cpp build's and the AVX2
-build's, each in portable C and SIMD with the same bits, and the AVX2 one against an
-emulation of what that build computes (ggml's AVX2 expf, its softmax sums per 8 cells,
-tinyBLAS<8> for a batch's K·Q and P·V, ggml_vec_dot_f16 for one token's, RoPE with its
+build's, each in portable C and SIMD with the same bits, against an emulation of what
+that build computes (ggml's AVX2 expf, its softmax sums per 16 or 8 cells, tinyBLAS<16>
+or <8> for a batch's K·Q and P·V, ggml_vec_dot_f16 for one token's, RoPE with its
 compiler's fused multiply-adds), written here from ggml's source with libm's fmaf.
-tests/model/test_smollm2.py and tests/backends/test_cpu.py compare with llama.cpp itself."""
+tests/model/test_smollm2.py, tests/model/test_gemma3.py and tests/backends/test_cpu.py
+compare with llama.cpp itself."""
 
 from __future__ import annotations
 
@@ -152,63 +153,67 @@ def test_rope_rotation_per_order(rng, float_order, order: str) -> None:
         for i in range(0, hd, 2):
             c, s = f32(_libm.cosf(float(theta))), f32(_libm.sinf(float(theta)))
             x0, x1 = x[t, :, i], x[t, :, i + 1]
-            if order == "avx2":
-                want[t, :, i] = [fmaf(a, c, -f32(b * s)) for a, b in zip(x0, x1, strict=True)]
-                want[t, :, i + 1] = [fmaf(a, s, f32(b * c)) for a, b in zip(x0, x1, strict=True)]
-            else:
-                want[t, :, i] = x0 * c - x1 * s
-                want[t, :, i + 1] = x0 * s + x1 * c
+            # both builds' compilers contract the rotation (a product fused with the sum)
+            want[t, :, i] = [fmaf(a, c, -f32(b * s)) for a, b in zip(x0, x1, strict=True)]
+            want[t, :, i + 1] = [fmaf(a, s, f32(b * c)) for a, b in zip(x0, x1, strict=True)]
             theta = f32(theta * theta_scale)
     np.testing.assert_array_equal(got, want)
 
 
-# -- attention in the AVX2 build's order ----------------------------------------------
+# -- attention in each build's order --------------------------------------------------
 
 
-def hsum8(a: np.ndarray) -> np.float32:
-    """tinyBLAS's hsum of a ymm register (and ggml's 8-lane softmax sum)."""
-    t = a[4:8] + a[0:4]
-    return (t[0] + t[2]) + (t[1] + t[3])
+def halves(a: np.ndarray) -> np.float32:
+    """A horizontal sum by halves (upper half onto the lower, again, ...): tinyBLAS's hsum
+    of a ymm register (8 lanes) and _mm512_reduce_add_ps (16)."""
+    while a.size > 1:
+        a = a[a.size // 2 :] + a[: a.size // 2]
+    return a[0]
 
 
-def reduce32(a: np.ndarray) -> np.float32:
-    """GGML_F32x8_REDUCE of 4 accumulators of 8 lanes (a[8m + l])."""
-    s = a.reshape(4, 8)
+def reduce_vec_dot(a: np.ndarray, lanes: int) -> np.float32:
+    """GGML_F32x8_REDUCE / GGML_F32x16_REDUCE of 4 accumulators of `lanes` (a[lanes m + l]):
+    accumulators (0+2) + (1+3), then the register: two horizontal adds (8 lanes) or by
+    halves (16)."""
+    s = a.reshape(4, lanes)
     x = (s[0] + s[2]) + (s[1] + s[3])
+    if lanes == 16:
+        return halves(x)
     t = x[0:4] + x[4:8]
     return (t[0] + t[1]) + (t[2] + t[3])
 
 
-def dot_tinyblas8(a: np.ndarray, b: np.ndarray) -> np.float32:
-    acc = np.zeros(8, f32)
-    for i in range(0, a.size, 8):
-        acc = acc + a[i : i + 8] * b[i : i + 8]
-    return hsum8(acc)
+def dot_tinyblas(a: np.ndarray, b: np.ndarray, lanes: int) -> np.float32:
+    acc = np.zeros(lanes, f32)
+    for i in range(0, a.size, lanes):
+        acc = acc + a[i : i + lanes] * b[i : i + lanes]
+    return halves(acc)
 
 
-def dot_vec_f16(a: np.ndarray, b: np.ndarray) -> np.float32:
-    """ggml_vec_dot_f16, AVX2: 32 lanes over steps of 32, then the rest in double."""
-    np_ = a.size & ~31
-    acc = np.zeros(32, f32)
-    for i in range(0, np_, 32):
-        acc = acc + a[i : i + 32] * b[i : i + 32]
-    total = float(reduce32(acc))
+def dot_vec_f16(a: np.ndarray, b: np.ndarray, lanes: int) -> np.float32:
+    """ggml_vec_dot_f16: 4 accumulators of `lanes` over steps of 4 lanes, the rest in double."""
+    step = 4 * lanes
+    np_ = a.size - a.size % step
+    acc = np.zeros(step, f32)
+    for i in range(0, np_, step):
+        acc = acc + a[i : i + step] * b[i : i + step]
+    total = float(reduce_vec_dot(acc, lanes))
     for i in range(np_, a.size):
         total += float(a[i] * b[i])
     return f32(total)
 
 
-def avx2_build_attention(q, k_hist, v_hist, pos: int, batch: bool) -> np.ndarray:
-    """llama.cpp's AVX2 build, no flash attention: kq = K·Q (tinyBLAS<8> for a batch when
-    head_dim % 8 == 0, else vec_dot_f16), softmax over 256 cells (8-lane sums, ggml's
-    AVX2 expf), P rounded to f16, kqv = V·P over the cells (tinyBLAS<8> for a batch,
-    vec_dot_f16 for one token)."""
+def build_attention(q, k_hist, v_hist, pos: int, batch: bool, order: str) -> np.ndarray:
+    """llama.cpp's AVX-512 (16 lanes) or AVX2 (8) build, no flash attention: kq = K·Q
+    (tinyBLAS for a batch when head_dim is a multiple of the lanes, else vec_dot_f16),
+    softmax over 256 cells (sums per `lanes` cells, ggml's expf), P rounded to f16,
+    kqv = V·P over the cells (tinyBLAS for a batch, vec_dot_f16 for one token)."""
+    lanes = 16 if order == "avx512" else 8
     n_tokens, n_head, hd = q.shape
     group = n_head // k_hist.shape[1]
     n_kv = 256
     q16, k16, v16 = (x.astype(np.float16).astype(f32) for x in (q, k_hist, v_hist))
-    kdot = dot_tinyblas8 if batch and hd % 8 == 0 else dot_vec_f16
-    vdot = dot_tinyblas8 if batch and hd % 4 == 0 else dot_vec_f16
+    k_batch, v_batch = batch and hd % lanes == 0, batch and hd % 4 == 0
     scale = f32(1) / np.sqrt(f32(hd))
     out = np.zeros((n_tokens, n_head, hd), f32)
     for t in range(n_tokens):
@@ -216,21 +221,25 @@ def avx2_build_attention(q, k_hist, v_hist, pos: int, batch: bool) -> np.ndarray
         for h in range(n_head):
             s = np.full(n_kv, -np.inf, f32)
             for j in range(p + 1):
-                s[j] = kdot(q16[t, h], k16[j, h // group]) * scale
+                a, b = q16[t, h], k16[j, h // group]
+                s[j] = (dot_tinyblas(a, b, lanes) if k_batch else dot_vec_f16(a, b, lanes)) * scale
             e = expf_ggml(np.ascontiguousarray(s - s.max(), f32))
-            total = sum(float(hsum8(e[i : i + 8])) for i in range(0, n_kv, 8))
+            total = sum(float(halves(e[i : i + lanes])) for i in range(0, n_kv, lanes))
             prob = (e * f32(1.0 / total)).astype(np.float16).astype(f32)
             v = np.zeros((n_kv, hd), f32)
             v[: p + 1] = v16[: p + 1, h // group]
-            out[t, h] = [vdot(prob, v[:, d]) for d in range(hd)]
+            vdot = dot_tinyblas if v_batch else dot_vec_f16
+            out[t, h] = [vdot(prob, np.ascontiguousarray(v[:, d]), lanes) for d in range(hd)]
     return out
 
 
+@pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("head_dim", [64, 48, 20])
-def test_attention_is_the_avx2_builds(rng, float_order, head_dim: int) -> None:
+def test_attention_is_the_builds(rng, float_order, order: str, head_dim: int) -> None:
     """A batch of 11 then two tokens one at a time (the decode order); head_dim 48 has a
-    vec_dot tail (48 % 32), 20 takes vec_dot for a batch's K·Q too (20 % 8)."""
-    float_order("avx2")
+    vec_dot tail (48 % 32 and 48 % 64) and takes vec_dot for a batch's K·Q on AVX-512
+    (48 % 16), 20 takes vec_dot for a batch's K·Q in both (20 % 8)."""
+    float_order(order)
     n_head, n_head_kv = 4, 2
     kv = KVRing(1, 64, n_head_kv, head_dim)
     k = (rng.standard_normal((13, n_head_kv, head_dim)) * 3).astype(f32)
@@ -238,7 +247,7 @@ def test_attention_is_the_avx2_builds(rng, float_order, head_dim: int) -> None:
     q = rng.standard_normal((13, n_head, head_dim)).astype(f32)
     for pos, n in [(0, 11), (11, 1), (12, 1)]:
         kv.append(0, pos, k[pos : pos + n].reshape(n, -1), v[pos : pos + n].reshape(n, -1))
-        want = avx2_build_attention(q[pos : pos + n], k, v, pos, batch=n > 1)
+        want = build_attention(q[pos : pos + n], k, v, pos, batch=n > 1, order=order)
         outs = each_isa(lambda pos=pos, n=n: attention(kv, 0, pos, q[pos : pos + n], n_threads=2))
         for isa, got in outs.items():
             np.testing.assert_array_equal(got, want, err_msg=f"{isa} at {pos}")

@@ -151,13 +151,16 @@ def test_matches_scalar(fmt: str, isa: str, rng: np.random.Generator) -> None:
         # a token alone (decode) gives bit for bit what it gives inside a batch (prefill),
         # whether it sits in a full group of the multi-token kernel or in the remainder;
         # except where the kernels follow llama.cpp's batched order (vec_dot.h): float rows
-        # on AVX-512 (its tinyBLAS, 2+ tokens), Q3_K/Q5_K/Q6_K on SIMD (its tiled path, 8+)
+        # on AVX-512 (its tinyBLAS, 2+ tokens), Q3_K/Q5_K/Q6_K on SIMD (its tiled path, 8+),
+        # Q4_K rows in whole groups of 4 tokens on every ISA (its repacked kernel, where the
+        # rows are a multiple of 8)
         batched_order = (fmt in ("F32", "F16", "BF16") and isa == "avx512" and n_cols % 16 == 0) or (
             fmt in TILED_FORMATS and isa != "scalar" and n_tokens >= 8
         )
         for t in sorted({0, n_tokens // 2, n_tokens - 1}):
             alone = matmul(raw, fmt, np.ascontiguousarray(x[t : t + 1]), isa, n_threads)
-            if batched_order and n_tokens > 1:
+            grouped = fmt == "Q4_K" and n_rows % 8 == 0 and t < n_tokens - n_tokens % 4
+            if (batched_order and n_tokens > 1) or grouped:
                 np.testing.assert_allclose(alone[0], got[t], rtol=1e-5, atol=1e-5 * np.abs(got[t]).max())
             else:
                 np.testing.assert_array_equal(alone[0], got[t])

@@ -1,17 +1,20 @@
-"""realm_ext.model_maker: presets, determinism, vocabulary, weight statistics, streaming."""
+"""realm_ext.model_maker: presets, determinism, vocabulary, weight statistics, streaming,
+Qwen2 files (their biases)."""
 
 from __future__ import annotations
 
 import hashlib
 import tracemalloc
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from realm_ext import arch
 from realm_ext.model import load_gguf
-from realm_ext.model_maker import PRESETS, SPACE, make_model, make_vocab
+from realm_ext.model_maker import PRESETS, SPACE, make_model, make_vocab, read_tokenizer_keys
 from realm_ext.quantizer import RECIPES
 
 
@@ -136,3 +139,81 @@ def test_llama3_rope_freqs_follow_the_converter() -> None:
         if 2048 * 1.01 < wavelen < 8192 * 0.99:
             s = (8192 / wavelen - 1) / 3
             assert v == pytest.approx(1 / ((1 - s) / 8 + s), rel=1e-5)
+
+
+# ---- Qwen2 ---------------------------------------------------------------------------
+
+
+def test_qwen2_preset_is_tiny_with_the_qwen2_family() -> None:
+    assert PRESETS["qwen2-tiny"].config == replace(PRESETS["tiny"].config, family=arch.QWEN2)
+    assert PRESETS["qwen2-small"].config == replace(PRESETS["small"].config, family=arch.QWEN2)
+
+
+@pytest.mark.parametrize("recipe", ["F32", "Q4_K_M"])
+def test_qwen2_file_carries_its_biases(tmp_path: Path, recipe: str) -> None:
+    """general.architecture qwen2, the hyper-parameters under qwen2.*, and each layer's
+    Q/K/V biases F32 in every recipe, N(0, 0.1) from the tensor's own generator (not the
+    norms' 1 + N(0, 0.1)); every other tensor is byte for byte the llama file's."""
+    seed = 5
+    q = make_model(tmp_path / "q.gguf", "qwen2-tiny", recipe, seed=seed)
+    ll = make_model(tmp_path / "l.gguf", "tiny", recipe, seed=seed)
+    with load_gguf(q) as m, load_gguf(ll) as lm:
+        assert m.metadata["general.architecture"] == "qwen2" and m.config.family is arch.QWEN2
+        assert m.metadata["qwen2.embedding_length"] == 256
+        assert m.metadata["qwen2.attention.head_count_kv"] == 2
+        assert not any(k.startswith("llama.") for k in m.metadata)
+        assert m.config == replace(lm.config, family=arch.QWEN2)
+        biases = {n: t for n, t in m.tensors.items() if n.endswith(".bias")}
+        assert sorted(biases) == sorted(f"blk.{i}.attn_{x}.bias" for i in range(2) for x in ("q", "k", "v"))
+        for name, t in biases.items():
+            n = 256 if ".attn_q." in name else 128  # n_head_kv * head_dim = 2 * 64
+            assert t.type.name == "F32" and t.shape == (n,)
+            drawn = np.random.default_rng([seed, zlib.crc32(name.encode())]).standard_normal(n, np.float32)
+            np.testing.assert_array_equal(t.dequantize(), drawn * np.float32(0.1), err_msg=name)
+        values = np.concatenate([t.dequantize() for t in biases.values()])
+        assert abs(float(values.mean())) < 0.01 and 0.09 < float(values.std()) < 0.11
+        assert set(m.tensors) - set(biases) == set(lm.tensors)
+        for name, t in lm.tensors.items():
+            assert m.tensors[name].type == t.type
+            np.testing.assert_array_equal(m.tensors[name].raw, t.raw, err_msg=name)
+
+
+def test_llama_files_have_no_biases(tmp_path: Path) -> None:
+    with load_gguf(make_model(tmp_path / "l.gguf", "tiny", "Q8_0", seed=5)) as m:
+        assert m.metadata["general.architecture"] == "llama" and m.config.family is arch.LLAMA
+        assert not any(k.startswith("qwen2.") for k in m.metadata)
+        assert all(m.bias(i, b) is None for i in range(2) for b in arch.BIASES)
+
+
+def test_qwen2_same_seed_same_bytes(tmp_path: Path) -> None:
+    a = make_model(tmp_path / "a.gguf", "qwen2-tiny", "Q8_0", seed=7)
+    b = make_model(tmp_path / "b.gguf", "qwen2-tiny", "Q8_0", seed=7)
+    c = make_model(tmp_path / "c.gguf", "qwen2-tiny", "Q8_0", seed=8)
+    assert sha(a) == sha(b) != sha(c)
+
+
+def test_families_the_maker_cannot_write_are_refused(tmp_path: Path) -> None:
+    from realm_ext.model_maker import llama3_rope_freqs
+
+    with pytest.raises(ValueError, match="cannot write a gemma3 model"):
+        make_model(tmp_path / "g.gguf", replace(PRESETS["tiny"].config, family=arch.GEMMA3))
+    with pytest.raises(ValueError, match="rope_freqs is llama's"):
+        make_model(tmp_path / "r.gguf", "qwen2-tiny", rope_freqs=llama3_rope_freqs(64, 10000.0))
+    assert not list(tmp_path.iterdir())
+
+
+def test_qwen2_model_with_the_qwen2_vocabulary(tmp_path: Path) -> None:
+    """vocab_from llama.cpp's ggml-vocab-qwen2.gguf: Qwen2's byte-level BPE (gpt2, pre
+    qwen2) whole, n_vocab its token count, on a qwen2 model with its biases."""
+    from support import real_files
+
+    src, _, _ = real_files.llama_vocab("qwen2")
+    keys = {k: v for k, v, *_ in read_tokenizer_keys(src)}
+    out = make_model(tmp_path / "q.gguf", "qwen2-tiny", "Q4_0", tied=True, random_blocks=True, vocab_from=src)
+    with load_gguf(out) as m:
+        tok = m.tokenizer
+        assert m.config.family is arch.QWEN2
+        assert m.config.n_vocab == len(keys["tokenizer.ggml.tokens"]) == 151936
+        assert (tok.model, tok.pre_name) == ("gpt2", "qwen2")
+        assert tok.tokens == keys["tokenizer.ggml.tokens"] and tok.merges == keys["tokenizer.ggml.merges"]
+        assert m.bias(1, "attn_v") is not None and m.bias(1, "attn_v").type.name == "F32"

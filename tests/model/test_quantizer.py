@@ -85,8 +85,11 @@ def test_fallback_in_a_file(tmp_path: Path) -> None:
     ]
 
 
-def test_quantize_keeps_metadata_and_values(model_path, tmp_path: Path) -> None:
-    src = model_path("F32", seed=5)
+@pytest.mark.parametrize("preset", ["tiny", "qwen2-tiny"])
+def test_quantize_keeps_metadata_and_values(model_path, tmp_path: Path, preset: str) -> None:
+    """Every key but the file type, general.architecture included; every tensor (a
+    Qwen2 file's biases too) within quantization error."""
+    src = model_path("F32", preset=preset, seed=5)
     out = quantize_model(src, tmp_path / "q8.gguf", "Q8_0")
     a, b = gguf.GGUFReader(src), gguf.GGUFReader(out)
     keys_a = {k: f.contents() for k, f in a.fields.items() if not k.startswith("GGUF.")}
@@ -100,11 +103,13 @@ def test_quantize_keeps_metadata_and_values(model_path, tmp_path: Path) -> None:
             assert np.linalg.norm(x - y) <= 0.01 * np.linalg.norm(x), name
 
 
-def test_quantize_equals_making_the_type_directly(model_path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("preset", ["tiny", "qwen2-tiny"])
+def test_quantize_equals_making_the_type_directly(model_path, tmp_path: Path, preset: str) -> None:
     """make-model at T and make-model F32 + quantize T encode the same values the same way."""
-    out = quantize_model(model_path("F32", seed=3), tmp_path / "q.gguf", "Q4_K_M")
-    direct = model_path("Q4_K_M", seed=3)
+    out = quantize_model(model_path("F32", preset=preset, seed=3), tmp_path / "q.gguf", "Q4_K_M")
+    direct = model_path("Q4_K_M", preset=preset, seed=3)
     with load_gguf(out) as a, load_gguf(direct) as b:
+        assert a.config == b.config and set(a.tensors) == set(b.tensors)
         for name, t in a.tensors.items():
             assert t.type == b.tensors[name].type
             np.testing.assert_array_equal(t.raw, b.tensors[name].raw, err_msg=name)

@@ -18,7 +18,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from support import real_files
+from support.greedy import llama_cpp_greedy
 from support.llama_cpp_info import sums_in_our_order
+from support.prompts import PLAIN_PROMPTS
 
 from realm_ext import Host
 
@@ -35,11 +37,7 @@ def chat(user: str) -> str:
 
 
 PROMPTS = [
-    "The capital of France is",
-    "def fibonacci(n):",
-    "Once upon a time",
-    "1, 2, 3, 4,",
-    "Water boils at",
+    *PLAIN_PROMPTS,
     chat("What is the capital of France?"),
     chat("Write a Python function that reverses a string."),
     chat("Give me three tips for sleeping better."),
@@ -67,23 +65,6 @@ def guest(host_model):
     host, model = host_model
     with host.guest(models=[model], memory_limit="256MiB") as g:
         yield g
-
-
-def llama_cpp_greedy(llm, tokens: list[int]) -> tuple[list[int], np.ndarray]:
-    """llama.cpp's greedy tokens after `tokens` (at most STEPS, the last one an end of
-    generation if it stopped early) and its logits (float64) before each of them."""
-    llama_cpp, model = llm
-    model.reset()
-    model.eval(tokens)
-    out, rows = [], []
-    for _ in range(STEPS):
-        logits = np.asarray(model.scores[model.n_tokens - 1], np.float64)
-        rows.append(logits)
-        out.append(int(np.argmax(logits)))
-        if llama_cpp.llama_vocab_is_eog(model._model.vocab, out[-1]):
-            break
-        model.eval([out[-1]])
-    return out, np.array(rows)
 
 
 def margins(logits: np.ndarray) -> np.ndarray:
@@ -137,7 +118,7 @@ def test_greedy_equals_llama_cpp(llm, host_model, guest, record_property) -> Non
     compared = []
     for text in PROMPTS:
         tokens = llm[1].tokenize(text.encode(), add_bos=False, special=True)
-        ref, ref_logits = llama_cpp_greedy(llm, tokens)
+        ref, ref_logits = llama_cpp_greedy(llm[1], tokens, STEPS)
         m = margins(ref_logits)
         if same_order:  # the issue's rule: free-running, up to the first near tie
             cut = int(np.argmax(m < MARGIN)) if (m < MARGIN).any() else len(ref)

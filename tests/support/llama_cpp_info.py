@@ -25,9 +25,12 @@ def cpu_features() -> frozenset[str]:
 
 
 # Measured on this project's machine (AVX-512, llama-cpp-python 0.3.36 built native):
-# bit-identical prompt logits for these; the others within ~1e-7 on most prompts (the
-# K-quants llama.cpp repacks, Q2_K and Q4_K, sum in an order not mirrored here; f16 K·Q).
-BITWISE_ON_AVX512 = ("BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+# bit-identical prompt logits for these (BF16 where the build has no AVX512_BF16); Q2_K
+# within ~1e-7 (llama.cpp repacks it on AVX-512 and sums in an order not mirrored here).
+BITWISE_ON_AVX512 = (
+    "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
+    "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q4_K_M", "Q5_K_M",
+)  # fmt: skip
 # Measured on an AVX2-only machine (AMD EPYC Zen 3, the same llama-cpp-python built
 # native: AVX2, F16C, FMA, LLAMAFILE) with our AVX2 float order: bit-identical prompt
 # logits on the random models, and on SmolLM2-135M (Q4_1, Q8_0 output) its batched

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+# Plain-text prompts of the real-model greedy tests (tests/model)
+PLAIN_PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time", "1, 2, 3, 4,",
+                 "Water boils at"]  # fmt: skip
+
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))

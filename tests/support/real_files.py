@@ -48,10 +48,10 @@ def llama_vocab(name: str) -> tuple[Path, list[str], list[list[int]]]:
 
 
 def gemma3() -> Path:
-    """The Gemma 3 270M Q4_K_M GGUF. Gemma's terms apply, so the set-up fetches it only when
-    asked (`realm-ext pull gemma3-270m`): missing, the tests that need it skip, in CI too."""
+    """The Gemma 3 270M Q4_K_M GGUF (Gemma's terms apply; the set-up fetches it unless
+    REALM_SKIP_GEMMA=1, which CI never sets)."""
     path = model_path("gemma3-270m")
     if path is None:
-        pytest.skip("Gemma 3 270M is not in the cache: run realm-ext pull gemma3-270m (Gemma's terms apply)")
+        _missing("Gemma 3 270M")
     assert path is not None
     return path
