@@ -134,7 +134,8 @@ int realm_matmul_q_order(const void *w, int wtype, int64_t n_rows, int64_t n_col
     if (wrb < 0 || arb < 0 || !k.dot || n_rows < 0 || n_tokens < 0 || ldy < n_rows) return REALM_ERR_INVALID;
     const realm_vec_dot_fn gemm = realm_get_vec_dot_gemm(wtype, isa);
     if (gemm && batched && n_cols % 16 == 0)
-        k = (struct kernels){gemm, realm_get_vec_dot_gemm_nx(wtype, isa), NULL}; /* llama.cpp's batched order */
+        k = (struct kernels){gemm, realm_get_vec_dot_gemm_nx(wtype, isa),
+                             realm_get_vec_dot_gemm_8r(wtype, isa)}; /* llama.cpp's batched order */
     const int64_t rpb = rows_per_block(n_rows, n_tokens, n_threads);
     const int64_t nb = (n_rows + rpb - 1) / rpb;
     struct matmul_job j = {&k, w, wrb, (const char *)xq, arb, n_rows, n_cols, n_tokens, rpb, y, ldy, nb, 0};

@@ -61,10 +61,11 @@ realm_vec_dot_8r_fn realm_get_vec_dot_8r(int wtype, int isa);
  * order llama.cpp's batched matmul sums, where this ISA level mirrors one: llamafile's
  * tinyBLAS for f32/f16/bf16 (AVX-512), ggml-cpu's tiled K-quant matmul for
  * Q3_K/Q5_K/Q6_K (AVX2, AVX-512), its repacked Q4_K kernel for 4 tokens (every ISA);
- * NULL elsewhere (use realm_get_vec_dot). The _nx getter gives its multi-token form, or
- * NULL. */
+ * NULL elsewhere (use realm_get_vec_dot). The _nx and _8r getters give its multi-token
+ * and 8-row forms, or NULL. */
 realm_vec_dot_fn realm_get_vec_dot_gemm(int wtype, int isa);
 realm_vec_dot_nx_fn realm_get_vec_dot_gemm_nx(int wtype, int isa);
+realm_vec_dot_8r_fn realm_get_vec_dot_gemm_8r(int wtype, int isa);
 /* How many of rows first .. first+n_tokens-1 of a call of call_tokens rows, from the
  * first, llama.cpp multiplies in its batched order by an n_rows x n_cols weight of
  * wtype: every row of a call of 2 or more for the float types (n_cols a multiple of
@@ -87,5 +88,7 @@ const realm_vec_dot_fn *realm_vec_dot_gemm_table_avx2(void);
 const realm_vec_dot_fn *realm_vec_dot_gemm_table_avx512(void);
 const realm_vec_dot_nx_fn *realm_vec_dot_gemm_nx_table_avx2(void);
 const realm_vec_dot_nx_fn *realm_vec_dot_gemm_nx_table_avx512(void);
+const realm_vec_dot_8r_fn *realm_vec_dot_gemm_8r_table_avx2(void);
+const realm_vec_dot_8r_fn *realm_vec_dot_gemm_8r_table_avx512(void);
 
 #endif
