@@ -10,7 +10,7 @@ from backend_checks import check_bad_calls_raise
 from support.ggml_emulation import GgmlEmulation
 from support.greedy import clear_steps_agree
 from support.llama_cpp_info import bit_for_bit, sums_in_our_order
-from support.prompts import llama_cpp_logits, llama_cpp_prompts, prompt, rel
+from support.prompts import assert_within_flips, llama_cpp_logits, llama_cpp_prompts, prompt, rel
 
 from realm_ext import _kernels
 from realm_ext.backends.cpu import CpuBackend, load_weights, runtime_args
@@ -41,28 +41,28 @@ def test_small_model(model_path, backend: CpuBackend, rng, recipe: str) -> None:
 def test_decode_one_token_at_a_time_equals_prefill(
     model_path, backend: CpuBackend, rng, recipe: str, float_order
 ) -> None:
-    # the AVX-512 float order: one order for one token and for several, as that llama.cpp
-    # build has for attention. (The AVX2 build sums attention for one token as
-    # ggml_vec_dot_f16 and for several as tinyBLAS<8>, and so does our AVX2 order: decode
-    # and prefill then differ by a flipped rounding that these tiny models amplify to
-    # ~1e-2; tests/kernels/test_float_orders.py checks that order's decode step.)
+    """Decode through the per-layer calls (out aliasing x) is decode through the whole
+    stack bit for bit, and the prompt's batched rows up to rounding flips: llama.cpp (so
+    our float order) sums one token's attention as ggml_vec_dot_f16 and a batch's as
+    tinyBLAS, and a batch's Q4_K rows in its repacked 4-token order."""
     float_order("avx512")
     with load_gguf(model_path(recipe)) as m:
         c = m.config
         toks = np.asarray(prompt(rng, 10, c.n_vocab), np.int32)
         batch = backend.logits(m, toks)
-        kv = backend.new_kv(m, 32)
+        kv, kv_stack = backend.new_kv(m, 32), backend.new_kv(m, 32)
         x = np.empty((1, c.n_embd), np.float32)
         logits = np.empty((1, c.n_vocab), np.float32)
+        errs = []
         for p in range(len(toks)):
             backend.forward_embedding(m, toks[p : p + 1], x)
             for i in range(c.n_layer):
                 backend.forward_layer(m, i, x, p, kv, x)  # out aliases x
             backend.forward_lm_head(m, x, logits)
-            # same values, different chunking: identical up to float order (float
-            # weights: one token sums as ggml's vec_dot, several as its tinyBLAS)
-            tol = 1e-4 if recipe in ("F32", "F16", "BF16") else 1e-5
-            assert rel(logits[0], batch[p].astype(np.float64)) < tol, p
+            stack = backend.logits(m, toks[p : p + 1], kv=kv_stack, position=p)
+            np.testing.assert_array_equal(logits[0], stack[0])
+            errs.append(rel(logits[0], batch[p].astype(np.float64)))
+        assert_within_flips(errs)
         assert kv.n_pos == (len(toks),) * c.n_layer or list(kv.n_pos) == [len(toks)] * c.n_layer
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from support.ggml_emulation import GgmlEmulation
 from support.llama_cpp_info import bit_for_bit, sums_in_our_order
-from support.prompts import llama_cpp_prompts, prompt, rel
+from support.prompts import assert_within_flips, llama_cpp_prompts, prompt, rel
 
 from realm_ext.backends.cpu import CpuBackend
 from realm_ext.model import load_gguf
@@ -96,8 +96,8 @@ def test_logits_match_float64_reference(models: dict[str, Path], backend: CpuBac
 def test_decode_past_the_original_context_equals_prefill(
     models: dict[str, Path], backend: CpuBackend, rng, rope: str, float_order
 ) -> None:
-    """One token at a time from position 40 on (the factors apply per position), in the
-    float order whose decode sums as its prefill (test_cpu.py's decode test says why)."""
+    """One token at a time from position 40 on (the factors apply per position): equal to
+    the prefill's rows up to rounding flips (test_cpu.py's decode test says why)."""
     float_order("avx512")
     with load_gguf(models[rope]) as m:
         c = m.config
@@ -108,8 +108,10 @@ def test_decode_past_the_original_context_equals_prefill(
         backend.logits(m, toks[:start], kv=kv)
         x = np.empty((1, c.n_embd), np.float32)
         out = np.empty((1, c.n_vocab), np.float32)
+        errs = []
         for p in range(start, len(toks)):
             backend.forward_embedding(m, toks[p : p + 1], x)
             backend.forward_layers(m, 0, c.n_layer, x, p, kv, x)
             backend.forward_lm_head(m, x, out)
-            assert rel(out[0], batch[p].astype(np.float64)) < 1e-5, p
+            errs.append(rel(out[0], batch[p].astype(np.float64)))
+        assert_within_flips(errs)

@@ -21,6 +21,7 @@ import pytest
 from backend_checks import check_bad_calls_raise
 from cuda_emulation import emulated_cuda
 from support.greedy import backend_greedy, piece_bytes, prompt_ids
+from support.prompts import assert_within_flips
 
 from realm_ext import Host, kernels
 from realm_ext.backends import cuda_unavailable_reason, make_backend
@@ -251,10 +252,8 @@ def test_decode_equals_prefill(model_path, cuda, rng, recipe: str) -> None:
         toks = prompt(rng, 10, m.config.n_vocab)
         batch = cuda.logits(m, toks)
         step = decode_logits(cuda, m, toks, 32)
-        # matvec vs matmul kernels: the float order differs, so a Q8 rounding can land on
-        # the other side of its step and move a row (and the rows after it) by ~1e-2
-        errs = [rel(step[p], batch[p]) for p in range(len(toks))]
-        assert max(errs) < 5e-2 and float(np.median(errs)) < 1e-3, errs
+        # matvec vs matmul kernels: the float order differs
+        assert_within_flips([rel(step[p], batch[p]) for p in range(len(toks))])
 
 
 @pytest.mark.parametrize("recipe", ["Q4_K_M", "Q8_0"])
