@@ -15,6 +15,10 @@
    weights="mmap" (the file's page cache) and with weights="load" (one copy in
    anonymous memory, as llama.cpp holds the weights it repacks); the ratio load / mmap
    says what the copy would buy on this machine.
+3. the read roofline: GB/s of a `--threads`-thread read of a 1 GiB buffer (numpy's
+   max over one slice per thread, SIMD), and each decode figure as a fraction of the
+   tok/s that bandwidth allows: weight bytes a token reads (every tensor but the
+   embedding table, which gives one row, unless it is also the LM head) / read GB/s.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import contextlib
 import json
 import os
 import statistics
+import threading
 import time
 from pathlib import Path
 
@@ -58,6 +63,37 @@ def model_file(models_dir: Path, t: str) -> Path | None:
         finally:
             tmp.unlink(missing_ok=True)
     return path
+
+
+READ_BYTES = 1 << 30  # the roofline's buffer
+
+
+def read_gbs(threads: int, repeat: int = 5) -> float:
+    """GB/s of `threads` threads reading disjoint slices of one 1 GiB buffer (the best of
+    `repeat`: the figure is a ceiling). np.max is vectorised and releases the GIL."""
+    buf = np.ones(READ_BYTES, np.uint8)
+    parts = np.array_split(buf, threads)
+    best = 0.0
+    for _ in range(repeat):
+        workers = [threading.Thread(target=np.max, args=(p,)) for p in parts]
+        t0 = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        best = max(best, READ_BYTES / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def bytes_per_token(path: Path) -> int:
+    """Weight bytes a decode step reads: every tensor, the embedding table only when it is
+    also the LM head (a token reads one row of it otherwise)."""
+    m = load_gguf(path)
+    try:
+        embd = m.tensor("token_embd.weight").nbytes
+        return sum(t.nbytes for t in m.tensors.values()) - (0 if m.tied_output else embd)
+    finally:
+        m.close()
 
 
 def prompt_tokens(n_vocab: int, n: int = PROMPT, seed: int = 0) -> list[int]:
@@ -187,13 +223,32 @@ def run_models(types: tuple[str, ...] | list[str], threads: int, repeat: int, mo
             continue
         res = measure(path, threads, repeat)
         a, b = res["ours"], res.get("llama_cpp")
-        row = {"type": t, "ours": a, "ours_load": res["ours_load"], "llama_cpp": b}
+        row = {
+            "type": t,
+            "ours": a,
+            "ours_load": res["ours_load"],
+            "llama_cpp": b,
+            "bytes_per_token": bytes_per_token(path),
+        }
         for phase in PHASES:
             row[f"{phase}_load_vs_mmap"] = res["ours_load"][f"{phase}_tok_s"] / a[f"{phase}_tok_s"]
             if b:
                 row[f"{phase}_ratio"] = a[f"{phase}_tok_s"] / b[f"{phase}_tok_s"]
         rows.append(row)
     return rows
+
+
+def add_roofline(rows: list[dict], threads: int) -> float:
+    """Measure the read roofline and put each run's decode as a fraction of it into rows
+    (run_models' rows, as "decode_vs_roofline"); returns the read GB/s."""
+    read = read_gbs(threads)
+    for row in rows:
+        for who in ("ours", "ours_load", "llama_cpp"):
+            if row[who]:
+                row[who]["decode_vs_roofline"] = (
+                    row[who]["decode_tok_s"] * row["bytes_per_token"] / (read * 1e9)
+                )
+    return read
 
 
 def run(
@@ -207,7 +262,9 @@ def run(
     """Both parts: bench_matvec.run on `matvec_types`, then run_models on `types`."""
     mv = bench_matvec.run(list(matvec_types), matvec_repeat)
     rows = run_models(types, threads, repeat, models_dir)
+    read = add_roofline(rows, threads)
     return {
+        "read_gbs": read,
         "threads": threads,
         "repeat": repeat,
         "prompt": PROMPT,
@@ -238,6 +295,14 @@ def report(res: dict) -> None:
             theirs = f"{b[f'{phase}_tok_s']:8.1f} {row[f'{phase}_ratio']:6.2f}x" if b else f"{'-':>16}"
             cells.append(f"{ours:8.1f} {theirs}")
         print(f"{row['type']:<13} " + "   ".join(f"{c:>25}" for c in cells))
+    print(
+        f"decode as a fraction of the read roofline ({res['read_gbs']:.1f} GB/s, {res['threads']} threads; "
+        "weight bytes per token / read GB/s):"
+    )
+    for row in res["models"]:
+        who = [w for w in ("ours", "ours_load", "llama_cpp") if row[w]]
+        cells = "  ".join(f"{w} {row[w]['decode_vs_roofline']:.0%}" for w in who)
+        print(f"{row['type']:<13} {row['bytes_per_token'] / 2**20:7.1f} MiB/token  {cells}")
     print("weights='load' (a copy in memory) instead of the default 'mmap' (tok/s, load / mmap):")
     for row in res["models"]:
         m = row["ours_load"]

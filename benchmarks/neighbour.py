@@ -141,8 +141,10 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
     r = run(a.preset, a.type, a.batch, a.steps, a.threads)
-    print(f"{a.preset} {a.type}, hostile batches of {a.batch} tokens ({r['batch_calls']} calls, median "
-          f"{r['batch_ms_median']:.0f} ms, {r['batch_lock_grants_median']:.0f} lock grants each)")
+    print(
+        f"{a.preset} {a.type}, hostile batches of {a.batch} tokens ({r['batch_calls']} calls, median "
+        f"{r['batch_ms_median']:.0f} ms, {r['batch_lock_grants_median']:.0f} lock grants each)"
+    )
     for name in ("alone", "beside_batches"):
         p = r[name]
         print(f"  neighbour step {name:15s} p50 {p['p50_ms']:8.2f} ms   p99 {p['p99_ms']:8.2f} ms")

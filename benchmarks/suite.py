@@ -9,7 +9,8 @@ Sections, in order (each one's raw output is kept under ``sections``):
   ``cpu.matvec.<type>.<rows>x<cols>.vs_copy``.
 - cpu_e2e: prefill (128 tokens) and decode (64 steps) tok/s on the tinyllama preset
   with random blocks, ours and llama.cpp (llama-cpp-python) alternately on the same
-  file (benchmarks.cpu); ratios ``cpu.{prefill,decode}.<type>.vs_llama_cpp``. The
+  file (benchmarks.cpu); ratios ``cpu.{prefill,decode}.<type>.vs_llama_cpp`` and
+  ``cpu.decode.<type>.vs_read_roofline`` (decode over what the read bandwidth allows). The
   metric ``...load_vs_mmap`` is ours with the weights copied into memory
   (weights="load") over ours reading the file's page cache (the default): a fact of
   the machine's memory, not a ratio to hold against a baseline. Without llama_cpp
@@ -127,8 +128,10 @@ def cpu_kernels(ctx: Context) -> Section:
 
 def cpu_e2e(ctx: Context) -> Section:
     rows = cpu.run_models(ctx.suite.e2e_types, ctx.threads, ctx.repeat, ctx.models_dir)
-    metrics, ratios = {}, {}
+    read = cpu.add_roofline(rows, ctx.threads)
+    metrics, ratios = {"cpu.read_gbs": read}, {}
     for row in rows:
+        ratios[f"cpu.decode.{row['type']}.vs_read_roofline"] = row["ours"]["decode_vs_roofline"]
         for phase in cpu.PHASES:
             name = f"cpu.{phase}.{row['type']}"
             metrics[f"{name}.tok_s"] = row["ours"][f"{phase}_tok_s"]
@@ -142,6 +145,7 @@ def cpu_e2e(ctx: Context) -> Section:
         "prompt": cpu.PROMPT,
         "long_prompt": cpu.LONG_PROMPT,
         "decode": cpu.DECODE,
+        "read_gbs": read,
         "models": rows,
     }
     return raw, metrics, ratios

@@ -18,7 +18,7 @@
 #define ROWS_PER_BLOCK_PREFILL 64
 /* Tokens per pass of the multi-token kernels over a row block: their rounded
  * activations (a few KB each) stay in L1/L2 while the block's weight rows go by. */
-#define TOKENS_PER_PASS 8
+#define TOKENS_PER_PASS 16
 
 static int64_t weight_row_bytes(int wtype, int64_t n_cols) {
     const int qk = realm_type_block_elems(wtype);
@@ -67,13 +67,17 @@ struct kernels {
     realm_vec_dot_fn dot;
     realm_vec_dot_nx_fn dot_nx; /* NULL: loop over dot */
     realm_vec_dot_8r_fn dot_8r; /* NULL: row by row */
+    realm_vec_dot_8r_fn dot_16r; /* 16 rows; NULL: by 8 */
 };
 
 /* Rows [r0, r1) times nt tokens (nt <= TOKENS_PER_PASS) at a, outputs at y: groups of
- * 8 rows through the 8-row kernel where there is one, the rest row by row. */
+ * 16 and of 8 rows through the 16- and 8-row kernels where there are some, the rest row
+ * by row. */
 static void tile(const struct kernels *k, int64_t n_cols, const char *w, int64_t wrb, int64_t r0, int64_t r1,
                  const char *a, int64_t arb, int nt, float *y, int64_t ldy) {
     int64_t r = r0;
+    if (k->dot_16r)
+        for (; r + 16 <= r1; r += 16) k->dot_16r(n_cols, &y[r], ldy, w + r * wrb, wrb, a, arb, nt);
     if (k->dot_8r)
         for (; r + 8 <= r1; r += 8) k->dot_8r(n_cols, &y[r], ldy, w + r * wrb, wrb, a, arb, nt);
     for (; r < r1; r++) {
@@ -130,12 +134,12 @@ int realm_matmul_q_order(const void *w, int wtype, int64_t n_rows, int64_t n_col
     const int64_t arb = realm_matmul_scratch_bytes(wtype, n_cols, 1);
     const int isa = realm_active_isa();
     struct kernels k = {realm_get_vec_dot(wtype, isa), realm_get_vec_dot_nx(wtype, isa),
-                        realm_get_vec_dot_8r(wtype, isa)};
+                        realm_get_vec_dot_8r(wtype, isa), realm_get_vec_dot_16r(wtype, isa)};
     if (wrb < 0 || arb < 0 || !k.dot || n_rows < 0 || n_tokens < 0 || ldy < n_rows) return REALM_ERR_INVALID;
     const realm_vec_dot_fn gemm = realm_get_vec_dot_gemm(wtype, isa);
     if (gemm && batched && n_cols % 16 == 0)
-        k = (struct kernels){gemm, realm_get_vec_dot_gemm_nx(wtype, isa),
-                             realm_get_vec_dot_gemm_8r(wtype, isa)}; /* llama.cpp's batched order */
+        k = (struct kernels){gemm, realm_get_vec_dot_gemm_nx(wtype, isa), realm_get_vec_dot_gemm_8r(wtype, isa),
+                             realm_get_vec_dot_gemm_16r(wtype, isa)}; /* llama.cpp's batched order */
     const int64_t rpb = rows_per_block(n_rows, n_tokens, n_threads);
     const int64_t nb = (n_rows + rpb - 1) / rpb;
     struct matmul_job j = {&k, w, wrb, (const char *)xq, arb, n_rows, n_cols, n_tokens, rpb, y, ldy, nb, 0};

@@ -80,8 +80,10 @@ realm_vec_dot_fn realm_get_vec_dot(int wtype, int isa) {
 #endif
 SIMD_GETTER(realm_vec_dot_nx_fn, realm_get_vec_dot_nx, nx)
 SIMD_GETTER(realm_vec_dot_8r_fn, realm_get_vec_dot_8r, 8r)
+SIMD_GETTER(realm_vec_dot_8r_fn, realm_get_vec_dot_16r, 16r)
 SIMD_GETTER(realm_vec_dot_nx_fn, realm_get_vec_dot_gemm_nx, gemm_nx)
 SIMD_GETTER(realm_vec_dot_8r_fn, realm_get_vec_dot_gemm_8r, gemm_8r)
+SIMD_GETTER(realm_vec_dot_8r_fn, realm_get_vec_dot_gemm_16r, gemm_16r)
 
 realm_vec_dot_fn realm_get_vec_dot_gemm(int wtype, int isa) {
     switch (kernel_level(wtype, isa)) {

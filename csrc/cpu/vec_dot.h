@@ -28,6 +28,9 @@ typedef void (*realm_vec_dot_nx_fn)(int64_t n, float *s, int64_t ls, const void 
 typedef void (*realm_vec_dot_8r_fn)(int64_t n, float *s, int64_t ls, const void *w, int64_t lw, const void *a,
                                     int64_t la, int n_tokens);
 
+/* The 16-row form of realm_vec_dot_8r_fn (rows 0..15 at w + r * lw; AVX-512, where
+ * 16 rows fill a register's lanes). */
+
 enum realm_isa {
     REALM_ISA_SCALAR = 0,
     REALM_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C */
@@ -57,15 +60,20 @@ realm_vec_dot_nx_fn realm_get_vec_dot_nx(int wtype, int isa);
  * where that ISA has none (the caller uses the single-row kernels). */
 realm_vec_dot_8r_fn realm_get_vec_dot_8r(int wtype, int isa);
 
+/* The 16-row kernel of that ISA (realm_vec_dot_8r_fn's signature, 16 rows); NULL where
+ * it has none. */
+realm_vec_dot_8r_fn realm_get_vec_dot_16r(int wtype, int isa);
+
 /* For several tokens at once (those realm_vec_dot_gemm_tokens picks): the kernel in the
  * order llama.cpp's batched matmul sums, where this ISA level mirrors one: llamafile's
  * tinyBLAS for f32/f16/bf16 (AVX-512), ggml-cpu's tiled K-quant matmul for
  * Q3_K/Q5_K/Q6_K (AVX2, AVX-512), its repacked Q4_K kernel for 4 tokens (every ISA);
- * NULL elsewhere (use realm_get_vec_dot). The _nx and _8r getters give its multi-token
- * and 8-row forms, or NULL. */
+ * NULL elsewhere (use realm_get_vec_dot). The _nx, _8r and _16r getters give its
+ * multi-token, 8-row and 16-row forms, or NULL. */
 realm_vec_dot_fn realm_get_vec_dot_gemm(int wtype, int isa);
 realm_vec_dot_nx_fn realm_get_vec_dot_gemm_nx(int wtype, int isa);
 realm_vec_dot_8r_fn realm_get_vec_dot_gemm_8r(int wtype, int isa);
+realm_vec_dot_8r_fn realm_get_vec_dot_gemm_16r(int wtype, int isa);
 /* How many of rows first .. first+n_tokens-1 of a call of call_tokens rows, from the
  * first, llama.cpp multiplies in its batched order by an n_rows x n_cols weight of
  * wtype: every row of a call of 2 or more for the float types (n_cols a multiple of
@@ -84,6 +92,10 @@ const realm_vec_dot_nx_fn *realm_vec_dot_nx_table_avx2(void);
 const realm_vec_dot_nx_fn *realm_vec_dot_nx_table_avx512(void);
 const realm_vec_dot_8r_fn *realm_vec_dot_8r_table_avx2(void);
 const realm_vec_dot_8r_fn *realm_vec_dot_8r_table_avx512(void);
+const realm_vec_dot_8r_fn *realm_vec_dot_16r_table_avx2(void);
+const realm_vec_dot_8r_fn *realm_vec_dot_16r_table_avx512(void);
+const realm_vec_dot_8r_fn *realm_vec_dot_gemm_16r_table_avx2(void);
+const realm_vec_dot_8r_fn *realm_vec_dot_gemm_16r_table_avx512(void);
 const realm_vec_dot_fn *realm_vec_dot_gemm_table_avx2(void);
 const realm_vec_dot_fn *realm_vec_dot_gemm_table_avx512(void);
 const realm_vec_dot_nx_fn *realm_vec_dot_gemm_nx_table_avx2(void);

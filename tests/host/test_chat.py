@@ -10,6 +10,7 @@ alone or in a batch, so "exactly" holds for any split of the work."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,12 +18,13 @@ import numpy as np
 import pytest
 from support.greedy import piece_bytes, prompt_ids
 
-from realm_ext import Host, RealmError, abi
+from realm_ext import Host, RealmError, abi, api
 from realm_ext.chat_template import ChatTemplate
 from realm_ext.engines.base import GuestLimitError
 from realm_ext.host import GuestImports, _Fail
 from realm_ext.model import Model
 from realm_ext.model_maker import make_model
+from realm_ext.stream import PieceStream
 
 GREEDY = dict(temperature=0.0, stop_at_eos=False)
 
@@ -327,9 +329,15 @@ def test_an_import_failing_part_way_leaves_the_conversation_correct(
         assert forwards.positions(since) == list(range(s.cached_tokens, len(ids) + 6 - 1))
 
 
-def test_closing_the_stream_mid_reply_keeps_what_was_fed_back(host: Host, model: Model) -> None:
+def test_closing_the_stream_mid_reply_keeps_what_was_fed_back(
+    host: Host, model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
     kw = dict(GREEDY, max_tokens=40, n_ctx=512)
     template = ChatTemplate.for_model(model)
+    # a stream of one piece: the guest waits in realm_emit one piece ahead of this reader,
+    # so it cannot finish the reply before the close (the default lets a tiny model run
+    # 4096 pieces ahead)
+    monkeypatch.setattr(api, "PieceStream", functools.partial(PieceStream, max_pieces=1))
     with host.guest(models=[model]) as g:
         messages = [{"role": "user", "content": "tell me a story"}]
         stream = g.chat(messages, **kw)

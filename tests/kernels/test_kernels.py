@@ -77,6 +77,7 @@ DECODE_KERNELS = (
     "x86_dot_q4_K",
     "x86_dot_q4_1",
 )
+DECODE_KERNELS_AVX512 = ("x86_dot_16r_q4_0",)  # 16 rows in 512-bit lanes: built for AVX-512 only
 
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 kernels only")
@@ -100,3 +101,6 @@ def test_decode_kernels_prefetch() -> None:
     for name in DECODE_KERNELS:
         assert len(copies.get(name, [])) >= 2, f"{name}: expected an AVX2 and an AVX-512 build"
         assert all(n > 0 for n in copies[name]), f"{name} has no prefetch in some build: {copies[name]}"
+    for name in DECODE_KERNELS_AVX512:
+        assert copies.get(name), f"{name}: expected an AVX-512 build"
+        assert all(n > 0 for n in copies[name]), f"{name} has no prefetch: {copies[name]}"
