@@ -16,7 +16,7 @@
    anonymous memory, as llama.cpp holds the weights it repacks); the ratio load / mmap
    says what the copy would buy on this machine.
 3. the read roofline: GB/s of a `--threads`-thread read of a 1 GiB buffer (numpy's
-   max over one slice per thread, SIMD), and each decode figure as a fraction of the
+   max over one u64 slice per thread, SIMD), and each decode figure as a fraction of the
    tok/s that bandwidth allows: weight bytes a token reads (every tensor but the
    embedding table, which gives one row, unless it is also the LM head) / read GB/s.
 """
@@ -71,7 +71,7 @@ READ_BYTES = 1 << 30  # the roofline's buffer
 def read_gbs(threads: int, repeat: int = 5) -> float:
     """GB/s of `threads` threads reading disjoint slices of one 1 GiB buffer (the best of
     `repeat`: the figure is a ceiling). np.max is vectorised and releases the GIL."""
-    buf = np.ones(READ_BYTES, np.uint8)
+    buf = np.ones(READ_BYTES // 8, np.uint64)  # max over u64 read fastest of numpy's reductions here
     parts = np.array_split(buf, threads)
     best = 0.0
     for _ in range(repeat):
