@@ -118,10 +118,10 @@ static void matmul_blocks(void *ctx, int64_t b0, int64_t b1, int thread) {
 /* Prefill: each thread takes the next row block from a shared counter instead of a
  * fixed range, so a thread the VM or the OS slows down does not hold the others up at
  * the end (a block is 64 rows x every token: the counter's cost is nothing beside it).
- * A block's result does not depend on which thread computes it. Decode keeps the fixed
- * ranges: there a block is only 16 rows, and dealt blocks decoded slower (docs/PERF.md):
- * the threads' blocks interleave, and each one's prefetch of the next rows runs into
- * the other's. */
+ * A block's result does not depend on which thread computes it. Decode, and a batched
+ * step of up to REALM_DECODE_TOKENS_MAX rows, keep the fixed ranges: there a block is
+ * only 16 rows, and dealt blocks decoded slower (docs/PERF.md): the threads' blocks
+ * interleave, and each one's prefetch of the next rows runs into the other's. */
 static void matmul_blocks_dealt(void *ctx, int64_t b0, int64_t b1, int thread) {
     struct matmul_job *j = ctx;
     (void)b0, (void)b1;
@@ -143,7 +143,7 @@ int realm_matmul_q_order(const void *w, int wtype, int64_t n_rows, int64_t n_col
     const int64_t rpb = rows_per_block(n_rows, n_tokens, n_threads);
     const int64_t nb = (n_rows + rpb - 1) / rpb;
     struct matmul_job j = {&k, w, wrb, (const char *)xq, arb, n_rows, n_cols, n_tokens, rpb, y, ldy, nb, 0};
-    realm_parallel_for(nb, n_threads, n_tokens > 1 ? matmul_blocks_dealt : matmul_blocks, &j);
+    realm_parallel_for(nb, n_threads, n_tokens > REALM_DECODE_TOKENS_MAX ? matmul_blocks_dealt : matmul_blocks, &j);
     return 0;
 }
 

@@ -31,6 +31,11 @@ typedef void (*realm_vec_dot_8r_fn)(int64_t n, float *s, int64_t ls, const void 
 /* The 16-row form of realm_vec_dot_8r_fn (rows 0..15 at w + r * lw; AVX-512, where
  * 16 rows fill a register's lanes). */
 
+/* Up to this many tokens a matmul reads its weights from memory once, as decode does
+ * (a batched step of several guests' decode rows): the kernels prefetch the rows ahead
+ * and matmul.c gives each thread a fixed range of rows. */
+#define REALM_DECODE_TOKENS_MAX 8
+
 enum realm_isa {
     REALM_ISA_SCALAR = 0,
     REALM_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C */
