@@ -24,12 +24,10 @@ typedef void (*realm_vec_dot_nx_fn)(int64_t n, float *s, int64_t ls, const void 
 /* Eight consecutive weight rows times n_tokens activation rows (matmul tiles): row r at
  * w + r * lw, token t at a + t * la (both in bytes), s[t * ls + r] = dot(row r, token t)
  * for r < 8, t < n_tokens (ls in floats). Each output is bit for bit that of the
- * single-row kernel of the same ISA. */
+ * single-row kernel of the same ISA. The 16-row kernels (AVX-512, where 16 rows fill a
+ * register's lanes) share this type, with r < 16. */
 typedef void (*realm_vec_dot_8r_fn)(int64_t n, float *s, int64_t ls, const void *w, int64_t lw, const void *a,
                                     int64_t la, int n_tokens);
-
-/* The 16-row form of realm_vec_dot_8r_fn (rows 0..15 at w + r * lw; AVX-512, where
- * 16 rows fill a register's lanes). */
 
 /* Up to this many tokens a matmul reads its weights from memory once, as decode does
  * (a batched step of several guests' decode rows): the kernels prefetch the rows ahead
