@@ -244,10 +244,14 @@ def test_a_neighbours_step_waits_one_chunk_of_a_long_call(model_path, engine_nam
         bounds, grants = chunk_plan(host.backend.prepare(model), hostile.state.kv[kv].ring, LONG, c.n_layer)
     # The long call ran in the chunks of its plan (64 tokens, fewer as its window grows;
     # one layer each) where it was alone, and in shorter chunks through every layer in
-    # the steps it shared with a neighbour step (so at least the plan's grants); each
+    # the steps it shared with a neighbour step (each of those can shift the plan's chunk
+    # bounds by one grant, so at least the plan's grants less one per neighbour step); each
     # neighbour step (1 token, every layer) took one step, waited behind at most one
     # step of the long call, and ran in the middle of it.
-    assert long_call["grants"] >= grants > 4 * c.n_layer and bounds[0] == 64, (long_call, bounds)
+    assert long_call["grants"] >= grants - len(steps) and grants > 4 * c.n_layer and bounds[0] == 64, (
+        long_call,
+        bounds,
+    )
     for step in steps:
         assert step["grants"] == 1 and step["max_ahead"] <= 1, step
     assert long_call["first"] < steps[0]["first"], (steps, long_call)
