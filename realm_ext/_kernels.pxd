@@ -46,7 +46,7 @@ cdef extern from "fair_lock.h" nogil:
 cdef extern from "llama_steps.h" nogil:
     ctypedef struct realm_step_queue:
         realm_fair_lock lock
-        int64_t step_tokens
+        int64_t step_tokens, gather_ns
         uint64_t steps, rows, jobs, max_jobs, run_ns, gather_ns_spent
 
     ctypedef struct realm_call_control:

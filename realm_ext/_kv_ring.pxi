@@ -10,6 +10,7 @@
 # A ring is not thread-safe: one conversation, one thread at a time.
 from libc.stdint cimport int32_t, uint16_t, uintptr_t
 
+import mmap
 import operator
 import os
 
@@ -41,6 +42,18 @@ cdef extern from "attention.h":
 KV_RING_MAX_CAPACITY = REALM_KV_RING_MAX_CAPACITY
 cdef int64_t _INT32_MAX = 2**31 - 1
 cdef int64_t _INT64_MAX = 2**63 - 1
+
+
+def _ring_storage(tuple shape):
+    """A zeroed float16 array of `shape` in its own anonymous map, in small pages: a ring
+    fills a position at a time, and a huge page (numpy advises them for large arrays)
+    would zero 2 MiB at the first append into each region, per new conversation. The
+    pages a ring never reaches are never committed. The array holds the map."""
+    cdef int64_t nbytes = 2 * int(np.prod(shape, dtype=np.int64))
+    mem = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):  # Linux; elsewhere the pages are the system's
+        mem.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(mem, np.float16).reshape(shape)
 
 
 cdef _f32_array(a, str name, tuple shape, bint writable=False):
@@ -100,8 +113,8 @@ cdef class KVRing:
         uniform = bool(np.all(slots == cap) and np.all(win == cap))
         rows = int(slots.sum())
         row_shape = (dims["n_head_kv"], dims["head_dim"])
-        self._k = np.zeros((rows, *row_shape), np.float16)
-        self._v = np.zeros((rows, *row_shape), np.float16)
+        self._k = _ring_storage((rows, *row_shape))
+        self._v = _ring_storage((rows, *row_shape))
         cdef uint16_t[:, :, ::1] k = self._k.view(np.uint16)
         cdef uint16_t[:, :, ::1] v = self._v.view(np.uint16)
         cdef const int64_t[::1] sv = slots

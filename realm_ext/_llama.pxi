@@ -260,7 +260,7 @@ cdef class LlamaRuntime:
 
     @property
     def step_tokens(self) -> int:
-        """Prefill rows a call adds to a step it shares with other guests' calls."""
+        """Prefill rows a call adds to a step it shares with other guests' decode rows."""
         return self.steps.step_tokens
 
     @step_tokens.setter
@@ -268,6 +268,17 @@ cdef class LlamaRuntime:
         if n < 1:
             raise ValueError(f"step_tokens must be >= 1, got {n}")
         self.steps.step_tokens = n
+
+    @property
+    def gather_wait_s(self) -> float:
+        """The longest a step waits for the calls it expects (csrc/cpu/llama_steps.h)."""
+        return self.steps.gather_ns * 1e-9
+
+    @gather_wait_s.setter
+    def gather_wait_s(self, double seconds):
+        if not 0 <= seconds <= 10:
+            raise ValueError(f"gather_wait_s must be 0 to 10 seconds, got {seconds}")
+        self.steps.gather_ns = <int64_t>(seconds * 1e9)
 
     @property
     def lock_grants(self) -> int:

@@ -124,9 +124,10 @@ static void finish(realm_step_queue *q, realm_step_job *j, int rc) {
 
 /* ---- choosing a step (the queue's mutex held) ----------------------------------------- */
 
-/* Start j's next chunk of `rows` rows at most (`alone`: the lone chunk shape): sets
- * j->chunk and j->step_layers; 0, or the code j fails with. */
-static int start_chunk(const realm_step_queue *q, realm_step_job *j, int alone, int64_t rows) {
+/* Start j's next chunk of `rows` rows at most (`alone`: the lone chunk shape; else at
+ * most `share` rows, fewer as its window grows): sets j->chunk and j->step_layers; 0,
+ * or the code j fails with. */
+static int start_chunk(realm_step_job *j, int alone, int64_t rows, int64_t share) {
     const int64_t left = j->n_tokens - j->done, p = j->pos + j->done;
     if (j->kind == JOB_LM_HEAD) {
         j->chunk = clamp64(left, 1, alone ? j->s->lm_rows : rows);
@@ -138,8 +139,7 @@ static int start_chunk(const realm_step_queue *q, realm_step_job *j, int alone, 
         realm_llama_chunk_shape(j->d, j->kv, j->s->max_tokens, p, left, j->count, &t, &g);
     } else if (left > 1) {
         int32_t unused;
-        realm_llama_chunk_shape(j->d, j->kv, q->step_tokens < rows ? q->step_tokens : rows, p, left, j->count, &t,
-                                &unused);
+        realm_llama_chunk_shape(j->d, j->kv, share < rows ? share : rows, p, left, j->count, &t, &unused);
     }
     if (t > realm_kv_chunk_limit(j->kv, p)) t = realm_kv_chunk_limit(j->kv, p); /* see llama.c's ring_chunk */
     j->chunk = t;
@@ -152,6 +152,14 @@ static int start_chunk(const realm_step_queue *q, realm_step_job *j, int alone, 
 static int same_kind(const realm_step_job *a, const realm_step_job *b) {
     return a->kind == b->kind && a->n_threads == b->n_threads &&
            (a->kind == JOB_LM_HEAD || (a->first == b->first && a->count == b->count));
+}
+
+/* is a queued job that may share h's step a decode row (a layers call of one row left)? */
+static int decode_queued(const realm_step_job *h) {
+    if (h->kind != JOB_LAYERS) return 0;
+    for (const realm_step_job *j = h; j; j = j->next)
+        if (same_kind(h, j) && j->layer == j->first && j->n_tokens - j->done == 1) return 1;
+    return 0;
 }
 
 /* Jobs stopped by their controls leave the queue; then the next step's jobs go into
@@ -171,7 +179,8 @@ static int pick(realm_step_queue *q, realm_step_job **step) {
         }
         const int64_t cap = h->kind == JOB_LM_HEAD ? h->s->lm_rows : h->s->max_tokens;
         const int alone = h->next == NULL;
-        int rc = start_chunk(q, h, alone, cap);
+        const int64_t share = decode_queued(h) ? q->step_tokens : REALM_STEP_PROMPT_ROWS;
+        int rc = start_chunk(h, alone, cap, share);
         if (rc) {
             finish(q, h, rc);
             continue;
@@ -182,7 +191,7 @@ static int pick(realm_step_queue *q, realm_step_job **step) {
         for (realm_step_job *j = h->next, *next; j && rows < cap && n < REALM_STEP_MAX_SEQS; j = next) {
             next = j->next;
             if (!same_kind(h, j) || (j->kind == JOB_LAYERS && j->layer != j->first)) continue;
-            rc = start_chunk(q, j, 0, cap - rows);
+            rc = start_chunk(j, 0, cap - rows, share);
             if (rc) {
                 finish(q, j, rc);
                 continue;
@@ -208,12 +217,13 @@ static int pick(realm_step_queue *q, realm_step_job **step) {
 static int ready_to_share(const realm_step_job *j) { return j->kind == JOB_LM_HEAD || j->layer == j->first; }
 
 /* The jobs a step of h's kind expects (llama_steps.h): the distinct rings of the last
- * two layers steps; for the LM head, the jobs of the last layers step (each goes on to
- * its LM head) or of the larger of the last two LM head steps. */
+ * two layers steps; for the LM head, the calls the last layers step finished (each goes
+ * on to its LM head; a prompt still under way does not) or the jobs of the larger of
+ * the last two LM head steps. */
 static uint64_t expected_jobs(const realm_step_queue *q, const realm_step_job *h) {
     if (h->kind == JOB_LM_HEAD) {
         const uint64_t heads = q->head_jobs[0] > q->head_jobs[1] ? q->head_jobs[0] : q->head_jobs[1];
-        return heads > (uint64_t)q->n_rings[0] ? heads : (uint64_t)q->n_rings[0];
+        return heads > q->layers_done ? heads : q->layers_done;
     }
     uint64_t n = (uint64_t)q->n_rings[0];
     for (int i = 0; i < q->n_rings[1]; i++) {
@@ -312,6 +322,7 @@ static int run_step(realm_step_job **step, int n) {
 /* each job's progress after its step (the queue's mutex held) */
 static void advance(realm_step_queue *q, realm_step_job **step, int n, int rc) {
     int64_t rows = 0;
+    uint64_t calls_done = 0;
     for (int i = 0; i < n; i++) {
         realm_step_job *j = step[i];
         rows += j->chunk;
@@ -328,6 +339,7 @@ static void advance(realm_step_queue *q, realm_step_job **step, int n, int rc) {
         if (j->done == j->n_tokens) {
             j->rc = 0;
             j->finished = 1;
+            calls_done++;
         } else {
             push_back(q, j); /* round-robin */
         }
@@ -340,6 +352,7 @@ static void advance(realm_step_queue *q, realm_step_job **step, int n, int rc) {
         q->n_rings[1] = q->n_rings[0];
         for (int i = 0; i < n; i++) q->rings[0][i] = step[i]->kv;
         q->n_rings[0] = n;
+        q->layers_done = calls_done;
     }
     q->steps++;
     q->rows += (uint64_t)rows;

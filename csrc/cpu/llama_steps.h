@@ -17,17 +17,18 @@
  *    realm_llama_chunk_shape as before batching: `tokens` rows through `layers` layers
  *    per step (about max_tokens token-layers: the bound on what a neighbour waits for),
  *    then the next layers in the next steps; in the middle of a chunk it runs alone.
- *  - With other jobs queued, a longer job at the start of a chunk adds a chunk of at most
- *    the queue's step_tokens rows (fewer as its attention window grows, as in
- *    realm_llama_chunk_shape) to the step, through every layer: prefill rides along
- *    with the neighbours' decode rows and delays them by at most that many tokens.
+ *  - With other jobs queued, a longer job at the start of a chunk adds a chunk to the
+ *    step, through every layer: at most the queue's step_tokens rows when a decode job
+ *    shares the step (prefill rides along with the neighbours' decode rows and delays
+ *    them by at most that many tokens), else REALM_STEP_PROMPT_ROWS (prompts together);
+ *    fewer as its attention window grows, as in realm_llama_chunk_shape.
  *  - At most scratch->max_tokens rows (REALM_STEP_MAX_SEQS jobs) per layer step, and
  *    scratch->lm_rows per LM head step. Jobs are served round-robin: after its step a
  *    job with rows left goes to the back of the queue.
  *  - Before a step that could take others, the thread that runs it waits, at most
  *    gather_ns, for the jobs it expects: for a layers step, one per ring that the last
- *    two layers steps served; for an LM head step, as many as the last layers step or
- *    the larger of the last two LM head steps had. Guests decoding together reach the queue a little apart (each
+ *    two layers steps served; for an LM head step, as many as the last layers step
+ *    finished calls of, or the larger of the last two LM head steps had. Guests decoding together reach the queue a little apart (each
  *    samples its token in between), and without the wait their steps would split into
  *    several (each reading the weights). A guest alone never waits (its steps had one
  *    job).
@@ -87,9 +88,10 @@ typedef struct {
     pthread_cond_t arrived; /* a job joined the queue */
     struct realm_step_job *head, *tail;
     int running;            /* a step is being gathered or run */
-    int64_t step_tokens;    /* prefill rows a job adds to a step shared with others */
+    int64_t step_tokens;    /* prefill rows a job adds to a step shared with decode rows */
     int64_t gather_ns;      /* the longest a step waits for the calls it expects */
     uint64_t head_jobs[2];  /* jobs in the last two LM head steps */
+    uint64_t layers_done;   /* calls the last layers step finished (each may go on to its LM head) */
     /* the rings of the last two layers steps' jobs (identities only, never dereferenced) */
     const void *rings[2][REALM_STEP_MAX_SEQS];
     int n_rings[2];
@@ -98,7 +100,8 @@ typedef struct {
     uint64_t steps, rows, jobs, max_jobs, run_ns, gather_ns_spent;
 } realm_step_queue;
 
-#define REALM_STEP_TOKENS_DEFAULT 8
+#define REALM_STEP_TOKENS_DEFAULT 1
+#define REALM_STEP_PROMPT_ROWS 8 /* prefill rows per job in a step of prompts only */
 #define REALM_STEP_GATHER_NS_DEFAULT 3000000
 
 int realm_step_queue_init(realm_step_queue *q); /* 0, or -7 */

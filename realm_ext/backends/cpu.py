@@ -98,8 +98,8 @@ class CpuBackend(base.BackendBase):
     weights: "mmap" (the file's map) or "load" (one copy in anonymous memory per model);
     see the module's docstring.
     step_tokens: the prompt rows a call adds to a step it shares with other guests'
-    calls (csrc/cpu/llama_steps.h): the most a long prompt delays a neighbour's decode
-    step by, in tokens; more gives the prompt more speed beside decoders.
+    decode rows (csrc/cpu/llama_steps.h): the most a long prompt delays a neighbour's
+    decode step by, in tokens; more gives the prompt more speed beside decoders.
     """
 
     name = "cpu"

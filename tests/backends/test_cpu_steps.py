@@ -205,3 +205,56 @@ def test_step_tokens_is_checked(model_path, backend: CpuBackend) -> None:
         assert rt.step_tokens >= 1
         with pytest.raises(ValueError, match="step_tokens"):
             rt.step_tokens = 0
+
+
+def test_a_decoders_lm_head_does_not_wait_for_a_prompt_under_way(
+    model_path, backend: CpuBackend, rng
+) -> None:
+    """A decoder's layers steps carry rows of a long prompt too; its LM head step then
+    expects the calls that step finished (the decoder's), not the prompt, which has rows
+    left and does not come to the LM head. With a gather wait of 0.2 s, counting the prompt
+    in would cost 0.2 s per decode step; the whole run waits less than 10 of them."""
+    with load_gguf(model_path("Q8_0", preset="small")) as m:
+        c = m.config
+        rt = backend.prepare(m)
+        steps, wait = 20, 0.2
+        default_wait = rt.gather_wait_s
+        started, decoded = threading.Event(), threading.Event()
+        toks = prompt(rng, 4, c.n_vocab)
+
+        def long_call() -> None:
+            kv = backend.new_kv(m, 4096)
+            x = np.random.default_rng(1).standard_normal((4000, c.n_embd)).astype(np.float32) * 0.1
+            control = _kernels.CallControl()
+            control.arm(None)
+            started.set()
+            threading.Thread(target=lambda: (decoded.wait(), control.cancel())).start()
+            with pytest.raises(_kernels.CallStopped):
+                rt.forward_layers(0, c.n_layer, x, 0, kv, x, backend.n_threads, control)
+
+        def decoder() -> np.ndarray:
+            started.wait()
+            try:
+                return conversation(backend, m, toks, steps)
+            finally:
+                decoded.set()
+
+        want = conversation(backend, m, toks, steps)
+        rt.gather_wait_s = wait
+        try:
+            gather0 = rt.step_stats["gather_s"]
+            got = run_together([long_call, decoder])
+            gathered = rt.step_stats["gather_s"] - gather0
+        finally:
+            rt.gather_wait_s = default_wait
+        assert not isinstance(got[0], BaseException), got[0]
+        np.testing.assert_array_equal(got[1], want)
+        assert gathered < 10 * wait, gathered
+
+
+def test_gather_wait_is_checked(model_path, backend: CpuBackend) -> None:
+    with load_gguf(model_path("Q8_0")) as m:
+        rt = backend.prepare(m)
+        assert rt.gather_wait_s == pytest.approx(0.003)
+        with pytest.raises(ValueError, match="gather_wait_s"):
+            rt.gather_wait_s = -1

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -188,3 +191,33 @@ def test_storage_views_outlive_the_ring(rng):
     k = kv.k
     del kv
     assert np.array_equal(k[0].reshape(2, 2), as_f16(r))
+
+
+def mapped_kib(a: np.ndarray, field: str) -> int:
+    """The sum of `field` (kB) over the /proc/self/smaps mappings that a's data overlaps
+    (an madvise splits one map into several)."""
+    lo = a.__array_interface__["data"][0]
+    hi = lo + a.nbytes
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if head.endswith(":"):
+            if inside and head == field + ":":
+                total += int(line.split()[1])
+            continue
+        start, end = (int(x, 16) for x in head.split("-"))
+        inside = start < hi and end > lo
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux's /proc/self/smaps")
+def test_a_new_ring_commits_only_the_pages_it_reaches(rng):
+    """A conversation's ring of 8192 positions (SmolLM2's 30 layers, 94 MiB per half)
+    after one token in every layer holds a few small pages per layer, not a huge page
+    (numpy's default for large arrays: 2 MiB zeroed at the first append into each)."""
+    kv = KVRing(30, 8192, 3, 64)
+    for layer in range(30):
+        kv.append(layer, 0, rows(rng, kv, 1), rows(rng, kv, 1))
+    for storage in (kv.k, kv.v):
+        assert mapped_kib(storage, "AnonHugePages") == 0
+        assert mapped_kib(storage, "Rss") <= 30 * 2 * 4, mapped_kib(storage, "Rss")
