@@ -129,9 +129,15 @@ def load_baseline(path: Path) -> dict:
     return _load(path, baseline_problems)
 
 
+# the ratios a baseline keeps: those that survive a change of machine (ours over
+# llama.cpp's, over the copy bandwidth, a guest over the backend driven directly); the
+# read roofline and the tenants' ratios move with the machine's memory and core count
+BASELINE_RATIOS = ("vs_llama_cpp", "vs_copy", "vs_direct")
+
+
 def make_baseline(result: dict, note: str | None = None) -> dict:
-    """A baseline from a result: its ratios (every one higher-is-better: ours over theirs,
-    over copy bandwidth, guest over direct), where they came from, and `note` if given."""
+    """A baseline from a result: its BASELINE_RATIOS (every one higher-is-better: ours over
+    theirs, over copy bandwidth, guest over direct), where they came from, and `note` if given."""
     m = result["machine"]
     git = m.get("git") or {}
     return {
@@ -150,6 +156,8 @@ def make_baseline(result: dict, note: str | None = None) -> dict:
             **({"note": note} if note else {}),
         },
         "ratios": {
-            k: {"value": round(v, 4), "higher_is_better": True} for k, v in sorted(result["ratios"].items())
+            k: {"value": round(v, 4), "higher_is_better": True}
+            for k, v in sorted(result["ratios"].items())
+            if k.rsplit(".", 1)[1] in BASELINE_RATIOS
         },
     }

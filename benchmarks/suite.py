@@ -18,6 +18,13 @@ Sections, in order (each one's raw output is kept under ``sections``):
 - guest: µs per host call, greedy decode through the shipped guest against the backend
   driven directly, guest memory (benchmarks.guest); ratios
   ``guest.decode.<preset>.<engine>.vs_direct``.
+- tenants: guests on one model at once and a neighbour beside a long prompt
+  (benchmarks.tenants): aggregate tok/s, TTFT and ITL per concurrency; ratios
+  ``tenants.<model>.guests<N>.vs_one_guest`` (N guests' aggregate over one guest's) and
+  ``tenants.<model>.neighbour.alone_vs_beside_p99`` (a decoder's ITL p99 alone over beside
+  the long prompt: 0.5 is the 2x bound). quick: the default model (SmolLM2) at 1 and 8
+  guests, a 1,024-token prompt; full: it and the TinyLlama-shape Q4_K_M file at 1, 2, 4,
+  8 and 16 guests, a 2,048-token prompt, and through `realm-ext serve` too.
 - gpu: when cupy imports and sees a device, benchmarks.gpu_kernels.run and
   benchmarks.gpu.run (imported only then); otherwise the reason is under ``skipped``.
   Each returns a dict; its flat maps "metrics" and "ratios", when present, are taken
@@ -68,7 +75,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import bench_matvec, cpu, guest
+from benchmarks import bench_matvec, cpu, guest, tenants
 from benchmarks.machine import machine_facts
 from benchmarks.result import SCHEMA, result_problems
 from realm_ext.default_model import cache_dir
@@ -84,12 +91,15 @@ class Suite:
     e2e_types: tuple[str, ...]
     guest_quick: bool
     repeat: int
+    tenants_concurrency: tuple[int, ...]
+    tenants_long_prompt: int
 
 
 SUITES = {
-    "quick": Suite(("Q4_K", "Q6_K"), ("Q4_K_M",), True, QUICK_REPEAT),
-    "full": Suite(cpu.MATVEC_TYPES, cpu.TYPES, False, FULL_REPEAT),
+    "quick": Suite(("Q4_K", "Q6_K"), ("Q4_K_M",), True, QUICK_REPEAT, (1, 8), 1024),
+    "full": Suite(cpu.MATVEC_TYPES, cpu.TYPES, False, FULL_REPEAT, (1, 2, 4, 8, 16), 2048),
 }
+TENANT_TOKENS = 32  # per guest
 
 
 class Skipped(Exception):
@@ -172,6 +182,41 @@ def guest_abi(ctx: Context) -> Section:
     return raw, metrics, ratios
 
 
+def tenants_section(ctx: Context) -> Section:
+    from realm_ext import pull
+
+    smollm2 = pull.model_path(pull.DEFAULT)
+    if smollm2 is None:
+        raise Skipped("the default model was never pulled (realm-ext pull)")
+    s, full = ctx.suite, not ctx.suite.guest_quick
+    models = [smollm2, cpu.model_file(ctx.models_dir, "Q4_K_M")] if full else [smollm2]
+    raw = tenants.run(
+        models, list(s.tenants_concurrency), TENANT_TOKENS, s.tenants_long_prompt, ctx.threads, server=full
+    )
+    return raw, *tenants_numbers(raw)
+
+
+def tenants_numbers(raw: dict) -> tuple[dict[str, float], dict[str, float]]:
+    """benchmarks.tenants.run's result as the suite's metrics and ratios (this module's docstring)."""
+    metrics, ratios = {}, {}
+    for file_name, out in raw["models"].items():
+        name = f"tenants.{Path(file_name).stem}"
+        for how, rows in (("", out["concurrency"]), (".server", out.get("server") or [])):
+            for r in rows:
+                at = f"{name}{how}.guests{r['guests']}"
+                metrics[f"{at}.tok_s"] = r["aggregate_tok_s"]
+                metrics[f"{at}.ttft_p50_ms"] = r["ttft"]["p50_ms"]
+                metrics[f"{at}.itl_p99_ms"] = r["itl"]["p99_ms"]
+                if r["guests"] > 1:
+                    ratios[f"{at}.vs_one_guest"] = r["ratio_to_one"]
+        nb = out["neighbour"]
+        if nb:
+            metrics[f"{name}.neighbour.itl_p99_alone_ms"] = nb["itl_alone"]["p99_ms"]
+            metrics[f"{name}.neighbour.itl_p99_beside_ms"] = nb["itl_beside"]["p99_ms"]
+            ratios[f"{name}.neighbour.alone_vs_beside_p99"] = 1 / nb["p99_ratio"]
+    return metrics, ratios
+
+
 def cuda_device() -> str | None:
     """None when a CUDA device is usable through cupy, else why not."""
     try:
@@ -234,6 +279,7 @@ SECTIONS: dict[str, Callable[[Context], Section]] = {
     "cpu_kernels": cpu_kernels,
     "cpu_e2e": cpu_e2e,
     "guest": guest_abi,
+    "tenants": tenants_section,
     "gpu": gpu,
 }
 

@@ -1,5 +1,6 @@
 """benchmarks.tenants end to end on the tiny model: every measurement, directly and
-through the server, and its plot (the numbers mean nothing here; this checks the code)."""
+through the server, its plot, and the suite's numbers from it (the numbers mean nothing
+here; this checks the code)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import tenants
+from benchmarks.suite import tenants_numbers
 
 
 def test_tenants_benchmark_runs_end_to_end(model_path, tmp_path: Path) -> None:
@@ -26,3 +28,11 @@ def test_tenants_benchmark_runs_end_to_end(model_path, tmp_path: Path) -> None:
     assert nb["long_prompt_tokens"] == 64 and nb["itl_alone"]["p99_ms"] > 0 and nb["p99_ratio"] > 0
     tenants.plot(result, tmp_path / "tenants.png")
     assert (tmp_path / "tenants.png").stat().st_size > 1000
+    metrics, ratios = tenants_numbers(result)
+    name = f"tenants.{path.stem}"
+    assert ratios[f"{name}.guests3.vs_one_guest"] == m["concurrency"][1]["ratio_to_one"]
+    assert ratios[f"{name}.server.guests3.vs_one_guest"] == m["server"][1]["ratio_to_one"]
+    assert ratios[f"{name}.neighbour.alone_vs_beside_p99"] == 1 / nb["p99_ratio"]
+    assert f"{name}.guests1.vs_one_guest" not in ratios  # one guest over itself says nothing
+    assert metrics[f"{name}.server.guests1.tok_s"] == m["server"][0]["aggregate_tok_s"]
+    assert metrics[f"{name}.neighbour.itl_p99_beside_ms"] == nb["itl_beside"]["p99_ms"]
