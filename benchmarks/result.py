@@ -27,7 +27,7 @@ from pathlib import Path
 
 SCHEMA = 1
 SUITES = ("quick", "full")
-NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[A-Za-z0-9_]+)+$")
+NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[A-Za-z0-9_-]+)+$")  # cpu.decode.SmolLM2-Q4_1.vs_llama_cpp
 RESULT_KEYS = {
     "schema": int,
     "suite": str,

@@ -200,7 +200,7 @@ def tenants_numbers(raw: dict) -> tuple[dict[str, float], dict[str, float]]:
     """benchmarks.tenants.run's result as the suite's metrics and ratios (this module's docstring)."""
     metrics, ratios = {}, {}
     for file_name, out in raw["models"].items():
-        name = f"tenants.{Path(file_name).stem}"
+        name = "tenants." + Path(file_name).stem.replace(".", "_")  # one name segment
         for how, rows in (("", out["concurrency"]), (".server", out.get("server") or [])):
             for r in rows:
                 at = f"{name}{how}.guests{r['guests']}"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import compare, result
+from benchmarks import compare, cpu, result
 from benchmarks.__main__ import main
 from benchmarks.suite import SECTIONS, cuda_device, flatten_gpu, run_suite, spread
 
@@ -125,6 +125,8 @@ def test_compare_rows_directions_tolerance_and_new(rng):
 def test_result_schema_accepts_valid_and_names_each_fault(rng):
     res = synthetic(rng)
     assert result.result_problems(res) == []
+    for t in cpu.TYPES:  # the full suite's model names (SmolLM2-Q4_1) are valid ones
+        assert result.NAME.match(f"cpu.prefill512.{t}.vs_llama_cpp"), t
     name = sorted(res["metrics"])[0]
     faults = {
         "missing key 'ratios'": lambda r: r.pop("ratios"),

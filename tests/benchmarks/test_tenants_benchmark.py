@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import tenants
+from benchmarks.result import NAME
 from benchmarks.suite import tenants_numbers
 
 
@@ -29,7 +30,8 @@ def test_tenants_benchmark_runs_end_to_end(model_path, tmp_path: Path) -> None:
     tenants.plot(result, tmp_path / "tenants.png")
     assert (tmp_path / "tenants.png").stat().st_size > 1000
     metrics, ratios = tenants_numbers(result)
-    name = f"tenants.{path.stem}"
+    name = "tenants." + path.stem.replace(".", "_")
+    assert [k for k in (*metrics, *ratios) if not NAME.match(k)] == []
     assert ratios[f"{name}.guests3.vs_one_guest"] == m["concurrency"][1]["ratio_to_one"]
     assert ratios[f"{name}.server.guests3.vs_one_guest"] == m["server"][1]["ratio_to_one"]
     assert ratios[f"{name}.neighbour.alone_vs_beside_p99"] == 1 / nb["p99_ratio"]
