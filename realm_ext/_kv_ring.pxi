@@ -50,7 +50,10 @@ def _ring_storage(tuple shape):
     would zero 2 MiB at the first append into each region, per new conversation. The
     pages a ring never reaches are never committed. The array holds the map."""
     cdef int64_t nbytes = 2 * int(np.prod(shape, dtype=np.int64))
-    mem = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        mem = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except OSError as e:  # ENOMEM: as numpy's allocation failing would
+        raise MemoryError(f"cannot map {nbytes} bytes for a KV ring: {e}") from e
     if hasattr(mmap, "MADV_NOHUGEPAGE"):  # Linux; elsewhere the pages are the system's
         mem.madvise(mmap.MADV_NOHUGEPAGE)
     return np.frombuffer(mem, np.float16).reshape(shape)

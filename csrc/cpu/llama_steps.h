@@ -28,10 +28,10 @@
  *  - Before a step that could take others, the thread that runs it waits, at most
  *    gather_ns, for the jobs it expects: for a layers step, one per ring that the last
  *    two layers steps served; for an LM head step, as many as the last layers step
- *    finished calls of, or the larger of the last two LM head steps had. Guests decoding together reach the queue a little apart (each
- *    samples its token in between), and without the wait their steps would split into
- *    several (each reading the weights). A guest alone never waits (its steps had one
- *    job).
+ *    finished calls of, or the larger of the last two LM head steps had. Guests
+ *    decoding together reach the queue a little apart (each samples its token in
+ *    between), and without the wait their steps would split into several (each reading
+ *    the weights). A guest alone never waits (its steps had one job).
  *  - A step short of the jobs it expects first lets a step of another kind run, once,
  *    if one is ready (the head of the queue then waits at most one step longer): each
  *    guest's token is a layers call then an LM head call, and guests that fell into two

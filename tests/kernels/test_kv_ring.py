@@ -221,3 +221,9 @@ def test_a_new_ring_commits_only_the_pages_it_reaches(rng):
     for storage in (kv.k, kv.v):
         assert mapped_kib(storage, "AnonHugePages") == 0
         assert mapped_kib(storage, "Rss") <= 30 * 2 * 4, mapped_kib(storage, "Rss")
+
+
+def test_a_ring_larger_than_the_address_space_is_a_memory_error():
+    """2^49 bytes of K (more than x86-64's user address space): MemoryError, naming it."""
+    with pytest.raises(MemoryError, match="bytes for a KV ring"):
+        KVRing(1, 2**20, 2**14, 2**14)
