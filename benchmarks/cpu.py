@@ -6,10 +6,13 @@
    measured in the same run (benchmarks.bench_matvec).
 2. decode tok/s (64 tokens after a 128-token prompt) and prefill tok/s (a 128-token and
    a 512-token prompt) on the tinyllama preset at Q4_K_M, Q8_0 and Q4_0 and on the real
-   SmolLM2-135M-Instruct Q4_1 (the file `realm-ext pull` caches; skipped with a note where
-   it is absent), with `--threads` threads, for this backend and for llama.cpp
-   (llama-cpp-python, same files, same thread count). The tinyllama models are made
-   with random valid blocks (`make-model --random-blocks`), cached in --models-dir.
+   SmolLM2-135M-Instruct Q4_1 and Gemma 3 270M Q4_K_M (the files `realm-ext pull` caches;
+   skipped with a note where absent), with `--threads` threads, for this backend and for
+   llama.cpp (llama-cpp-python, same files, same thread count). The tinyllama models come
+   two ways, cached in --models-dir: with random valid blocks (`make-model
+   --random-blocks`: "Q4_K_M"), and quantized by llama.cpp's own quantizer
+   (`llama_model_quantize`) from the maker's F16 file of N(0, 0.02) weights
+   ("Q4_K_M-llamacpp": the scales and the type mix a real quantized file has).
    The ratios ours / llama.cpp are the figures that matter: absolute
    times drift with the machine's load. Ours runs twice: with the default
    weights="mmap" (the file's page cache) and with weights="load" (one copy in
@@ -30,6 +33,7 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,29 +44,65 @@ from realm_ext.backends.cpu import CpuBackend
 from realm_ext.model import load_gguf
 from realm_ext.model_maker import make_model
 from realm_ext.pull import model_path
+from realm_ext.quantizer import recipe_file_type
 
-# tinyllama-shape files at these types, then the real model files of REAL_MODELS
-TYPES = ("Q4_K_M", "Q8_0", "Q4_0", "SmolLM2-Q4_1", "Gemma3-Q4_K_M")
+# a tinyllama-shape recipe quantized by llama.cpp from the maker's F16 file
+LLAMA_QUANTIZED = "-llamacpp"
+# tinyllama-shape files of random blocks, the same recipes quantized by llama.cpp, then
+# the real model files of REAL_MODELS
+RECIPES = ("Q4_K_M", "Q8_0", "Q4_0")
+TYPES = (*RECIPES, *(r + LLAMA_QUANTIZED for r in RECIPES), "SmolLM2-Q4_1", "Gemma3-Q4_K_M")
 # type name -> realm_ext.pull name
 REAL_MODELS = {"SmolLM2-Q4_1": "smollm2", "Gemma3-Q4_K_M": "gemma3-270m"}
 PROMPT, LONG_PROMPT, DECODE = 128, 512, 64  # decode follows the PROMPT-token prefill
 
 
-def model_file(models_dir: Path, t: str) -> Path | None:
-    """The file of `t`: a tinyllama-shape model made (once) in models_dir, or a real model
-    from the pull cache (None where it was never pulled)."""
-    if t in REAL_MODELS:
-        return model_path(REAL_MODELS[t])
-    path = models_dir / f"tinyllama-{t}-random-blocks.gguf"
+def _cached(path: Path, make: Callable[[Path], object]) -> Path:
+    """path, made by make(tmp) first where it does not exist (a cache: never leave half a
+    file under the name)."""
     if not path.exists():
-        models_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")  # a cache: never leave half a file under the name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
         try:
-            make_model(tmp, "tinyllama", t, seed=0, random_blocks=True)
+            make(tmp)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
     return path
+
+
+def llama_quantized(models_dir: Path, recipe: str, preset: str = "tinyllama") -> Path:
+    """The preset's F16 model (seed 0) quantized to `recipe` by llama.cpp's quantizer,
+    made once in models_dir (llama-cpp-python must import)."""
+    import llama_cpp
+
+    f16 = _cached(models_dir / f"{preset}-F16.gguf", lambda tmp: make_model(tmp, preset, "F16", seed=0))
+
+    def quantize(tmp: Path) -> None:
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = int(recipe_file_type(recipe))
+        params.nthread = os.cpu_count() or 1
+        if llama_cpp.llama_model_quantize(str(f16).encode(), str(tmp).encode(), params) != 0:
+            raise RuntimeError(f"llama.cpp could not quantize {f16} to {recipe}")
+
+    return _cached(models_dir / f"{preset}-{recipe}-llamacpp.gguf", quantize)
+
+
+def model_file(models_dir: Path, t: str) -> Path | None:
+    """The file of `t`: a tinyllama-shape model made (once) in models_dir, or a real model
+    from the pull cache; None where it cannot be had (never pulled, or a llama.cpp-quantized
+    file without llama-cpp-python)."""
+    if t in REAL_MODELS:
+        return model_path(REAL_MODELS[t])
+    if t.endswith(LLAMA_QUANTIZED):
+        try:
+            return llama_quantized(models_dir, t.removesuffix(LLAMA_QUANTIZED))
+        except ImportError:
+            return None
+    return _cached(
+        models_dir / f"tinyllama-{t}-random-blocks.gguf",
+        lambda tmp: make_model(tmp, "tinyllama", t, seed=0, random_blocks=True),
+    )
 
 
 READ_BYTES = 1 << 30  # the roofline's buffer
@@ -219,7 +259,12 @@ def run_models(types: tuple[str, ...] | list[str], threads: int, repeat: int, mo
     for t in types:
         path = model_file(models_dir, t)
         if path is None:
-            print(f"{t}: skipped, not in the pull cache (realm-ext pull {REAL_MODELS[t]})", flush=True)
+            why = (
+                f"not in the pull cache (realm-ext pull {REAL_MODELS[t]})"
+                if t in REAL_MODELS
+                else "llama-cpp-python (its quantizer) does not import"
+            )
+            print(f"{t}: skipped, {why}", flush=True)
             continue
         res = measure(path, threads, repeat)
         a, b = res["ours"], res.get("llama_cpp")
@@ -286,7 +331,7 @@ def report(res: dict) -> None:
         f"\n{res['threads']} threads, prefill of {PROMPT} and {LONG_PROMPT} tokens, decode of {DECODE} "
         f"after the first, median of {res['repeat']} (tok/s: ours, llama.cpp, ratio)"
     )
-    print(f"{'type':<13} " + "   ".join(f"{phase:>25}" for phase in PHASES))
+    print(f"{'type':<15} " + "   ".join(f"{phase:>25}" for phase in PHASES))
     for row in res["models"]:
         a, b = row["ours"], row["llama_cpp"]
         cells = []
@@ -294,7 +339,7 @@ def report(res: dict) -> None:
             ours = a[f"{phase}_tok_s"]
             theirs = f"{b[f'{phase}_tok_s']:8.1f} {row[f'{phase}_ratio']:6.2f}x" if b else f"{'-':>16}"
             cells.append(f"{ours:8.1f} {theirs}")
-        print(f"{row['type']:<13} " + "   ".join(f"{c:>25}" for c in cells))
+        print(f"{row['type']:<15} " + "   ".join(f"{c:>25}" for c in cells))
     print(
         f"decode as a fraction of the read roofline ({res['read_gbs']:.1f} GB/s, {res['threads']} threads; "
         "weight bytes per token / read GB/s):"
@@ -302,12 +347,12 @@ def report(res: dict) -> None:
     for row in res["models"]:
         who = [w for w in ("ours", "ours_load", "llama_cpp") if row[w]]
         cells = "  ".join(f"{w} {row[w]['decode_vs_roofline']:.0%}" for w in who)
-        print(f"{row['type']:<13} {row['bytes_per_token'] / 2**20:7.1f} MiB/token  {cells}")
+        print(f"{row['type']:<15} {row['bytes_per_token'] / 2**20:7.1f} MiB/token  {cells}")
     print("weights='load' (a copy in memory) instead of the default 'mmap' (tok/s, load / mmap):")
     for row in res["models"]:
         m = row["ours_load"]
         cells = [f"{p} {m[f'{p}_tok_s']:6.1f} ({row[f'{p}_load_vs_mmap']:.2f}x)" for p in PHASES]
-        print(f"{row['type']:<13} " + "  ".join(cells))
+        print(f"{row['type']:<15} " + "  ".join(cells))
 
 
 def main() -> None:

@@ -7,9 +7,11 @@ Sections, in order (each one's raw output is kept under ``sections``):
 - cpu_kernels: matvec GB/s per format on the TinyLlama shapes with the widest ISA, and
   memory-copy GB/s in the same run (benchmarks.bench_matvec); ratios
   ``cpu.matvec.<type>.<rows>x<cols>.vs_copy``.
-- cpu_e2e: prefill (128 tokens) and decode (64 steps) tok/s on the tinyllama preset
-  with random blocks, ours and llama.cpp (llama-cpp-python) alternately on the same
-  file (benchmarks.cpu); ratios ``cpu.{prefill,decode}.<type>.vs_llama_cpp`` and
+- cpu_e2e: prefill (128 and 512 tokens) and decode (64 steps) tok/s, ours and llama.cpp
+  (llama-cpp-python) alternately on the same file (benchmarks.cpu): quick, the tinyllama
+  preset's random-block Q4_K_M; full, its random-block Q4_K_M, Q8_0 and Q4_0, the same
+  recipes quantized by llama.cpp (``Q4_K_M-llamacpp``, ...) and the real SmolLM2 and
+  Gemma 3 files; ratios ``cpu.{prefill,decode}.<type>.vs_llama_cpp`` and
   ``cpu.decode.<type>.vs_read_roofline`` (decode over what the read bandwidth allows). The
   metric ``...load_vs_mmap`` is ours with the weights copied into memory
   (weights="load") over ours reading the file's page cache (the default): a fact of
