@@ -64,6 +64,15 @@ static inline float f16_to_f32_vec(realm_f16 h) {
  * sums in lanes); the lanes are added pairwise at the end. */
 #define LANES 16
 
+/* 16 floats a[0], a[s], .., a[15s] added as a 16-lane horizontal sum (halves,
+ * quarters, then the two pairs: _mm512_reduce_add_ps) */
+static inline __attribute__((always_inline)) float reduce16s(const float *a, int64_t s) {
+    float t[8];
+    for (int i = 0; i < 8; i++) t[i] = a[i * s] + a[(i + 8) * s];
+    for (int i = 0; i < 4; i++) t[i] += t[i + 4];
+    return (t[0] + t[2]) + (t[1] + t[3]);
+}
+
 /* AVX-512 order: f32 dot of q (f16 values held as f32) and k (f16 values held as f32).
  * Inlined into each ISA's attend_group, where the 16 lanes become one or two vector
  * registers (each lane's sum is the same in any ISA: products and adds, no fused
@@ -75,18 +84,7 @@ static inline __attribute__((always_inline)) float dot_lanes(const float *restri
     for (; d + LANES <= n; d += LANES)
         for (int i = 0; i < LANES; i++) acc[i] += q[d + i] * k[d + i];
     for (int i = 0; d < n; d++, i++) acc[i] += q[d] * k[d];
-    for (int w = LANES / 2; w > 0; w /= 2)
-        for (int i = 0; i < w; i++) acc[i] += acc[i + w];
-    return acc[0];
-}
-
-/* 16 floats a[0], a[s], .., a[15s] added as a 16-lane horizontal sum (halves,
- * quarters, then the two pairs: _mm512_reduce_add_ps) */
-static inline __attribute__((always_inline)) float reduce16s(const float *a, int64_t s) {
-    float t[8];
-    for (int i = 0; i < 8; i++) t[i] = a[i * s] + a[(i + 8) * s];
-    for (int i = 0; i < 4; i++) t[i] += t[i + 4];
-    return (t[0] + t[2]) + (t[1] + t[3]);
+    return reduce16s(acc, 1); /* by halves */
 }
 
 /* 64 floats (4 accumulators of 16 lanes: a[(16m + l) s]) reduced as GGML_F32x16_REDUCE:
@@ -200,6 +198,11 @@ static inline __attribute__((always_inline)) double exp_and_sum(float *restrict 
     for (int64_t j = 0; j < n; j++) s[j] -= max;
     realm_expf_ggml_row(s, s, n);
     for (int64_t j = 0; j < n;) {
+        if (((first + j) & (lanes - 1)) == 0 && j + lanes <= n) { /* a whole group, in place */
+            sum += (double)(lanes == 16 ? reduce16s(s + j, 1) : hsum8(s + j, 1));
+            j += lanes;
+            continue;
+        }
         memset(v, 0, sizeof v);
         do {
             v[(first + j) & (lanes - 1)] = s[j]; /* lanes: a power of 2 */
@@ -212,11 +215,17 @@ static inline __attribute__((always_inline)) double exp_and_sum(float *restrict 
 
 /* lanes by cell of the AVX2 orders' P.V sums (attend_group_body) */
 #define PV_LANES 64
+/* V rows converted to f32 at a time: the tile (32 KB at head_dim 64) and one head's
+ * lanes (4-16 KB) stay in L1/L2 while each head of the group goes over the tile. */
+#define PV_TILE 128
+
+/* V rows a tile of kv's holds: PV_TILE, or fewer where no window is that long */
+static int64_t pv_tile(const realm_kv_ring *kv) { return kv->capacity < PV_TILE ? kv->capacity : PV_TILE; }
 
 /* floats of one thread's scratch slice, rounded up to 64 bytes (no false sharing) */
 static int64_t slice_floats(const realm_kv_ring *kv, int32_t group) {
     const int64_t hd = kv->head_dim;
-    return ((int64_t)group * (kv->capacity + hd + PV_LANES * hd) + hd + 15) / 16 * 16;
+    return ((int64_t)group * (kv->capacity + hd + PV_LANES * hd) + pv_tile(kv) * hd + 15) / 16 * 16;
 }
 
 int64_t realm_attention_scratch_floats(const realm_kv_ring *kv, int32_t n_head, int n_threads) {
@@ -239,7 +248,7 @@ enum { ORDER_AVX512_BATCH, ORDER_AVX512_ONE, ORDER_AVX2_BATCH, ORDER_AVX2_ONE };
  * it: q and out are [group][head_dim] f32. Each K and V row of the window is converted
  * to f32 once and serves every head of the group; per head the arithmetic is the one
  * the file comment gives for `order` (a constant in each instance). Scratch: [group][capacity]
- * scores, [group][head_dim] q16, [head_dim] converted row, [group][PV_LANES][head_dim]
+ * scores, [group][head_dim] q16, [pv_tile][head_dim] converted rows, [group][PV_LANES][head_dim]
  * lanes of the AVX2 orders' P.V sums. */
 static inline __attribute__((always_inline)) void attend_group_body(
     const realm_kv_ring *kv, int32_t layer, int64_t p, int32_t kvh, int32_t group, const float *q, float scale,
@@ -252,8 +261,9 @@ static inline __attribute__((always_inline)) void attend_group_body(
     const realm_f16 *v_layer = kv->v + kv->row0[layer] * row + (int64_t)kvh * hd;
     float *restrict s = scratch;                   /* [group][cap] scores, then probabilities */
     float *restrict q16 = scratch + group * cap;   /* [group][hd] */
-    float *restrict buf = q16 + group * hd;        /* [hd] one K or V row as f32 */
-    float *restrict lanes = buf + hd;              /* [group][PV_LANES][hd] */
+    const int64_t tile = pv_tile(kv);
+    float *restrict buf = q16 + group * hd;        /* [tile][hd] K or V rows as f32 */
+    float *restrict lanes = buf + tile * hd;       /* [group][PV_LANES][hd] */
     const int64_t first_slot = first % cap; /* the window's slots wrap at capacity */
     /* the one-token kernel's order where the batch's is not taken (file comment) */
     const int avx512 = order == ORDER_AVX512_BATCH || order == ORDER_AVX512_ONE;
@@ -279,16 +289,29 @@ static inline __attribute__((always_inline)) void attend_group_body(
         for (int64_t j = 0; j < n; j++) sh[j] *= inv;
         round_f16(sh, n);
     }
-    /* P.V: running sums per output, in lane (first + j) % pv, then reduced */
+    /* P.V: running sums per output, in lane (first + j) % pv, then reduced; the V rows a
+     * tile at a time, each head's lanes over the tile in turn (each lane still adds its
+     * cells in ascending order) */
     for (int64_t i = 0; i < group * pv * hd; i++) lanes[i] = 0.0f;
-    for (int64_t j = 0, slot = first_slot; j < n; j++, slot = next_slot(cap, slot)) {
-        convert(v_layer + slot * row, buf, hd);
-        const int64_t lane = (first + j) & (pv - 1); /* pv: a power of 2 */
-        for (int32_t h = 0; h < group; h++) {
-            float *restrict o = lanes + (h * pv + lane) * hd;
-            const float pj = s[h * cap + j];
-            for (int64_t d = 0; d < hd; d++) o[d] += pj * buf[d];
-        }
+    for (int64_t j0 = 0, slot = first_slot; j0 < n; j0 += tile) {
+        const int64_t nj = n - j0 < tile ? n - j0 : tile;
+        for (int64_t jj = 0; jj < nj; jj++, slot = next_slot(cap, slot)) convert(v_layer + slot * row, buf + jj * hd, hd);
+        for (int32_t h = 0; h < group; h++)
+            for (int64_t l = 0; l < pv && l < nj; l++) { /* tile cells l, l + pv, ..: one lane */
+                const int64_t lane = (first + j0 + l) & (pv - 1); /* pv: a power of 2 */
+                const float *restrict ph = s + h * cap + j0;
+                float *restrict o = lanes + (h * pv + lane) * hd;
+                int64_t d0 = 0;
+                for (; d0 + 32 <= hd; d0 += 32) { /* 32 outputs held in registers over the cells */
+                    float t[32];
+                    for (int i = 0; i < 32; i++) t[i] = o[d0 + i];
+                    for (int64_t jj = l; jj < nj; jj += pv)
+                        for (int i = 0; i < 32; i++) t[i] += ph[jj] * buf[jj * hd + d0 + i];
+                    for (int i = 0; i < 32; i++) o[d0 + i] = t[i];
+                }
+                for (; d0 < hd; d0++)
+                    for (int64_t jj = l; jj < nj; jj += pv) o[d0] += ph[jj] * buf[jj * hd + d0];
+            }
     }
     for (int32_t h = 0; h < group; h++) reduce_lanes(lanes + h * pv * hd, pv, hd, out + h * hd);
 }

@@ -50,7 +50,7 @@ void realm_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, i
 
 /* ggml's CPU GELU reads a table of gelu(x) rounded to f16 at x rounded to f16 (the
  * GGML_GELU_FP16 build every llama.cpp CPU build uses); below -10 it is 0 and from 10 on x. */
-static realm_f16 gelu_table[1 << 16];
+static realm_f16 gelu_table[(1 << 16) + 1]; /* + 1: geglu_avx2's 4-byte gathers of the last entry */
 static pthread_once_t gelu_once = PTHREAD_ONCE_INIT;
 
 static void gelu_table_init(void) {
@@ -65,9 +65,35 @@ static void gelu_table_init(void) {
     }
 }
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* realm_geglu 8 at a time: F16C's rounding to f16 (to nearest even, as realm_f32_to_f16)
+ * gives the table index, a gather the entry; the ends blended in. out may be gate. */
+__attribute__((target("avx2,f16c"))) static int64_t geglu_avx2(const float *gate, const float *up, float *out,
+                                                               int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i), u = _mm256_loadu_ps(up + i);
+        const __m256i at = _mm256_cvtepu16_epi32(_mm256_cvtps_ph(g, _MM_FROUND_TO_NEAREST_INT));
+        const __m256i e = _mm256_and_si256(_mm256_i32gather_epi32((const int *)gelu_table, at, 2),
+                                           _mm256_set1_epi32(0xFFFF));
+        const __m128i e16 = _mm_packus_epi32(_mm256_castsi256_si128(e), _mm256_extracti128_si256(e, 1));
+        __m256 v = _mm256_mul_ps(_mm256_cvtph_ps(e16), u);
+        v = _mm256_blendv_ps(v, _mm256_mul_ps(g, u), _mm256_cmp_ps(g, _mm256_set1_ps(10.0f), _CMP_GE_OQ));
+        v = _mm256_blendv_ps(v, _mm256_setzero_ps(), _mm256_cmp_ps(g, _mm256_set1_ps(-10.0f), _CMP_LE_OQ));
+        _mm256_storeu_ps(out + i, v);
+    }
+    return i;
+}
+#endif
+
 void realm_geglu(const float *gate, const float *up, float *out, int64_t n) {
     pthread_once(&gelu_once, gelu_table_init);
-    for (int64_t i = 0; i < n; i++) {
+    int64_t i = 0;
+#if defined(__x86_64__)
+    if (realm_active_isa() >= REALM_ISA_AVX2) i = geglu_avx2(gate, up, out, n);
+#endif
+    for (; i < n; i++) {
         const float g = gate[i];
         if (g <= -10.0f)
             out[i] = 0.0f;

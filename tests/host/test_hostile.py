@@ -107,18 +107,19 @@ class Shadow:
 
 N_THREADS = 2  # the hostile test's host runs the kernels on this many threads
 PV_LANES = 64  # csrc/cpu/attention.c: the P.V lanes each query head keeps (the AVX-512 one-token order)
+PV_TILE = 128  # csrc/cpu/attention.c: the V rows converted to f32 at a time
 
 
 def ring_bytes(model, n_ctx: int) -> int:
     """What a ring pins, as the guest's KV budget counts it: K and V (f16), the attention
     scratch its model keeps for it (csrc/cpu/attention.c: per thread, n_head / n_head_kv
-    rows of n_ctx + head_dim + PV_LANES * head_dim floats and one of head_dim, in 64-byte
-    units), and the host's bookkeeping allowance."""
+    rows of n_ctx + head_dim + PV_LANES * head_dim floats and min(PV_TILE, n_ctx) of head_dim, in
+    64-byte units), and the host's bookkeeping allowance."""
     c = model.config
     storage = 2 * 2 * c.n_layer * n_ctx * c.n_head_kv * c.head_dim
     group = c.n_head // c.n_head_kv
     row = n_ctx + c.head_dim + PV_LANES * c.head_dim
-    scratch = 4 * N_THREADS * ((group * row + c.head_dim + 15) // 16 * 16)
+    scratch = 4 * N_THREADS * ((group * row + min(PV_TILE, n_ctx) * c.head_dim + 15) // 16 * 16)
     return storage + scratch + KV_RING_OVERHEAD
 
 

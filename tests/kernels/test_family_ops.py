@@ -42,6 +42,31 @@ def test_geglu_is_ggmls_f16_table(rng: np.random.Generator) -> None:
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(u).max())
 
 
+def test_geglu_is_the_same_in_every_isa(rng: np.random.Generator) -> None:
+    """The SIMD GeGLU (F16C rounding, a gathered table) gives the scalar one's bits, at
+    the ends, at f16 ties and subnormals, and in the leftover elements past the vectors."""
+    lo = (rng.standard_normal(400) * 3).astype(np.float16)
+    hi = np.nextafter(lo, np.float16(np.inf))
+    ties = (lo.astype(np.float32) + hi.astype(np.float32)) / 2  # halfway between f16 neighbours: exact in f32
+    subnormals = np.float32(2.0**-24) * (np.arange(-40, 40) + np.float32(0.5))  # and their ties
+    g = np.concatenate(
+        [
+            rng.standard_normal(1001) * 5,
+            ties,
+            subnormals,
+            [-10.0, 10.0, -9.999, 1e-6, -3e-8, 0.0, -0.0, 65519.0, np.inf],
+        ]
+    ).astype(np.float32)
+    u = rng.standard_normal(g.size).astype(np.float32)
+    best = kernels.geglu(g, u)
+    assert kernels.set_isa("scalar") == "scalar"
+    try:
+        scalar = kernels.geglu(g, u)
+    finally:
+        kernels.set_isa(None)
+    np.testing.assert_array_equal(best, scalar)
+
+
 @pytest.mark.parametrize("chunk", [1, 4])
 def test_sliding_layers_hold_their_window_and_one_chunk(chunk: int) -> None:
     ring = KVRing(3, 32, 1, 8, windows=[8, None, 5], chunk=chunk)

@@ -1,11 +1,11 @@
-"""The 8- and 16-row matmul kernels (Q4_0, Q4_K, Q8_0): bit for bit the one-row kernels.
+"""The 8- and 16-row matmul kernels (Q4_0, Q4_K, Q8_0, Q5_0): bit for bit the one-row kernels.
 
 The float arithmetic of Q4_0 and Q4_K is llama.cpp's one fused multiply-add per block
 and row, in block order, so every ISA must give exactly the scalar result, whether a
 row falls in a group of 16 or 8 or among the leftover rows, and whether a token is
-alone (decode) or anywhere in a batch (prefill). Q8_0 sums in 8 float lanes per row on
-x86 (llama.cpp's AVX2 order, not the scalar one): there each ISA's batch must equal
-the same ISA's tokens one at a time.
+alone (decode) or anywhere in a batch (prefill). Q8_0 and Q5_0 sum in 8 float lanes per
+row on x86 (llama.cpp's AVX2 order, not the scalar one): there each ISA's batch must
+equal the same ISA's tokens one at a time.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import pytest
 
 from realm_ext import _kernels, quant
 
-FORMATS = ("Q4_K", "Q4_0", "Q8_0")
+FORMATS = ("Q4_K", "Q4_0", "Q8_0", "Q5_0")
 SCALAR_ORDER = ("Q4_K", "Q4_0")  # the formats whose SIMD kernels sum as the scalar one
 ALL_ISAS = ("scalar", "avx2", "avx512")
 ISAS = ALL_ISAS[: ALL_ISAS.index(_kernels.cpu_isa()) + 1]
 N_ROWS = (8, 16, 33, 257, 2048 + 3)
-N_TOKENS = (1, 3, 4, 7, 64)
+N_TOKENS = (1, 2, 3, 4, 7, 13, 64)
 N_THREADS = (1, 2, 3)
 
 
@@ -37,7 +37,7 @@ def case(request: pytest.FixtureRequest) -> tuple[str, np.ndarray, np.ndarray]:
     """(format, raw weights of the largest row count, activations of the most tokens):
     smaller cases take leading rows / tokens."""
     rng = np.random.default_rng(8)
-    n_cols = 768  # 3 Q4_K super-blocks, 24 Q4_0 blocks
+    n_cols = 1280  # 5 Q4_K super-blocks, 40 Q4_0 blocks: more than one chunk of the chunked kernels
     w = rng.normal(0, 1, (max(N_ROWS), n_cols)).astype(np.float32)
     w[5] *= 1e-3  # rows of very different scales side by side
     w[11] = 0.0
