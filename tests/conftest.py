@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,8 +16,9 @@ from realm_ext.model_maker import make_model
 
 @pytest.fixture
 def rng(request: pytest.FixtureRequest) -> np.random.Generator:
-    """A generator with a fresh seed per test; the seed is reported on failure."""
-    seed = secrets.randbits(64)
+    """A generator with a fresh seed per test; the seed is reported on failure, and
+    REALM_TEST_SEED=<seed> replays it."""
+    seed = int(os.environ.get("REALM_TEST_SEED") or secrets.randbits(64))
     request.node.user_properties.append(("rng_seed", seed))
     print(f"rng seed {seed}")
     return np.random.default_rng(seed)

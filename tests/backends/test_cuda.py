@@ -448,15 +448,15 @@ def test_ops_kernels_match_the_cpu(model_path, cuda, rng) -> None:
 @pytest.mark.parametrize("per_layer", [False, True])
 def test_greedy_through_the_guest_equals_the_cpu(model_path, cuda, rng, per_layer: bool) -> None:
     """The CPU backend's greedy tokens (driven directly), as text, up to its first step
-    with a top-2 margin of at most 1e-2, are a prefix of what a guest on the CUDA
-    backend streams."""
+    with a top-2 margin of at most GREEDY_MARGIN, are a prefix of what a guest on the
+    CUDA backend streams."""
     words = "the king queen cat dog ran walked happy night light tree water sun moon".split()
     checked = 0
     with load_gguf(model_path("Q4_K_M", seed=11)) as m, Host(device="cuda") as host:
         host.load(m)
         cpu = CpuBackend()
         with host.guest(models=[m]) as g:
-            for _ in range(6):
+            for _ in range(16):
                 text = " ".join(rng.choice(words, 4))
                 ids = prompt_ids(g, m, text)
                 want = clear_margin_prefix(cpu, m, ids, 24)
@@ -469,14 +469,21 @@ def test_greedy_through_the_guest_equals_the_cpu(model_path, cuda, rng, per_laye
     assert checked >= 12, f"only {checked} steps had a clear margin"
 
 
+# The backends' float orders differ (attention's sums, the activations' quantization
+# blocks): one activation rounded to the other side of its int8 step moves the tiny
+# models' logits (range ~1) by up to ~2e-2 at once, so a top-2 margin below ~2x that
+# may flip the argmax on one backend and not the other.
+GREEDY_MARGIN = 3e-2
+
+
 def clear_margin_prefix(backend: CpuBackend, m, ids: list[int], n: int) -> list[int]:
-    """Greedy tokens up to (not including) the first step whose top-2 margin is <= 1e-2."""
+    """Greedy tokens up to (not including) the first step whose top-2 margin is <= GREEDY_MARGIN."""
     full = backend_greedy(backend, m, ids, n, 64)
     logits = backend.logits(m, ids + full) if full else backend.logits(m, ids)
     out = []
     for i, t in enumerate(full):
         top2 = np.sort(logits[len(ids) - 1 + i].astype(np.float64))[-2:]
-        if top2[1] - top2[0] <= 1e-2:
+        if top2[1] - top2[0] <= GREEDY_MARGIN:
             break
         out.append(t)
     return out
