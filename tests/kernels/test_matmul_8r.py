@@ -1,11 +1,11 @@
-"""The 8- and 16-row matmul kernels (Q4_0, Q4_K, Q8_0, Q5_0): bit for bit the one-row kernels.
+"""The 8- and 16-row matmul kernels (Q4_0, Q4_K, Q8_0, Q5_0, Q4_1, Q5_1): bit for bit the one-row kernels.
 
 The float arithmetic of Q4_0 and Q4_K is llama.cpp's one fused multiply-add per block
 and row, in block order, so every ISA must give exactly the scalar result, whether a
 row falls in a group of 16 or 8 or among the leftover rows, and whether a token is
-alone (decode) or anywhere in a batch (prefill). Q8_0 and Q5_0 sum in 8 float lanes per
-row on x86 (llama.cpp's AVX2 order, not the scalar one): there each ISA's batch must
-equal the same ISA's tokens one at a time.
+alone (decode) or anywhere in a batch (prefill). Q8_0, Q5_0, Q4_1 and Q5_1 sum in 8
+float lanes per row on x86 (llama.cpp's AVX2 order, not the scalar one): there each
+ISA's result must equal the same ISA's one-row kernel (each row multiplied alone).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from realm_ext import _kernels, quant
 
-FORMATS = ("Q4_K", "Q4_0", "Q8_0", "Q5_0")
+FORMATS = ("Q4_K", "Q4_0", "Q8_0", "Q5_0", "Q4_1", "Q5_1")
 SCALAR_ORDER = ("Q4_K", "Q4_0")  # the formats whose SIMD kernels sum as the scalar one
 ALL_ISAS = ("scalar", "avx2", "avx512")
 ISAS = ALL_ISAS[: ALL_ISAS.index(_kernels.cpu_isa()) + 1]
@@ -56,10 +56,8 @@ def test_bitwise_across_isas(case, n_rows: int) -> None:
         ref = matmul(raw, fmt, x, "scalar", 1)
         assert np.all(np.isfinite(ref))
         for isa in ISAS:
-            if fmt not in SCALAR_ORDER:  # the same ISA, a token at a time (its one-row kernel)
-                ref = np.concatenate(
-                    [matmul(raw, fmt, np.ascontiguousarray(x[t : t + 1]), isa, 1) for t in range(n_tokens)]
-                )
+            if fmt not in SCALAR_ORDER:  # the same ISA, a row at a time (its one-row kernels)
+                ref = np.concatenate([matmul(raw[r : r + 1], fmt, x, isa, 1) for r in range(n_rows)], axis=1)
             for n_threads in N_THREADS:
                 got = matmul(raw, fmt, x, isa, n_threads)
                 assert np.array_equal(got, ref), (fmt, n_rows, n_tokens, isa, n_threads)
