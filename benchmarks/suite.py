@@ -207,10 +207,12 @@ def tenants_numbers(raw: dict) -> tuple[dict[str, float], dict[str, float]]:
             for r in rows:
                 at = f"{name}{how}.guests{r['guests']}"
                 metrics[f"{at}.tok_s"] = r["aggregate_tok_s"]
+                metrics[f"{at}.decode_tok_s"] = r["decode_tok_s"]
                 metrics[f"{at}.ttft_p50_ms"] = r["ttft"]["p50_ms"]
                 metrics[f"{at}.itl_p99_ms"] = r["itl"]["p99_ms"]
                 if r["guests"] > 1:
                     ratios[f"{at}.vs_one_guest"] = r["ratio_to_one"]
+                    ratios[f"{at}.decode_vs_one_guest"] = r["decode_ratio_to_one"]
         nb = out["neighbour"]
         if nb:
             metrics[f"{name}.neighbour.itl_p99_alone_ms"] = nb["itl_alone"]["p99_ms"]

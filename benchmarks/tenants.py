@@ -8,9 +8,12 @@ For each model (default: the built-in SmolLM2 and the TinyLlama-shape Q4_K_M fil
 benchmarks.cpu) and each concurrency N: N shipped guests (wasmtime, made before the
 clock starts) each generate --tokens tokens greedily from their own prompt, all at once
 in N threads. Reported per N: aggregate tok/s (every guest's tokens over the wall time
-from the start to the last guest's end) and its ratio to N = 1 in the same run, each
-request's time to first piece (TTFT) and inter-piece latency (ITL) p50/p99, and the
-mean number of calls per step the model's step queue ran (csrc/cpu/llama_steps.h).
+from the start to the last guest's end, prompts included) and its ratio to N = 1 in the
+same run; aggregate decode tok/s, the pieces streamed while all N guests decode (from
+the last guest's first piece to the first guest's last) over that span, and its ratio
+to N = 1; each request's time to first piece (TTFT) and inter-piece latency (ITL)
+p50/p99; and the mean number of calls per step the model's step queue ran
+(csrc/cpu/llama_steps.h).
 
 The same through `realm-ext serve` (unless --no-server): the server on 127.0.0.1 with one
 tenant allowed N requests at once, N official `openai` clients streaming completions of
@@ -109,10 +112,28 @@ def summarize(n: int, t_start: float, results: list, before: dict, after: dict) 
         "guests": n,
         "tokens": total,
         "aggregate_tok_s": total / (t_end - t_start),
+        "decode_tok_s": decode_rate([r[2] for r in results]),
         "ttft": percentiles(ttft),
         "itl": percentiles(itl),
         "calls_per_step": (after["jobs"] - before["jobs"]) / steps if steps else 0.0,
     }
+
+
+def decode_rate(stamps: list[list[float]]) -> float:
+    """Pieces per second while every request is decoding: those out after the last
+    request's first piece, up to the first request's last, over that span (0.0 where
+    the requests' decoding never overlapped)."""
+    t0, t1 = max(s[0] for s in stamps), min(s[-1] for s in stamps)
+    pieces = sum(1 for s in stamps for t in s if t0 < t <= t1)
+    return pieces / (t1 - t0) if t1 > t0 and pieces else 0.0
+
+
+def with_ratios(rows: list[dict]) -> None:
+    """Each row's aggregate and decode tok/s as ratios to the first row's (one guest)."""
+    for r in rows:
+        r["ratio_to_one"] = r["aggregate_tok_s"] / rows[0]["aggregate_tok_s"]
+        base = rows[0]["decode_tok_s"]
+        r["decode_ratio_to_one"] = r["decode_tok_s"] / base if base else 0.0
 
 
 def through_server(path: Path, concurrency: list[int], tokens: int, threads: int | None) -> list[dict]:
@@ -150,7 +171,7 @@ def through_server(path: Path, concurrency: list[int], tokens: int, threads: int
             with ThreadPoolExecutor(n) as ex:
                 results = list(ex.map(one, range(n)))
             rows.append(summarize(n, t_start, results, before, rt.step_stats))
-            rows[-1]["ratio_to_one"] = rows[-1]["aggregate_tok_s"] / rows[0]["aggregate_tok_s"]
+            with_ratios(rows)
             print(f"{path.name} through the server: {line(rows[-1])}", flush=True)
     return rows
 
@@ -158,6 +179,7 @@ def through_server(path: Path, concurrency: list[int], tokens: int, threads: int
 def line(r: dict) -> str:
     return (
         f"{r['guests']:2d} guests {r['aggregate_tok_s']:7.1f} tok/s ({r['ratio_to_one']:.2f}x), "
+        f"decode {r['decode_tok_s']:7.1f} tok/s ({r['decode_ratio_to_one']:.2f}x), "
         f"TTFT p50 {r['ttft']['p50_ms']:.0f} ms, "
         f"ITL p50/p99 {r['itl']['p50_ms']:.1f}/{r['itl']['p99_ms']:.1f} ms, "
         f"{r['calls_per_step']:.2f} calls/step"
@@ -223,8 +245,7 @@ def run(
             rows = []
             for n in concurrency:
                 rows.append(concurrent(host, model, n, tokens))
-                base = rows[0]["aggregate_tok_s"]
-                rows[-1]["ratio_to_one"] = rows[-1]["aggregate_tok_s"] / base
+                with_ratios(rows)
                 print(f"{path.name}: {line(rows[-1])}", flush=True)
             nb = neighbour(host, model, long_prompt) if long_prompt else None
             if nb:
