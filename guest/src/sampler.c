@@ -95,8 +95,12 @@ static void reverse(cand_t *c, uint32_t n) {
 
 /* ---- the chain -------------------------------------------------------------------- */
 
+static int penalty_applies(const realm_params_t *p, uint32_t nh) {
+    return !(p->repeat_last_n == 0 || p->repeat_penalty == 1.0f || nh == 0);
+}
+
 static void apply_penalty(uint32_t n, const realm_params_t *p, const uint32_t *hist, uint32_t nh) {
-    if (p->repeat_last_n == 0 || p->repeat_penalty == 1.0f || nh == 0) return;
+    if (!penalty_applies(p, nh)) return;
     uint32_t from = nh > p->repeat_last_n ? nh - p->repeat_last_n : 0;
     for (uint32_t i = from; i < nh; i++) {
         uint32_t id = hist[i];
@@ -205,6 +209,13 @@ static int32_t sample_dist(const survivors_t *s, float temperature, uint64_t *rn
 int32_t sampler_sample(const float *logits, uint32_t n, const realm_params_t *p,
                        const uint32_t *hist, uint32_t nh, uint64_t *rng) {
     if (n == 0) return REALM_ERR_INVALID;
+    if (!(p->temperature > 0) && !penalty_applies(p, nh)) { /* greedy, nothing to change: the row itself */
+        uint32_t best = 0;
+        for (uint32_t i = 1; i < n; i++) {
+            if (logits[i] > logits[best]) best = i;
+        }
+        return (int32_t)best;
+    }
     int32_t r = sampler_reserve(n);
     if (r < 0) return r;
     for (uint32_t i = 0; i < n; i++) {
