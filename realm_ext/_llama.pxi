@@ -23,6 +23,7 @@ cdef extern from "llama_steps.h":  # the structs: _kernels.pxd
         REALM_STEP_TOKENS_DEFAULT
     int realm_step_queue_init(realm_step_queue *q) nogil
     void realm_step_queue_destroy(realm_step_queue *q) nogil
+    void realm_step_queue_forget(realm_step_queue *q, const void *ring) nogil
 
 cdef extern from "llama.h":  # the structs: _kernels.pxd
     int realm_llama_check_layer(const realm_llama_dims *d, const realm_llama_layer *L) nogil
@@ -325,8 +326,9 @@ cdef class LlamaRuntime:
         """kv is closed: when the attention scratch is over twice what the rings still
         reserved need, and by more than SCRATCH_SLACK bytes, shrink it to that (so a
         large ring's scratch goes with it, and small rings coming and going cost no
-        reallocation)."""
+        reallocation). The step queue stops expecting its calls."""
         self._ready()
+        realm_step_queue_forget(&self.steps, kv.ptr())
         self.acquire()
         try:
             self.ring_needs.pop(kv, None)

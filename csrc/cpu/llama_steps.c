@@ -234,6 +234,24 @@ static uint64_t expected_jobs(const realm_step_queue *q, const realm_step_job *h
     return n;
 }
 
+void realm_step_queue_forget(realm_step_queue *q, const void *ring) {
+    pthread_mutex_lock(&q->mutex);
+    int seen = 0;
+    for (int s = 0; s < 2; s++) {
+        int kept = 0;
+        for (int i = 0; i < q->n_rings[s]; i++)
+            if (q->rings[s][i] != ring) q->rings[s][kept++] = q->rings[s][i];
+        seen |= kept < q->n_rings[s];
+        q->n_rings[s] = kept;
+    }
+    if (seen) { /* its last token's LM head was among those steps' */
+        for (int s = 0; s < 2; s++) q->head_jobs[s] -= q->head_jobs[s] > 0;
+        q->layers_done -= q->layers_done > 0;
+    }
+    pthread_cond_broadcast(&q->arrived); /* a step gathering for it looks again */
+    pthread_mutex_unlock(&q->mutex);
+}
+
 /* The first queued job after the head that is ready to share a step of another kind;
  * NULL if none. */
 static realm_step_job *other_kind_ready(const realm_step_queue *q) {

@@ -27,7 +27,8 @@
  *    job with rows left goes to the back of the queue.
  *  - Before a step that could take others, the thread that runs it waits, at most
  *    gather_ns, for the jobs it expects: for a layers step, one per ring that the last
- *    two layers steps served; for an LM head step, as many as the last layers step
+ *    two layers steps served (less the rings closed since: realm_step_queue_forget);
+ *    for an LM head step, as many as the last layers step
  *    finished calls of, or the larger of the last two LM head steps had. Guests
  *    decoding together reach the queue a little apart (each samples its token in
  *    between), and without the wait their steps would split into several (each reading
@@ -106,6 +107,10 @@ typedef struct {
 
 int realm_step_queue_init(realm_step_queue *q); /* 0, or -7 */
 void realm_step_queue_destroy(realm_step_queue *q);
+/* The ring is closed: the steps no longer expect its calls (a conversation that ended
+ * would otherwise hold the next steps for gather_ns each, until it leaves the last two
+ * layers steps' rings), and the LM head steps one fewer where it took part in them. */
+void realm_step_queue_forget(realm_step_queue *q, const void *ring);
 
 /* Layers first .. first+count-1 (of `layers`, indexed by layer number) over n_tokens
  * rows of x at positions pos .. into out (may be x), as jobs of the queue q (see the top

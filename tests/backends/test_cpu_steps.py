@@ -252,6 +252,28 @@ def test_a_decoders_lm_head_does_not_wait_for_a_prompt_under_way(
         assert gathered < 10 * wait, gathered
 
 
+def test_an_ended_conversation_is_not_waited_for(model_path, backend: CpuBackend, rng) -> None:
+    """Conversations one after another: each frees its ring at the end, and the next
+    one's steps do not wait for the last one's calls (before the queue forgot a freed
+    ring, the next conversation's second layers step waited the whole gather wait for
+    it). The rows are those of a conversation alone."""
+    with load_gguf(model_path("Q8_0")) as m:
+        rt = backend.prepare(m)
+        toks = prompt(rng, 4, m.config.n_vocab)
+        want = conversation(backend, m, toks, 3)
+        default_wait, wait = rt.gather_wait_s, 0.5
+        rt.gather_wait_s = wait
+        try:
+            gather0 = rt.step_stats["gather_s"]
+            got = [conversation(backend, m, toks, 3) for _ in range(3)]
+            gathered = rt.step_stats["gather_s"] - gather0
+        finally:
+            rt.gather_wait_s = default_wait
+        for g in got:
+            np.testing.assert_array_equal(g, want)
+        assert gathered < wait / 2, gathered
+
+
 def test_gather_wait_is_checked(model_path, backend: CpuBackend) -> None:
     with load_gguf(model_path("Q8_0")) as m:
         rt = backend.prepare(m)
