@@ -58,12 +58,13 @@ def batched(backend: CpuBackend, m) -> tuple[int, int]:
 def test_decoding_together_equals_alone_bit_for_bit(
     model_path, backend: CpuBackend, rng, recipe: str
 ) -> None:
-    """Six conversations decoding in step: their steps batch (the weights read once for
-    all rows), and every logit equals the conversation's alone, bit for bit, in every
-    format: a row sums in the float order of its own call's size, whatever shares its
-    step (a decode row in a step of 8 rows does not take the batched K-quant order)."""
+    """Nine conversations decoding in step (steps of 8 rows and more): their steps batch
+    (the weights read once for all rows), and every logit equals the conversation's
+    alone, bit for bit, in every format: a row sums in the float order of its own call's
+    size, whatever shares its step (a decode row in a step of 8 rows does not take the
+    batched K-quant order)."""
     with load_gguf(model_path(recipe, preset="small")) as m:
-        prompts = [prompt(rng, int(n), m.config.n_vocab) for n in rng.integers(3, 20, 6)]
+        prompts = [prompt(rng, int(n), m.config.n_vocab) for n in rng.integers(3, 20, 9)]
         alone = [conversation(backend, m, p, DECODE) for p in prompts]
         steps0, jobs0 = batched(backend, m)
         barrier = threading.Barrier(len(prompts))
