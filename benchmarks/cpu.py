@@ -15,9 +15,10 @@
    ("Q4_K_M-llamacpp": the scales and the type mix a real quantized file has).
    The ratios ours / llama.cpp are the figures that matter: absolute
    times drift with the machine's load. Ours runs twice: with the default
-   weights="mmap" (the file's page cache) and with weights="load" (one copy in
-   anonymous memory, as llama.cpp holds the weights it repacks); the ratio load / mmap
-   says what the copy would buy on this machine.
+   weights="repack" (the file's page cache, with a repacked copy of the matrices the
+   kernels read faster so: Q4_0 on AVX-512, as llama.cpp repacks) and with
+   weights="mmap" (the file's page cache only); the ratio default / mmap says what
+   the repacked copies buy.
 3. the read roofline: GB/s of a `--threads`-thread read of a 1 GiB buffer (numpy's
    max over one u64 slice per thread, SIMD), and each decode figure as a fraction of the
    tok/s that bandwidth allows: weight bytes a token reads (every tensor but the
@@ -40,7 +41,7 @@ import numpy as np
 
 from benchmarks import bench_matvec
 from benchmarks.machine import machine_facts
-from realm_ext.backends.cpu import CpuBackend
+from realm_ext.backends.cpu import DEFAULT_WEIGHTS, CpuBackend
 from realm_ext.model import load_gguf
 from realm_ext.model_maker import make_model
 from realm_ext.pull import model_path
@@ -150,7 +151,7 @@ def decode_tokens(n_vocab: int) -> list[int]:
 class Ours:
     """Prefill and decode runs of the CPU backend on one model file."""
 
-    def __init__(self, path: Path, threads: int, weights: str = "mmap"):
+    def __init__(self, path: Path, threads: int, weights: str = DEFAULT_WEIGHTS):
         self.model = load_gguf(path)
         self.backend = CpuBackend(n_threads=threads, max_batch=LONG_PROMPT, weights=weights)
         # Untimed, as llama.cpp's load is (which maps its file with MAP_POPULATE and copies
@@ -228,7 +229,7 @@ class LlamaCpp:
 def measure(path: Path, threads: int, repeat: int) -> dict:
     """Ours and llama.cpp alternately, `repeat` times each (load drifts: interleaving
     keeps the two under the same conditions); medians in tok/s."""
-    runners = {"ours": Ours(path, threads), "ours_load": Ours(path, threads, weights="load")}
+    runners = {"ours": Ours(path, threads), "ours_mmap": Ours(path, threads, weights="mmap")}
     with contextlib.suppress(ImportError):  # llama-cpp-python is optional
         runners["llama_cpp"] = LlamaCpp(path, threads)
     times: dict[str, list[tuple[float, float, float]]] = {k: [] for k in runners}
@@ -271,12 +272,12 @@ def run_models(types: tuple[str, ...] | list[str], threads: int, repeat: int, mo
         row = {
             "type": t,
             "ours": a,
-            "ours_load": res["ours_load"],
+            "ours_mmap": res["ours_mmap"],
             "llama_cpp": b,
             "bytes_per_token": bytes_per_token(path),
         }
         for phase in PHASES:
-            row[f"{phase}_load_vs_mmap"] = res["ours_load"][f"{phase}_tok_s"] / a[f"{phase}_tok_s"]
+            row[f"{phase}_vs_mmap"] = a[f"{phase}_tok_s"] / res["ours_mmap"][f"{phase}_tok_s"]
             if b:
                 row[f"{phase}_ratio"] = a[f"{phase}_tok_s"] / b[f"{phase}_tok_s"]
         rows.append(row)
@@ -288,7 +289,7 @@ def add_roofline(rows: list[dict], threads: int) -> float:
     (run_models' rows, as "decode_vs_roofline"); returns the read GB/s."""
     read = read_gbs(threads)
     for row in rows:
-        for who in ("ours", "ours_load", "llama_cpp"):
+        for who in ("ours", "ours_mmap", "llama_cpp"):
             if row[who]:
                 row[who]["decode_vs_roofline"] = (
                     row[who]["decode_tok_s"] * row["bytes_per_token"] / (read * 1e9)
@@ -345,13 +346,13 @@ def report(res: dict) -> None:
         "weight bytes per token / read GB/s):"
     )
     for row in res["models"]:
-        who = [w for w in ("ours", "ours_load", "llama_cpp") if row[w]]
+        who = [w for w in ("ours", "ours_mmap", "llama_cpp") if row[w]]
         cells = "  ".join(f"{w} {row[w]['decode_vs_roofline']:.0%}" for w in who)
         print(f"{row['type']:<15} {row['bytes_per_token'] / 2**20:7.1f} MiB/token  {cells}")
-    print("weights='load' (a copy in memory) instead of the default 'mmap' (tok/s, load / mmap):")
+    print("weights='mmap' (the file's map only) instead of the default 'repack' (tok/s, default / mmap):")
     for row in res["models"]:
-        m = row["ours_load"]
-        cells = [f"{p} {m[f'{p}_tok_s']:6.1f} ({row[f'{p}_load_vs_mmap']:.2f}x)" for p in PHASES]
+        m = row["ours_mmap"]
+        cells = [f"{p} {m[f'{p}_tok_s']:6.1f} ({row[f'{p}_vs_mmap']:.2f}x)" for p in PHASES]
         print(f"{row['type']:<15} " + "  ".join(cells))
 
 

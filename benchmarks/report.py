@@ -42,7 +42,7 @@ def e2e_table(result: dict) -> list[str]:
         return []
     lines = [
         "| type | prefill tok/s | llama.cpp | ratio | prefill 512 tok/s | llama.cpp | ratio "
-        "| decode tok/s | llama.cpp | ratio | decode load/mmap |",
+        "| decode tok/s | llama.cpp | ratio | decode default/mmap |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in types:
@@ -51,7 +51,7 @@ def e2e_table(result: dict) -> list[str]:
             ours, theirs = m.get(f"cpu.{phase}.{t}.tok_s"), m.get(f"cpu.{phase}.{t}.llama_cpp.tok_s")
             ratio = result["ratios"].get(f"cpu.{phase}.{t}.vs_llama_cpp")
             cells += [_num(ours, ".1f"), _num(theirs, ".1f"), _num(ratio, ".2f")]
-        cells.append(_num(m.get(f"cpu.decode.{t}.load_vs_mmap"), ".2f"))
+        cells.append(_num(m.get(f"cpu.decode.{t}.default_vs_mmap"), ".2f"))
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     return lines
 

@@ -56,6 +56,10 @@ enum realm_ggml_type {
     REALM_TYPE_Q6_K = 14,
     REALM_TYPE_Q8_K = 15,
     REALM_TYPE_BF16 = 30,
+    /* Repacked layouts below: made from a file's tensor at load (csrc/cpu/repack.h),
+     * never stored in a file; their ids lie past every ggml type. */
+    REALM_TYPE_Q4_0_X16 = 64,
+    REALM_TYPE_Q4_K_X16 = 65,
 };
 
 #define QK4_0 32
@@ -75,6 +79,17 @@ typedef struct {
     uint8_t qs[QK4_0 / 2];
 } block_q4_0;
 REALM_STATIC_ASSERT(sizeof(block_q4_0) == 18, "block_q4_0 must be 18 bytes");
+
+/* Q4_0_X16: block i of 16 consecutive Q4_0 rows, interleaved for the 16-row kernels
+ * (one row per 32-bit lane of a 512-bit register): d[r] is row r's d, qs[k][r] holds
+ * row r's qs bytes 4k .. 4k+3. A matrix of n_rows (a multiple of 16) is n_rows / 16
+ * groups back to back, each the group's blocks in order: the same bytes as Q4_0,
+ * 18 per row and block. */
+typedef struct {
+    realm_f16 d[16];
+    uint8_t qs[4][16][4];
+} block_q4_0_x16;
+REALM_STATIC_ASSERT(sizeof(block_q4_0_x16) == 16 * sizeof(block_q4_0), "block_q4_0_x16 must be 16 Q4_0 blocks");
 
 /* Q4_1: x = d * q + m; nibble order as Q4_0. */
 typedef struct {
@@ -156,6 +171,15 @@ typedef struct {
 } block_q4_K;
 REALM_STATIC_ASSERT(sizeof(block_q4_K) == 144, "block_q4_K must be 144 bytes");
 
+/* Q4_K_X16: block i of 16 consecutive Q4_K rows, interleaved for the 16-row kernels:
+ * w[k][r] is 32-bit word k of row r's block (words 0-3: d, dmin and the 12 scale
+ * bytes; 4 + 8j .. 11 + 8j: qs bytes 32j .. 32j + 31). Groups as Q4_0_X16's, the same
+ * bytes as Q4_K, 144 per row and block. */
+typedef struct {
+    uint32_t w[sizeof(block_q4_K) / 4][16];
+} block_q4_K_x16;
+REALM_STATIC_ASSERT(sizeof(block_q4_K_x16) == 16 * sizeof(block_q4_K), "block_q4_K_x16 must be 16 Q4_K blocks");
+
 /* The 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K block: j < 4 in the
  * low 6 bits of bytes j and j+4; j >= 4 in the nibbles of byte j+4 plus the top two
  * bits of bytes j-4 (scale) and j (min). */
@@ -198,13 +222,16 @@ typedef struct {
 } block_q8_K;
 REALM_STATIC_ASSERT(sizeof(block_q8_K) == 292, "block_q8_K must be 292 bytes");
 
-/* Elements per block and bytes per block of a type; 0 for a type this project
- * does not handle. */
+/* Elements per block and bytes per block of a type (of one row's block for a repacked
+ * type, whose rows hold the same bytes interleaved); 0 for a type this project does
+ * not handle. */
 REALM_FMT_FN int realm_type_block_elems(int type) {
     switch (type) {
     case REALM_TYPE_F32: case REALM_TYPE_F16: case REALM_TYPE_BF16: return 1;
     case REALM_TYPE_Q4_0: case REALM_TYPE_Q4_1: case REALM_TYPE_Q5_0:
     case REALM_TYPE_Q5_1: case REALM_TYPE_Q8_0: case REALM_TYPE_Q8_1: return 32;
+    case REALM_TYPE_Q4_0_X16: return QK4_0; /* per row, as Q4_0 */
+    case REALM_TYPE_Q4_K_X16: return QK_K;
     case REALM_TYPE_Q2_K: case REALM_TYPE_Q3_K: case REALM_TYPE_Q4_K:
     case REALM_TYPE_Q5_K: case REALM_TYPE_Q6_K: case REALM_TYPE_Q8_K: return QK_K;
     default: return 0;
@@ -215,7 +242,7 @@ REALM_FMT_FN int realm_type_block_bytes(int type) {
     switch (type) {
     case REALM_TYPE_F32: return 4;
     case REALM_TYPE_F16: case REALM_TYPE_BF16: return 2;
-    case REALM_TYPE_Q4_0: return (int)sizeof(block_q4_0);
+    case REALM_TYPE_Q4_0: case REALM_TYPE_Q4_0_X16: return (int)sizeof(block_q4_0);
     case REALM_TYPE_Q4_1: return (int)sizeof(block_q4_1);
     case REALM_TYPE_Q5_0: return (int)sizeof(block_q5_0);
     case REALM_TYPE_Q5_1: return (int)sizeof(block_q5_1);
@@ -223,11 +250,21 @@ REALM_FMT_FN int realm_type_block_bytes(int type) {
     case REALM_TYPE_Q8_1: return (int)sizeof(block_q8_1);
     case REALM_TYPE_Q2_K: return (int)sizeof(block_q2_K);
     case REALM_TYPE_Q3_K: return (int)sizeof(block_q3_K);
-    case REALM_TYPE_Q4_K: return (int)sizeof(block_q4_K);
+    case REALM_TYPE_Q4_K: case REALM_TYPE_Q4_K_X16: return (int)sizeof(block_q4_K);
     case REALM_TYPE_Q5_K: return (int)sizeof(block_q5_K);
     case REALM_TYPE_Q6_K: return (int)sizeof(block_q6_K);
     case REALM_TYPE_Q8_K: return (int)sizeof(block_q8_K);
     default: return 0;
+    }
+}
+
+/* The file type a repacked type was made from (its rows' blocks, reordered), or the
+ * type itself for one that is not repacked. */
+REALM_FMT_FN int realm_repacked_from(int type) {
+    switch (type) {
+    case REALM_TYPE_Q4_0_X16: return REALM_TYPE_Q4_0;
+    case REALM_TYPE_Q4_K_X16: return REALM_TYPE_Q4_K;
+    default: return type;
     }
 }
 

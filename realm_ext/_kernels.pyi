@@ -30,6 +30,14 @@ def matmul(
     w: npt.NDArray[np.uint8], wtype: int, x: F32, out: F32 | None = None, n_threads: int = 0
 ) -> F32: ...
 
+TYPE_Q4_0_X16: int
+TYPE_Q4_K_X16: int
+
+def repack_type(wtype: int, n_rows: int, n_cols: int) -> int: ...
+def repack(
+    w: npt.NDArray[np.uint8], wtype: int, packed_type: int, out: npt.NDArray[np.uint8] | None = None
+) -> npt.NDArray[np.uint8]: ...
+
 # _kv_ring.pxi: the KV ring
 KV_RING_MAX_CAPACITY: int
 

@@ -18,7 +18,19 @@ cdef extern from "matmul.h":
     int realm_matmul(const void *w, int wtype, int64_t n_rows, int64_t n_cols, const float *x,
                      int64_t n_tokens, float *y, int64_t ldy, void *scratch, int n_threads) nogil
 
+cdef extern from "repack.h":
+    int realm_repack_type(int wtype, int64_t n_rows, int64_t n_cols) nogil
+    int realm_repack(int wtype, int packed_type, const void *src, void *dst, int64_t n_rows,
+                     int64_t n_cols) nogil
+
+cdef extern from "ggml_blocks.h":
+    enum: REALM_TYPE_Q4_0_X16
+    enum: REALM_TYPE_Q4_K_X16
+
 ISA_NAMES = ("scalar", "avx2", "avx512")
+# the repacked types (ggml_blocks.h, csrc/cpu/repack.h)
+TYPE_Q4_0_X16 = REALM_TYPE_Q4_0_X16
+TYPE_Q4_K_X16 = REALM_TYPE_Q4_K_X16
 
 
 def cpu_isa() -> str:
@@ -108,4 +120,36 @@ def matmul(const uint8_t[:, ::1] w, int wtype, const float[:, ::1] x, float[:, :
                               &s[0], nt)
     if rc:
         raise ValueError("matmul failed")
+    return np.asarray(out)
+
+
+def repack_type(int wtype, int64_t n_rows, int64_t n_cols) -> int:
+    """The repacked type (TYPE_Q4_0_X16, TYPE_Q4_K_X16) the active ISA's kernels read faster than an
+    n_rows x n_cols matrix of `wtype`, or -1 where there is none."""
+    return realm_repack_type(wtype, n_rows, n_cols)
+
+
+def repack(const uint8_t[:, ::1] w, int wtype, int packed_type, uint8_t[:, ::1] out=None):
+    """W raw (n_rows, row_bytes) of `wtype` repacked to `packed_type` into out (a new
+    array of W's shape by default); returns out, for matmul with packed_type."""
+    cdef int64_t n_rows = w.shape[0], rb = w.shape[1]
+    cdef int qk = realm_type_block_elems(wtype), bb = realm_type_block_bytes(wtype)
+    if qk == 0 or bb == 0 or rb % bb:
+        raise ValueError(f"rows of {rb} bytes are not whole blocks of ggml type id {wtype}")
+    cdef int64_t n_cols = rb // bb * qk
+    if out is None:
+        out = np.empty((n_rows, rb), dtype=np.uint8)
+    if out.shape[0] != n_rows or out.shape[1] != rb:
+        raise ValueError(f"out is {out.shape[0]}x{out.shape[1]}, expected {n_rows}x{rb}")
+    cdef const uint8_t *src = &w[0, 0] if n_rows and rb else NULL
+    cdef uint8_t *dst = &out[0, 0] if n_rows and rb else NULL
+    if dst != NULL and src + n_rows * rb > dst and dst + n_rows * rb > src:
+        raise ValueError("out overlaps w")
+    cdef int rc
+    with nogil:
+        rc = realm_repack(wtype, packed_type, src, dst, n_rows, n_cols)
+    if rc:
+        raise ValueError(
+            f"cannot repack a {n_rows} x {n_cols} matrix of ggml type id {wtype} to type id {packed_type}"
+        )
     return np.asarray(out)

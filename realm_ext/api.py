@@ -23,6 +23,7 @@ import numpy as np
 
 from realm_ext import abi
 from realm_ext.backends import make_backend
+from realm_ext.backends.cpu import DEFAULT_WEIGHTS
 from realm_ext.chat_template import ChatTemplate, check_messages
 from realm_ext.engines import open_instance, resolve_engine
 from realm_ext.engines.base import WASM_PAGE, GuestError, GuestLimitError, Instance, Limits, parse_size
@@ -59,10 +60,11 @@ class Host:
     """Loaded models (one shared copy each), a backend, and the guests made here.
 
     device: "auto", "cpu" or "cuda". n_threads: CPU kernel threads. weights: where the CPU
-    kernels read a model's weights: "mmap" (straight from the file's memory map, the
-    default) or "load" (one copy in anonymous memory)."""
+    kernels read a model's weights: "repack" (the default: the file's memory map, with a
+    repacked copy of the matrices the kernels read faster so), "mmap" (the file's map
+    only) or "load" (one copy of everything in anonymous memory)."""
 
-    def __init__(self, device: str = "auto", n_threads: int | None = None, weights: str = "mmap"):
+    def __init__(self, device: str = "auto", n_threads: int | None = None, weights: str = DEFAULT_WEIGHTS):
         self.backend = make_backend(device, n_threads, weights)
         self.device = self.backend.name
         self._lock = threading.Lock()

@@ -18,6 +18,7 @@ from realm_ext import abi
 from realm_ext import pull as pull_mod
 from realm_ext._kernels import MAX_THREADS
 from realm_ext.api import Guest, Host, RealmError
+from realm_ext.backends.cpu import DEFAULT_WEIGHTS, WEIGHTS
 from realm_ext.engines.base import MAX_MEMORY, GuestError, GuestLimitError, parse_size
 from realm_ext.host import log as guest_log
 from realm_ext.model import GGUFError, Model, load_gguf
@@ -443,10 +444,11 @@ def _engine_options(f: _F) -> _F:
     )(f)
     f = click.option(
         "--weights",
-        type=click.Choice(["mmap", "load"]),
-        default="mmap",
+        type=click.Choice(list(WEIGHTS)),
+        default=DEFAULT_WEIGHTS,
         show_default=True,
-        help="CPU: read the weights from the file's map, or copy them into memory once.",
+        help="CPU: the file's map with repacked copies of the matrices that read faster so; "
+        "the file's map only; or a copy of everything in memory.",
     )(f)
     f = click.option("--device", type=_DEVICES, default="auto", show_default=True)(f)
     f = click.option("--engine", type=_ENGINES, default="auto", show_default=True)(f)

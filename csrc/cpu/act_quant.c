@@ -13,7 +13,7 @@
 #endif
 
 int realm_vec_dot_type(int wtype) {
-    switch (wtype) {
+    switch (realm_repacked_from(wtype)) { /* a repacked type's rows are its file type's */
     case REALM_TYPE_F32: return REALM_TYPE_F32;
     case REALM_TYPE_F16: return REALM_TYPE_F16;
     case REALM_TYPE_BF16: return REALM_TYPE_BF16;

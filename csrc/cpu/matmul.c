@@ -135,7 +135,12 @@ int realm_matmul_q_order(const void *w, int wtype, int64_t n_rows, int64_t n_col
     const int isa = realm_active_isa();
     struct kernels k = {realm_get_vec_dot(wtype, isa), realm_get_vec_dot_nx(wtype, isa),
                         realm_get_vec_dot_8r(wtype, isa), realm_get_vec_dot_16r(wtype, isa)};
-    if (wrb < 0 || arb < 0 || !k.dot || n_rows < 0 || n_tokens < 0 || ldy < n_rows) return REALM_ERR_INVALID;
+    const int repacked = realm_repacked_from(wtype) != wtype;
+    const realm_vec_dot_8r_fn x16 = realm_get_vec_dot_x16(wtype, isa, batched);
+    if (repacked) k = (struct kernels){.dot_16r = x16}; /* whole groups of 16 rows only */
+    if (wrb < 0 || arb < 0 || !(repacked ? x16 && n_rows % 16 == 0 : k.dot != NULL) || n_rows < 0 ||
+        n_tokens < 0 || ldy < n_rows)
+        return REALM_ERR_INVALID;
     const realm_vec_dot_fn gemm = realm_get_vec_dot_gemm(wtype, isa);
     if (gemm && batched && n_cols % 16 == 0)
         k = (struct kernels){gemm, realm_get_vec_dot_gemm_nx(wtype, isa), realm_get_vec_dot_gemm_8r(wtype, isa),

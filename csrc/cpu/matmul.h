@@ -1,7 +1,8 @@
 /* matmul.h: y = W x for a quantized weight W and n_tokens activation rows, threaded.
  *
  * W: n_rows rows of n_cols elements of `wtype`, each row_bytes long, back to back
- * (a GGUF tensor as it lies in the file). x: f32 [n_tokens][n_cols]. y: f32, token t's
+ * (a GGUF tensor as it lies in the file), or of a repacked type (repack.h), whose
+ * n_rows must then be a multiple of its group of rows. x: f32 [n_tokens][n_cols]. y: f32, token t's
  * output row r at y[t * ldy + r]. The activations are first rounded to the weight's
  * vec dot type (act_quant.h), once per call, into caller-provided scratch; then every
  * output is an integer (or f16/f32) dot product of a weight row with an activation row.

@@ -85,6 +85,20 @@ SIMD_GETTER(realm_vec_dot_nx_fn, realm_get_vec_dot_gemm_nx, gemm_nx)
 SIMD_GETTER(realm_vec_dot_8r_fn, realm_get_vec_dot_gemm_8r, gemm_8r)
 SIMD_GETTER(realm_vec_dot_8r_fn, realm_get_vec_dot_gemm_16r, gemm_16r)
 
+realm_vec_dot_8r_fn realm_get_vec_dot_x16(int wtype, int isa, int batched) {
+    if (wtype < 0 || wtype >= REALM_N_TYPES || !realm_vec_dot_x16_scalar[wtype]) return NULL;
+    const realm_vec_dot_8r_fn *scalar = batched ? realm_vec_dot_x16_gemm_scalar : realm_vec_dot_x16_scalar;
+#if defined(__x86_64__) || defined(__i386__)
+    if (isa > realm_cpu_isa()) isa = realm_cpu_isa();
+    const realm_vec_dot_8r_fn *avx512 =
+        batched ? realm_vec_dot_x16_gemm_table_avx512() : realm_vec_dot_x16_table_avx512();
+    if (isa >= REALM_ISA_AVX512 && avx512[wtype]) return avx512[wtype];
+#else
+    (void)isa;
+#endif
+    return scalar[wtype];
+}
+
 realm_vec_dot_fn realm_get_vec_dot_gemm(int wtype, int isa) {
     switch (kernel_level(wtype, isa)) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -98,6 +112,7 @@ realm_vec_dot_fn realm_get_vec_dot_gemm(int wtype, int isa) {
 
 int64_t realm_vec_dot_gemm_tokens(int wtype, int64_t n_rows, int64_t n_cols, int64_t call_tokens, int64_t first,
                                   int64_t n_tokens) {
+    wtype = realm_repacked_from(wtype); /* a repacked type's rows sum as its file type's */
     if (!realm_get_vec_dot_gemm(wtype, realm_active_isa()) || n_tokens <= 0) return 0;
     switch (wtype) {
     case REALM_TYPE_Q4_K: {

@@ -40,8 +40,9 @@ enum realm_isa {
     REALM_ISA_AVX512 = 2, /* AVX-512 F/BW/VL/DQ + VNNI */
 };
 
-/* Number of ggml type ids a dispatch table covers (the highest used is BF16 = 30). */
-#define REALM_N_TYPES 31
+/* Number of type ids a dispatch table covers (the highest is REALM_TYPE_Q4_K_X16 = 65,
+ * the ggml types end at BF16 = 30). */
+#define REALM_N_TYPES 66
 
 /* The best ISA this CPU supports. */
 int realm_cpu_isa(void);
@@ -86,9 +87,21 @@ realm_vec_dot_8r_fn realm_get_vec_dot_gemm_16r(int wtype, int isa);
 int64_t realm_vec_dot_gemm_tokens(int wtype, int64_t n_rows, int64_t n_cols, int64_t call_tokens, int64_t first,
                                   int64_t n_tokens);
 
-/* Per-ISA tables, indexed by ggml type id; NULL entries fall back. */
+/* The kernel of a repacked type (ggml_blocks.h: Q4_0_X16, Q4_K_X16), in
+ * realm_vec_dot_8r_fn's form with 16 rows: w is the group's first block, lw the bytes of
+ * one row (a group spans 16 * lw), any n_tokens; `batched`: in the batched order of the
+ * type it was made from (realm_get_vec_dot_gemm), NULL where that type has none. The
+ * best at or below isa; a scalar one always exists. Its outputs are bit for bit those
+ * of the type it was made from in the same order. NULL for a type that is not repacked. */
+realm_vec_dot_8r_fn realm_get_vec_dot_x16(int wtype, int isa, int batched);
+
+/* Per-ISA tables, indexed by type id; NULL entries fall back. */
 extern const realm_vec_dot_fn realm_vec_dot_scalar[REALM_N_TYPES];
 extern const realm_vec_dot_fn realm_vec_dot_gemm_scalar[REALM_N_TYPES];
+extern const realm_vec_dot_8r_fn realm_vec_dot_x16_scalar[REALM_N_TYPES];
+extern const realm_vec_dot_8r_fn realm_vec_dot_x16_gemm_scalar[REALM_N_TYPES];
+const realm_vec_dot_8r_fn *realm_vec_dot_x16_table_avx512(void);
+const realm_vec_dot_8r_fn *realm_vec_dot_x16_gemm_table_avx512(void);
 const realm_vec_dot_fn *realm_vec_dot_table_avx2(void);
 const realm_vec_dot_fn *realm_vec_dot_table_avx512(void);
 const realm_vec_dot_nx_fn *realm_vec_dot_nx_table_avx2(void);

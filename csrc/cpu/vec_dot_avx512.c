@@ -7,6 +7,12 @@
 #include "vec_dot_x86.inc"
 
 REALM_X86_DEFINE_TABLES(avx512)
+
+static const realm_vec_dot_8r_fn x16_table[REALM_N_TYPES] = {[REALM_TYPE_Q4_0_X16] = x86_dot_x16_q4_0,
+                                                              [REALM_TYPE_Q4_K_X16] = x86_dot_x16_q4_K};
+static const realm_vec_dot_8r_fn x16_gemm_table[REALM_N_TYPES] = {[REALM_TYPE_Q4_K_X16] = x86_dot_x16_q4_K_gemm4};
+const realm_vec_dot_8r_fn *realm_vec_dot_x16_table_avx512(void) { return x16_table; }
+const realm_vec_dot_8r_fn *realm_vec_dot_x16_gemm_table_avx512(void) { return x16_gemm_table; }
 #else
 /* not an x86 build: vec_dot.c never asks for these tables */
 typedef int realm_vec_dot_avx512_unused;

@@ -169,38 +169,43 @@ static void dot_q3_K(int64_t n, float *s, const void *w, const void *a) {
  * the end: the float arithmetic of llama.cpp's repacked Q4_K kernels (ggml-cpu/repack).
  * Its one-token kernel (gemv) adds one whole-block sum per chain and block; its kernel
  * for 4 tokens at once (gemm) one sum per 64-element chunk (`per_chunk`). */
+/* Block x times y added to the running sums acc (the scales') and acc_m (the mins'):
+ * one fmaf each per block, or per 64-element chunk (per_chunk: llama.cpp's batched
+ * order). */
+static inline void q4_K_block(const block_q4_K *x, const block_q8_K *y, const int per_chunk, float *acc,
+                              float *acc_m) {
+    const uint8_t *q4 = x->qs;
+    const int8_t *q8 = y->qs;
+    const float d = realm_f16_to_f32(x->d) * y->d, dmin = realm_f16_to_f32(x->dmin) * y->d;
+    int isum = 0, summs = 0;
+    for (int j = 0; j < QK_K / 64; j++, q4 += 32, q8 += 64) {
+        uint8_t sc0, m0, sc1, m1;
+        realm_k4_scale_min(2 * j, x->scales, &sc0, &m0);
+        realm_k4_scale_min(2 * j + 1, x->scales, &sc1, &m1);
+        int s0 = 0, s1 = 0;
+        for (int l = 0; l < 32; l++) {
+            s0 += (q4[l] & 0xF) * q8[l];
+            s1 += (q4[l] >> 4) * q8[l + 32];
+        }
+        isum += sc0 * s0 + sc1 * s1;
+        summs += m0 * (y->bsums[4 * j] + y->bsums[4 * j + 1]) + m1 * (y->bsums[4 * j + 2] + y->bsums[4 * j + 3]);
+        if (per_chunk) {
+            *acc = fmaf((float)isum, d, *acc);
+            *acc_m = fmaf((float)summs, dmin, *acc_m);
+            isum = summs = 0;
+        }
+    }
+    if (!per_chunk) {
+        *acc = fmaf((float)isum, d, *acc);
+        *acc_m = fmaf((float)summs, dmin, *acc_m);
+    }
+}
+
 static inline void q4_K_dot(int64_t n, float *s, const void *w, const void *a, const int per_chunk) {
     const block_q4_K *x = w;
     const block_q8_K *y = a;
     float acc = 0.0f, acc_m = 0.0f;
-    for (int64_t i = 0; i < n / QK_K; i++) {
-        const uint8_t *q4 = x[i].qs;
-        const int8_t *q8 = y[i].qs;
-        const float d = realm_f16_to_f32(x[i].d) * y[i].d, dmin = realm_f16_to_f32(x[i].dmin) * y[i].d;
-        int isum = 0, summs = 0;
-        for (int j = 0; j < QK_K / 64; j++, q4 += 32, q8 += 64) {
-            uint8_t sc0, m0, sc1, m1;
-            realm_k4_scale_min(2 * j, x[i].scales, &sc0, &m0);
-            realm_k4_scale_min(2 * j + 1, x[i].scales, &sc1, &m1);
-            int s0 = 0, s1 = 0;
-            for (int l = 0; l < 32; l++) {
-                s0 += (q4[l] & 0xF) * q8[l];
-                s1 += (q4[l] >> 4) * q8[l + 32];
-            }
-            isum += sc0 * s0 + sc1 * s1;
-            summs += m0 * (y[i].bsums[4 * j] + y[i].bsums[4 * j + 1]) +
-                     m1 * (y[i].bsums[4 * j + 2] + y[i].bsums[4 * j + 3]);
-            if (per_chunk) {
-                acc = fmaf((float)isum, d, acc);
-                acc_m = fmaf((float)summs, dmin, acc_m);
-                isum = summs = 0;
-            }
-        }
-        if (!per_chunk) {
-            acc = fmaf((float)isum, d, acc);
-            acc_m = fmaf((float)summs, dmin, acc_m);
-        }
-    }
+    for (int64_t i = 0; i < n / QK_K; i++) q4_K_block(x + i, y + i, per_chunk, &acc, &acc_m);
     *s = acc - acc_m;
 }
 static void dot_q4_K(int64_t n, float *s, const void *w, const void *a) { q4_K_dot(n, s, w, a, 0); }
@@ -273,6 +278,61 @@ const realm_vec_dot_fn realm_vec_dot_scalar[REALM_N_TYPES] = {
     [REALM_TYPE_Q3_K] = dot_q3_K, [REALM_TYPE_Q4_K] = dot_q4_K, [REALM_TYPE_Q5_K] = dot_q5_K,
     [REALM_TYPE_Q6_K] = dot_q6_K,
 };
+
+/* Q4_0_X16 (ggml_blocks.h) x n_tokens, 16 rows from the group at w: dot_q4_0's sums and
+ * float steps, row by row (lw, the bytes of one row, is implied by n). */
+static void dot_x16_q4_0(int64_t n, float *s, int64_t ls, const void *w, int64_t lw, const void *a, int64_t la,
+                         int n_tokens) {
+    const block_q4_0_x16 *x = w;
+    (void)lw;
+    for (int t = 0; t < n_tokens; t++) {
+        const block_q8_0 *y = (const block_q8_0 *)((const char *)a + t * la);
+        for (int r = 0; r < 16; r++) {
+            float sum = 0.0f;
+            for (int64_t i = 0; i < n / QK4_0; i++) {
+                int sumi = 0;
+                for (int j = 0; j < QK4_0 / 2; j++) {
+                    const int q = x[i].qs[j / 4][r][j % 4];
+                    sumi += ((q & 0xF) - 8) * y[i].qs[j] + ((q >> 4) - 8) * y[i].qs[j + 16];
+                }
+                sum = fmaf((float)sumi, realm_f16_to_f32(x[i].d[r]) * realm_f16_to_f32(y[i].d), sum);
+            }
+            s[t * ls + r] = sum;
+        }
+    }
+}
+/* Q4_K_X16 x n_tokens, 16 rows from the group at w: each row's blocks gathered back
+ * from their words and summed as q4_K_dot sums them. */
+static inline void x16_q4_K(int64_t n, float *s, int64_t ls, const void *w, const void *a, int64_t la, int n_tokens,
+                            const int per_chunk) {
+    const block_q4_K_x16 *x = w;
+    for (int t = 0; t < n_tokens; t++) {
+        const block_q8_K *y = (const block_q8_K *)((const char *)a + t * la);
+        for (int r = 0; r < 16; r++) {
+            float acc = 0.0f, acc_m = 0.0f;
+            for (int64_t i = 0; i < n / QK_K; i++) {
+                block_q4_K b;
+                for (size_t k = 0; k < sizeof b / 4; k++) memcpy((char *)&b + 4 * k, &x[i].w[k][r], 4);
+                q4_K_block(&b, y + i, per_chunk, &acc, &acc_m);
+            }
+            s[t * ls + r] = acc - acc_m;
+        }
+    }
+}
+static void dot_x16_q4_K(int64_t n, float *s, int64_t ls, const void *w, int64_t lw, const void *a, int64_t la,
+                         int n_tokens) {
+    (void)lw;
+    x16_q4_K(n, s, ls, w, a, la, n_tokens, 0);
+}
+static void dot_x16_q4_K_gemm4(int64_t n, float *s, int64_t ls, const void *w, int64_t lw, const void *a, int64_t la,
+                               int n_tokens) {
+    (void)lw;
+    x16_q4_K(n, s, ls, w, a, la, n_tokens, 1);
+}
+const realm_vec_dot_8r_fn realm_vec_dot_x16_scalar[REALM_N_TYPES] = {[REALM_TYPE_Q4_0_X16] = dot_x16_q4_0,
+                                                                     [REALM_TYPE_Q4_K_X16] = dot_x16_q4_K};
+/* the batched orders of the repacked types (Q4_K's, as realm_vec_dot_gemm_scalar) */
+const realm_vec_dot_8r_fn realm_vec_dot_x16_gemm_scalar[REALM_N_TYPES] = {[REALM_TYPE_Q4_K_X16] = dot_x16_q4_K_gemm4};
 
 /* The batched orders that hold on every ISA (vec_dot.h: realm_get_vec_dot_gemm). */
 const realm_vec_dot_fn realm_vec_dot_gemm_scalar[REALM_N_TYPES] = {[REALM_TYPE_Q4_K] = dot_q4_K_gemm4};

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 
 from realm_ext.backends.base import Backend
-from realm_ext.backends.cpu import CpuBackend
+from realm_ext.backends.cpu import DEFAULT_WEIGHTS, CpuBackend
 
 __all__ = ["CpuBackend", "DEVICES", "cuda_unavailable_reason", "make_backend"]
 
@@ -31,8 +31,10 @@ def cuda_unavailable_reason() -> str | None:
     return "no CUDA GPU is visible (cupy.cuda.is_available() is False)"
 
 
-def make_backend(device: str = "auto", n_threads: int | None = None, weights: str = "mmap") -> Backend:
-    """The backend for `device`. n_threads: CPU kernel threads; weights: "mmap" or "load",
+def make_backend(
+    device: str = "auto", n_threads: int | None = None, weights: str = DEFAULT_WEIGHTS
+) -> Backend:
+    """The backend for `device`. n_threads: CPU kernel threads; weights: "repack", "mmap" or "load",
     where the CPU kernels read the weights (CPU backend only: CUDA uploads them once).
     Raises ValueError for an unknown device, RuntimeError for "cuda" without a GPU."""
     if device not in DEVICES:

@@ -2,13 +2,17 @@
 
 `CpuBackend.prepare(model)` builds, once per model, the C view of its weights and one
 scratch buffer that every later call reuses, so the decode path allocates nothing per
-token. The weights stay quantized either way; `weights` says where the kernels read them:
-- "mmap" (default): borrowed pointers into the file's memory map; no second copy.
-- "load": one copy per model in anonymous memory advised for 2 MiB pages, as llama.cpp
-  holds the weights it repacks (Q4_0, Q4_K, ... on x86): for a machine whose page cache
-  reads slower than fresh memory (benchmarks.cpu measures both:
-  cpu.decode.<type>.load_vs_mmap; docs/PERF.md has the development VM's figures).
-Only the small norm vectors are converted, to f32, in both cases.
+token. The weights stay quantized in every mode; `weights` says where the kernels read them:
+- "repack" (default): the file's memory map, except the matrices the active ISA's
+  kernels read faster interleaved (csrc/cpu/repack.h: Q4_0 and Q4_K in groups of 16
+  rows on AVX-512), which get one repacked copy per model in anonymous memory advised for 2 MiB
+  pages, as llama.cpp repacks Q4_0 and Q4_K on x86: the same blocks in another order.
+  A model with none of those (another format, or an AVX2 machine) is only mapped.
+- "mmap": borrowed pointers into the file's memory map, no copy of anything.
+- "load": every matrix copied, as "repack" copies the repacked ones: for a machine whose
+  page cache reads slower than fresh memory.
+benchmarks.cpu measures the default against "mmap" (cpu.<model>.default_vs_mmap).
+Only the small norm vectors are converted, to f32, in every mode.
 
 Every forward method writes into an array the caller provides (later: a view of guest
 memory); `out` may be the input array.
@@ -66,28 +70,49 @@ def runtime_args(model: Model) -> tuple[dict, int, dict, dict]:
     return dims, c.n_layer, tensors, norms
 
 
-WEIGHTS = ("load", "mmap")
+WEIGHTS = ("repack", "load", "mmap")  # how the kernels hold a model's weights (module docstring)
+DEFAULT_WEIGHTS = WEIGHTS[0]
 _HUGE_PAGE = 2 << 20
 
 
-def load_weights(tensors: dict) -> dict:
-    """`tensors` (name -> (raw, type, n_rows, n_cols)) with every raw array copied into
-    one anonymous buffer, each 64-byte aligned, the buffer 2 MiB aligned and advised
-    for huge pages. Tensors sharing one array (a tied output) share one copy. The
-    buffer lives as long as the returned arrays (they hold the mmap object)."""
-    raws = {id(r): r for r, *_ in tensors.values()}
-    size = sum((r.nbytes + 63) // 64 * 64 for r in raws.values())
+def load_weights(tensors: dict, copy_all: bool = True) -> dict:
+    """`tensors` (name -> (raw, type, n_rows, n_cols)) with raw arrays copied into one
+    anonymous buffer, each 64-byte aligned, the buffer 2 MiB aligned and advised for huge
+    pages. A matrix the kernels read faster repacked (`_kernels.repack_type`) is copied
+    in that layout and comes back with that type, except the embedding table, whose rows
+    are looked up one by one; copy_all=False copies only those, the rest stay where they
+    are (the file's map). Tensors sharing one array (a tied output) share one copy, in
+    the file's layout. The buffer lives as long as the returned arrays (they hold the
+    mmap object)."""
+    sources = {id(r): (r, wtype, n_rows, n_cols) for r, wtype, n_rows, n_cols in tensors.values()}
+    embd = tensors.get("token_embd.weight")
+    packed = {
+        key: pt
+        for key, (r, wtype, n_rows, n_cols) in sources.items()
+        if (embd is None or r is not embd[0]) and (pt := _kernels.repack_type(wtype, n_rows, n_cols)) >= 0
+    }
+    if not copy_all:
+        sources = {key: src for key, src in sources.items() if key in packed}
+    if not sources:
+        return dict(tensors)
+    size = sum((r.nbytes + 63) // 64 * 64 for r, *_ in sources.values())
     mem = mmap.mmap(-1, size + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(mmap, "MADV_HUGEPAGE"):  # Linux; elsewhere the pages stay small
         mem.madvise(mmap.MADV_HUGEPAGE)
     buf = np.frombuffer(mem, np.uint8)
     off = -buf.ctypes.data % _HUGE_PAGE
     copies = {}
-    for key, r in raws.items():
+    for key, (r, wtype, *_) in sources.items():
         copies[key] = buf[off : off + r.nbytes].reshape(r.shape)
-        copies[key][...] = r
+        if key in packed:
+            _kernels.repack(r, wtype, packed[key], copies[key])
+        else:
+            copies[key][...] = r
         off += (r.nbytes + 63) // 64 * 64
-    return {name: (copies[id(r)], *rest) for name, (r, *rest) in tensors.items()}
+    return {
+        name: (copies.get(id(r), r), packed.get(id(r), wtype), *rest)
+        for name, (r, wtype, *rest) in tensors.items()
+    }
 
 
 class CpuBackend(base.BackendBase):
@@ -95,8 +120,9 @@ class CpuBackend(base.BackendBase):
 
     n_threads: threads per kernel call (default: every core this process may use).
     max_batch: rows per step of a model's calls (sizes the scratch).
-    weights: "mmap" (the file's map) or "load" (one copy in anonymous memory per model);
-    see the module's docstring.
+    weights: "repack" (the file's map, repacked copies of the matrices that read faster
+    so), "mmap" (the file's map only) or "load" (one copy of everything in anonymous
+    memory per model); see the module's docstring.
     step_tokens: the prompt rows a call adds to a step it shares with other guests'
     decode rows (csrc/cpu/llama_steps.h): the most a long prompt delays a neighbour's
     decode step by, in tokens; more gives the prompt more speed beside decoders.
@@ -108,7 +134,7 @@ class CpuBackend(base.BackendBase):
         self,
         n_threads: int | None = None,
         max_batch: int = 64,
-        weights: str = "mmap",
+        weights: str = DEFAULT_WEIGHTS,
         step_tokens: int = _kernels.STEP_TOKENS_DEFAULT,
     ):
         super().__init__()
@@ -116,7 +142,7 @@ class CpuBackend(base.BackendBase):
         if not 1 <= self.n_threads <= _kernels.MAX_THREADS or max_batch < 1 or step_tokens < 1:
             raise ValueError(f"n_threads must be 1..{_kernels.MAX_THREADS}, max_batch and step_tokens >= 1")
         if weights not in WEIGHTS:
-            raise ValueError(f"weights must be 'mmap' or 'load', got {weights!r}")
+            raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
         self.max_batch = max_batch
         self.weights = weights
         self.step_tokens = step_tokens
@@ -128,8 +154,8 @@ class CpuBackend(base.BackendBase):
 
     def _build(self, model: Model) -> _kernels.LlamaRuntime:
         dims, n_layer, tensors, norms = runtime_args(model)
-        if self.weights == "load":
-            tensors = load_weights(tensors)
+        if self.weights != "mmap":
+            tensors = load_weights(tensors, copy_all=self.weights == "load")
         rt = _kernels.LlamaRuntime(dims, n_layer, tensors, norms, self.max_batch)
         rt.step_tokens = self.step_tokens
         return rt

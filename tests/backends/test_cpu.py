@@ -12,7 +12,7 @@ from support.greedy import clear_steps_agree
 from support.llama_cpp_info import bit_for_bit, sums_in_our_order
 from support.prompts import assert_within_flips, llama_cpp_logits, llama_cpp_prompts, prompt, rel
 
-from realm_ext import _kernels
+from realm_ext import _kernels, quant
 from realm_ext.backends.cpu import CpuBackend, load_weights, runtime_args
 from realm_ext.model import load_gguf
 from realm_ext.quantizer import RECIPES
@@ -74,15 +74,56 @@ def test_threads_agree_bit_for_bit(model_path, rng) -> None:
         )
 
 
-def test_loaded_and_mapped_weights_agree_bit_for_bit(model_path, rng) -> None:
-    with load_gguf(model_path("Q4_K_M", tied=True)) as m:
-        toks = prompt(rng, 8, m.config.n_vocab)
-        loaded = CpuBackend(n_threads=2, weights="load").logits(m, toks)
-        np.testing.assert_array_equal(loaded, CpuBackend(n_threads=2, weights="mmap").logits(m, toks))
+@pytest.mark.parametrize("mode", ["load", "repack"])
+@pytest.mark.parametrize("wtype,tied", [("Q4_K_M", True), ("Q4_K", False), ("Q4_0", False), ("Q4_0", True)])
+def test_loaded_and_mapped_weights_agree_bit_for_bit(
+    model_path, rng, mode: str, wtype: str, tied: bool
+) -> None:
+    """Q4_0 and Q4_K load repacked where the kernels have the interleave (AVX-512): prefill
+    and decode steps then read Q4_0_X16 / Q4_K_X16, bit for bit as the file's rows."""
+    with load_gguf(model_path(wtype, tied=tied)) as m:
+        toks = prompt(rng, 20, m.config.n_vocab)
+        loaded, mapped = CpuBackend(n_threads=2, weights=mode), CpuBackend(n_threads=2, weights="mmap")
+        np.testing.assert_array_equal(loaded.logits(m, toks), mapped.logits(m, toks))
+        kvs = [be.new_kv(m, 32) for be in (loaded, mapped)]
+        for p, t in enumerate(toks[:4]):
+            one = np.asarray([t], np.int32)
+            np.testing.assert_array_equal(
+                loaded.logits(m, one, kv=kvs[0], position=p), mapped.logits(m, one, kv=kvs[1], position=p)
+            )
+
+
+@pytest.mark.parametrize("copy_all", [True, False])
+@pytest.mark.parametrize("t", ["Q4_0", "Q4_K"])
+def test_load_weights_repacks_q4_0_and_q4_K_matrices_but_not_the_embedding(
+    model_path, copy_all: bool, t: str
+) -> None:
+    """copy_all=False (weights="repack") copies the repacked matrices only: the embedding
+    stays in the file's map."""
+    with load_gguf(model_path(t, tied=True)) as m:
+        tensors = runtime_args(m)[2]
+        loaded = load_weights(tensors, copy_all=copy_all)
+        file_type = int(quant.parse_type(t))
+        x16 = _kernels.repack_type(file_type, 64, 256)
+        x16 = file_type if x16 < 0 else x16
+        for name, (raw, wtype, n_rows, _n_cols) in loaded.items():
+            src, src_type, *_ = tensors[name]
+            assert src_type == file_type
+            if name in ("token_embd.weight", "output.weight"):  # looked up by row (tied: the same array)
+                assert wtype == file_type and (raw is src) == (not copy_all)
+                np.testing.assert_array_equal(raw, src)
+            else:
+                assert wtype == (x16 if n_rows % 16 == 0 else file_type), name
+                want = _kernels.repack(src, file_type, x16) if wtype == x16 != file_type else src
+                np.testing.assert_array_equal(raw, want)
+                assert not np.shares_memory(raw, src) or (wtype == file_type and not copy_all)
+        assert (
+            sum(wtype == x16 for _, wtype, *_ in loaded.values()) >= 7 * m.config.n_layer
+        )  # every layer matrix
 
 
 def test_load_weights_copies_each_array_once_outside_the_map(model_path) -> None:
-    with load_gguf(model_path("Q4_K", tied=True)) as m:
+    with load_gguf(model_path("Q8_0", tied=True)) as m:
         tensors = runtime_args(m)[2]
         loaded = load_weights(tensors)
         assert loaded.keys() == tensors.keys()
@@ -97,8 +138,17 @@ def test_load_weights_copies_each_array_once_outside_the_map(model_path) -> None
         assert first % (2 << 20) == 0  # the buffer starts on a huge page
 
 
+def test_a_model_with_nothing_to_repack_stays_in_the_map(model_path) -> None:
+    with load_gguf(model_path("Q8_0", tied=True)) as m:
+        tensors = runtime_args(m)[2]
+        assert all(
+            raw is tensors[name][0] for name, (raw, *_) in load_weights(tensors, copy_all=False).items()
+        )
+
+
 def test_weights_argument_is_checked() -> None:
-    with pytest.raises(ValueError, match="weights must be"):
+    assert CpuBackend().weights == "repack"
+    with pytest.raises(ValueError, match="weights must be one of repack, load, mmap"):
         CpuBackend(weights="copy")
 
 

@@ -16,6 +16,8 @@
 #include "matmul.h"
 #include "ops.h"
 #include "quantize.h"
+#include "realm_errors.h"
+#include "repack.h"
 #include "vec_dot.h"
 #include "check.h"
 
@@ -229,9 +231,57 @@ static void test_rope_factors(void) {
     CHECK(memcmp(a, c, sizeof a) == 0);
 }
 
+/* Q4_0 and Q4_K repacked to Q4_0_X16 and Q4_K_X16 multiply bit for bit as their file
+ * types, on every ISA and token count (Q4_K's batched order from 4 tokens included);
+ * shapes and pairs they cannot hold are refused. */
+static void test_repacked(int wtype, int packed) {
+    const int64_t n_rows = 48, n_cols = 512, max_tok = 20;
+    const int64_t rb = n_cols / realm_type_block_elems(wtype) * realm_type_block_bytes(wtype);
+    uint8_t *w = malloc(n_rows * rb), *p = malloc(n_rows * rb);
+    random_weights(wtype, w, n_rows, n_cols);
+    CHECK(realm_repack(wtype, packed, w, p, n_rows, n_cols) == 0);
+    if (wtype == REALM_TYPE_Q4_0) { /* block 1 of row 17 (group 1, lane 1) */
+        const block_q4_0 *b = (const block_q4_0 *)(w + 17 * rb) + 1;
+        const block_q4_0_x16 *g = (const block_q4_0_x16 *)(p + 16 * rb) + 1;
+        CHECK(g->d[1] == b->d && memcmp(g->qs[2][1], b->qs + 8, 4) == 0);
+    } else { /* word 5 (qs bytes 4..7) of block 1 of row 17 */
+        const block_q4_K *b = (const block_q4_K *)(w + 17 * rb) + 1;
+        const block_q4_K_x16 *g = (const block_q4_K_x16 *)(p + 16 * rb) + 1;
+        CHECK(memcmp(&g->w[5][1], b->qs + 4, 4) == 0 && memcmp(&g->w[0][1], &b->d, 2) == 0);
+    }
+    float *x = malloc(max_tok * n_cols * sizeof *x), *y0 = malloc(max_tok * n_rows * sizeof *y0);
+    float *y1 = malloc(max_tok * n_rows * sizeof *y1);
+    for (int64_t i = 0; i < max_tok * n_cols; i++) x[i] = normal();
+    void *scratch = malloc(realm_matmul_scratch_bytes(wtype, n_cols, max_tok));
+    for (int isa = 0; isa <= 2; isa++) {
+        realm_set_isa(isa);
+        for (int n_tok = 1; n_tok <= max_tok; n_tok += n_tok < 9 ? 1 : 11) {
+            CHECK(realm_matmul(w, wtype, n_rows, n_cols, x, n_tok, y0, n_rows, scratch, 2) == 0);
+            CHECK(realm_matmul(p, packed, n_rows, n_cols, x, n_tok, y1, n_rows, scratch, 2) == 0);
+            CHECK(memcmp(y0, y1, n_tok * n_rows * sizeof *y0) == 0);
+        }
+    }
+    realm_set_isa(-1);
+    CHECK(realm_matmul(p, packed, 40, n_cols, x, 1, y1, n_rows, scratch, 1) == REALM_ERR_INVALID);
+    CHECK(realm_repack(wtype, packed, w, p, 40, n_cols) == REALM_ERR_INVALID);
+    CHECK(realm_repack(REALM_TYPE_Q8_0, packed, w, p, 16, n_cols) == REALM_ERR_INVALID);
+    CHECK(realm_repack(wtype, packed == REALM_TYPE_Q4_0_X16 ? REALM_TYPE_Q4_K_X16 : REALM_TYPE_Q4_0_X16, w, p, 16,
+                       n_cols) == REALM_ERR_INVALID);
+    CHECK(realm_repack_type(wtype, 40, n_cols) == -1 && realm_repack_type(REALM_TYPE_Q6_K, 48, 256) == -1);
+    CHECK(realm_get_rows(p, packed, n_rows, n_cols, (const int32_t[]){0}, 1, y1) == REALM_ERR_INVALID);
+    free(scratch);
+    free(y1);
+    free(y0);
+    free(x);
+    free(p);
+    free(w);
+}
+
 int main(void) {
     test_rope_factors();
     test_matmul_every_type_and_isa();
+    test_repacked(REALM_TYPE_Q4_0, REALM_TYPE_Q4_0_X16);
+    test_repacked(REALM_TYPE_Q4_K, REALM_TYPE_Q4_K_X16);
     test_encoders_round_trip();
     test_llama_layer();
     if (failures) {

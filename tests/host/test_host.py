@@ -146,9 +146,23 @@ def test_logits_through_the_imports_equal_the_backend(guest, tiny, rng) -> None:
     write_f32(guest, x_ptr, hidden)
     assert call(guest, "lm_head", mid, x_ptr, (n + 1) * c.n_embd, x_ptr + 4 * (n + 1) * c.n_embd) == 0
     got = read_f32(guest, x_ptr + 4 * (n + 1) * c.n_embd, (n + 1) * c.n_vocab).reshape(n + 1, c.n_vocab)
-    backend = CpuBackend()
-    want = backend.logits(tiny, np.concatenate([ids, ids[:1]]).astype(np.int32), backend.new_kv(tiny, 32))
+    # the backend's calls the imports make, in the same order: a decode step's attention
+    # sums in llama.cpp's one-token order, not as the same row of one 9-token batch would
+    be = CpuBackend()
+    kv_want = be.new_kv(tiny, 32)
+    want_hidden = np.empty((n + 1, c.n_embd), np.float32)
+    be.forward_embedding(tiny, ids.astype(np.int32), want_hidden[:n])
+    be.forward_layers(tiny, 0, c.n_layer, want_hidden[:n], 0, kv_want, want_hidden[:n])
+    be.forward_embedding(tiny, ids[:1].astype(np.int32), want_hidden[n:])
+    for layer in range(c.n_layer):
+        be.forward_layer(tiny, layer, want_hidden[n:], n, kv_want, want_hidden[n:])
+    np.testing.assert_array_equal(hidden.reshape(n + 1, c.n_embd), want_hidden)
+    want = np.empty((n + 1, c.n_vocab), np.float32)
+    be.forward_lm_head(tiny, want_hidden, want)
     np.testing.assert_array_equal(got, want)
+    # and the logits are the model's: the whole sequence in one batch, to the float order
+    whole = be.logits(tiny, np.concatenate([ids, ids[:1]]).astype(np.int32), be.new_kv(tiny, 32))
+    np.testing.assert_allclose(got, whole, rtol=0, atol=1e-2 * float(np.abs(whole).max()))
 
 
 def test_forward_argument_errors(guest, tiny) -> None:
