@@ -2,4 +2,4 @@
 in the same run (see README.md).
 
 `python -m benchmarks run|compare|plot` is the regression suite over all of them
-(benchmarks.suite); cpu, guest, bench_matvec and bench_quant also run on their own."""
+(benchmarks.suite); cpu, guest, bench_matvec, bench_attention and bench_quant also run on their own."""

@@ -241,6 +241,15 @@ static int overlaps(const void *a, int64_t na, const void *b, int64_t nb) {
 
 static int64_t next_slot(int64_t cap, int64_t slot) { return slot + 1 == cap ? 0 : slot + 1; }
 
+/* K rows attend_group_body fetches ahead of the one it converts */
+#define PREFETCH_CELLS 8
+
+/* n f16 values at h into the cache (a prefetch does not fault: a slot past the window
+ * is still inside the ring) */
+static inline __attribute__((always_inline)) void prefetch_row(const realm_f16 *h, int64_t n) {
+    for (int64_t b = 0; b < n * (int64_t)sizeof *h; b += 64) __builtin_prefetch((const char *)h + b, 0, 3);
+}
+
 /* The three float orders of the file comment */
 enum { ORDER_AVX512_BATCH, ORDER_AVX512_ONE, ORDER_AVX2_BATCH, ORDER_AVX2_ONE };
 
@@ -273,7 +282,14 @@ static inline __attribute__((always_inline)) void attend_group_body(
 
     memcpy(q16, q, (size_t)(group * hd) * sizeof *q16);
     round_f16(q16, group * hd);
-    for (int64_t j = 0, slot = first_slot; j < n; j++, slot = next_slot(cap, slot)) {
+    /* The window's K and V rows lie a position (`row` f16) apart, this head's hd of each
+     * in one or two cache lines, out of cache after a layer's matmuls: fetch the K row
+     * PREFETCH_CELLS ahead, and each cell's V row, which P.V reads after the softmax. */
+    int64_t ahead = first_slot;
+    for (int64_t j = 0; j < PREFETCH_CELLS && j < n; j++) ahead = next_slot(cap, ahead);
+    for (int64_t j = 0, slot = first_slot; j < n; j++, slot = next_slot(cap, slot), ahead = next_slot(cap, ahead)) {
+        prefetch_row(k_layer + ahead * row, hd);
+        prefetch_row(v_layer + slot * row, hd);
         convert(k_layer + slot * row, buf, hd);
         for (int32_t h = 0; h < group; h++) {
             const float *qh = q16 + h * hd;
