@@ -136,7 +136,7 @@ int realm_matmul_q_order(const void *w, int wtype, int64_t n_rows, int64_t n_col
     struct kernels k = {realm_get_vec_dot(wtype, isa), realm_get_vec_dot_nx(wtype, isa),
                         realm_get_vec_dot_8r(wtype, isa), realm_get_vec_dot_16r(wtype, isa)};
     const int repacked = realm_repacked_from(wtype) != wtype;
-    const realm_vec_dot_8r_fn x16 = realm_get_vec_dot_x16(wtype, isa, batched);
+    const realm_vec_dot_8r_fn x16 = repacked ? realm_get_vec_dot_x16(wtype, isa, batched) : NULL;
     if (repacked) k = (struct kernels){.dot_16r = x16}; /* whole groups of 16 rows only */
     if (wrb < 0 || arb < 0 || !(repacked ? x16 && n_rows % 16 == 0 : k.dot != NULL) || n_rows < 0 ||
         n_tokens < 0 || ldy < n_rows)
